@@ -1,0 +1,28 @@
+"""fastgen: fused kernels for the hot loops of generative models.
+
+Quick start::
+
+    import fastgen
+    gmm = fastgen.targets.eight_gaussians()
+    x = fastgen.langevin(torch.randn(100_000, 2), energy=gmm, n_steps=500, step_size=1e-3, seed=0)
+    print(fastgen.metrics.mode_weights(x, gmm))
+"""
+
+from . import _ext  # noqa: F401  (loads fastgen._C and the Triton kernels, warns once if missing)
+from . import metrics, ops, reference, rng, targets
+from ._backend import backends, use_backend
+from .rng import RNGState
+from .samplers import annealed_langevin, langevin, mala
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """Compiler, flags, SIMD, OpenMP, CUDA of fastgen._C (empty when it is not built)."""
+    return dict(_ext.C.build_info()) if _ext.C is not None else {}
+
+
+__all__ = [
+    "RNGState", "annealed_langevin", "backends", "build_info", "langevin", "mala", "metrics", "ops", "reference", "rng",
+    "targets", "use_backend",
+]

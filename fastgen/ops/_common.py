@@ -1,0 +1,128 @@
+"""Argument checks and backend lookup shared by the functional ops.
+
+Every check runs before anything is written and names the argument.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+
+from .. import _backend
+from ..rng import MAX_SEED
+
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@torch._dynamo.assume_constant_result
+def _backend_name(device_type: str, device_index: int) -> str:
+    return _backend.select(torch.device(device_type, device_index) if device_type == "cuda" else torch.device("cpu"))
+
+
+def backend_for(x: torch.Tensor) -> str:
+    """The backend that will run an op on x (see fastgen.backends())."""
+    return _backend_name(x.device.type, x.device.index if x.device.index is not None else 0)
+
+
+def op_for(x: torch.Tensor, name: str, reference: types.ModuleType):
+    """The implementation of op `name` for x's backend: registered op or reference function."""
+    backend = backend_for(x)
+    if backend in ("cpu", "cuda"):
+        return getattr(torch.ops.fastgen, name)
+    if backend == "triton":
+        return getattr(torch.ops.fastgen_triton, name)
+    return getattr(reference, name)
+
+
+def check_state(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in STATE_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+def check_like(t: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x", dtypes=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
+    if t.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
+    allowed = dtypes if dtypes is not None else (x.dtype,)
+    if t.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def step_size_args(step_size, x: torch.Tensor, name: str = "step_size") -> tuple[float, torch.Tensor | None]:
+    """(scalar h, per-chain h or None) from a positive float or a tensor of shape (), (1,) or (B,).
+
+    Tensor values are checked when that needs no host-device sync (CPU tensors,
+    outside torch.compile); CUDA step sizes are checked once by the samplers.
+    """
+    chains = x.shape[0]
+    if isinstance(step_size, torch.Tensor):
+        if step_size.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}), got {step_size.device}")
+        if not step_size.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {step_size.dtype}")
+        if step_size.numel() == 1 and step_size.dim() <= 1:
+            per_chain = step_size.reshape(1).float().expand(chains).contiguous()
+        elif step_size.shape == (chains,):
+            per_chain = step_size.float().contiguous()
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape () or ({chains},), got {tuple(step_size.shape)}")
+        if per_chain.device.type == "cpu" and not _compiling():
+            if not bool(torch.isfinite(per_chain).all()) or bool((per_chain <= 0).any()):
+                raise ValueError(f"{name} must be finite and > 0 for every chain")
+        return 1.0, per_chain
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(step_size).__name__}")
+    if not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {step_size}")
+    return float(step_size), None
+
+
+def rng_args(seed, offset: int, x: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
+    """(seed, offset, rng_state) from an int seed, or from an RNGState tensor of shape (2,)."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.shape != (2,):
+            raise ValueError(f"seed as a tensor must be an RNGState.state: int64 of shape (2,), got {seed.dtype} "
+                             f"{tuple(seed.shape)}")
+        if seed.device != x.device:
+            raise ValueError(f"seed (RNG state) must be on the device of x ({x.device}), got {seed.device}")
+        return 0, offset, seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**63 - 1] or an RNGState.state tensor, got {seed!r}")
+    return seed, offset, None
+
+
+def clamp_args(clamp) -> tuple[float | None, float | None]:
+    if clamp is None:
+        return None, None
+    try:
+        lo, hi = clamp
+    except (TypeError, ValueError):
+        raise ValueError(f"clamp must be a (lo, hi) pair, got {clamp!r}") from None
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if lo is not None and hi is not None and not lo <= hi:
+        raise ValueError(f"clamp must satisfy lo <= hi, got ({lo}, {hi})")
+    return lo, hi
+
+
+def positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,166 @@
+"""Targets with exact answers: Gaussian mixtures (energy, score, log-density,
+exact samples, and the exact score of every Gaussian-noised marginal) and
+sample-only toy sets."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rng import resolve_seed
+
+
+def _generator(seed, generator) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(resolve_seed(seed, generator))
+    return g
+
+
+class GaussianMixture:
+    """p(x) = sum_k w_k N(x; mu_k, diag(sigma_k^2)).
+
+    Args:
+        means: (K, D) component means.
+        stds: standard deviations, a float, (K,) (isotropic per component) or (K, D).
+        weights: (K,) positive weights (normalized here); equal weights by default.
+
+    Passed as ``energy=`` to :func:`fastgen.langevin`, it runs the fused
+    in-register kernel (:func:`fastgen.ops.gmm_langevin_`).
+    """
+
+    def __init__(self, means, stds=1.0, weights=None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() != 2 or means.shape[0] < 1:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        k, d = means.shape
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if stds.dim() == 0:
+            stds = stds.expand(k, d)
+        elif stds.shape == (k,):
+            stds = stds[:, None].expand(k, d)
+        elif stds.shape != (k, d):
+            raise ValueError(f"stds must be a float, ({k},) or ({k}, {d}), got {tuple(stds.shape)}")
+        if not bool((stds > 0).all()) or not bool(torch.isfinite(stds).all()):
+            raise ValueError("stds must be finite and > 0")
+        weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(
+            weights, dtype=torch.float64)
+        if weights.shape != (k,) or not bool((weights > 0).all()):
+            raise ValueError(f"weights must be ({k},) and > 0, got {weights}")
+        self.means = means
+        self.stds = stds.contiguous()
+        self.weights = weights / weights.sum()
+        self._kernel_params: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def kernel_params(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(means, 1/sigma^2, log w_k - sum_d log sigma_kd) as float32 on `device` (cached)."""
+        device = torch.device(device)
+        if device not in self._kernel_params:
+            log_coef = self.weights.log() - self.stds.log().sum(1)
+            self._kernel_params[device] = tuple(
+                t.to(device=device, dtype=torch.float32).contiguous()
+                for t in (self.means, self.stds.pow(-2), log_coef))
+        return self._kernel_params[device]
+
+    def _components(self, x: torch.Tensor, sigma=None):
+        """Per-component log-densities (B, K) and (mu - x) / var (B, K, D) of the mixture noised by sigma."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        means = self.means.to(x.device, dtype)
+        var = self.stds.to(x.device, dtype).square()[None]  # (1, K, D)
+        if sigma is not None:
+            s = torch.as_tensor(sigma, dtype=dtype, device=x.device)
+            s = s.reshape(-1, 1, 1) if s.dim() > 0 else s
+            var = var + s.square()
+        diff = means[None] - x.to(dtype)[:, None, :]  # (B, K, D)
+        log_comp = (self.weights.to(x.device, dtype).log()
+                    - 0.5 * (diff.square() / var).sum(-1)
+                    - 0.5 * var.log().sum(-1)
+                    - 0.5 * self.dim * math.log(2 * math.pi))  # fmt: skip
+        return log_comp, diff / var
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x), shape (B,)."""
+        return torch.logsumexp(self._components(x)[0], dim=-1)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """U(x) = -log p(x), shape (B,)."""
+        return -self.log_prob(x)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """grad log p(x) = sum_k r_k(x) (mu_k - x) / sigma_k^2, shape (B, D), x's dtype."""
+        return self.diffused_score(x, None)
+
+    def diffused_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Exact score of p convolved with N(0, sigma^2 I): a mixture with variances sigma_k^2 + sigma^2.
+
+        sigma: None (no noise), a float, a 0-d tensor or a (B,) tensor (one per sample).
+        """
+        log_comp, pull = self._components(x, sigma)
+        resp = torch.softmax(log_comp, dim=-1)
+        return (resp[..., None] * pull).sum(1).to(x.dtype)
+
+    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
+               device=None, dtype=torch.float32) -> torch.Tensor:
+        """n exact samples (component by weight, then Gaussian), shape (n, D)."""
+        g = _generator(seed, generator)
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        z = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        x = self.means[comp] + self.stds[comp] * z
+        return x.to(device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(components={self.n_components}, dim={self.dim})"
+
+
+def eight_gaussians(radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
+    """Eight equal components on a circle of `radius`."""
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return GaussianMixture(means, std)
+
+
+def rings(radii=(1.0, 2.0, 3.0), per_ring=(8, 16, 24), std: float = 0.08) -> GaussianMixture:
+    """Concentric rings, each a ring of equal components, weighted by component count."""
+    means = []
+    for r, n in zip(radii, per_ring):
+        a = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
+        means.append(r * torch.stack([a.cos(), a.sin()], dim=1))
+    return GaussianMixture(torch.cat(means), std)
+
+
+def grid(size: int = 5, spacing: float = 1.0, std: float = 0.1) -> GaussianMixture:
+    """size x size equal components on a square grid centred at 0."""
+    ticks = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2) * spacing
+    means = torch.cartesian_prod(ticks, ticks)
+    return GaussianMixture(means, std)
+
+
+def two_moons(n: int, noise: float = 0.1, seed: int | None = None, generator=None) -> torch.Tensor:
+    """n samples of the two interleaved half circles (sample-only), shape (n, 2)."""
+    g = _generator(seed, generator)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.where(upper, t.cos(), 1 - t.cos())
+    y = torch.where(upper, t.sin(), 0.5 - t.sin())
+    pts = torch.stack([x, y], dim=1) + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return pts.float()
+
+
+def checkerboard(n: int, squares: int = 4, seed: int | None = None, generator=None) -> torch.Tensor:
+    """n uniform samples on the dark squares of a squares x squares board on [-2, 2]^2, shape (n, 2)."""
+    g = _generator(seed, generator)
+    side = 4.0 / squares
+    i = torch.randint(0, squares, (n,), generator=g)
+    j = (torch.randint(0, squares // 2, (n,), generator=g) * 2 + i % 2) % squares
+    u = torch.rand(n, 2, generator=g)
+    return torch.stack([i, j], dim=1).float() * side - 2.0 + u * side

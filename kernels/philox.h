@@ -1,0 +1,110 @@
+// Philox4x32-10 counter-based generator shared by the CPU (csrc/) and CUDA
+// (kernels/*.cu) backends. It reproduces triton.language.rand/randn exactly:
+//   key     = (lo32(seed), hi32(seed))
+//   counter = (lo32(n), hi32(n), 0, 0), n = offset + flat element index
+//   uniform = lane 0 as int32, negatives mapped by ~x, times 4.6566127342e-10f
+//   normal  = Box-Muller's first output from the uniforms of lanes 0 and 1.
+// No torch header here: nvcc compiles this without PyTorch.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define FASTGEN_HD __host__ __device__ __forceinline__
+#else
+#define FASTGEN_HD inline
+#endif
+
+namespace fastgen {
+
+struct Philox2 {
+  uint32_t lane0;
+  uint32_t lane1;
+};
+
+FASTGEN_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+// Lanes 0 and 1 of Philox4x32-10 at counter (lo32(n), hi32(n), 0, 0).
+FASTGEN_HD Philox2 philox_lanes01(uint64_t seed, uint64_t n) {
+  uint32_t c0 = static_cast<uint32_t>(n);
+  uint32_t c1 = static_cast<uint32_t>(n >> 32);
+  uint32_t c2 = 0u;
+  uint32_t c3 = 0u;
+  uint32_t k0 = static_cast<uint32_t>(seed);
+  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = mulhi32(0xD2511F53u, c0);
+    const uint32_t lo0 = 0xD2511F53u * c0;
+    const uint32_t hi2 = mulhi32(0xCD9E8D57u, c2);
+    const uint32_t lo2 = 0xCD9E8D57u * c2;
+    c0 = hi2 ^ c1 ^ k0;
+    c2 = hi0 ^ c3 ^ k1;
+    c1 = lo2;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return Philox2{c0, c1};
+}
+
+// Uniform in [0, 1) from one 32-bit lane, as triton.language.rand maps it.
+FASTGEN_HD float uint_to_uniform(uint32_t bits) {
+  int32_t v = static_cast<int32_t>(bits);
+  v = v < 0 ? ~v : v;
+  return static_cast<float>(v) * 4.6566127342e-10f;
+}
+
+constexpr float kTwoPi = 6.283185307179586f;
+constexpr float kMinUniform = 1.0e-7f;
+
+}  // namespace fastgen
+
+namespace fastgen {
+
+// Where a call's noise comes from: (seed, offset) given by value, or, when
+// `state` is set, read on the device from state[0] (seed) and state[1]
+// (base offset, to which `offset` is added) so captured graphs replay fresh noise.
+struct RngArgs {
+  uint64_t seed;
+  uint64_t offset;
+  const int64_t* state;
+};
+
+FASTGEN_HD void resolve_rng(const RngArgs& rng, uint64_t* seed, uint64_t* offset) {
+  if (rng.state != nullptr) {
+    *seed = static_cast<uint64_t>(rng.state[0]);
+    *offset = static_cast<uint64_t>(rng.state[1]) + rng.offset;
+  } else {
+    *seed = rng.seed;
+    *offset = rng.offset;
+  }
+}
+
+}  // namespace fastgen
+
+namespace fastgen {
+
+FASTGEN_HD float uniform_at(uint64_t seed, uint64_t n) {
+  return uint_to_uniform(philox_lanes01(seed, n).lane0);
+}
+
+// Box-Muller with the platform's float log/cos (libm on the host, libdevice on CUDA).
+FASTGEN_HD float normal_at(uint64_t seed, uint64_t n) {
+  const Philox2 lanes = philox_lanes01(seed, n);
+  float u1 = uint_to_uniform(lanes.lane0);
+  const float u2 = uint_to_uniform(lanes.lane1);
+  u1 = u1 < kMinUniform ? kMinUniform : u1;
+  return sqrtf(-2.0f * logf(u1)) * cosf(kTwoPi * u2);
+}
+
+}  // namespace fastgen

@@ -1,0 +1,78 @@
+"""Build fastgen._C against the installed torch.
+
+The CPU ops are always built. The CUDA ops are built when FASTGEN_BUILD_CUDA
+is 1, or when it is ``auto`` (the default) and torch has CUDA and nvcc is found.
+Build with ``pip install --no-build-isolation -e .`` so the installed torch is used.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+
+
+def want_cuda() -> bool:
+    mode = os.environ.get("FASTGEN_BUILD_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"FASTGEN_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    have_nvcc = CUDA_HOME is not None and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is not None
+    have = torch.version.cuda is not None and have_nvcc
+    if mode == "1" and not have:
+        raise SystemExit(
+            "FASTGEN_BUILD_CUDA=1 but "
+            + ("torch has no CUDA" if torch.version.cuda is None else "nvcc was not found (set CUDA_HOME)")
+        )
+    return mode == "1" or (mode == "auto" and have)
+
+
+def cuda_archs() -> list[str]:
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0").replace(",", ";").replace(" ", ";")
+    return [a.strip() for a in archs.split(";") if a.strip()]
+
+
+def extension():
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    with_cuda = want_cuda()
+    flags = list(CXX_FLAGS)
+    archs = cuda_archs() if with_cuda else []
+    macros = [
+        ("FASTGEN_CXX_FLAGS", '"' + " ".join(flags) + '"'),
+        ("FASTGEN_CUDA_ARCHS", '"' + ";".join(archs) + '"'),
+    ]
+    if not with_cuda:
+        return CppExtension(
+            "fastgen._C", sources, define_macros=macros, extra_compile_args={"cxx": flags}, extra_link_args=["-fopenmp"]
+        )
+    gencode = []
+    for arch in archs:
+        num = arch.replace(".", "").replace("+PTX", "")
+        gencode += [f"-gencode=arch=compute_{num},code=sm_{num}"]
+    return CUDAExtension(
+        "fastgen._C",
+        sources + sorted(glob.glob("kernels/*.cu")),
+        define_macros=macros + [("FASTGEN_WITH_CUDA", None)],
+        extra_compile_args={"cxx": flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", *gencode]},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    name="fastgen",
+    version="0.1.0",
+    description="Fused Triton/CUDA/CPU kernels for the hot loops of generative models",
+    packages=["fastgen", "fastgen.ops", "fastgen.reference", "fastgen.samplers", "fastgen.kernels"],
+    package_dir={"fastgen.kernels": "kernels"},
+    package_data={"fastgen.kernels": ["*.cu", "*.h"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={"triton": ["triton>=3.0"], "plot": ["matplotlib"]},
+)
