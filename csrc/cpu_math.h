@@ -28,9 +28,9 @@ inline float log_unit(float x) {
   const uint32_t bits = float_to_bits(x);
   float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 126);
   float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F000000u);  // [0.5, 1)
-  const bool small = m < 0.70710678118654752f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
+  const float small = m < 0.70710678118654752f ? 1.0f : 0.0f;  // exact arithmetic select
+  e -= small;
+  m = m + small * m - 1.0f;
   const float z = m * m;
   float y = 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;
@@ -51,16 +51,15 @@ inline float log_unit(float x) {
 inline float cos_twopi_range(float x) {
   const float j = static_cast<float>((static_cast<int32_t>(x * 1.27323954473516f) + 1) & ~1);  // 4/pi
   const float r = ((x - j * 0.78515625f) - j * 2.4187564849853515625e-4f) - j * 3.77489497744594108e-8f;
-  int32_t q = static_cast<int32_t>(j) & 7;
-  float sign = 1.0f;
-  sign = q > 3 ? -sign : sign;
-  q = q > 3 ? q - 4 : q;
-  sign = q > 1 ? -sign : sign;
+  const int32_t q = static_cast<int32_t>(j) & 7;
+  // q is even (octant pair): negate for q in {2, 4}; sine polynomial for q in {2, 6}
+  const float sign = static_cast<float>(1 - 2 * (((q + 2) >> 2) & 1));
+  const int32_t use_sin = ((q + 1) >> 1) & 1;
   const float z = r * r;
   float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z;
   c = c - 0.5f * z + 1.0f;
   const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
-  return sign * ((q == 1 || q == 2) ? s : c);
+  return sign * (use_sin ? s : c);
 }
 
 // exp(x) for x <= 0 (softmax weights); inputs below -87 flush to exp(-87).
@@ -80,20 +79,18 @@ inline float exp_nonpositive(float x) {
   return p * bits_to_float(scale);
 }
 
-// normal_at() of philox.h with the vectorizable log and cos above.
-inline float normal_at_vectorizable(uint64_t seed, uint64_t n) {
-  const Philox2 lanes = philox_lanes01(seed, n);
-  float u1 = uint_to_uniform(lanes.lane0);
-  const float u2 = uint_to_uniform(lanes.lane1);
+// Box-Muller of normal_at() in philox.h, with the vectorizable log and cos above.
+inline float box_muller(uint32_t lane0, uint32_t lane1) {
+  float u1 = uint_to_uniform(lane0);
+  const float u2 = uint_to_uniform(lane1);
   u1 = u1 < kMinUniform ? kMinUniform : u1;
-  const float th = kTwoPi * u2;
-  const float r = __builtin_sqrtf(-2.0f * log_unit(u1));
-  return r * cos_twopi_range(th);
+  return __builtin_sqrtf(-2.0f * log_unit(u1)) * cos_twopi_range(kTwoPi * u2);
 }
 
-// out[i] = normal at counter first + i, for i < count. Defined in rng.cpp
-// (one AVX2 and one baseline clone, picked at load time).
+// out[i] = normal (or uniform) at counter first + i, for i < count. Defined in
+// rng.cpp: hand-written AVX2 Philox where the CPU has it, else portable code.
 void fill_normals(uint64_t seed, uint64_t first, int64_t count, float* out);
+void fill_uniforms(uint64_t seed, uint64_t first, int64_t count, float* out);
 
 // Elements per stack buffer of noise in the elementwise CPU kernels.
 constexpr int64_t kBlock = 512;

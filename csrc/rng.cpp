@@ -4,6 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "checks.h"
 #include "cpu_math.h"
 
@@ -16,18 +21,103 @@
 
 namespace fastgen {
 namespace cpu {
+namespace {
 
-__attribute__((target_clones("avx2", "default"))) void fill_normals(uint64_t seed, uint64_t first, int64_t count,
-                                                                     float* out) {
+constexpr int64_t kLaneBlock = 1024;
+
+// Lanes 0 and 1 at counters first .. first + count - 1, portable.
+void philox_lanes_portable(uint64_t seed, uint64_t first, int64_t count, uint32_t* lane0, uint32_t* lane1) {
   for (int64_t i = 0; i < count; ++i) {
-    out[i] = normal_at_vectorizable(seed, first + static_cast<uint64_t>(i));
+    const Philox2 r = philox_lanes01(seed, first + static_cast<uint64_t>(i));
+    lane0[i] = r.lane0;
+    lane1[i] = r.lane1;
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) static void fill_uniforms(uint64_t seed, uint64_t first,
-                                                                             int64_t count, float* out) {
-  for (int64_t i = 0; i < count; ++i) {
-    out[i] = uniform_at(seed, first + static_cast<uint64_t>(i));
+#if defined(__x86_64__)
+// High and low 32 bits of a * m in each of 8 lanes (m a broadcast constant).
+__attribute__((target("avx2"))) inline __m256i mulhilo(__m256i a, __m256i m, __m256i* lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_mullo_epi32(a, m);
+  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Same stream as philox_lanes01(), 8 counters at a time.
+__attribute__((target("avx2"))) void philox_lanes_avx2(uint64_t seed, uint64_t first, int64_t count,
+                                                         uint32_t* lane0, uint32_t* lane1) {
+  const __m256i round_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i round_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const uint64_t n = first + static_cast<uint64_t>(i);
+    const uint32_t lo = static_cast<uint32_t>(n);
+    if (lo > 0xFFFFFFF8u) {  // the 8 counters cross a 2^32 boundary: portable path
+      philox_lanes_portable(seed, n, 8, lane0 + i, lane1 + i);
+      continue;
+    }
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo)), iota);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(n >> 32)));
+    __m256i c2 = _mm256_setzero_si256();
+    __m256i c3 = _mm256_setzero_si256();
+    uint32_t k0 = static_cast<uint32_t>(seed);
+    uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+#pragma GCC unroll 10
+    for (int round = 0; round < 10; ++round) {
+      __m256i lo0, lo2;
+      const __m256i hi0 = mulhilo(c0, round_a, &lo0);
+      const __m256i hi2 = mulhilo(c2, round_b, &lo2);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi2, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = lo2;
+      c3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i), c1);
+  }
+  philox_lanes_portable(seed, first + static_cast<uint64_t>(i), count - i, lane0 + i, lane1 + i);
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+void philox_lanes(uint64_t seed, uint64_t first, int64_t count, uint32_t* lane0, uint32_t* lane1) {
+#if defined(__x86_64__)
+  if (kHaveAvx2) return philox_lanes_avx2(seed, first, count, lane0, lane1);
+#endif
+  philox_lanes_portable(seed, first, count, lane0, lane1);
+}
+
+__attribute__((target_clones("avx2", "default"))) void box_muller_block(const uint32_t* lane0, const uint32_t* lane1,
+                                                                        int64_t count, float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = box_muller(lane0[i], lane1[i]);
+}
+
+__attribute__((target_clones("avx2", "default"))) void uniform_block(const uint32_t* lane0, int64_t count,
+                                                                     float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = uint_to_uniform(lane0[i]);
+}
+
+}  // namespace
+
+void fill_normals(uint64_t seed, uint64_t first, int64_t count, float* out) {
+  uint32_t lane0[kLaneBlock], lane1[kLaneBlock];
+  for (int64_t i = 0; i < count; i += kLaneBlock) {
+    const int64_t n = std::min(kLaneBlock, count - i);
+    philox_lanes(seed, first + static_cast<uint64_t>(i), n, lane0, lane1);
+    box_muller_block(lane0, lane1, n, out + i);
+  }
+}
+
+void fill_uniforms(uint64_t seed, uint64_t first, int64_t count, float* out) {
+  uint32_t lane0[kLaneBlock], lane1[kLaneBlock];
+  for (int64_t i = 0; i < count; i += kLaneBlock) {
+    const int64_t n = std::min(kLaneBlock, count - i);
+    philox_lanes(seed, first + static_cast<uint64_t>(i), n, lane0, lane1);
+    uniform_block(lane0, n, out + i);
   }
 }
 
