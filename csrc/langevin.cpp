@@ -179,13 +179,12 @@ void ula_cpu(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOption
   });
 }
 
-Tensor ula_step_cpu(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
+void ula_step_cpu(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
                     int64_t offset, const OptTensor& rng_state, c10::optional<double> clamp_lo,
                     c10::optional<double> clamp_hi, c10::optional<double> grad_clip) {
   const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip};
   check_ula(x, score, o);
   ula_cpu(x, x, score, o);
-  return x;
 }
 
 void check_mala_propose(const Tensor& x, const Tensor& grad_log_prob, const UlaOptions& o) {
@@ -381,12 +380,12 @@ __attribute__((target_clones("avx2", "default"))) void gmm_block_steps(float* xs
   }
 }
 
-Tensor gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
+void gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
                         int64_t n_steps, double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
                         const OptTensor& rng_state) {
   check_gmm(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state);
   const int64_t chains = x.size(0);
-  if (chains == 0 || n_steps == 0) return x;
+  if (chains == 0 || n_steps == 0) return;
   const int D = static_cast<int>(means.size(1));
   const GmmView g{means.data_ptr<float>(), inv_vars.data_ptr<float>(), log_coef.data_ptr<float>(),
                   static_cast<int>(means.size(0)), D};
@@ -417,7 +416,6 @@ Tensor gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, c
       }
     });
   });
-  return x;
 }
 
 // ---------------------------------------------------------------- CUDA
@@ -463,13 +461,12 @@ void ula_cuda(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOptio
   C10_CUDA_CHECK(cuda::ula_step(a, at::cuda::getCurrentCUDAStream()));
 }
 
-Tensor ula_step_cuda(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
+void ula_step_cuda(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
                      int64_t offset, const OptTensor& rng_state, c10::optional<double> clamp_lo,
                      c10::optional<double> clamp_hi, c10::optional<double> grad_clip) {
   const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip};
   check_ula(x, score, o);
   ula_cuda(x, x, score, o);
-  return x;
 }
 
 Tensor mala_propose_cuda(const Tensor& x, const Tensor& grad_log_prob, double step_size, const OptTensor& step_sizes,
@@ -509,7 +506,7 @@ std::tuple<Tensor, Tensor> mala_accept_cuda(Tensor x, Tensor log_prob, Tensor gr
   return {accepted, accept_prob};
 }
 
-Tensor gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
+void gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
                          int64_t n_steps, double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
                          const OptTensor& rng_state) {
   check_gmm(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state);
@@ -528,7 +525,6 @@ Tensor gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, 
   a.step_sizes = step_sizes_ptr(step_sizes, x, x.size(0));
   a.rng = rng_args(seed, offset, rng_state, x);
   C10_CUDA_CHECK(cuda::gmm_langevin(a, at::cuda::getCurrentCUDAStream()));
-  return x;
 }
 #endif
 

@@ -11,13 +11,14 @@
 #define FASTGEN_CUDA_ARCHS ""
 #endif
 
+// In-place ops return nothing (torch.compile cannot functionalize aliased outputs).
 TORCH_LIBRARY(fastgen, m) {
   // out[i] <- uniform (or normal) at Philox counter offset + i.
-  m.def("philox_fill_(Tensor(a!) out, int seed, int offset, Tensor? rng_state, bool normal) -> Tensor(a!)");
+  m.def("philox_fill_(Tensor(a!) out, int seed, int offset, Tensor? rng_state, bool normal) -> ()");
   // x <- x + h c s + sqrt(2h) xi, optionally clamped; c clips the per-chain norm of s.
   m.def(
       "ula_step_(Tensor(a!) x, Tensor score, float step_size, Tensor? step_sizes, int seed, int offset, "
-      "Tensor? rng_state, float? clamp_lo, float? clamp_hi, float? grad_clip) -> Tensor(a!)");
+      "Tensor? rng_state, float? clamp_lo, float? clamp_hi, float? grad_clip) -> ()");
   // y = x + h grad + sqrt(2h) xi.
   m.def(
       "mala_propose(Tensor x, Tensor grad_log_prob, float step_size, Tensor? step_sizes, int seed, int offset, "
@@ -30,7 +31,7 @@ TORCH_LIBRARY(fastgen, m) {
   // n_steps ULA steps on a diagonal Gaussian mixture.
   m.def(
       "gmm_langevin_(Tensor(a!) x, Tensor means, Tensor inv_vars, Tensor log_coef, int n_steps, float step_size, "
-      "Tensor? step_sizes, int seed, int offset, Tensor? rng_state) -> Tensor(a!)");
+      "Tensor? step_sizes, int seed, int offset, Tensor? rng_state) -> ()");
 }
 
 namespace {

@@ -132,7 +132,7 @@ void check_fill(const torch::Tensor& out, int64_t seed, int64_t offset) {
   FASTGEN_CHECK(offset >= 0, "offset must be non-negative, got ", offset);
 }
 
-torch::Tensor philox_fill_cpu(torch::Tensor out, int64_t seed, int64_t offset,
+void philox_fill_cpu(torch::Tensor out, int64_t seed, int64_t offset,
                               const c10::optional<torch::Tensor>& rng_state, bool normal) {
   check_fill(out, seed, offset);
   const int64_t* state = rng_state_ptr(rng_state, out);
@@ -147,18 +147,16 @@ torch::Tensor philox_fill_cpu(torch::Tensor out, int64_t seed, int64_t offset,
       cpu::fill_uniforms(s, o + static_cast<uint64_t>(begin), end - begin, data + begin);
     }
   });
-  return out;
 }
 
 #ifdef FASTGEN_WITH_CUDA
-torch::Tensor philox_fill_cuda(torch::Tensor out, int64_t seed, int64_t offset,
+void philox_fill_cuda(torch::Tensor out, int64_t seed, int64_t offset,
                                const c10::optional<torch::Tensor>& rng_state, bool normal) {
   check_fill(out, seed, offset);
   const c10::cuda::CUDAGuard guard(out.device());
   RngArgs rng{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, out)};
   C10_CUDA_CHECK(cuda::philox_fill(out.data_ptr<float>(), out.numel(), normal, rng,
                                    at::cuda::getCurrentCUDAStream()));
-  return out;
 }
 #endif
 

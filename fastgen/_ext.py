@@ -25,11 +25,11 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastgen::philox_fill_")
     def _(out, seed, offset, rng_state, normal):
-        return out
+        return None
 
     @torch.library.register_fake("fastgen::ula_step_")
     def _(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip):
-        return x
+        return None
 
     @torch.library.register_fake("fastgen::mala_propose")
     def _(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
@@ -42,7 +42,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastgen::gmm_langevin_")
     def _(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state):
-        return x
+        return None
 
 
 def _load() -> None:

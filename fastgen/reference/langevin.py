@@ -32,7 +32,7 @@ def _ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, cla
         noise_scale = torch.sqrt(2.0 * h)
     drift = h
     if grad_clip is not None:
-        norms = s.double().reshape(x.shape[0], -1).norm(dim=1)
+        norms = s.double().flatten(1).norm(dim=1) if x.dim() > 1 else s.double().abs()
         drift = h * _per_chain((grad_clip / (norms + 1e-6)).clamp(max=1.0).float(), x)
     value = x.float() + drift * s + noise_scale * _normals(x, seed, offset, rng_state)
     if clamp_lo is not None or clamp_hi is not None:
@@ -65,6 +65,8 @@ def mala_accept_(x, log_prob, grad_log_prob, y, log_prob_y, grad_log_prob_y, ste
     Returns (accepted, min(1, alpha)).
     """
     chains = x.shape[0]
+    if chains == 0:
+        return torch.empty(0, dtype=torch.bool, device=x.device), torch.empty(0, device=x.device)
     h = step_sizes.double() if step_sizes is not None else torch.full((chains,), step_size, dtype=torch.float64,
                                                                        device=x.device)
     xd, yd = x.double().reshape(chains, -1), y.double().reshape(chains, -1)

@@ -1,0 +1,45 @@
+"""Shared fixtures. Without CUDA the Triton kernels run in Triton's interpreter
+(TRITON_INTERPRET must be set before triton.jit sees the kernels)."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastgen  # noqa: E402
+from fastgen import _backend  # noqa: E402
+
+
+def cpu_backends() -> list[str]:
+    """Backends that run CPU tensors here (torch always; cpu when built; triton when interpreted)."""
+    return [b for b in ("cpu", "triton", "torch") if _backend._usable(b, torch.device("cpu")) is None]
+
+
+def cuda_backends() -> list[str]:
+    if not torch.cuda.is_available():
+        return []
+    return [b for b in ("cuda", "triton", "torch") if _backend._usable(b, torch.device("cuda")) is None]
+
+
+def device_backends() -> list[tuple[str, str]]:
+    """(device, backend) pairs to test against the reference."""
+    return [("cpu", b) for b in cpu_backends() if b != "torch"] + [("cuda", b) for b in cuda_backends() if b != "torch"]
+
+
+@pytest.fixture(params=device_backends(), ids=lambda p: f"{p[0]}-{p[1]}")
+def device_backend(request):
+    return request.param
+
+
+def run_on(backend: str, fn, *args, **kwargs):
+    with fastgen.use_backend(backend):
+        return fn(*args, **kwargs)
+
+
+def fast_sizes(backend: str) -> list[int]:
+    """The issue's odd sizes; the interpreter gets the big one only on fp32 tests."""
+    return [0, 1, 3, 1000003]

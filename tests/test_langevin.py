@@ -1,0 +1,255 @@
+"""Langevin ops on every available backend against the torch reference, opcheck,
+torch.compile, and bad input (clear errors, nothing written)."""
+
+import pytest
+import torch
+
+import fastgen
+from fastgen import reference
+from fastgen.ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
+
+from conftest import cpu_backends, run_on
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-3),
+       torch.bfloat16: dict(rtol=2e-2, atol=1e-2)}
+
+
+def skip_unsupported(device, backend, dtype):
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter mishandles bfloat16")
+
+
+def on_reference(fn, *args, **kwargs):
+    return run_on("torch", fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 3, 1000003])
+def test_ula_step_matches_reference(device_backend, dtype, n):
+    device, backend = device_backend
+    skip_unsupported(device, backend, dtype)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g).to(device, dtype)
+    score = torch.randn(n, generator=g).to(device, dtype)
+    got = run_on(backend, ula_step_, x.clone(), score, 0.05, 11, 2**32 - 7)
+    want = on_reference(ula_step_, x.clone(), score, 0.05, 11, 2**32 - 7)
+    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ula_step_options_match_reference(device_backend, dtype):
+    device, backend = device_backend
+    skip_unsupported(device, backend, dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(37, 3, 5, generator=g).to(device, dtype)
+    score = (3 * torch.randn(37, 3, 5, generator=g)).to(device)  # float32 score with any state dtype
+    steps = torch.rand(37, generator=g).to(device) * 0.1 + 0.01
+    kwargs = dict(clamp=(-1.5, 2.0), grad_clip=4.0)
+    got = run_on(backend, ula_step_, x.clone(), score, steps, 5, 9, **kwargs)
+    want = on_reference(ula_step_, x.clone(), score, steps, 5, 9, **kwargs)
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    assert float(got.float().min()) >= -1.5 and float(got.float().max()) <= 2.0
+
+
+def test_ula_step_is_in_place_and_returns_x(device_backend):
+    device, backend = device_backend
+    x = torch.zeros(10, 4, device=device)
+    out = run_on(backend, ula_step_, x, torch.ones_like(x), 0.5, 0)
+    assert out is x and not torch.equal(x, torch.zeros_like(x))
+
+
+def test_ula_step_update_rule():
+    """x + h s + sqrt(2h) xi with xi the stream's normals."""
+    x = torch.randn(1000)
+    s = torch.randn(1000)
+    xi = fastgen.ops.normal(1000, 3, 40)
+    got = ula_step_(x.clone(), s, 0.02, 3, 40)
+    torch.testing.assert_close(got, x + 0.02 * s + 0.2 * xi, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (3, 7), (1000, 3)])
+def test_mala_ops_match_reference(device_backend, dtype, shape):
+    device, backend = device_backend
+    skip_unsupported(device, backend, dtype)
+    g = torch.Generator().manual_seed(2)
+    chains = shape[0]
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    grad = torch.randn(shape, generator=g).to(device, dtype)
+    steps = (torch.rand(chains, generator=g) * 0.3 + 0.05).to(device)
+    y_got = run_on(backend, mala_propose, x, grad, steps, 4, 100)
+    y_want = on_reference(mala_propose, x, grad, steps, 4, 100)
+    torch.testing.assert_close(y_got, y_want, **TOL[dtype])
+    y = y_want
+    log_p = torch.randn(chains, generator=g).to(device)
+    log_p_y = log_p + torch.randn(chains, generator=g).to(device)
+    grad_y = (-y.float()).to(dtype)
+    results = {}
+    for name in (backend, "torch"):
+        state = (x.clone(), log_p.clone(), grad.clone())
+        accepted, prob = run_on(name, mala_accept_, *state, y, log_p_y, grad_y, steps, 4, 5000, return_prob=True)
+        results[name] = (accepted, prob) + state
+    (acc, prob, xs, lps, gs), (acc_r, prob_r, xs_r, lps_r, gs_r) = results[backend], results["torch"]
+    torch.testing.assert_close(prob, prob_r, rtol=1e-4, atol=1e-5)
+    assert torch.equal(acc, acc_r)
+    assert torch.equal(xs, xs_r) and torch.equal(gs, gs_r) and torch.equal(lps, lps_r)
+    if chains >= 100:
+        assert 0 < int(acc.sum()) < chains  # both branches exercised
+
+
+def test_mala_accept_rule_matches_formula():
+    """Accepted exactly where u_b < min(1, alpha_b), u_b the stream's uniform at offset + b."""
+    g = torch.Generator().manual_seed(8)
+    x, grad, y, grad_y = (torch.randn(500, 2, generator=g) for _ in range(4))
+    log_p, log_p_y = torch.randn(500, generator=g), torch.randn(500, generator=g)
+    h = 0.3
+    fwd = (y - x - h * grad).square().sum(1)
+    bwd = (x - y - h * grad_y).square().sum(1)
+    alpha = torch.exp(log_p_y - log_p + (fwd - bwd) / (4 * h)).clamp(max=1)
+    u = fastgen.ops.uniform(500, 6, 70)
+    accepted = mala_accept_(x.clone(), log_p.clone(), grad.clone(), y, log_p_y, grad_y, h, 6, 70)
+    near = (u - alpha).abs() < 1e-5
+    assert torch.equal(accepted[~near], (u < alpha)[~near])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chains,dim,components", [(0, 2, 8), (1, 1, 1), (3, 2, 8), (300, 10, 3), (70, 64, 64)])
+def test_gmm_langevin_matches_reference(device_backend, dtype, chains, dim, components):
+    device, backend = device_backend
+    skip_unsupported(device, backend, dtype)
+    g = torch.Generator().manual_seed(chains + dim)
+    gmm = fastgen.targets.GaussianMixture(torch.randn(components, dim, generator=g) * 2,
+                                          torch.rand(components, dim, generator=g) + 0.5,
+                                          torch.rand(components, generator=g) + 0.1)
+    x = torch.randn(chains, dim, generator=g).to(device, dtype)
+    got = run_on(backend, gmm_langevin_, x.clone(), gmm, 5, 1e-2, 3, 10)
+    want = on_reference(gmm_langevin_, x.clone(), gmm, 5, 1e-2, 3, 10)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_gmm_langevin_equals_ula_steps_with_exact_score():
+    gmm = fastgen.targets.eight_gaussians()
+    x = torch.randn(500, 2)
+    fused = gmm_langevin_(x.clone(), gmm, 20, 1e-3, 7, 0)
+    looped = x.clone()
+    for t in range(20):
+        ula_step_(looped, gmm.score(looped), 1e-3, 7, t * looped.numel())
+    torch.testing.assert_close(fused, looped, rtol=1e-4, atol=1e-4)
+
+
+def _ula_args(device="cpu"):
+    x = torch.randn(8, 3, device=device)
+    return (x, torch.randn_like(x), 0.1, torch.rand(8, device=device) + 0.1, 3, 5, None, -2.0, 2.0, 1.0)
+
+
+def _mala_accept_args(device="cpu"):
+    x = torch.randn(8, 3, device=device)
+    return (x, torch.randn(8, device=device), torch.randn_like(x), torch.randn_like(x), torch.randn(8, device=device),
+            torch.randn_like(x), 0.1, None, 3, 5, None)
+
+
+def _gmm_args(device="cpu"):
+    means, inv_vars, log_coef = fastgen.targets.eight_gaussians().kernel_params(device)
+    return (torch.randn(8, 2, device=device), means, inv_vars, log_coef, 3, 0.01, None, 3, 5, None)
+
+
+OPS = {
+    "philox_fill_": lambda: (torch.empty(10), 3, 5, None, True),
+    "ula_step_": _ula_args,
+    "mala_propose": lambda: (torch.randn(8, 3), torch.randn(8, 3), 0.1, None, 3, 5, torch.tensor([4, 2])),
+    "mala_accept_": _mala_accept_args,
+    "gmm_langevin_": _gmm_args,
+}
+
+
+@pytest.mark.parametrize("namespace", ["fastgen", "fastgen_triton"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_opcheck(namespace, name):
+    if namespace == "fastgen" and "cpu" not in cpu_backends():
+        pytest.skip("fastgen._C is not built")
+    if namespace == "fastgen_triton" and "triton" not in cpu_backends():
+        pytest.skip("Triton does not run CPU tensors here")
+    op = getattr(getattr(torch.ops, namespace), name)
+    torch.library.opcheck(op, OPS[name]())
+
+
+def test_torch_compile_fullgraph_calls_ula_step():
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True)
+    def step(x, score):
+        ula_step_(x, score, 0.01, 3, 0, clamp=(-3.0, 3.0))
+        return x * 2
+
+    x = torch.randn(64, 4)
+    s = torch.randn(64, 4)
+    want = ula_step_(x.clone(), s, 0.01, 3, 0, clamp=(-3.0, 3.0)) * 2
+    torch.testing.assert_close(step(x.clone(), s), want)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _untouched(call, x, match, exc=(ValueError, TypeError)):
+    before = x.clone()
+    with pytest.raises(exc, match=match):
+        call()
+    assert torch.equal(x, before), "x was written although a check failed"
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_ula_step_bad_input(backend):
+    x = torch.randn(4, 3)
+    s = torch.randn(4, 3)
+    with fastgen.use_backend(backend):
+        _untouched(lambda: ula_step_(x, s.to("meta"), 0.1, 0), x, "score must be on the device of x")
+        _untouched(lambda: ula_step_(x, s.double(), 0.1, 0), x, "score must have dtype")
+        _untouched(lambda: ula_step_(x, s[:, :2], 0.1, 0), x, r"score must have the shape of x \(4, 3\)")
+        for bad in (0.0, -1.0, float("nan"), float("inf")):
+            _untouched(lambda: ula_step_(x, s, bad, 0), x, "step_size must be finite and > 0")
+        _untouched(lambda: ula_step_(x, s, torch.tensor([0.1, 0.1, -0.1, 0.1]), 0), x, "step_size must be finite")
+        _untouched(lambda: ula_step_(x, s, torch.ones(3), 0), x, r"step_size must be a float or a tensor of shape")
+        _untouched(lambda: ula_step_(x, s, torch.ones(4, device="meta"), 0), x, "step_size must be on the device")
+        _untouched(lambda: ula_step_(x, s, 0.1, -3), x, "seed must be")
+        _untouched(lambda: ula_step_(x, s, 0.1, 0, -1), x, "offset must be")
+        _untouched(lambda: ula_step_(x, s, 0.1, 0, clamp=(2, 1)), x, "clamp must satisfy lo <= hi")
+        _untouched(lambda: ula_step_(x, s, 0.1, 0, grad_clip=0.0), x, "grad_clip must be")
+    with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
+        ula_step_(x.double(), s.double(), 0.1, 0)
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        ula_step_(x.t(), s.t(), 0.1, 0)
+
+
+def test_compiled_ops_check_their_arguments_too():
+    if "cpu" not in cpu_backends():
+        pytest.skip("fastgen._C is not built")
+    x = torch.randn(4, 3)
+    before = x.clone()
+    with pytest.raises(RuntimeError, match="step_size must be finite and > 0"):
+        torch.ops.fastgen.ula_step_(x, torch.randn(4, 3), -1.0, None, 0, 0, None, None, None, None)
+    with pytest.raises(RuntimeError, match="score must have the shape of x"):
+        torch.ops.fastgen.ula_step_(x, torch.randn(4, 2), 1.0, None, 0, 0, None, None, None, None)
+    with pytest.raises(RuntimeError, match="fused mixture kernel takes dimension"):
+        torch.ops.fastgen.gmm_langevin_(torch.randn(2, 65), torch.randn(1, 65), torch.ones(1, 65), torch.zeros(1), 1,
+                                        1.0, None, 0, 0, None)
+    assert torch.equal(x, before)
+
+
+def test_mala_and_gmm_bad_input():
+    x, g = torch.randn(4, 3), torch.randn(4, 3)
+    y = mala_propose(x, g, 0.1, 0)
+    lp = torch.zeros(4)
+    _untouched(lambda: mala_accept_(x, lp, g, y, torch.zeros(5), g, 0.1, 0), x, r"log_prob_y must be float32 of shape")
+    _untouched(lambda: mala_accept_(x, lp.double(), g, y, lp, g, 0.1, 0), x, "log_prob must be float32")
+    _untouched(lambda: mala_accept_(x, lp, g, y[:2], lp, g, 0.1, 0), x, "y must have the shape of x")
+    with pytest.raises(ValueError, match="grad_log_prob must have the shape of x"):
+        mala_propose(x, g[:, :1], 0.1, 0)
+    gmm = fastgen.targets.eight_gaussians()
+    _untouched(lambda: gmm_langevin_(x, gmm, 3, 0.1, 0), x, r"x must have shape \(chains, 2\)")
+    x2 = torch.randn(4, 2)
+    _untouched(lambda: gmm_langevin_(x2, gmm, -1, 0.1, 0), x2, "n_steps must be")
+    big = fastgen.targets.GaussianMixture(torch.zeros(65, 2))
+    _untouched(lambda: gmm_langevin_(x2, big, 1, 0.1, 0), x2, "up to 64 components")
+    assert reference.langevin.gmm_score(x2, *gmm.kernel_params("cpu")).shape == x2.shape
