@@ -58,8 +58,7 @@ def _load() -> None:
         importlib.import_module("triton")
     except ImportError as err:
         TRITON_ERROR = f"triton is not installed ({err})"
-        if os.environ.get("FASTGEN_BACKEND") == "triton":
-            missing.append(TRITON_ERROR)
+        missing.append(TRITON_ERROR)
     else:
         try:
             TRITON = importlib.import_module("fastgen.kernels")

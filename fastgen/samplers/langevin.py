@@ -254,7 +254,8 @@ def annealed_langevin(
     if not levels or any(not math.isfinite(s) or s <= 0 for s in levels):
         raise ValueError("sigmas must be a non-empty sequence of finite values > 0")
     n_steps_each = _check_steps(n_steps_each, "n_steps_each")
-    eps = _checked_step_size(float(eps), torch.empty(1)) if not isinstance(eps, torch.Tensor) else float(eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     x = _start(x0)
     seed = resolve_seed(seed, generator)
     sigma_last = levels[-1]
