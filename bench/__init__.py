@@ -1,0 +1,1 @@
+"""fastgen benchmarks: `python -m bench langevin [--device cpu|cuda] [--out DIR]`."""

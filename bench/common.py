@@ -1,0 +1,129 @@
+"""Timing, bandwidth limit, profiling counts and report writing shared by the benchmarks.
+
+GPU: triton.testing.do_bench (median) when triton is present, else CUDA events;
+CPU: torch.utils.benchmark (median of blocked runs). Every ratio compares
+timings taken in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+
+import torch
+import torch.utils.benchmark as tbench
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_us(fn, device: str, min_run_time: float = 0.5) -> float:
+    """Median microseconds per call of fn(), after warm-up."""
+    fn()
+    sync(device)
+    if device == "cuda":
+        try:
+            import triton.testing
+
+            return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        except ImportError:
+            times = []
+            for _ in range(50):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) * 1e3)
+            return statistics.median(times)
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
+
+
+def copy_limit_us(n_bytes: int, device: str) -> float:
+    """Time of a device copy that moves n_bytes (read n/2, write n/2): the bandwidth limit."""
+    half = max(1, n_bytes // 8)  # float32 elements read (= written)
+    src = torch.empty(half, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    return time_us(lambda: dst.copy_(src), device)
+
+
+def count_per_call(fn, device: str, calls: int = 3) -> dict:
+    """Kernels launched (CUDA) or aten ops dispatched (CPU), and host syncs, per call of fn()."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    events = prof.events()
+    sync_names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+    syncs = sum(1 for e in events if e.name in sync_names or ("Memcpy" in e.name and "DtoH" in e.name))
+    if device == "cuda":
+        syncs -= 1  # the one after the loop
+        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA and "Memcpy" not in e.name
+                      and "Memset" not in e.name)
+        return {"kernels": kernels / calls, "host_syncs": max(syncs, 0) / calls}
+    top = [e for e in events if e.cpu_parent is None and (e.name.startswith("aten::") or e.name.startswith("fastgen"))]
+    return {"ops": len(top) / calls, "host_syncs": 0.0}
+
+
+def environment(device: str) -> dict:
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device == "cuda":
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device"] = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["device"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        info["device"] += f" ({os.cpu_count()} cores)"
+    return info
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---:" for _ in columns) + "|"
+    body = []
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            v = row.get(key)
+            cells.append("–" if v is None else (f"{v:,.1f}" if isinstance(v, float) else str(v)))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *body])
+
+
+def write_report(out_dir: str, name: str, env: dict, sections: dict[str, str], data: dict) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump({"environment": env, **data}, f, indent=2)
+    text = [f"## {name} — {env['date']}, {env['device']}, torch {env['torch']}, triton {env['triton']}", ""]
+    for title, table in sections.items():
+        text += [f"### {title}", "", table, ""]
+    path = os.path.join(out_dir, f"{name}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(text))
+    return "\n".join(text)
