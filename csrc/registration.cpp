@@ -23,4 +23,13 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "gmm_langevin_(Tensor(a!) x, Tensor means, Tensor inv_vars, Tensor log_coef, int n_steps, float step_size, "
       "Tensor? step_sizes, int seed, int offset, Tensor? rng_state) -> ()");
+  // One step of an affine diffusion update rule (coefficient rows: see kernels/launchers.h).
+  m.def(
+      "diffusion_step_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index, int prediction, float? clip, "
+      "Tensor(b!)? aux, int aux_store, Tensor? noise, int seed, int offset, Tensor? rng_state, Tensor? sample_seeds, "
+      "int sample_offset) -> ()");
+  // Score-SDE Langevin corrector with a per-sample step from a target signal-to-noise ratio.
+  m.def(
+      "langevin_correct_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index, int prediction, float snr, "
+      "int seed, int offset, Tensor? rng_state, Tensor? sample_seeds, int sample_offset) -> ()");
 }

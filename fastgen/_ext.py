@@ -45,6 +45,16 @@ def _register_fakes() -> None:
         return None
 
 
+    @torch.library.register_fake("fastgen::diffusion_step_")
+    def _(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state, sample_seeds,
+          sample_offset):
+        return None
+
+    @torch.library.register_fake("fastgen::langevin_correct_")
+    def _(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds, sample_offset):
+        return None
+
+
 def _load() -> None:
     global C, C_ERROR, TRITON, TRITON_ERROR
     missing = []

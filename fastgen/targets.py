@@ -70,18 +70,24 @@ class GaussianMixture:
                 for t in (self.means, self.stds.pow(-2), log_coef))
         return self._kernel_params[device]
 
-    def _components(self, x: torch.Tensor, sigma=None):
-        """Per-component log-densities (B, K) and (mu - x) / var (B, K, D) of the mixture noised by sigma."""
+    def _components(self, x: torch.Tensor, sigma=None, alpha=None):
+        """Per-component log-densities (B, K) and (mu - x) / var (B, K, D) of the law of alpha x0 + sigma eps."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         dtype = x.dtype if x.dtype == torch.float64 else torch.float32
-        means = self.means.to(x.device, dtype)
-        var = self.stds.to(x.device, dtype).square()[None]  # (1, K, D)
+
+        def per_sample(v):
+            v = torch.as_tensor(v, dtype=dtype, device=x.device)
+            return v.reshape(-1, 1, 1) if v.dim() > 0 else v
+
+        means = self.means.to(x.device, dtype)[None]  # (1, K, D)
+        var = self.stds.to(x.device, dtype).square()[None]
+        if alpha is not None:
+            a = per_sample(alpha)
+            means, var = a * means, a.square() * var
         if sigma is not None:
-            s = torch.as_tensor(sigma, dtype=dtype, device=x.device)
-            s = s.reshape(-1, 1, 1) if s.dim() > 0 else s
-            var = var + s.square()
-        diff = means[None] - x.to(dtype)[:, None, :]  # (B, K, D)
+            var = var + per_sample(sigma).square()
+        diff = means - x.to(dtype)[:, None, :]  # (B, K, D)
         log_comp = (self.weights.to(x.device, dtype).log()
                     - 0.5 * (diff.square() / var).sum(-1)
                     - 0.5 * var.log().sum(-1)
@@ -105,9 +111,33 @@ class GaussianMixture:
 
         sigma: None (no noise), a float, a 0-d tensor or a (B,) tensor (one per sample).
         """
-        log_comp, pull = self._components(x, sigma)
-        resp = torch.softmax(log_comp, dim=-1)
-        return (resp[..., None] * pull).sum(1).to(x.dtype)
+        return self.noised_score(x, None, sigma)
+
+    def noised_score(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """Exact score of the law of alpha x0 + sigma eps, x0 ~ p (a mixture with means alpha mu_k and
+        variances alpha^2 sigma_k^2 + sigma^2); alpha and sigma floats or (B,) tensors."""
+        log_comp, pull = self._components(x, sigma, alpha)
+        return (torch.softmax(log_comp, dim=-1)[..., None] * pull).sum(1).to(x.dtype)
+
+    def model(self, process, prediction: str = "score"):
+        """The exact model of this target under `process` (an SDE or a DDPMSchedule): a callable
+        (x, t) -> score, eps, x0 or v of the marginal at time t, for fastgen.sample and the drop-ins."""
+        if prediction not in ("score", "eps", "x0", "v"):
+            raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
+
+        def exact(x: torch.Tensor, t) -> torch.Tensor:
+            alpha, sigma = process.marginal(t)
+            alpha, sigma = alpha.to(x.device), sigma.to(x.device)
+            xd = x.double()
+            score = self.noised_score(xd, alpha, sigma)
+            col = (lambda v: v.reshape(-1, 1) if v.dim() else v)
+            a, s = col(alpha), col(sigma)
+            eps = -s * score
+            x0 = (xd + s.square() * score) / a
+            out = {"score": score, "eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]
+            return out.to(x.dtype)
+
+        return exact
 
     def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
                device=None, dtype=torch.float32) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Triton twins of the CUDA kernels, registered as torch.library custom ops in
 the ``fastgen_triton`` namespace. Importing this package needs triton."""
 
-from . import langevin, rng
+from . import diffusion, langevin, rng
 
-__all__ = ["langevin", "rng"]
+__all__ = ["diffusion", "langevin", "rng"]

@@ -78,3 +78,45 @@ cudaError_t gmm_langevin(const GmmLangevinArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastgen
+
+namespace fastgen {
+namespace cuda {
+
+// diffusion.cu: one generic fused step for every affine diffusion update rule.
+// Per sample b the coefficient row r = coef + row(b) * 8 holds
+//   [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]:
+// the model output is read in the model's space x_m = k x (x_m = alpha x0 + sigma eps),
+// converted to (x0, eps) by `prediction`, x0 optionally clamped to [-clip, clip]
+// (eps then re-derived), and
+//   x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi   (terms with a zero coefficient dropped).
+// aux_store: 0 none, 1 aux <- x0, 2 aux <- x_new - x (a step's increment).
+enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
+
+struct DiffusionStepArgs {
+  void* x;                        // (B * D,) state, updated in place
+  const void* model_out;          // (B * D,)
+  DType dtype;                    // dtype of x and model_out
+  int64_t numel;                  // B * D
+  int64_t sample_size;            // D
+  const float* coef;              // (rows, 8)
+  int64_t coef_rows;              // 1: shared by all samples; B: one per sample; else a table read through index
+  const int64_t* index;           // (1,) or (B,) rows into coef, or null
+  int64_t index_size;             // 1 or B
+  int prediction;                 // Prediction
+  float clip;                     // clamp x0 to [-clip, clip] when > 0
+  float* aux;                     // (B * D,) float32 or null
+  int aux_store;                  // 0, 1 or 2
+  const float* noise;             // (B * D,) explicit noise instead of the stream, or null
+  RngArgs rng;                    // element i draws counter offset + i, unless sample_seeds is set
+  const int64_t* sample_seeds;    // (B,): sample b draws key sample_seeds[b], counter sample_offset + i % D
+  uint64_t sample_offset;
+};
+cudaError_t diffusion_step(const DiffusionStepArgs& args, cudaStream_t stream);
+
+// diffusion.cu: score-SDE Langevin corrector with a per-sample step from a target signal-to-noise ratio:
+//   s = score(model_out), eps_b = min(2 a_b (snr |xi_b| / |s_b|)^2, sigma^2),  x <- x + eps_b s + sqrt(2 eps_b) xi.
+// a_b is column 3 of the sample's coefficient row; one block per sample.
+cudaError_t langevin_correct(const DiffusionStepArgs& args, float snr, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastgen

@@ -41,7 +41,7 @@ FASTGEN_HD Philox2 philox_lanes01(uint64_t seed, uint64_t n) {
   uint32_t k1 = static_cast<uint32_t>(seed >> 32);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
-#elif defined(__GNUC__) && !defined(__clang__)
+#elif defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #pragma GCC unroll 10  // fully unrolled, so the CPU loops around it vectorize
 #endif
   for (int round = 0; round < 10; ++round) {

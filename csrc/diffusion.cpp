@@ -1,0 +1,351 @@
+// Diffusion-sampler ops: diffusion_step_ (every affine update rule; see
+// kernels/launchers.h for the coefficient row) and langevin_correct_.
+// Checks, CPU kernels, and the calls into kernels/diffusion.cu.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+#include "cpu_math.h"
+
+#ifdef FASTGEN_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../kernels/launchers.h"
+#endif
+
+namespace fastgen {
+namespace {
+
+using torch::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+constexpr int kRow = 8;  // [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]
+enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
+
+struct StepInputs {
+  const Tensor& x;
+  const Tensor& model_out;
+  const Tensor& coef;
+  const OptTensor& index;
+  int64_t prediction;
+  c10::optional<double> clip;
+  const OptTensor& aux;
+  int64_t aux_store;
+  const OptTensor& noise;
+  int64_t seed;
+  int64_t offset;
+  const OptTensor& rng_state;
+  const OptTensor& sample_seeds;
+  int64_t sample_offset;
+};
+
+void check_step(const StepInputs& in) {
+  const Tensor& x = in.x;
+  check_state_dtype(x, "x");
+  CHECK_CONTIGUOUS(x);
+  FASTGEN_CHECK(x.dim() >= 1, "x must have a leading sample dimension, got a 0-d tensor");
+  const int64_t batch = x.size(0);
+  FASTGEN_CHECK(in.model_out.device() == x.device(), "model_out must be on the device of x (", x.device(), "), got ",
+                in.model_out.device());
+  FASTGEN_CHECK(in.model_out.sizes() == x.sizes(), "model_out must have the shape of x ", x.sizes(), ", got ",
+                in.model_out.sizes());
+  FASTGEN_CHECK(in.model_out.scalar_type() == x.scalar_type(), "model_out must have the dtype of x (", x.scalar_type(),
+                "), got ", in.model_out.scalar_type());
+  FASTGEN_CHECK(in.coef.device() == x.device() && in.coef.scalar_type() == torch::kFloat32 && in.coef.is_contiguous() &&
+                    in.coef.dim() == 2 && in.coef.size(1) == kRow && in.coef.size(0) >= 1,
+                "coef must be contiguous float32 of shape (rows, 8) on the device of x, got ", in.coef.scalar_type(), " ",
+                in.coef.sizes(), " on ", in.coef.device());
+  if (in.index.has_value()) {
+    const Tensor& idx = *in.index;
+    FASTGEN_CHECK(idx.device() == x.device() && idx.scalar_type() == torch::kInt64 && idx.is_contiguous() &&
+                      (idx.numel() == 1 || idx.numel() == batch),
+                  "index must be contiguous int64 with 1 or ", batch, " elements on the device of x");
+  } else {
+    FASTGEN_CHECK(in.coef.size(0) == 1 || in.coef.size(0) == batch, "coef must have 1 or ", batch,
+                  " rows without an index, got ", in.coef.size(0));
+  }
+  FASTGEN_CHECK(in.prediction >= 0 && in.prediction <= 3, "prediction must be 0 (eps), 1 (x0), 2 (v) or 3 (score)");
+  FASTGEN_CHECK(in.aux_store >= 0 && in.aux_store <= 2, "aux_store must be 0, 1 or 2");
+  FASTGEN_CHECK(in.aux_store == 0 || in.aux.has_value(), "aux_store needs an aux tensor");
+  for (const OptTensor* t : {&in.aux, &in.noise}) {
+    if (!t->has_value()) continue;
+    const char* name = t == &in.aux ? "aux" : "noise";
+    FASTGEN_CHECK((*t)->device() == x.device() && (*t)->scalar_type() == torch::kFloat32 && (*t)->is_contiguous() &&
+                      (*t)->sizes() == x.sizes(),
+                  name, " must be contiguous float32 with the shape of x on its device");
+  }
+  if (in.sample_seeds.has_value()) {
+    const Tensor& s = *in.sample_seeds;
+    FASTGEN_CHECK(s.device() == x.device() && s.scalar_type() == torch::kInt64 && s.is_contiguous() &&
+                      s.dim() == 1 && s.size(0) == batch,
+                  "sample_seeds must be contiguous int64 of shape (", batch, ",) on the device of x");
+  }
+  FASTGEN_CHECK(in.seed >= 0 && in.offset >= 0 && in.sample_offset >= 0, "seed and offsets must be non-negative");
+  if (in.clip.has_value()) FASTGEN_CHECK(*in.clip > 0.0, "clip must be > 0, got ", *in.clip);
+  rng_state_ptr(in.rng_state, x);
+}
+
+struct View {
+  const float* coef;
+  int64_t coef_rows;
+  const int64_t* index;
+  int64_t index_size;
+  int64_t sample_size;
+  const float* row(int64_t sample) const {
+    int64_t r = coef_rows == 1 ? 0 : sample;
+    if (index != nullptr) r = index[index_size == 1 ? 0 : sample];
+    return coef + r * kRow;
+  }
+};
+
+// (x0, eps) of one element, as convert() in kernels/diffusion.cu.
+template <int P>
+inline void convert(float out, float x, const float* c, float clip, float* x0, float* eps) {
+  const float alpha = c[0], sigma = c[1], xm = c[2] * x;
+  if (P == kEps) {
+    *eps = out;
+    *x0 = (xm - sigma * out) / alpha;
+  } else if (P == kX0) {
+    *x0 = out;
+    *eps = (xm - alpha * out) / sigma;
+  } else if (P == kV) {
+    *x0 = alpha * xm - sigma * out;
+    *eps = sigma * xm + alpha * out;
+  } else {
+    *eps = -sigma * out;
+    *x0 = (xm + sigma * sigma * out) / alpha;
+  }
+  if (clip > 0.0f) {
+    *x0 = std::min(std::max(*x0, -clip), clip);
+    *eps = (xm - alpha * *x0) / sigma;
+  }
+}
+
+inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
+
+// Noise for elements [first, first + n) of one sample (n <= kBlock), into buf.
+struct NoiseSource {
+  const float* explicit_noise;
+  const int64_t* sample_seeds;
+  uint64_t sample_offset;
+  uint64_t seed;
+  uint64_t offset;
+  int64_t sample_size;
+  void fill(int64_t sample, int64_t first, int64_t n, float* buf) const {
+    if (explicit_noise != nullptr) {
+      std::copy(explicit_noise + first, explicit_noise + first + n, buf);
+    } else if (sample_seeds != nullptr) {
+      cpu::fill_normals(static_cast<uint64_t>(sample_seeds[sample]),
+                        sample_offset + static_cast<uint64_t>(first - sample * sample_size), n, buf);
+    } else {
+      cpu::fill_normals(seed, offset + static_cast<uint64_t>(first), n, buf);
+    }
+  }
+};
+
+NoiseSource noise_source(const StepInputs& in) {
+  uint64_t s, o;
+  resolve_rng(RngArgs{static_cast<uint64_t>(in.seed), static_cast<uint64_t>(in.offset),
+                      rng_state_ptr(in.rng_state, in.x)},
+              &s, &o);
+  return NoiseSource{in.noise.has_value() ? in.noise->data_ptr<float>() : nullptr,
+                     in.sample_seeds.has_value() ? in.sample_seeds->data_ptr<int64_t>() : nullptr,
+                     static_cast<uint64_t>(in.sample_offset), s, o, in.x.numel() / in.x.size(0)};
+}
+
+View view_of(const StepInputs& in) {
+  return View{in.coef.data_ptr<float>(), in.coef.size(0),
+              in.index.has_value() ? in.index->data_ptr<int64_t>() : nullptr,
+              in.index.has_value() ? in.index->numel() : 0, in.x.numel() / in.x.size(0)};
+}
+
+template <typename T, int P>
+void step_segment(T* x, const T* out, const float* c, float clip, float* aux, int aux_store, const float* noise,
+                  int64_t n) {
+  const bool has_aux = aux != nullptr;
+  for (int64_t j = 0; j < n; ++j) {
+    const float xv = static_cast<float>(x[j]);
+    float x0, eps;
+    convert<P>(static_cast<float>(out[j]), xv, c, clip, &x0, &eps);
+    float next = term(c[3], xv) + term(c[4], x0) + term(c[5], eps) + term(c[7], noise[j]);
+    if (has_aux) next += term(c[6], aux[j]);
+    if (aux_store == 1) aux[j] = x0;
+    if (aux_store == 2) aux[j] = next - xv;
+    x[j] = static_cast<T>(next);
+  }
+}
+
+// Calls f(T{}, std::integral_constant<int, P>{}) for x's dtype and the prediction.
+template <typename F>
+void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
+  auto with_type = [&](auto tag) {
+    switch (prediction) {
+      case kEps:
+        return f(tag, std::integral_constant<int, kEps>{});
+      case kX0:
+        return f(tag, std::integral_constant<int, kX0>{});
+      case kV:
+        return f(tag, std::integral_constant<int, kV>{});
+      default:
+        return f(tag, std::integral_constant<int, kScore>{});
+    }
+  };
+  switch (dtype) {
+    case at::kHalf:
+      return with_type(at::Half{});
+    case at::kBFloat16:
+      return with_type(at::BFloat16{});
+    default:
+      return with_type(float{});
+  }
+}
+
+void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                        int64_t prediction, c10::optional<double> clip, const OptTensor& aux, int64_t aux_store,
+                        const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                        const OptTensor& sample_seeds, int64_t sample_offset) {
+  const StepInputs in{x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
+                      sample_seeds, sample_offset};
+  check_step(in);
+  if (x.numel() == 0) return;
+  const View v = view_of(in);
+  const NoiseSource src = noise_source(in);
+  const float clip_value = clip.has_value() ? static_cast<float>(*clip) : 0.0f;
+  float* aux_ptr = aux.has_value() ? aux->data_ptr<float>() : nullptr;
+  dispatch(x.scalar_type(), prediction, [&](auto tag, auto p) {
+    using T = decltype(tag);
+    T* xp = x.data_ptr<T>();
+    const T* op = model_out.data_ptr<T>();
+    at::parallel_for(0, x.numel(), 1 << 13, [&](int64_t begin, int64_t end) {
+      float noise_buf[cpu::kBlock];
+      for (int64_t i = begin; i < end;) {
+        const int64_t sample = i / v.sample_size;
+        const int64_t stop = std::min({end, (sample + 1) * v.sample_size, i + cpu::kBlock});
+        const float* c = v.row(sample);
+        const int64_t n = stop - i;
+        if (c[7] != 0.0f) {
+          src.fill(sample, i, n, noise_buf);
+        } else {
+          std::fill(noise_buf, noise_buf + n, 0.0f);
+        }
+        step_segment<T, decltype(p)::value>(xp + i, op + i, c, clip_value, aux_ptr ? aux_ptr + i : nullptr,
+                                            static_cast<int>(aux_store), noise_buf, n);
+        i = stop;
+      }
+    });
+  });
+}
+
+void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                          int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                          const OptTensor& sample_seeds, int64_t sample_offset) {
+  const OptTensor none;
+  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, none, 0, none, seed, offset, rng_state,
+                      sample_seeds, sample_offset};
+  check_step(in);
+  FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
+  if (x.numel() == 0) return;
+  const View v = view_of(in);
+  const NoiseSource src = noise_source(in);
+  const int64_t batch = x.size(0);
+  const int64_t size = v.sample_size;
+  dispatch(x.scalar_type(), prediction, [&](auto tag, auto p) {
+    using T = decltype(tag);
+    T* xp = x.data_ptr<T>();
+    const T* op = model_out.data_ptr<T>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> score(size), noise(size);
+      for (int64_t b = begin; b < end; ++b) {
+        const float* c = v.row(b);
+        const int64_t first = b * size;
+        for (int64_t j0 = 0; j0 < size; j0 += cpu::kBlock) {
+          src.fill(b, first + j0, std::min(cpu::kBlock, size - j0), noise.data() + j0);
+        }
+        double score_sq = 0.0, noise_sq = 0.0;
+        for (int64_t j = 0; j < size; ++j) {
+          float x0, eps;
+          convert<decltype(p)::value>(static_cast<float>(op[first + j]), static_cast<float>(xp[first + j]), c, 0.0f,
+                                      &x0, &eps);
+          score[j] = -eps / c[1];
+          score_sq += static_cast<double>(score[j]) * score[j];
+          noise_sq += static_cast<double>(noise[j]) * noise[j];
+        }
+        const double ratio = snr * std::sqrt(noise_sq) / std::sqrt(score_sq);
+        const float step = static_cast<float>(std::min(2.0 * c[3] * ratio * ratio, static_cast<double>(c[1]) * c[1]));
+        const float noise_scale = std::sqrt(2.0f * step);
+        for (int64_t j = 0; j < size; ++j) {
+          xp[first + j] = static_cast<T>(static_cast<float>(xp[first + j]) + step * score[j] + noise_scale * noise[j]);
+        }
+      }
+    });
+  });
+}
+
+#ifdef FASTGEN_WITH_CUDA
+cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
+  cuda::DiffusionStepArgs a;
+  a.x = in.x.data_ptr();
+  a.model_out = in.model_out.data_ptr();
+  a.dtype = in.x.scalar_type() == at::kHalf ? cuda::kFloat16
+                                            : (in.x.scalar_type() == at::kBFloat16 ? cuda::kBFloat16 : cuda::kFloat32);
+  a.numel = in.x.numel();
+  a.sample_size = in.x.size(0) == 0 ? 1 : std::max<int64_t>(1, in.x.numel() / in.x.size(0));
+  a.coef = in.coef.data_ptr<float>();
+  a.coef_rows = in.coef.size(0);
+  a.index = in.index.has_value() ? in.index->data_ptr<int64_t>() : nullptr;
+  a.index_size = in.index.has_value() ? in.index->numel() : 0;
+  a.prediction = static_cast<int>(in.prediction);
+  a.clip = in.clip.has_value() ? static_cast<float>(*in.clip) : 0.0f;
+  a.aux = in.aux.has_value() ? in.aux->data_ptr<float>() : nullptr;
+  a.aux_store = static_cast<int>(in.aux_store);
+  a.noise = in.noise.has_value() ? in.noise->data_ptr<float>() : nullptr;
+  a.rng = RngArgs{static_cast<uint64_t>(in.seed), static_cast<uint64_t>(in.offset), rng_state_ptr(in.rng_state, in.x)};
+  a.sample_seeds = in.sample_seeds.has_value() ? in.sample_seeds->data_ptr<int64_t>() : nullptr;
+  a.sample_offset = static_cast<uint64_t>(in.sample_offset);
+  return a;
+}
+
+void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                         int64_t prediction, c10::optional<double> clip, const OptTensor& aux, int64_t aux_store,
+                         const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                         const OptTensor& sample_seeds, int64_t sample_offset) {
+  const StepInputs in{x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
+                      sample_seeds, sample_offset};
+  check_step(in);
+  const c10::cuda::CUDAGuard guard(x.device());
+  C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), at::cuda::getCurrentCUDAStream()));
+}
+
+void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                           int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                           const OptTensor& sample_seeds, int64_t sample_offset) {
+  const OptTensor none;
+  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, none, 0, none, seed, offset, rng_state,
+                      sample_seeds, sample_offset};
+  check_step(in);
+  FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
+  const c10::cuda::CUDAGuard guard(x.device());
+  C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("diffusion_step_", &diffusion_step_cpu);
+  m.impl("langevin_correct_", &langevin_correct_cpu);
+}
+
+#ifdef FASTGEN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+  m.impl("diffusion_step_", &diffusion_step_cuda);
+  m.impl("langevin_correct_", &langevin_correct_cuda);
+}
+#endif
+
+}  // namespace fastgen

@@ -1,0 +1,308 @@
+"""Functional diffusion-step ops: one generic fused op and one coefficient rule per sampler.
+
+Every sampler step here is affine in (x, x0, eps, aux, xi): for sample b,
+
+    x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi,
+
+where (x0, eps) come from the model output by the prediction type, read in the
+model's space x_m = k x with x_m = alpha x0 + sigma eps. A coefficient row is
+``[alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]``; the ``*_coefficients``
+functions build rows (float64, one per time given) and :func:`diffusion_step_`
+runs one fused pass. Loops precompute all rows once (a device table) and pass
+row views, so no step moves data between host and device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reference import diffusion as reference
+from ..sde import SDE, DDPMSchedule, VPSDE
+from ._common import check_like, check_state, op_for, positive_float, rng_args
+
+PREDICTIONS = {"eps": 0, "x0": 1, "v": 2, "score": 3}
+AUX_STORE = {None: 0, "x0": 1, "increment": 2}
+
+
+def prediction_code(prediction: str) -> int:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    return PREDICTIONS[prediction]
+
+
+def _rows(*columns) -> torch.Tensor:
+    """Stack 8 broadcastable columns into (R, 8) float64 rows."""
+    cols = torch.broadcast_tensors(*[torch.as_tensor(c, dtype=torch.float64) for c in columns])
+    return torch.stack([c.reshape(-1) for c in cols], dim=1)
+
+
+# ---------------------------------------------------------------- coefficient rules
+
+
+def euler_maruyama_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
+    """Reverse-SDE Euler-Maruyama, dt = t_next - t < 0: x <- x - (f x - g^2 s) |dt| + g sqrt|dt| xi, s = -eps / sigma."""
+    dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
+    alpha, sigma = sde.marginal(t)
+    f, g = sde.drift_coef(t), sde.diffusion(t)
+    return _rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -g.square() * dt / sigma, 0.0, g * dt.sqrt())
+
+
+def reverse_diffusion_coefficients(process, t, t_next) -> torch.Tensor:
+    """Ancestral predictor from the forward transition x_t = a x_s + G z (a = alpha_t / alpha_s,
+    G^2 = sigma_t^2 - a^2 sigma_s^2): x <- (2 - a) x + G^2 s + G xi (score_sde's ReverseDiffusionPredictor)."""
+    alpha, sigma = process.marginal(t)
+    alpha_s, sigma_s = process.marginal(t_next)
+    a = alpha / alpha_s
+    g2 = (sigma.square() - a.square() * sigma_s.square()).clamp(min=0)
+    return _rows(alpha, sigma, 1.0, 2 - a, 0.0, -g2 / sigma, 0.0, g2.sqrt())
+
+
+def ode_euler_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
+    """Probability-flow ODE, Euler: x <- x - (f x - g^2 s / 2) |dt|."""
+    dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
+    alpha, sigma = sde.marginal(t)
+    f, g = sde.drift_coef(t), sde.diffusion(t)
+    return _rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -0.5 * g.square() * dt / sigma, 0.0, 0.0)
+
+
+def ode_heun_correction_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
+    """Heun's second stage, applied to the Euler result x' at t_next with aux = the Euler increment d1:
+    x <- x' - d1 / 2 + d2 / 2, d2 the Euler increment evaluated at (x', t_next)."""
+    dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
+    alpha, sigma = sde.marginal(t_next)
+    f, g = sde.drift_coef(t_next), sde.diffusion(t_next)
+    return _rows(alpha, sigma, 1.0, 1 - 0.5 * f * dt, 0.0, -0.25 * g.square() * dt / sigma, -0.5, 0.0)
+
+
+def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
+    """Langevin corrector at t: column 3 is a = alpha_s^2 / alpha_t^2 (1 - beta of the step) for VP-type
+    processes, 1 otherwise (score_sde's LangevinCorrector)."""
+    alpha, sigma = process.marginal(t)
+    if isinstance(process, (VPSDE, DDPMSchedule)):
+        a = (alpha / process.marginal(t_next)[0]).square()
+    else:
+        a = torch.ones_like(alpha)
+    return _rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
+
+
+def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_small") -> torch.Tensor:
+    """DDPM ancestral step t -> t_prev (t_prev = -1: the last step) with the posterior of Ho et al.:
+    x <- sqrt(abar_s) beta / (1 - abar_t) x0 + sqrt(a)(1 - abar_s) / (1 - abar_t) x + std xi,
+    a = abar_t / abar_s, beta = 1 - a, std^2 = beta (1 - abar_s) / (1 - abar_t) ("fixed_small") or beta
+    ("fixed_large"); no noise at t = 0."""
+    if variance not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"variance must be 'fixed_small' or 'fixed_large', got {variance!r}")
+    t = torch.as_tensor(t, dtype=torch.int64)
+    alpha, sigma = schedule.marginal(t)
+    abar_t = alpha.square()
+    abar_s = schedule.marginal(t_prev)[0].square()
+    a = abar_t / abar_s
+    beta = 1 - a
+    var = (1 - abar_s) / (1 - abar_t) * beta
+    var = var.clamp(min=1e-20) if variance == "fixed_small" else beta
+    noise = torch.where(t > 0, var.sqrt(), torch.zeros_like(var))
+    return _rows(alpha, sigma, 1.0, a.sqrt() * (1 - abar_s) / (1 - abar_t), abar_s.sqrt() * beta / (1 - abar_t), 0.0,
+                 0.0, noise)
+
+
+def ddim_coefficients(schedule, t, t_prev, eta: float = 0.0, final_alpha_cumprod: float | None = None) -> torch.Tensor:
+    """DDIM step t -> t_prev (Song et al. 2021): x <- sqrt(abar_s) x0 + sqrt(1 - abar_s - std^2) eps + std xi,
+    std = eta sqrt((1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)). At t_prev = -1, abar_s is
+    ``final_alpha_cumprod`` (1 by default)."""
+    alpha, sigma = schedule.marginal(t)
+    abar_t = alpha.square()
+    abar_s = schedule.marginal(t_prev)[0].square()
+    if final_alpha_cumprod is not None:
+        abar_s = torch.where(torch.as_tensor(t_prev) < 0, torch.tensor(float(final_alpha_cumprod), dtype=torch.float64),
+                             abar_s)
+    var = (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
+    std = eta * var.clamp(min=0).sqrt()
+    return _rows(alpha, sigma, 1.0, 0.0, abar_s.sqrt(), (1 - abar_s - std.square()).clamp(min=0).sqrt(), 0.0, std)
+
+
+def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: float = 1.0, alpha=1.0) -> torch.Tensor:
+    """k-diffusion's Euler ancestral step on x = x0 + sigma eps: with
+    sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
+    sigma_down = sqrt(sigma_next^2 - sigma_up^2): x <- x + (sigma_down - sigma) eps + s_noise sigma_up xi.
+    The model sees alpha x (alpha = 1 / sqrt(1 + sigma^2) for a VP model)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
+    up = torch.minimum(sigma_next, eta * (sigma_next.square() * (sigma.square() - sigma_next.square())
+                                          / sigma.square()).clamp(min=0).sqrt())
+    down = (sigma_next.square() - up.square()).clamp(min=0).sqrt()
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    return _rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
+
+
+def euler_coefficients(sigma, sigma_next, alpha=1.0) -> torch.Tensor:
+    """k-diffusion's Euler step: x <- x + (sigma_next - sigma) eps (eps = d = (x - x0) / sigma)."""
+    return euler_ancestral_coefficients(sigma, sigma_next, eta=0.0, alpha=alpha)
+
+
+def heun_correction_coefficients(sigma, sigma_next, alpha_next=1.0) -> torch.Tensor:
+    """Heun's second stage on x' = x + d1 (sigma_next - sigma) with aux = that increment:
+    x <- x' - aux / 2 + (sigma_next - sigma) eps(x', sigma_next) / 2."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
+    alpha = torch.as_tensor(alpha_next, dtype=torch.float64)
+    return _rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
+
+
+def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, k-diffusion's form) for the sigma schedule `sigmas` (last 0):
+    h = log(sigma / sigma_next), r = h_prev / h,
+    x <- (sigma_next / sigma) x - expm1(-h) ((1 + 1/(2r)) x0 - x0_prev / (2r)),
+    first-order (x0 alone) at the first step and when sigma_next = 0; aux carries x0_prev.
+    One row per step."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    n = len(sigmas) - 1
+    alphas = torch.ones(n, dtype=torch.float64) if alphas is None else torch.as_tensor(alphas, dtype=torch.float64)
+    rows = []
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        if s_next == 0:
+            c_x, c_x0, c_aux = 0.0, 1.0, 0.0
+        else:
+            h = torch.log(s / s_next)
+            c_x, scale = s_next / s, -torch.expm1(-h)
+            if i == 0:
+                c_x0, c_aux = scale, 0.0
+            else:
+                r = torch.log(sigmas[i - 1] / s) / h
+                c_x0, c_aux = scale * (1 + 1 / (2 * r)), -scale / (2 * r)
+        rows.append(_rows(alphas[i], alphas[i] * s, alphas[i], c_x, c_x0, 0.0, c_aux, 0.0))
+    return torch.cat(rows)
+
+
+# ---------------------------------------------------------------- the fused ops
+
+
+def diffusion_step_(
+    x: torch.Tensor,  # (B, ...) state, updated in place
+    model_out: torch.Tensor,  # (B, ...) model output at x
+    coef: torch.Tensor,  # (8,), (1, 8), (B, 8) rows, or a (R, 8) table read through index
+    *,
+    prediction: str = "eps",
+    index: torch.Tensor | None = None,  # (1,) or (B,) int64 rows into coef, on x's device
+    clip: float | None = None,
+    aux: torch.Tensor | None = None,  # (B, ...) float32
+    aux_store: str | None = None,  # None, "x0" or "increment"
+    noise: torch.Tensor | None = None,  # explicit xi instead of the stream
+    seed=0,
+    offset: int = 0,
+    sample_seeds: torch.Tensor | None = None,  # (B,) int64: sample b's noise from its own seed
+    sample_offset: int = 0,
+) -> torch.Tensor:
+    """One fused step x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring).
+
+    Noise: ``noise`` if given; else with ``sample_seeds`` sample b draws key sample_seeds[b]
+    at counters ``sample_offset + j`` for its element j (so a sample's noise does not depend
+    on the batch); else element i draws counter ``offset + i``. Returns x.
+    """
+    check_state(x)
+    check_like(model_out, "model_out", x)
+    pred = prediction_code(prediction)
+    coef = _check_coef(coef, x, index)
+    if aux_store not in AUX_STORE:
+        raise ValueError(f"aux_store must be None, 'x0' or 'increment', got {aux_store!r}")
+    if aux is not None:
+        check_like(aux, "aux", x, dtypes=(torch.float32,))
+    elif aux_store is not None:
+        raise ValueError("aux_store needs an aux tensor")
+    if noise is not None:
+        check_like(noise, "noise", x, dtypes=(torch.float32,))
+    clip = None if clip is None else positive_float(clip, "clip")
+    seed, offset, state = rng_args(seed, offset, x)
+    seeds = _check_sample_seeds(sample_seeds, x)
+    op_for(x, "diffusion_step_", reference)(x, model_out.contiguous(), coef, index, pred, clip, aux,
+                                            AUX_STORE[aux_store], None if noise is None else noise.contiguous(),
+                                            seed, offset, state, seeds, int(sample_offset))  # fmt: skip
+    return x
+
+
+def langevin_correct_(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    coef: torch.Tensor,
+    *,
+    snr: float,
+    prediction: str = "score",
+    index: torch.Tensor | None = None,
+    seed=0,
+    offset: int = 0,
+    sample_seeds: torch.Tensor | None = None,
+    sample_offset: int = 0,
+) -> torch.Tensor:
+    """Langevin corrector with a per-sample step from a target signal-to-noise ratio:
+    step_b = min(2 a_b (snr |xi_b| / |s_b|)^2, sigma_t^2), x <- x + step_b s + sqrt(2 step_b) xi
+    (norms per sample, never over the batch; the cap keeps the step below p_t's variance and only
+    binds in low dimension, where per-sample norms fluctuate).
+    a_b is column 3 of the sample's row (see langevin_corrector_coefficients). Returns x."""
+    check_state(x)
+    check_like(model_out, "model_out", x)
+    pred = prediction_code(prediction)
+    coef = _check_coef(coef, x, index)
+    snr = positive_float(snr, "snr")
+    seed, offset, state = rng_args(seed, offset, x)
+    seeds = _check_sample_seeds(sample_seeds, x)
+    op_for(x, "langevin_correct_", reference)(x, model_out.contiguous(), coef, index, pred, snr, seed, offset, state,
+                                              seeds, int(sample_offset))
+    return x
+
+
+def _check_coef(coef, x, index) -> torch.Tensor:
+    if not isinstance(coef, torch.Tensor) or coef.shape[-1:] != (8,) or coef.dim() > 2:
+        raise ValueError(f"coef must be a tensor of shape (8,) or (rows, 8), got {getattr(coef, 'shape', coef)}")
+    if coef.device != x.device:
+        raise ValueError(f"coef must be on the device of x ({x.device}), got {coef.device}")
+    coef = coef.reshape(-1, 8)
+    if coef.dtype != torch.float32 or not coef.is_contiguous():
+        coef = coef.float().contiguous()
+    batch = x.shape[0]
+    if index is not None:
+        if index.dtype != torch.int64 or index.device != x.device or index.numel() not in (1, batch):
+            raise ValueError(f"index must be int64 with 1 or {batch} elements on the device of x")
+    elif coef.shape[0] not in (1, batch):
+        raise ValueError(f"coef must have 1 or {batch} rows (one per sample), got {coef.shape[0]}")
+    return coef
+
+
+def _check_sample_seeds(sample_seeds, x):
+    if sample_seeds is None:
+        return None
+    if not isinstance(sample_seeds, torch.Tensor) or sample_seeds.dtype != torch.int64 or \
+            sample_seeds.shape != (x.shape[0],):
+        raise ValueError(f"per_sample_seeds must be an int64 tensor of shape ({x.shape[0]},)")
+    return sample_seeds.to(x.device).contiguous()
+
+
+def ddpm_step_(x, model_out, schedule: DDPMSchedule, t, t_prev, *, prediction="eps", clip=None,
+               variance="fixed_small", seed=0, offset=0, sample_seeds=None, sample_offset=0) -> torch.Tensor:
+    """One DDPM ancestral step (t and t_prev ints or (B,) tensors); see ddpm_coefficients."""
+    coef = ddpm_coefficients(schedule, t, t_prev, variance).to(x.device)
+    return diffusion_step_(x, model_out, coef, prediction=prediction, clip=clip, seed=seed, offset=offset,
+                           sample_seeds=sample_seeds, sample_offset=sample_offset)
+
+
+def ddim_step_(x, model_out, schedule: DDPMSchedule, t, t_prev, *, eta=0.0, prediction="eps", clip=None, seed=0,
+               offset=0, sample_seeds=None, sample_offset=0) -> torch.Tensor:
+    """One DDIM step with noise scale eta; see ddim_coefficients."""
+    coef = ddim_coefficients(schedule, t, t_prev, eta).to(x.device)
+    return diffusion_step_(x, model_out, coef, prediction=prediction, clip=clip, seed=seed, offset=offset,
+                           sample_seeds=sample_seeds, sample_offset=sample_offset)
+
+
+def euler_maruyama_step_(x, model_out, sde: SDE, t, t_next, *, prediction="score", seed=0, offset=0,
+                         sample_seeds=None, sample_offset=0) -> torch.Tensor:
+    """One reverse-SDE Euler-Maruyama step from t to t_next (floats or (B,) tensors)."""
+    coef = euler_maruyama_coefficients(sde, t, t_next).to(x.device)
+    return diffusion_step_(x, model_out, coef, prediction=prediction, seed=seed, offset=offset,
+                           sample_seeds=sample_seeds, sample_offset=sample_offset)
+
+
+def euler_ancestral_step_(x, model_out, sigma, sigma_next, *, eta=1.0, s_noise=1.0, prediction="eps", seed=0,
+                          offset=0, sample_seeds=None, sample_offset=0) -> torch.Tensor:
+    """One Euler-ancestral step in k-diffusion's parameterization x = x0 + sigma eps."""
+    coef = euler_ancestral_coefficients(sigma, sigma_next, eta, s_noise).to(x.device)
+    return diffusion_step_(x, model_out, coef, prediction=prediction, seed=seed, offset=offset,
+                           sample_seeds=sample_seeds, sample_offset=sample_offset)

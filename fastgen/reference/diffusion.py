@@ -1,0 +1,113 @@
+"""Plain-PyTorch specification of the diffusion step ops (same arguments as the
+registered ops).
+
+Sample b uses the coefficient row ``[alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]``
+(row b of ``coef``, row 0 when it has one row, or ``coef[index]``). The model
+output is read in the model's space ``x_m = k x`` where ``x_m = alpha x0 + sigma eps``:
+
+    prediction 0 (eps):   eps = out,            x0 = (x_m - sigma eps) / alpha
+    prediction 1 (x0):    x0 = out,             eps = (x_m - alpha x0) / sigma
+    prediction 2 (v):     x0 = alpha x_m - sigma v,  eps = sigma x_m + alpha v
+    prediction 3 (score): eps = -sigma out,     x0 = (x_m + sigma^2 out) / alpha
+
+x0 is optionally clamped to [-clip, clip] (eps then re-derived), and
+
+    x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi,
+
+terms with a zero coefficient dropped (so an unset x may enter with c_x = 0). aux_store 1 keeps x0 in aux, 2 keeps the
+increment x_new - x. xi is ``noise`` if given; else with ``sample_seeds`` sample b
+draws key sample_seeds[b] at counters sample_offset + j (j its element index);
+else element i draws counter offset + i.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rng import counters, normal_at
+
+EPS, X0, V, SCORE = 0, 1, 2, 3
+
+
+def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """The (B, 8) coefficient rows of the batch, shaped to broadcast: 8 tensors of shape (B, 1, ..., 1)."""
+    batch = x.shape[0]
+    if index is not None:
+        r = coef[index.reshape(-1)].expand(batch, 8) if index.numel() == 1 else coef[index]
+    else:
+        r = coef.expand(batch, 8)
+    return r.reshape((batch, 8) + (1,) * (x.dim() - 1)).unbind(1)
+
+
+def convert(out, x, alpha, sigma, k, prediction: int, clip):
+    xm = k * x
+    if prediction == EPS:
+        eps, x0 = out, (xm - sigma * out) / alpha
+    elif prediction == X0:
+        x0, eps = out, (xm - alpha * out) / sigma
+    elif prediction == V:
+        x0, eps = alpha * xm - sigma * out, sigma * xm + alpha * out
+    else:
+        eps = -sigma * out
+        x0 = (xm + sigma * sigma * out) / alpha
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+        eps = (xm - alpha * x0) / sigma
+    return x0, eps
+
+
+def _term(c, v):
+    return torch.where(c != 0, c * v, torch.zeros_like(v))
+
+
+def normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset) -> torch.Tensor:
+    if noise is not None:
+        return noise
+    if sample_seeds is not None:
+        size = x[0].numel() if x.shape[0] else 0
+        n = torch.arange(size, dtype=torch.int64, device=x.device) + sample_offset
+        return torch.stack([normal_at(s, n) for s in sample_seeds.unbind()]).view(x.shape) if x.numel() else \
+            torch.empty(x.shape, device=x.device)
+    state_seed, n = counters(x.numel(), offset, x.device, rng_state)
+    return normal_at(seed if state_seed is None else state_seed, n).view(x.shape)
+
+
+def diffusion_step_(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
+                    sample_seeds, sample_offset):
+    """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring)."""
+    if x.numel() == 0:
+        return x
+    alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
+    xf = x.float()
+    x0, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, clip)
+    xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset)
+    nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
+    if aux is not None:
+        nxt = nxt + _term(c_aux, aux)
+        if aux_store == 1:
+            aux.copy_(x0)
+        elif aux_store == 2:
+            aux.copy_(nxt - xf)
+    x.copy_(nxt)
+    return x
+
+
+def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds,
+                      sample_offset):
+    """Per sample b: s = score, step = min(2 a_b (snr |xi_b| / |s_b|)^2, sigma^2),
+    x <- x + step s + sqrt(2 step) xi, with a_b column 3 of the sample's row. The cap keeps the
+    step below the variance of p_t (at least sigma^2); it binds only where per-sample norms
+    fluctuate (low dimension)."""
+    if x.numel() == 0:
+        return x
+    alpha, sigma, k, a = rows(x, coef, index)[:4]
+    xf = x.float()
+    _, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, None)
+    score = -eps / sigma
+    xi = normals(x, None, seed, offset, rng_state, sample_seeds, sample_offset)
+    dims = tuple(range(1, x.dim()))
+    ratio = snr * xi.double().square().sum(dims, keepdim=True).sqrt() / score.double().square().sum(
+        dims, keepdim=True).sqrt()
+    step = torch.minimum(2 * a * ratio.square(), sigma.double().square()).float()
+    x.copy_(xf + step * score + torch.sqrt(2 * step) * xi)
+    return x

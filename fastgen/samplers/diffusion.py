@@ -1,0 +1,325 @@
+"""fastgen.sample: whole diffusion / score-SDE sampling loops over the fused step op.
+
+Each loop is planned on the host once: the time grid, every step's coefficient
+row (fastgen.ops.diffusion's rules) as one device table, and the noise
+offsets. The loop then makes one model call and one fused op per stage, with
+no host-device sync; on CUDA the whole loop (model included) is captured in a
+CUDA graph whose noise comes from a device-resident RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import warnings
+from typing import Callable
+
+import torch
+
+from ..ops import diffusion as ops
+from ..rng import RNGState, resolve_seed
+from ..sde import SDE, DDPMSchedule, VESDE, VPSDE, get_sigmas_karras
+
+SAMPLERS = ("euler_maruyama", "pc", "ode_euler", "ode_heun", "ddpm", "ddim", "euler_ancestral", "dpmpp_2m")
+SIGMA_SAMPLERS = ("euler_ancestral", "dpmpp_2m")
+DISCRETE_SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclasses.dataclass
+class Stage:
+    time: int  # index into the plan's times (the model's t) and scales (x_model = scale x)
+    row: int  # index into the plan's coefficient table
+    kind: str = "step"  # "step" or "correct"
+    aux_store: str | None = None
+    uses_aux: bool = False
+    noise: bool = True  # whether the stage draws noise (reserves counters)
+
+
+@dataclasses.dataclass
+class Plan:
+    times: torch.Tensor  # (S,) model times (float32, or int64 timesteps)
+    scales: list[float]  # model input scale per time (1: the state itself)
+    coef: torch.Tensor  # (R, 8) float64
+    stages: list[Stage]
+    prior_std: float
+    prediction: str
+
+
+def _time_grid(sde: SDE, steps: int) -> torch.Tensor:
+    return torch.linspace(sde.T, sde.eps, steps + 1, dtype=torch.float64)
+
+
+def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: float, denoise: bool) -> Plan:
+    stages, rows, times, scales = [], [], [], []
+
+    def add_time(t, scale=1.0):
+        times.append(t)
+        scales.append(float(scale))
+        return len(times) - 1
+
+    def add_row(row):
+        rows.append(row)
+        return len(rows) - 1
+
+    if sampler in DISCRETE_SAMPLERS:
+        ts = process.timesteps(steps)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            row = ops.ddpm_coefficients(process, t, t_prev) if sampler == "ddpm" else \
+                ops.ddim_coefficients(process, t, t_prev, eta)
+            stages.append(Stage(add_time(t), add_row(row), noise=sampler == "ddpm" and t > 0 or eta > 0))
+        return Plan(torch.tensor(times), scales, torch.cat(rows), stages, 1.0, prediction)
+
+    if sampler in SIGMA_SAMPLERS:
+        if isinstance(process, DDPMSchedule):
+            ts = torch.tensor(process.timesteps(steps))
+        elif schedule == "karras":
+            lo, hi = float(process.sigma_ratio(process.eps)), float(process.sigma_ratio(process.T))
+            ts = process.time_of_sigma_ratio(get_sigmas_karras(steps, lo, hi).double()[:-1])
+        else:
+            ts = _time_grid(process, steps)[:-1]
+        alphas, sigmas = process.marginal(ts)
+        ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
+        if sampler == "dpmpp_2m":
+            table = ops.dpmpp_2m_coefficients(ratios, alphas)
+        for i in range(len(ts)):
+            time = add_time(float(ts[i]) if ts.is_floating_point() else int(ts[i]), alphas[i])
+            if sampler == "euler_ancestral":
+                row = ops.euler_ancestral_coefficients(ratios[i], ratios[i + 1], eta=1.0, alpha=alphas[i])
+                stages.append(Stage(time, add_row(row), noise=bool(ratios[i + 1] > 0)))
+            else:
+                stages.append(Stage(time, add_row(table[i:i + 1]), aux_store="x0", uses_aux=True, noise=False))
+        prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
+        return Plan(torch.tensor(times), scales, torch.cat(rows), stages, prior, prediction)
+
+    grid = _time_grid(process, steps)
+    for i in range(steps):
+        t, t_next = grid[i], grid[i + 1]
+        last = i == steps - 1
+        if sampler == "euler_maruyama":
+            row = ops.euler_maruyama_coefficients(process, t, t_next)
+        elif sampler == "pc":
+            stages.append(Stage(add_time(float(t)), add_row(ops.langevin_corrector_coefficients(process, t, t_next)),
+                                kind="correct"))
+            row = ops.reverse_diffusion_coefficients(process, t, t_next)
+        elif sampler == "ode_euler":
+            row = ops.ode_euler_coefficients(process, t, t_next)
+        else:  # ode_heun
+            first = add_row(ops.ode_euler_coefficients(process, t, t_next))
+            stages.append(Stage(add_time(float(t)), first, aux_store="increment", uses_aux=True, noise=False))
+            second = add_row(ops.ode_heun_correction_coefficients(process, t, t_next))
+            stages.append(Stage(add_time(float(t_next)), second, uses_aux=True, noise=False))
+            continue
+        if last and denoise:
+            row = row.clone()
+            row[:, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
+        noisy = sampler in ("euler_maruyama", "pc") and not (last and denoise)
+        stages.append(Stage(add_time(float(t)), add_row(row), noise=noisy))
+    return Plan(torch.tensor(times, dtype=torch.float64), scales, torch.cat(rows), stages, process.prior_std(),
+                prediction)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.every = total, enabled, max(1, total // 50)
+
+    def update(self, done: int) -> None:
+        if self.enabled and (done % self.every == 0 or done == self.total):
+            width = 30
+            filled = width * done // self.total
+            end = "\n" if done == self.total or not sys.stderr.isatty() else ""
+            print(f"\rsampling [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}", end=end, file=sys.stderr,
+                  flush=True)
+
+
+class Sampler:
+    """A planned sampling loop for a fixed model, shape and settings (see :func:`sample`).
+
+    ``run()`` executes it eagerly; on CUDA ``capture()`` records it in a CUDA graph,
+    after which every ``replay()`` draws fresh noise (the RNG state lives on the device).
+    """
+
+    def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
+                 callback, progress: bool, check_finite: bool):
+        self.model, self.shape, self.plan = model, tuple(shape), plan
+        self.device, self.dtype, self.seed = torch.device(device), dtype, seed
+        self.clip, self.snr, self.callback, self.check_finite = clip, snr, callback, check_finite
+        self.progress = progress
+        self.sample_seeds = None if per_sample_seeds is None else per_sample_seeds.to(self.device, torch.int64)
+        self.coef = plan.coef.to(self.device, torch.float32)
+        self.times = plan.times.to(self.device, torch.float32 if plan.times.is_floating_point() else torch.int64)
+        self.numel = math.prod(self.shape)
+        self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
+        self.prior_row = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, plan.prior_std]], device=self.device)
+        self.graph = None
+
+    def counters(self) -> int:
+        """Counters one run reserves from the stream (per sample with per-sample seeds)."""
+        draws = 1 + sum(s.noise or s.kind == "correct" for s in self.plan.stages)
+        return draws * (self.sample_size if self.sample_seeds is not None else self.numel)
+
+    def _noise_args(self, draw: int, rng_state) -> dict:
+        if self.sample_seeds is not None:
+            return dict(sample_seeds=self.sample_seeds, sample_offset=draw * self.sample_size)
+        return dict(seed=rng_state if rng_state is not None else self.seed, offset=draw * self.numel)
+
+    def run(self, x: torch.Tensor | None = None, rng_state=None) -> torch.Tensor:
+        """The loop, into x (allocated if None); noise from rng_state (a device state) or the seed."""
+        batch = self.shape[0]
+        x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
+        ops.diffusion_step_(x, x, self.prior_row, **self._noise_args(0, rng_state))  # prior: prior_std * xi
+        aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
+            s.uses_aux for s in self.plan.stages) else None
+        bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
+        progress = _Progress(len(self.plan.stages), self.progress)
+        draw = 1
+        for i, stage in enumerate(self.plan.stages):
+            t = self.times[stage.time].expand(batch)
+            scale = self.plan.scales[stage.time]
+            out = self.model(x if scale == 1.0 else x * scale, t)
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)}, got "
+                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            out = out.to(x.dtype)
+            coef = self.coef[stage.row:stage.row + 1]
+            noise = self._noise_args(draw, rng_state)
+            if stage.kind == "correct":
+                ops.langevin_correct_(x, out, coef, snr=self.snr, prediction=self.plan.prediction, **noise)
+            else:
+                ops.diffusion_step_(x, out, coef, prediction=self.plan.prediction, clip=self.clip,
+                                    aux=aux if stage.uses_aux else None, aux_store=stage.aux_store, **noise)
+            draw += stage.noise or stage.kind == "correct"
+            if bad_step is not None:
+                bad = ~torch.isfinite(x).all()
+                bad_step = torch.where(bad & (bad_step < 0), torch.full_like(bad_step, i), bad_step)
+            if self.callback is not None:
+                self.callback(i, x)
+            progress.update(i + 1)
+        if bad_step is not None and self.graph is None:
+            self._raise_if_bad(bad_step)
+        self._bad_step = bad_step
+        return x
+
+    @staticmethod
+    def _raise_if_bad(bad_step: torch.Tensor) -> None:
+        step = int(bad_step)  # one host read, after the loop
+        if step >= 0:
+            raise FloatingPointError(f"fastgen.sample: the state went non-finite at step {step}")
+
+    def capture(self) -> Sampler:
+        """Record the loop, model included, in a CUDA graph (raises if the model cannot be captured)."""
+        self.rng = RNGState(self.seed, self.device)
+        self.static_x = torch.empty(self.shape, device=self.device, dtype=self.dtype)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up outside the capture (lazy inits, Triton compiles)
+            self.run(self.static_x, self.rng.state)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.run(self.static_x, self.rng.state)
+            self.rng.advance_(self.counters())
+        return self
+
+    def replay(self) -> torch.Tensor:
+        """One more run of the captured loop, with fresh noise; returns a new tensor."""
+        self.graph.replay()
+        if self._bad_step is not None:
+            self._raise_if_bad(self._bad_step)
+        return self.static_x.clone()
+
+
+def sample(
+    model: Callable,
+    shape,
+    *,
+    sde: SDE | None = None,
+    schedule=None,
+    sampler: str = "euler_maruyama",
+    steps: int,
+    prediction: str = "score",
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    per_sample_seeds: torch.Tensor | None = None,
+    graph="auto",
+    denoise: bool = True,
+    callback: Callable | None = None,
+    progress: bool = False,
+    dtype: torch.dtype | None = None,
+    device=None,
+    eta: float = 0.0,
+    snr: float = 0.16,
+    clip: float | None = None,
+    check_finite: bool = False,
+) -> torch.Tensor:
+    """Draw samples of `shape` by integrating a diffusion model's reverse process.
+
+    Args:
+        model: callable (x, t) -> prediction, with t a (B,) tensor: continuous time for an SDE,
+            integer timesteps for a DDPMSchedule.
+        shape: (B, ...) of the samples.
+        sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
+        schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()); "karras" to space the
+            sigma samplers' noise levels as Karras et al. on an SDE.
+        sampler: euler_maruyama (reverse SDE), pc (reverse-diffusion predictor + Langevin corrector),
+            ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m.
+        steps: number of steps (Heun and PC make two model calls per step).
+        prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process).
+        seed, generator: the noise stream's seed, or a generator to draw it from.
+        per_sample_seeds: (B,) int64; sample b's noise depends on its own seed only, so a sample
+            is the same at any batch size or position (for a model that treats samples independently).
+        graph: "auto" captures model and steps in one CUDA graph on CUDA (falls back, with one warning
+            naming the reason, when the model cannot be captured); False never; True requires it.
+        denoise: return the last step's mean (no noise in the last SDE step).
+        callback: callback(stage, x) after every stage (runs eagerly).
+        progress: a progress bar on stderr.
+        dtype: state dtype (float32 default; float16/bfloat16 keep float32 arithmetic).
+        device: where to sample (default: CUDA when available).
+        eta: DDIM noise scale. snr: the PC corrector's signal-to-noise ratio. clip: clamp x0 to [-clip, clip].
+        check_finite: find on the device the first stage whose state went non-finite, and raise
+            FloatingPointError naming it (one host read after the loop).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    ops.prediction_code(prediction)
+    if not callable(model):
+        raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    shape = tuple(int(s) for s in shape)
+    if not shape or shape[0] < 1:
+        raise ValueError(f"shape must be (B, ...) with B >= 1, got {shape}")
+    if sampler in DISCRETE_SAMPLERS:
+        process = schedule if isinstance(schedule, DDPMSchedule) else DDPMSchedule()
+    else:
+        process = sde if sde is not None else (schedule if isinstance(schedule, DDPMSchedule) else VPSDE())
+        if schedule not in (None, "karras") and not isinstance(schedule, DDPMSchedule):
+            raise ValueError(f"schedule must be None, 'karras' or a DDPMSchedule, got {schedule!r}")
+        if sampler not in SIGMA_SAMPLERS and not isinstance(process, SDE):
+            raise ValueError(f"sampler {sampler!r} needs an SDE (sde=VPSDE(), SubVPSDE() or VESDE())")
+    if prediction == "v" and isinstance(process, VESDE):
+        raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
+    if per_sample_seeds is not None and (not isinstance(per_sample_seeds, torch.Tensor) or
+                                         per_sample_seeds.shape != (shape[0],)):
+        raise ValueError(f"per_sample_seeds must be an int tensor of shape ({shape[0]},)")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or torch.float32
+    plan = _plan(process, sampler, steps, prediction, schedule, eta, denoise)
+    runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
+                     callback, progress, check_finite)
+    use_graph = device.type == "cuda" and graph in ("auto", True) and callback is None
+    if graph is True and not use_graph:
+        raise ValueError("graph=True needs a CUDA device and no callback")
+    if use_graph:
+        try:
+            return runner.capture().replay()
+        except FloatingPointError:
+            raise
+        except Exception as err:
+            if graph is True:
+                raise
+            warnings.warn(f"fastgen.sample: running without a CUDA graph: the loop could not be captured "
+                          f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
+            runner.graph = None
+    return runner.run()

@@ -1,0 +1,225 @@
+"""Forward processes with closed-form marginals x_t = alpha(t) x_0 + sigma(t) eps.
+
+Continuous SDEs dx = f(t) x dt + g(t) dW on t in [0, T=1] (Song et al. 2021):
+:class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`; the discrete DDPM chain
+(Ho et al. 2020) :class:`DDPMSchedule`; and Karras (EDM) sigma schedules.
+Every sampler in fastgen reads a process through ``marginal(t) -> (alpha, sigma)``
+(its step coefficients follow from it), plus ``drift_coef`` and ``diffusion``
+for the SDE samplers.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+
+from .rng import resolve_seed
+
+
+def _as_tensor(t) -> torch.Tensor:
+    return t.double() if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+
+
+class SDE(abc.ABC):
+    """Base of the continuous processes: subclasses give the marginal, f(t), g(t) and the inverse noise level."""
+
+    T = 1.0
+    eps = 1e-3  # smallest time the samplers reach
+
+    @abc.abstractmethod
+    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha(t), sigma(t)) in float64: x_t = alpha x_0 + sigma eps."""
+
+    def marginal_prob(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of p(x_t | x_0), as score_sde's SDE.marginal_prob."""
+        alpha, sigma = self.marginal(t)
+        alpha = alpha.to(x0).reshape(-1, *[1] * (x0.dim() - 1)) if alpha.dim() else alpha.to(x0)
+        return alpha * x0, sigma.to(x0)
+
+    @abc.abstractmethod
+    def drift_coef(self, t) -> torch.Tensor:
+        """f(t) with the drift f(x, t) = f(t) x."""
+
+    @abc.abstractmethod
+    def diffusion(self, t) -> torch.Tensor:
+        """g(t)."""
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        f = self.drift_coef(t).to(x)
+        return (f.reshape(-1, *[1] * (x.dim() - 1)) if f.dim() else f) * x
+
+    def prior_std(self) -> float:
+        return float(self.marginal(self.T)[1]) if isinstance(self, VESDE) else 1.0
+
+    def prior_sample(self, shape, seed=None, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Draws from the prior N(0, prior_std^2 I)."""
+        g = torch.Generator().manual_seed(resolve_seed(seed, generator))
+        return (self.prior_std() * torch.randn(shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
+
+    def reverse_drift(self, x, t, score, probability_flow: bool = False) -> torch.Tensor:
+        """Drift of the reverse-time SDE, f - g^2 s (or of the probability-flow ODE, f - g^2 s / 2)."""
+        g2 = self.diffusion(t).square().to(x)
+        g2 = g2.reshape(-1, *[1] * (x.dim() - 1)) if g2.dim() else g2
+        return self.drift(x, t) - (0.5 if probability_flow else 1.0) * g2 * score
+
+    def sigma_ratio(self, t) -> torch.Tensor:
+        """sigma(t) / alpha(t): the noise level of x_t / alpha(t) = x_0 + (sigma/alpha) eps."""
+        alpha, sigma = self.marginal(t)
+        return sigma / alpha
+
+    @abc.abstractmethod
+    def time_of_sigma_ratio(self, ratio) -> torch.Tensor:
+        """The time t where sigma(t) / alpha(t) = ratio."""
+
+
+class VPSDE(SDE):
+    """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW; alpha^2 + sigma^2 = 1.
+
+    schedule "linear": beta(t) = beta_min + t (beta_max - beta_min);
+    "cosine": alpha(t)^2 = cos^2((t + s) / (1 + s) pi/2) / cos^2(s / (1 + s) pi/2), s = 0.008,
+    with alpha^2 kept >= 1e-5 near t = 1.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, schedule: str = "linear"):
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
+        self._s = 0.008
+
+    def log_alpha(self, t) -> torch.Tensor:
+        t = _as_tensor(t)
+        if self.schedule == "linear":
+            return -0.25 * t.square() * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        s = self._s
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2).square() / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        return 0.5 * torch.log(f.clamp(min=1e-5))
+
+    def beta(self, t) -> torch.Tensor:
+        t = _as_tensor(t)
+        if self.schedule == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        s = self._s
+        return (math.pi / (1 + s) * torch.tan((t + s) / (1 + s) * math.pi / 2)).clamp(max=self.beta_max * 50)
+
+    def marginal(self, t):
+        alpha = torch.exp(self.log_alpha(t))
+        return alpha, torch.sqrt((1 - alpha.square()).clamp(min=0))
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def time_of_alpha(self, alpha) -> torch.Tensor:
+        log_alpha = torch.log(_as_tensor(alpha))
+        if self.schedule == "linear":  # solve a t^2 + b t + log_alpha = 0
+            a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+            return (-b + torch.sqrt(b * b - 4 * a * log_alpha)) / (2 * a)
+        s = self._s
+        c = math.cos(s / (1 + s) * math.pi / 2)
+        return torch.arccos((torch.exp(log_alpha) * c).clamp(max=1.0)) * 2 / math.pi * (1 + s) - s
+
+    def time_of_sigma_ratio(self, ratio):
+        r = _as_tensor(ratio)
+        return self.time_of_alpha(1 / torch.sqrt(1 + r.square()))
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP: dx = -beta x / 2 dt + sqrt(beta (1 - alpha^4)) dW; sigma(t) = 1 - alpha(t)^2."""
+
+    def marginal(self, t):
+        alpha = torch.exp(self.log_alpha(t))
+        return alpha, 1 - alpha.square()
+
+    def diffusion(self, t):
+        alpha = torch.exp(self.log_alpha(t))
+        return torch.sqrt(self.beta(t) * (1 - alpha.pow(4)))
+
+    def time_of_sigma_ratio(self, ratio):
+        r = _as_tensor(ratio)
+        return self.time_of_alpha((-r + torch.sqrt(r.square() + 4)) / 2)
+
+
+class VESDE(SDE):
+    """Variance exploding: dx = sqrt(d sigma^2 / dt) dW, sigma(t) = sigma_min (sigma_max / sigma_min)^t, alpha = 1."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def marginal(self, t):
+        t = _as_tensor(t)
+        return torch.ones_like(t), self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def drift_coef(self, t):
+        return torch.zeros_like(_as_tensor(t))
+
+    def diffusion(self, t):
+        sigma = self.marginal(t)[1]
+        return sigma * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+
+    def time_of_sigma_ratio(self, ratio):
+        return torch.log(_as_tensor(ratio) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+
+class DDPMSchedule:
+    """The discrete DDPM chain: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 0 .. N-1.
+
+    beta_schedule "linear": betas = linspace(beta_start, beta_end, N);
+    "cosine": betas from abar(t) = cos^2((t/N + s)/(1 + s) pi/2), clipped at 0.999 (Nichol & Dhariwal).
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02):
+        n = int(num_train_timesteps)
+        if n < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
+        if beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+        elif beta_schedule == "cosine":
+            abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)],
+                                 dtype=torch.float64)
+        else:
+            raise ValueError(f"beta_schedule must be 'linear' or 'cosine', got {beta_schedule!r}")
+        self.num_train_timesteps = n
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        self._tables = {torch.device("cpu"): self.alphas_cumprod}
+
+    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)); t = -1 means x_0 itself."""
+        t = torch.as_tensor(t).long()
+        table = self._table(t.device)
+        abar = torch.where(t >= 0, table[t.clamp(min=0)], torch.ones((), dtype=torch.float64, device=t.device))
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def _table(self, device) -> torch.Tensor:
+        if device not in self._tables:
+            self._tables[device] = self.alphas_cumprod.to(device)
+        return self._tables[device]
+
+    def timesteps(self, steps: int) -> list[int]:
+        """Leading spacing (diffusers' default): (steps-1, ..., 0) * (N // steps)."""
+        if not 1 <= steps <= self.num_train_timesteps:
+            raise ValueError(f"steps must be in 1 .. {self.num_train_timesteps}, got {steps}")
+        ratio = self.num_train_timesteps // steps
+        return [i * ratio for i in range(steps - 1, -1, -1)]
+
+    def prior_sample(self, shape, seed=None, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+        g = torch.Generator().manual_seed(resolve_seed(seed, generator))
+        return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu") -> torch.Tensor:
+    """Karras et al. (2022) noise levels, n of them from sigma_max down to sigma_min, then a final 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)

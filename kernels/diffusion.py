@@ -1,0 +1,222 @@
+"""Triton twins of kernels/diffusion.cu: the generic fused diffusion step and the
+score-SDE Langevin corrector (coefficient rows as in fastgen/reference/diffusion.py)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .langevin import CHAIN_BLOCK
+from .rng import BLOCK, load_rng
+
+
+@triton.jit
+def coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr):
+    """Row number of each element's sample: coef row 0 / its sample's row, or read through index (1: shared, 2: per sample)."""
+    row = sample * 0
+    if COEF_PER_SAMPLE:
+        row = sample
+    if INDEX_MODE == 1:
+        row = tl.load(index_ptr + sample * 0, mask=mask, other=0)
+    if INDEX_MODE == 2:
+        row = tl.load(index_ptr + sample, mask=mask, other=0)
+    return row * 8
+
+
+@triton.jit
+def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr):
+    xm = k * x
+    if PREDICTION == 0:
+        eps = out
+        x0 = (xm - sigma * out) / alpha
+    elif PREDICTION == 1:
+        x0 = out
+        eps = (xm - alpha * out) / sigma
+    elif PREDICTION == 2:
+        x0 = alpha * xm - sigma * out
+        eps = sigma * xm + alpha * out
+    else:
+        eps = -sigma * out
+        x0 = (xm + sigma * sigma * out) / alpha
+    if HAS_CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+        eps = (xm - alpha * x0) / sigma
+    return x0, eps
+
+
+@triton.jit
+def term(c, v):
+    return tl.where(c != 0.0, c * v, 0.0)
+
+
+@triton.jit
+def noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE: tl.constexpr):
+    """0: the call's stream; 1: explicit noise; 2: per-sample seeds."""
+    if NOISE_MODE == 1:
+        xi = tl.load(noise_ptr + idx, mask=mask, other=0.0)
+    elif NOISE_MODE == 2:
+        seeds = tl.load(seeds_ptr + sample, mask=mask, other=0)
+        xi = tl.randn(seeds, sample_offset + (idx - sample * size))
+    else:
+        xi = tl.randn(seed, offset + idx)
+    return xi
+
+
+@triton.jit
+def diffusion_step_kernel(
+    x_ptr,  # (B * D,) state, in place
+    out_ptr,  # (B * D,) model output
+    coef_ptr,  # (rows, 8) float32
+    index_ptr,  # (1,) or (B,) int64 rows when INDEX_MODE > 0
+    aux_ptr,  # (B * D,) float32 when HAS_AUX
+    noise_ptr,  # (B * D,) float32 when NOISE_MODE == 1
+    seeds_ptr,  # (B,) int64 when NOISE_MODE == 2
+    numel,
+    size,  # D
+    clip,
+    seed,
+    offset,
+    sample_offset,
+    rng_state_ptr,
+    PREDICTION: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    COEF_PER_SAMPLE: tl.constexpr,
+    INDEX_MODE: tl.constexpr,
+    HAS_AUX: tl.constexpr,
+    AUX_STORE: tl.constexpr,
+    NOISE_MODE: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < numel
+    seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
+    sample = idx // size
+    row = coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE, INDEX_MODE)
+    alpha = tl.load(coef_ptr + row, mask=mask, other=1.0)
+    sigma = tl.load(coef_ptr + row + 1, mask=mask, other=1.0)
+    k = tl.load(coef_ptr + row + 2, mask=mask, other=1.0)
+    c_x = tl.load(coef_ptr + row + 3, mask=mask, other=0.0)
+    c_x0 = tl.load(coef_ptr + row + 4, mask=mask, other=0.0)
+    c_eps = tl.load(coef_ptr + row + 5, mask=mask, other=0.0)
+    c_aux = tl.load(coef_ptr + row + 6, mask=mask, other=0.0)
+    c_noise = tl.load(coef_ptr + row + 7, mask=mask, other=0.0)
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP)
+    xi = noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE)
+    nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
+    if HAS_AUX:
+        nxt += term(c_aux, tl.load(aux_ptr + idx, mask=mask, other=0.0))
+        if AUX_STORE == 1:
+            tl.store(aux_ptr + idx, x0, mask=mask)
+        if AUX_STORE == 2:
+            tl.store(aux_ptr + idx, nxt - x, mask=mask)
+    tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+def _modes(x, coef, index, noise, sample_seeds):
+    index_mode = 0 if index is None else (1 if index.numel() == 1 else 2)
+    noise_mode = 1 if noise is not None else (2 if sample_seeds is not None else 0)
+    return dict(COEF_PER_SAMPLE=index is None and coef.shape[0] > 1, INDEX_MODE=index_mode, NOISE_MODE=noise_mode)
+
+
+@torch.library.custom_op("fastgen_triton::diffusion_step_", mutates_args=("x", "aux"))
+def diffusion_step_(
+    x: torch.Tensor, model_out: torch.Tensor, coef: torch.Tensor, index: Optional[torch.Tensor], prediction: int,
+    clip: Optional[float], aux: Optional[torch.Tensor], aux_store: int, noise: Optional[torch.Tensor], seed: int,
+    offset: int, rng_state: Optional[torch.Tensor], sample_seeds: Optional[torch.Tensor], sample_offset: int,
+) -> None:  # fmt: skip
+    numel = x.numel()
+    if numel == 0:
+        return
+    diffusion_step_kernel[(triton.cdiv(numel, BLOCK),)](
+        x, model_out, coef,
+        index if index is not None else coef,
+        aux if aux is not None else coef,
+        noise if noise is not None else coef,
+        sample_seeds if sample_seeds is not None else coef,
+        numel, numel // x.shape[0], clip or 0.0, seed, offset, sample_offset,
+        rng_state if rng_state is not None else coef,
+        PREDICTION=prediction, HAS_CLIP=clip is not None, HAS_AUX=aux is not None, AUX_STORE=aux_store,
+        HAS_STATE=rng_state is not None, BLOCK=BLOCK, **_modes(x, coef, index, noise, sample_seeds),
+    )  # fmt: skip
+
+
+@diffusion_step_.register_fake
+def _(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state, sample_seeds,
+      sample_offset):
+    return None
+
+
+@triton.jit
+def langevin_correct_kernel(
+    x_ptr, out_ptr, coef_ptr, index_ptr, seeds_ptr,
+    size,  # D
+    snr, seed, offset, sample_offset, rng_state_ptr,
+    PREDICTION: tl.constexpr, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr, NOISE_MODE: tl.constexpr,
+    HAS_STATE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    sample = tl.program_id(0).to(tl.int64)
+    seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
+    lanes = tl.arange(0, BLOCK)
+    samples = sample + lanes * 0
+    row = coef_rows(coef_ptr, index_ptr, samples, lanes < 1, COEF_PER_SAMPLE, INDEX_MODE)
+    alpha = tl.load(coef_ptr + row)
+    sigma = tl.load(coef_ptr + row + 1)
+    k = tl.load(coef_ptr + row + 2)
+    a = tl.load(coef_ptr + row + 3)
+    first = sample * size
+    score_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    noise_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, size, BLOCK):
+        idx = first + start + lanes
+        mask = start + lanes < size
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False)
+        s = tl.where(mask, -eps / sigma, 0.0)
+        xi = tl.where(mask, noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset,
+                                     NOISE_MODE), 0.0)
+        score_sq += s * s
+        noise_sq += xi * xi
+    ratio = snr * tl.sqrt(tl.sum(noise_sq, axis=0)) / tl.sqrt(tl.sum(score_sq, axis=0))
+    step = tl.minimum(2.0 * a * ratio * ratio, sigma * sigma)
+    for start in range(0, size, BLOCK):
+        idx = first + start + lanes
+        mask = start + lanes < size
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False)
+        xi = noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset, NOISE_MODE)
+        nxt = x + step * (-eps / sigma) + tl.sqrt(2.0 * step) * xi
+        tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@torch.library.custom_op("fastgen_triton::langevin_correct_", mutates_args=("x",))
+def langevin_correct_(
+    x: torch.Tensor, model_out: torch.Tensor, coef: torch.Tensor, index: Optional[torch.Tensor], prediction: int,
+    snr: float, seed: int, offset: int, rng_state: Optional[torch.Tensor], sample_seeds: Optional[torch.Tensor],
+    sample_offset: int,
+) -> None:  # fmt: skip
+    if x.numel() == 0:
+        return
+    batch = x.shape[0]
+    modes = _modes(x, coef, index, None, sample_seeds)
+    langevin_correct_kernel[(batch,)](
+        x, model_out, coef,
+        index if index is not None else coef,
+        sample_seeds if sample_seeds is not None else coef,
+        x.numel() // batch, snr, seed, offset, sample_offset,
+        rng_state if rng_state is not None else coef,
+        PREDICTION=prediction, HAS_STATE=rng_state is not None, BLOCK=CHAIN_BLOCK, **modes,
+    )  # fmt: skip
+
+
+@langevin_correct_.register_fake
+def _(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds, sample_offset):
+    return None

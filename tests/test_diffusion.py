@@ -1,0 +1,205 @@
+"""The diffusion step ops on every backend against the reference, opcheck, and
+the coefficient rules against their textbook update formulas."""
+
+import math
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.ops import diffusion as D
+from fastgen.sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE, get_sigmas_karras
+
+from conftest import cpu_backends, run_on
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
+       torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+def rows(batch, g, per_sample):
+    n = batch if per_sample else 1
+    alpha = torch.rand(n, generator=g) * 0.8 + 0.2
+    sigma = (1 - alpha.square()).sqrt()
+    cols = [alpha, sigma, torch.rand(n, generator=g) + 0.5] + [torch.randn(n, generator=g) for _ in range(5)]
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (1, 1000003), (37, 3, 5)])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+def test_diffusion_step_matches_reference(device_backend, dtype, shape, prediction):
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's CPU interpreter mishandles bfloat16")
+    g = torch.Generator().manual_seed(math.prod(shape))
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    out = torch.randn(shape, generator=g).to(device, dtype)
+    coef = rows(shape[0], g, per_sample=shape[0] > 1).to(device)
+    aux = torch.randn(shape, generator=g).to(device)
+    results = {}
+    for name in (backend, "torch"):
+        xs, auxs = x.clone(), aux.clone()
+        run_on(name, D.diffusion_step_, xs, out, coef, prediction=prediction, clip=1.5, aux=auxs, aux_store="x0",
+               seed=3, offset=2**32 - 5)
+        results[name] = (xs, auxs)
+    torch.testing.assert_close(results[backend][0], results["torch"][0], **TOL[dtype])
+    torch.testing.assert_close(results[backend][1], results["torch"][1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["index-shared", "index-per-sample", "explicit-noise", "sample-seeds", "increment"])
+def test_diffusion_step_modes_match_reference(device_backend, mode):
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 4, 3, generator=g).to(device)
+    out = torch.randn(9, 4, 3, generator=g).to(device)
+    table = rows(20, g, per_sample=True).to(device)
+    kwargs = dict(prediction="eps", seed=11, offset=7)
+    if mode == "index-shared":
+        kwargs["index"] = torch.tensor([13], device=device)
+    elif mode == "index-per-sample":
+        kwargs["index"] = torch.randint(0, 20, (9,), generator=g).to(device)
+    else:
+        table = table[:1]
+    if mode == "explicit-noise":
+        kwargs["noise"] = torch.randn(9, 4, 3, generator=g).to(device)
+    if mode == "sample-seeds":
+        kwargs["sample_seeds"] = torch.randint(0, 2**40, (9,), generator=g).to(device)
+        kwargs["sample_offset"] = 24
+    aux = torch.randn(9, 4, 3, generator=g).to(device) if mode == "increment" else None
+    results = {}
+    for name in (backend, "torch"):
+        xs = x.clone()
+        a = None if aux is None else aux.clone()
+        run_on(name, D.diffusion_step_, xs, out, table, aux=a, aux_store="increment" if a is not None else None,
+               **kwargs)
+        results[name] = (xs, a)
+    torch.testing.assert_close(results[backend][0], results["torch"][0], rtol=1e-5, atol=1e-5)
+    if aux is not None:
+        torch.testing.assert_close(results[backend][1], results["torch"][1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(results["torch"][1], results["torch"][0] - x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 2), (3, 1000)])
+def test_langevin_correct_matches_reference(device_backend, shape):
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g).to(device)
+    out = torch.randn(shape, generator=g).to(device)
+    coef = torch.tensor([[0.8, 0.6, 1.0, 0.99, 0, 0, 0, 0]], device=device)
+    got = run_on(backend, D.langevin_correct_, x.clone(), out, coef, snr=0.16, seed=4, offset=9)
+    want = run_on("torch", D.langevin_correct_, x.clone(), out, coef, snr=0.16, seed=4, offset=9)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_seeds_make_noise_independent_of_the_batch(device_backend):
+    device, backend = device_backend
+    seeds = torch.tensor([5, 9, 2**50 + 1, 77], device=device)
+    coef = torch.tensor([[1.0, 1.0, 1.0, 0, 0, 0, 0, 1.0]], device=device)  # x <- xi
+    batch = torch.zeros(4, 6, device=device)
+    run_on(backend, D.diffusion_step_, batch, batch.clone(), coef, sample_seeds=seeds, sample_offset=12)
+    for b in range(4):
+        alone = torch.zeros(1, 6, device=device)
+        run_on(backend, D.diffusion_step_, alone, alone.clone(), coef, sample_seeds=seeds[b:b + 1], sample_offset=12)
+        assert torch.equal(alone[0], batch[b])
+    torch.testing.assert_close(batch[0].cpu(), fastgen.ops.normal(6, 5, 12), rtol=0, atol=2e-6)
+
+
+# ---------------------------------------------------------------- coefficient rules
+
+
+def test_ddpm_rule_is_the_posterior_mean_plus_noise():
+    sched = DDPMSchedule()
+    t, s = 500, 480
+    abar_t, abar_s = sched.alphas_cumprod[t], sched.alphas_cumprod[s]
+    beta = 1 - abar_t / abar_s
+    alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = D.ddpm_coefficients(sched, t, s)[0].tolist()
+    assert math.isclose(c_x0, abar_s.sqrt() * beta / (1 - abar_t))
+    assert math.isclose(c_x, (1 - beta).sqrt() * (1 - abar_s) / (1 - abar_t))
+    assert math.isclose(c_noise ** 2, beta * (1 - abar_s) / (1 - abar_t))
+    assert D.ddpm_coefficients(sched, 0, -1)[0, 7] == 0  # no noise at the last step
+
+
+def test_ddim_with_eta_one_is_ddpm():
+    sched = DDPMSchedule()
+    x = torch.randn(100, 3)
+    eps = torch.randn(100, 3)
+    a = D.diffusion_step_(x.clone(), eps, D.ddpm_coefficients(sched, 600, 580), seed=1)
+    b = D.diffusion_step_(x.clone(), eps, D.ddim_coefficients(sched, 600, 580, eta=1.0), seed=1)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+def test_euler_maruyama_rule_matches_the_reverse_sde(sde):
+    t, t_next = 0.6, 0.58
+    x = torch.randn(50, 2, dtype=torch.float64)
+    score = torch.randn(50, 2, dtype=torch.float64)
+    row = D.euler_maruyama_coefficients(sde, t, t_next)[0]
+    alpha, sigma = sde.marginal(t)
+    eps = -sigma * score
+    got = row[3] * x + row[5] * eps
+    want = x - sde.reverse_drift(x, torch.tensor(t, dtype=torch.float64), score) * (t - t_next)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(row[7], sde.diffusion(t) * math.sqrt(t - t_next))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+def test_sde_marginals_and_inverses(sde):
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    alpha, sigma = sde.marginal(t)
+    torch.testing.assert_close(sde.time_of_sigma_ratio(sigma / alpha), t)
+    # d/dt log alpha = f(t) (the drift coefficient), by finite differences.
+    h = 1e-6
+    dlog = (torch.log(sde.marginal(t + h)[0]) - torch.log(sde.marginal(t - h)[0])) / (2 * h)
+    torch.testing.assert_close(dlog, sde.drift_coef(t), rtol=1e-5, atol=1e-6)
+    # d/dt sigma^2 = 2 f sigma^2 + g^2 (the marginal variance ODE).
+    dvar = (sde.marginal(t + h)[1] ** 2 - sde.marginal(t - h)[1] ** 2) / (2 * h)
+    torch.testing.assert_close(dvar, 2 * sde.drift_coef(t) * sigma**2 + sde.diffusion(t) ** 2, rtol=1e-4, atol=1e-6)
+
+
+def test_karras_sigmas():
+    s = get_sigmas_karras(10, 0.002, 80.0)
+    assert s.shape == (11,) and s[-1] == 0 and math.isclose(float(s[0]), 80.0, rel_tol=1e-6)
+    assert math.isclose(float(s[-2]), 0.002, rel_tol=1e-5) and bool((s[:-1].diff() < 0).all())
+
+
+# ---------------------------------------------------------------- registration and errors
+
+
+def _step_args():
+    x = torch.randn(4, 3)
+    return (x, torch.randn_like(x), torch.randn(1, 8), None, 0, 1.0, torch.randn(4, 3), 1, None, 3, 5, None,
+            torch.tensor([1, 2, 3, 4]), 0)
+
+
+@pytest.mark.parametrize("namespace", ["fastgen", "fastgen_triton"])
+def test_opcheck(namespace):
+    if (namespace == "fastgen" and "cpu" not in cpu_backends()) or \
+            (namespace == "fastgen_triton" and "triton" not in cpu_backends()):
+        pytest.skip("backend unavailable")
+    ops = getattr(torch.ops, namespace)
+    torch.library.opcheck(ops.diffusion_step_, _step_args())
+    x = torch.randn(4, 3)
+    torch.library.opcheck(ops.langevin_correct_, (x, torch.randn_like(x), torch.tensor([[0.8, 0.6, 1, 1, 0, 0, 0, 0.0]]),
+                                                  None, 3, 0.16, 3, 5, None, None, 0))
+
+
+def test_diffusion_step_bad_input():
+    x = torch.randn(4, 3)
+    out = torch.randn(4, 3)
+    before = x.clone()
+    with pytest.raises(ValueError, match="prediction must be one of eps, x0, v, score"):
+        D.diffusion_step_(x, out, torch.zeros(8), prediction="noise")
+    with pytest.raises(ValueError, match="model_out must have the shape of x"):
+        D.diffusion_step_(x, out[:2], torch.zeros(8))
+    with pytest.raises(ValueError, match="coef must have 1 or 4 rows"):
+        D.diffusion_step_(x, out, torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="coef must be a tensor of shape"):
+        D.diffusion_step_(x, out, torch.zeros(7))
+    with pytest.raises(ValueError, match="aux_store needs an aux tensor"):
+        D.diffusion_step_(x, out, torch.zeros(8), aux_store="x0")
+    with pytest.raises(ValueError, match="per_sample_seeds must be"):
+        D.diffusion_step_(x, out, torch.zeros(8), sample_seeds=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="snr must be"):
+        D.langevin_correct_(x, out, torch.zeros(8), snr=0.0)
+    assert torch.equal(x, before)
