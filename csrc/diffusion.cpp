@@ -34,6 +34,7 @@ struct StepInputs {
   const OptTensor& index;
   int64_t prediction;
   c10::optional<double> clip;
+  bool clip_eps;
   const OptTensor& aux;
   int64_t aux_store;
   const OptTensor& noise;
@@ -105,7 +106,7 @@ struct View {
 
 // (x0, eps) of one element, as convert() in kernels/diffusion.cu.
 template <int P>
-inline void convert(float out, float x, const float* c, float clip, float* x0, float* eps) {
+inline void convert(float out, float x, const float* c, float clip, bool clip_eps, float* x0, float* eps) {
   const float alpha = c[0], sigma = c[1], xm = c[2] * x;
   if (P == kEps) {
     *eps = out;
@@ -122,7 +123,7 @@ inline void convert(float out, float x, const float* c, float clip, float* x0, f
   }
   if (clip > 0.0f) {
     *x0 = std::min(std::max(*x0, -clip), clip);
-    *eps = (xm - alpha * *x0) / sigma;
+    if (clip_eps) *eps = (xm - alpha * *x0) / sigma;
   }
 }
 
@@ -165,13 +166,13 @@ View view_of(const StepInputs& in) {
 }
 
 template <typename T, int P>
-void step_segment(T* x, const T* out, const float* c, float clip, float* aux, int aux_store, const float* noise,
-                  int64_t n) {
+void step_segment(T* x, const T* out, const float* c, float clip, bool clip_eps, float* aux, int aux_store,
+                  const float* noise, int64_t n) {
   const bool has_aux = aux != nullptr;
   for (int64_t j = 0; j < n; ++j) {
     const float xv = static_cast<float>(x[j]);
     float x0, eps;
-    convert<P>(static_cast<float>(out[j]), xv, c, clip, &x0, &eps);
+    convert<P>(static_cast<float>(out[j]), xv, c, clip, clip_eps, &x0, &eps);
     float next = term(c[3], xv) + term(c[4], x0) + term(c[5], eps) + term(c[7], noise[j]);
     if (has_aux) next += term(c[6], aux[j]);
     if (aux_store == 1) aux[j] = x0;
@@ -206,10 +207,11 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
 }
 
 void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                        int64_t prediction, c10::optional<double> clip, const OptTensor& aux, int64_t aux_store,
+                        int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
+                        int64_t aux_store,
                         const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
                         const OptTensor& sample_seeds, int64_t sample_offset) {
-  const StepInputs in{x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
+  const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
                       sample_seeds, sample_offset};
   check_step(in);
   if (x.numel() == 0) return;
@@ -233,7 +235,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         } else {
           std::fill(noise_buf, noise_buf + n, 0.0f);
         }
-        step_segment<T, decltype(p)::value>(xp + i, op + i, c, clip_value, aux_ptr ? aux_ptr + i : nullptr,
+        step_segment<T, decltype(p)::value>(xp + i, op + i, c, clip_value, clip_eps, aux_ptr ? aux_ptr + i : nullptr,
                                             static_cast<int>(aux_store), noise_buf, n);
         i = stop;
       }
@@ -245,7 +247,7 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
                           int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                           const OptTensor& sample_seeds, int64_t sample_offset) {
   const OptTensor none;
-  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, none, 0, none, seed, offset, rng_state,
+  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, none, 0, none, seed, offset, rng_state,
                       sample_seeds, sample_offset};
   check_step(in);
   FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
@@ -270,7 +272,7 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
         for (int64_t j = 0; j < size; ++j) {
           float x0, eps;
           convert<decltype(p)::value>(static_cast<float>(op[first + j]), static_cast<float>(xp[first + j]), c, 0.0f,
-                                      &x0, &eps);
+                                      false, &x0, &eps);
           score[j] = -eps / c[1];
           score_sq += static_cast<double>(score[j]) * score[j];
           noise_sq += static_cast<double>(noise[j]) * noise[j];
@@ -301,6 +303,7 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
   a.index_size = in.index.has_value() ? in.index->numel() : 0;
   a.prediction = static_cast<int>(in.prediction);
   a.clip = in.clip.has_value() ? static_cast<float>(*in.clip) : 0.0f;
+  a.clip_eps = in.clip_eps;
   a.aux = in.aux.has_value() ? in.aux->data_ptr<float>() : nullptr;
   a.aux_store = static_cast<int>(in.aux_store);
   a.noise = in.noise.has_value() ? in.noise->data_ptr<float>() : nullptr;
@@ -311,10 +314,11 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
 }
 
 void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                         int64_t prediction, c10::optional<double> clip, const OptTensor& aux, int64_t aux_store,
+                         int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
+                        int64_t aux_store,
                          const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
                          const OptTensor& sample_seeds, int64_t sample_offset) {
-  const StepInputs in{x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
+  const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
                       sample_seeds, sample_offset};
   check_step(in);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -325,7 +329,7 @@ void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef
                            int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                            const OptTensor& sample_seeds, int64_t sample_offset) {
   const OptTensor none;
-  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, none, 0, none, seed, offset, rng_state,
+  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, none, 0, none, seed, offset, rng_state,
                       sample_seeds, sample_offset};
   check_step(in);
   FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);

@@ -26,7 +26,7 @@ TORCH_LIBRARY(fastgen, m) {
   // One step of an affine diffusion update rule (coefficient rows: see kernels/launchers.h).
   m.def(
       "diffusion_step_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index, int prediction, float? clip, "
-      "Tensor(b!)? aux, int aux_store, Tensor? noise, int seed, int offset, Tensor? rng_state, Tensor? sample_seeds, "
+      "bool clip_eps, Tensor(b!)? aux, int aux_store, Tensor? noise, int seed, int offset, Tensor? rng_state, Tensor? sample_seeds, "
       "int sample_offset) -> ()");
   // Score-SDE Langevin corrector with a per-sample step from a target signal-to-noise ratio.
   m.def(

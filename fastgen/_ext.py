@@ -46,8 +46,8 @@ def _register_fakes() -> None:
 
 
     @torch.library.register_fake("fastgen::diffusion_step_")
-    def _(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state, sample_seeds,
-          sample_offset):
+    def _(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
+          sample_seeds, sample_offset):
         return None
 
     @torch.library.register_fake("fastgen::langevin_correct_")

@@ -18,7 +18,8 @@ __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int
 }
 
 // (x0, eps) from the model output, read at x_m = k x where x_m = alpha x0 + sigma eps.
-__device__ __forceinline__ Conversion convert(float out, float x, const float* c, int prediction, float clip) {
+__device__ __forceinline__ Conversion convert(float out, float x, const float* c, int prediction, float clip,
+                                              bool clip_eps) {
   const float alpha = c[0], sigma = c[1], xm = c[2] * x;
   Conversion r;
   switch (prediction) {
@@ -40,7 +41,7 @@ __device__ __forceinline__ Conversion convert(float out, float x, const float* c
   }
   if (clip > 0.0f) {
     r.x0 = fminf(fmaxf(r.x0, -clip), clip);
-    r.eps = (xm - alpha * r.x0) / sigma;
+    if (clip_eps) r.eps = (xm - alpha * r.x0) / sigma;
   }
   return r;
 }
@@ -73,7 +74,7 @@ __global__ void diffusion_step_kernel(DiffusionStepArgs a) {
     const int64_t sample = i / a.sample_size;
     const float* c = coef_row(a, sample);
     const float xv = load(x, i);
-    const Conversion r = convert(load(out, i), xv, c, a.prediction, a.clip);
+    const Conversion r = convert(load(out, i), xv, c, a.prediction, a.clip, a.clip_eps);
     float next = term(c[3], xv) + term(c[4], r.x0) + term(c[5], r.eps);
     if (a.aux != nullptr) next += term(c[6], a.aux[i]);
     if (c[7] != 0.0f) next += c[7] * noise_at(a, i, sample, seed, offset);
@@ -98,7 +99,7 @@ __global__ void langevin_correct_kernel(DiffusionStepArgs a, float snr) {
   float score_sq = 0.0f, noise_sq = 0.0f;
   for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) {
     const int64_t i = first + d;
-    const float s = -convert(load(out, i), load(x, i), c, a.prediction, 0.0f).eps / sigma;
+    const float s = -convert(load(out, i), load(x, i), c, a.prediction, 0.0f, false).eps / sigma;
     const float xi = noise_at(a, i, sample, seed, offset);
     score_sq += s * s;
     noise_sq += xi * xi;
@@ -111,7 +112,7 @@ __global__ void langevin_correct_kernel(DiffusionStepArgs a, float snr) {
   for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) {
     const int64_t i = first + d;
     const float xv = load(x, i);
-    const float s = -convert(load(out, i), xv, c, a.prediction, 0.0f).eps / sigma;
+    const float s = -convert(load(out, i), xv, c, a.prediction, 0.0f, false).eps / sigma;
     store(x, i, xv + step * s + noise_scale * noise_at(a, i, sample, seed, offset));
   }
 }

@@ -27,7 +27,7 @@ def coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE: tl.constexpr, 
 
 
 @triton.jit
-def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr):
+def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr, CLIP_EPS: tl.constexpr):
     xm = k * x
     if PREDICTION == 0:
         eps = out
@@ -43,7 +43,8 @@ def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: t
         x0 = (xm + sigma * sigma * out) / alpha
     if HAS_CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
-        eps = (xm - alpha * x0) / sigma
+        if CLIP_EPS:
+            eps = (xm - alpha * x0) / sigma
     return x0, eps
 
 
@@ -83,6 +84,7 @@ def diffusion_step_kernel(
     rng_state_ptr,
     PREDICTION: tl.constexpr,
     HAS_CLIP: tl.constexpr,
+    CLIP_EPS: tl.constexpr,
     COEF_PER_SAMPLE: tl.constexpr,
     INDEX_MODE: tl.constexpr,
     HAS_AUX: tl.constexpr,
@@ -107,7 +109,7 @@ def diffusion_step_kernel(
     c_noise = tl.load(coef_ptr + row + 7, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP)
+    x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
     xi = noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE)
     nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
     if HAS_AUX:
@@ -128,7 +130,8 @@ def _modes(x, coef, index, noise, sample_seeds):
 @torch.library.custom_op("fastgen_triton::diffusion_step_", mutates_args=("x", "aux"))
 def diffusion_step_(
     x: torch.Tensor, model_out: torch.Tensor, coef: torch.Tensor, index: Optional[torch.Tensor], prediction: int,
-    clip: Optional[float], aux: Optional[torch.Tensor], aux_store: int, noise: Optional[torch.Tensor], seed: int,
+    clip: Optional[float], clip_eps: bool, aux: Optional[torch.Tensor], aux_store: int, noise: Optional[torch.Tensor],
+    seed: int,
     offset: int, rng_state: Optional[torch.Tensor], sample_seeds: Optional[torch.Tensor], sample_offset: int,
 ) -> None:  # fmt: skip
     numel = x.numel()
@@ -142,14 +145,14 @@ def diffusion_step_(
         sample_seeds if sample_seeds is not None else coef,
         numel, numel // x.shape[0], clip or 0.0, seed, offset, sample_offset,
         rng_state if rng_state is not None else coef,
-        PREDICTION=prediction, HAS_CLIP=clip is not None, HAS_AUX=aux is not None, AUX_STORE=aux_store,
+        PREDICTION=prediction, HAS_CLIP=clip is not None, CLIP_EPS=clip_eps, HAS_AUX=aux is not None, AUX_STORE=aux_store,
         HAS_STATE=rng_state is not None, BLOCK=BLOCK, **_modes(x, coef, index, noise, sample_seeds),
     )  # fmt: skip
 
 
 @diffusion_step_.register_fake
-def _(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state, sample_seeds,
-      sample_offset):
+def _(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
+      sample_seeds, sample_offset):
     return None
 
 
@@ -178,7 +181,7 @@ def langevin_correct_kernel(
         mask = start + lanes < size
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False)
+        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
         s = tl.where(mask, -eps / sigma, 0.0)
         xi = tl.where(mask, noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset,
                                      NOISE_MODE), 0.0)
@@ -191,7 +194,7 @@ def langevin_correct_kernel(
         mask = start + lanes < size
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False)
+        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
         xi = noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset, NOISE_MODE)
         nxt = x + step * (-eps / sigma) + tl.sqrt(2.0 * step) * xi
         tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)

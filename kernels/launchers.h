@@ -87,7 +87,7 @@ namespace cuda {
 //   [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]:
 // the model output is read in the model's space x_m = k x (x_m = alpha x0 + sigma eps),
 // converted to (x0, eps) by `prediction`, x0 optionally clamped to [-clip, clip]
-// (eps then re-derived), and
+// (eps then re-derived from it when clip_eps), and
 //   x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi   (terms with a zero coefficient dropped).
 // aux_store: 0 none, 1 aux <- x0, 2 aux <- x_new - x (a step's increment).
 enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
@@ -104,6 +104,7 @@ struct DiffusionStepArgs {
   int64_t index_size;             // 1 or B
   int prediction;                 // Prediction
   float clip;                     // clamp x0 to [-clip, clip] when > 0
+  bool clip_eps;                  // then re-derive eps from the clamped x0 (else keep the model's eps)
   float* aux;                     // (B * D,) float32 or null
   int aux_store;                  // 0, 1 or 2
   const float* noise;             // (B * D,) explicit noise instead of the stream, or null

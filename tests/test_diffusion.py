@@ -168,7 +168,7 @@ def test_karras_sigmas():
 
 def _step_args():
     x = torch.randn(4, 3)
-    return (x, torch.randn_like(x), torch.randn(1, 8), None, 0, 1.0, torch.randn(4, 3), 1, None, 3, 5, None,
+    return (x, torch.randn_like(x), torch.randn(1, 8), None, 0, 1.0, True, torch.randn(4, 3), 1, None, 3, 5, None,
             torch.tensor([1, 2, 3, 4]), 0)
 
 

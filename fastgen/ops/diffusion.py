@@ -185,6 +185,7 @@ def diffusion_step_(
     prediction: str = "eps",
     index: torch.Tensor | None = None,  # (1,) or (B,) int64 rows into coef, on x's device
     clip: float | None = None,
+    clip_eps: bool = True,
     aux: torch.Tensor | None = None,  # (B, ...) float32
     aux_store: str | None = None,  # None, "x0" or "increment"
     noise: torch.Tensor | None = None,  # explicit xi instead of the stream
@@ -194,6 +195,9 @@ def diffusion_step_(
     sample_offset: int = 0,
 ) -> torch.Tensor:
     """One fused step x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring).
+
+    ``clip`` clamps x0 to [-clip, clip]; eps is then re-derived from the clamped x0 unless
+    ``clip_eps`` is False (diffusers' DDIM with use_clipped_model_output=False).
 
     Noise: ``noise`` if given; else with ``sample_seeds`` sample b draws key sample_seeds[b]
     at counters ``sample_offset + j`` for its element j (so a sample's noise does not depend
@@ -214,7 +218,7 @@ def diffusion_step_(
     clip = None if clip is None else positive_float(clip, "clip")
     seed, offset, state = rng_args(seed, offset, x)
     seeds = _check_sample_seeds(sample_seeds, x)
-    op_for(x, "diffusion_step_", reference)(x, model_out.contiguous(), coef, index, pred, clip, aux,
+    op_for(x, "diffusion_step_", reference)(x, model_out.contiguous(), coef, index, pred, clip, bool(clip_eps), aux,
                                             AUX_STORE[aux_store], None if noise is None else noise.contiguous(),
                                             seed, offset, state, seeds, int(sample_offset))  # fmt: skip
     return x

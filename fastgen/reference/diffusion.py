@@ -10,7 +10,7 @@ output is read in the model's space ``x_m = k x`` where ``x_m = alpha x0 + sigma
     prediction 2 (v):     x0 = alpha x_m - sigma v,  eps = sigma x_m + alpha v
     prediction 3 (score): eps = -sigma out,     x0 = (x_m + sigma^2 out) / alpha
 
-x0 is optionally clamped to [-clip, clip] (eps then re-derived), and
+x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip_eps), and
 
     x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi,
 
@@ -39,7 +39,7 @@ def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> tor
     return r.reshape((batch, 8) + (1,) * (x.dim() - 1)).unbind(1)
 
 
-def convert(out, x, alpha, sigma, k, prediction: int, clip):
+def convert(out, x, alpha, sigma, k, prediction: int, clip, clip_eps: bool = True):
     xm = k * x
     if prediction == EPS:
         eps, x0 = out, (xm - sigma * out) / alpha
@@ -52,7 +52,8 @@ def convert(out, x, alpha, sigma, k, prediction: int, clip):
         x0 = (xm + sigma * sigma * out) / alpha
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
-        eps = (xm - alpha * x0) / sigma
+        if clip_eps:
+            eps = (xm - alpha * x0) / sigma
     return x0, eps
 
 
@@ -72,14 +73,14 @@ def normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset) -> t
     return normal_at(seed if state_seed is None else state_seed, n).view(x.shape)
 
 
-def diffusion_step_(x, model_out, coef, index, prediction, clip, aux, aux_store, noise, seed, offset, rng_state,
-                    sample_seeds, sample_offset):
+def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset,
+                    rng_state, sample_seeds, sample_offset):
     """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring)."""
     if x.numel() == 0:
         return x
     alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
     xf = x.float()
-    x0, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, clip)
+    x0, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, clip, clip_eps)
     xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset)
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
     if aux is not None:

@@ -1,0 +1,229 @@
+"""Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler and
+EulerAncestralDiscreteScheduler whose ``step`` is one fused pass.
+
+They subclass diffusers' classes, so configuration, ``from_config``,
+``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
+``scale_model_input`` and ``add_noise`` are diffusers' own. ``set_timesteps``
+also builds a device table of step coefficients indexed by timestep, and
+``step`` reads its row on the device: with a tensor timestep it does no host
+sync. Noise: with ``generator=`` (or DDIM's ``variance_noise=``) step draws it
+exactly as diffusers does, so both give the same samples; without, it comes
+from fastgen's counter-based stream (seeded once from torch's global RNG).
+Configurations that need per-sample statistics (dynamic thresholding) or learned
+variances run diffusers' own step.
+
+    from fastgen.diffusers import DDPMScheduler
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = scheduler
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import diffusers
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as err:  # pragma: no cover - exercised only without diffusers
+    raise ImportError("fastgen.diffusers needs diffusers: pip install diffusers") from err
+
+from .ops import diffusion as ops
+from .rng import resolve_seed
+
+_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+class _FusedStep:
+    """Coefficient table, noise stream and the fused call shared by the drop-ins."""
+
+    def _fused_init(self) -> None:
+        self._tables: dict = {}
+        self._seed = None
+        self._offset = 0
+
+    def _table(self, key, build, device) -> torch.Tensor:
+        """The (rows, 8) float32 table for `key` on `device`, built once."""
+        if (key, device) not in self._tables:
+            self._tables[(key, device)] = build().to(device=device, dtype=torch.float32).contiguous()
+        return self._tables[(key, device)]
+
+    def _noise_args(self, sample: torch.Tensor, noise: torch.Tensor | None) -> dict:
+        if noise is not None:
+            return dict(noise=noise.to(sample.device, torch.float32))
+        if self._seed is None:
+            self._seed = resolve_seed()
+        offset = self._offset
+        self._offset += sample.numel()
+        return dict(seed=self._seed, offset=offset)
+
+    @staticmethod
+    def _row(table: torch.Tensor, timestep, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(coef, index): a row view for an int timestep, or the table and a device index for a tensor."""
+        if isinstance(timestep, torch.Tensor):
+            return table, timestep.reshape(-1)[:1].to(device=device, dtype=torch.int64)
+        t = int(timestep)
+        return table[t:t + 1], None
+
+    def _run(self, model_output, sample, table, timestep, prediction, clip, clip_eps, noise, out_dtype):
+        coef, index = self._row(table, timestep, sample.device)
+        prev = sample.to(out_dtype, copy=True).contiguous()
+        x0 = torch.empty(sample.shape, device=sample.device, dtype=torch.float32)
+        ops.diffusion_step_(prev, model_output.to(out_dtype), coef, index=index, prediction=prediction, clip=clip,
+                            clip_eps=clip_eps, aux=x0, aux_store="x0", **self._noise_args(prev, noise))
+        return prev, x0.to(out_dtype)
+
+
+def _clip(config) -> float | None:
+    return float(config.clip_sample_range) if getattr(config, "clip_sample", False) else None
+
+
+class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
+    """diffusers.DDPMScheduler with a fused ``step`` (variance types fixed_small and fixed_large)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fused_init()
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._tables.clear()
+
+    def _build(self) -> torch.Tensor:
+        """Row t: the step from t to its previous timestep (as previous_timestep) in diffusers' arithmetic."""
+        n = self.config.num_train_timesteps
+        ts = self.timesteps.tolist() if (self.custom_timesteps or self.num_inference_steps) else list(range(n))
+        prev = {t: (ts[i + 1] if i + 1 < len(ts) else -1) for i, t in enumerate(ts)} if (
+            self.custom_timesteps or self.num_inference_steps) else {t: t - 1 for t in ts}
+        abar = self.alphas_cumprod.double()
+        table = torch.zeros(n, 8, dtype=torch.float64)
+        for t, s in prev.items():
+            a_t = abar[t]
+            a_s = abar[s] if s >= 0 else torch.tensor(1.0, dtype=torch.float64)
+            cur_alpha = a_t / a_s
+            beta = 1 - cur_alpha
+            var = ((1 - a_s) / (1 - a_t) * beta).clamp(min=1e-20)
+            std = var.sqrt() if self.variance_type == "fixed_small" else beta.sqrt()
+            table[t] = torch.stack([a_t.sqrt(), (1 - a_t).sqrt(), torch.tensor(1.0, dtype=torch.float64),
+                                    cur_alpha.sqrt() * (1 - a_s) / (1 - a_t), a_s.sqrt() * beta / (1 - a_t),
+                                    torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
+                                    std if t > 0 else torch.tensor(0.0, dtype=torch.float64)])
+        return table
+
+    def _fusable(self, model_output, sample) -> bool:
+        return (self.variance_type in ("fixed_small", "fixed_large") and not self.config.thresholding
+                and model_output.shape == sample.shape and self.config.prediction_type in _PREDICTIONS)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        """x_{t-1} from x_t: the posterior mean from the predicted x0 (clipped as configured) plus
+        sqrt(variance) noise for t > 0, in one pass. Returns (prev_sample, pred_original_sample)."""
+        if not self._fusable(model_output, sample):
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        noise = None
+        if generator is not None and int(timestep) > 0:  # diffusers' draws, for identical samples
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        table = self._table("ddpm", self._build, sample.device)
+        prev, x0 = self._run(model_output, sample, table, timestep, _PREDICTIONS[self.config.prediction_type],
+                             _clip(self.config), True, noise, sample.dtype)
+        if not return_dict:
+            return prev, x0
+        return diffusers.schedulers.scheduling_ddpm.DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
+    """diffusers.DDIMScheduler with a fused ``step``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fused_init()
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._tables.clear()
+
+    def _build(self, eta: float) -> torch.Tensor:
+        n = self.config.num_train_timesteps
+        stride = n // self.num_inference_steps
+        abar = self.alphas_cumprod.double()
+        final = self.final_alpha_cumprod.double()
+        table = torch.zeros(n, 8, dtype=torch.float64)
+        for t in self.timesteps.tolist():
+            s = t - stride
+            a_t, a_s = abar[t], (abar[s] if s >= 0 else final)
+            var = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+            std = eta * var.sqrt()
+            table[t] = torch.tensor([float(a_t.sqrt()), float((1 - a_t).sqrt()), 1.0, 0.0, float(a_s.sqrt()),
+                                     float((1 - a_s - std**2).sqrt()), 0.0, float(std)], dtype=torch.float64)
+        return table
+
+    def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
+             generator=None, variance_noise=None, return_dict: bool = True):
+        """x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps + std noise, std = eta sigma_t, in one pass."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self.config.thresholding or self.config.prediction_type not in _PREDICTIONS:
+            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
+                                variance_noise, return_dict)
+        if variance_noise is not None and generator is not None:
+            raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                             "`generator` or `variance_noise` stays `None`.")
+        noise = variance_noise
+        if eta > 0 and noise is None and generator is not None:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        table = self._table(("ddim", float(eta)), lambda: self._build(float(eta)), sample.device)
+        prev, x0 = self._run(model_output, sample, table, timestep, _PREDICTIONS[self.config.prediction_type],
+                             _clip(self.config), use_clipped_model_output, noise, sample.dtype)
+        if not return_dict:
+            return prev, x0
+        return diffusers.schedulers.scheduling_ddim.DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscreteScheduler):
+    """diffusers.EulerAncestralDiscreteScheduler with a fused ``step`` (epsilon and v prediction)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fused_init()
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._tables.clear()
+
+    def _build(self) -> torch.Tensor:
+        """Row i: the step from sigmas[i] to sigmas[i+1], the model output read at x / sqrt(sigma^2 + 1)."""
+        sigmas = self.sigmas.double().cpu()
+        rows = []
+        for i in range(len(sigmas) - 1):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
+            down = (s_next**2 - up**2).sqrt()
+            scale = 1 / (s**2 + 1).sqrt()
+            rows.append([float(scale), float(s * scale), float(scale), 1.0, 0.0, float(down - s), 0.0, float(up)])
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        """x <- x + (sigma_down - sigma) (x - x0) / sigma + sigma_up noise, in float32, one pass."""
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`EulerDiscreteScheduler.step()` is not supported. Make sure to pass one of the "
+                             "`scheduler.timesteps` as a timestep.")
+        if self.config.prediction_type not in ("epsilon", "v_prediction"):
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        noise = None
+        if generator is not None:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+        table = self._table("euler_a", self._build, sample.device)
+        index = self._step_index
+        prev, x0 = self._run(model_output.float(), sample.float(), table, index,
+                             _PREDICTIONS[self.config.prediction_type], None, True, noise, torch.float32)
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return prev, x0
+        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
+            prev_sample=prev, pred_original_sample=x0)

@@ -1,0 +1,90 @@
+"""fastgen.diffusers equals diffusers' schedulers on the same noise over whole schedules."""
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+from fastgen import diffusers as fast  # noqa: E402
+
+
+def model(sample, t):
+    """A deterministic stand-in for a network: any function of (x, t) will do."""
+    t = float(t)
+    return 0.3 * sample + torch.sin(sample * 2 + t / 100.0) * 0.5
+
+
+def run(scheduler, steps, sample, seed, **step_kwargs):
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = sample * scheduler.init_noise_sigma
+    outs = []
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(x, t)
+        out = scheduler.step(model(inp, t), t, x, generator=generator, **step_kwargs)
+        x = out.prev_sample
+        outs.append((x, out.pred_original_sample))
+    return outs
+
+
+def assert_same(a, b):
+    for (xa, x0a), (xb, x0b) in zip(a, b):
+        torch.testing.assert_close(xa, xb, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x0a, x0b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(prediction_type="v_prediction", clip_sample=False),
+    dict(prediction_type="sample", beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"),
+    dict(timestep_spacing="trailing", clip_sample_range=0.5),
+])
+def test_ddpm(config):
+    sample = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = fast.DDPMScheduler(**config)
+    theirs = diffusers.DDPMScheduler(**config)
+    assert_same(run(ours, 50, sample, 1), run(theirs, 50, sample, 1))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.parametrize("config", [dict(), dict(prediction_type="v_prediction", set_alpha_to_one=False),
+                                    dict(prediction_type="sample", clip_sample=False)])
+@pytest.mark.parametrize("use_clipped", [False, True])
+def test_ddim(config, eta, use_clipped):
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = fast.DDIMScheduler(**config)
+    theirs = diffusers.DDIMScheduler(**config)
+    kwargs = dict(eta=eta, use_clipped_model_output=use_clipped)
+    assert_same(run(ours, 25, sample, 2, **kwargs), run(theirs, 25, sample, 2, **kwargs))
+
+
+def test_ddim_variance_noise():
+    sample = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(9))
+    results = []
+    for cls in (fast.DDIMScheduler, diffusers.DDIMScheduler):
+        s = cls()
+        s.set_timesteps(10)
+        t = s.timesteps[3]
+        results.append(s.step(model(sample, t), t, sample, eta=1.0, variance_noise=noise).prev_sample)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(prediction_type="v_prediction", beta_schedule="scaled_linear")])
+def test_euler_ancestral(config):
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = fast.EulerAncestralDiscreteScheduler(**config)
+    theirs = diffusers.EulerAncestralDiscreteScheduler(**config)
+    assert_same(run(ours, 30, sample, 4), run(theirs, 30, sample, 4))
+
+
+def test_interface_and_fused_noise():
+    s = fast.DDPMScheduler.from_config(diffusers.DDPMScheduler(num_train_timesteps=500).config)
+    assert isinstance(s, diffusers.DDPMScheduler) and s.config.num_train_timesteps == 500
+    s.set_timesteps(20)
+    x = torch.randn(2, 3, 4, 4)
+    t = s.timesteps[0]  # a tensor timestep: the row is read on the device
+    a = s.step(model(x, t), t, x).prev_sample
+    b = s.step(model(x, t), t, x).prev_sample  # fresh counters: different noise
+    assert a.shape == x.shape and not torch.equal(a, b)
+    noisy = s.add_noise(x, torch.randn_like(x), torch.tensor([10, 400]))
+    assert noisy.shape == x.shape and s.order == 1
