@@ -9,10 +9,11 @@ Quick start::
 """
 
 from . import _ext  # noqa: F401  (loads fastgen._C and the Triton kernels, warns once if missing)
-from . import metrics, ops, reference, rng, targets
+from . import k_sampling, metrics, ops, reference, rng, samplers, sde, targets, training
 from ._backend import backends, use_backend
 from .rng import RNGState
-from .samplers import annealed_langevin, langevin, mala
+from .samplers import annealed_langevin, langevin, mala, sample
+from .sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ def build_info() -> dict:
 
 
 __all__ = [
-    "RNGState", "annealed_langevin", "backends", "build_info", "langevin", "mala", "metrics", "ops", "reference", "rng",
-    "targets", "use_backend",
+    "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info",
+    "k_sampling", "langevin", "mala", "metrics", "ops", "reference", "rng", "sample", "samplers", "sde", "targets",
+    "training", "use_backend",
 ]

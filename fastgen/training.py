@@ -1,0 +1,91 @@
+"""Training pieces for score and diffusion models: the denoising score-matching
+loss with its weightings, the DDPM epsilon loss, and an exponential moving
+average of parameters updated in one multi-tensor pass."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .sde import SDE, DDPMSchedule
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *[1] * (x.dim() - 1))
+
+
+def dsm_loss(model, x0: torch.Tensor, sde: SDE, *, weighting: str = "sigma2", eps: float = 1e-5,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Denoising score matching (Song et al. 2021, eq. 7), averaged over the batch:
+
+        t ~ U(eps, T), x_t = alpha(t) x0 + sigma(t) z,
+        "sigma2":     lambda(t) = sigma^2:  | sigma s(x_t, t) + z |^2
+        "likelihood": lambda(t) = g(t)^2:   g^2 | s(x_t, t) + z / sigma |^2
+
+    model(x_t, t) returns the score; sums run over the non-batch dimensions.
+    """
+    if weighting not in ("sigma2", "likelihood"):
+        raise ValueError(f"weighting must be 'sigma2' or 'likelihood', got {weighting!r}")
+    batch = x0.shape[0]
+    t = torch.rand(batch, generator=generator, dtype=torch.float64) * (sde.T - eps) + eps
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    alpha, sigma = (v.to(x0.device, x0.dtype) for v in sde.marginal(t))
+    x_t = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * z
+    score = model(x_t, t.to(x0.device, x0.dtype))
+    if score.shape != x0.shape:
+        raise ValueError(f"model must return a score of shape {tuple(x0.shape)}, got {tuple(score.shape)}")
+    dims = tuple(range(1, x0.dim()))
+    if weighting == "sigma2":
+        losses = (_per_sample(sigma, x0) * score + z).square().sum(dims)
+    else:
+        g2 = sde.diffusion(t).square().to(x0.device, x0.dtype)
+        losses = g2 * (score + z / _per_sample(sigma, x0)).square().sum(dims)
+    return losses.mean()
+
+
+def ddpm_loss(model, x0: torch.Tensor, schedule: DDPMSchedule, *,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM's simplified loss (Ho et al. 2020, eq. 14): t ~ U{0..N-1}, eps ~ N(0, I),
+    | eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) |^2, averaged over the batch."""
+    batch = x0.shape[0]
+    t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    alpha, sigma = (v.to(x0.device, x0.dtype) for v in schedule.marginal(t))
+    x_t = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise
+    pred = model(x_t, t.to(x0.device))
+    if pred.shape != x0.shape:
+        raise ValueError(f"model must return eps of shape {tuple(x0.shape)}, got {tuple(pred.shape)}")
+    return (pred - noise).square().sum(tuple(range(1, x0.dim()))).mean()
+
+
+class EMA:
+    """Exponential moving average of parameters: p_ema <- p_ema + (1 - decay) (p - p_ema), all tensors
+    in one multi-tensor pass. With ``warmup``, the decay is min(decay, (1 + n) / (10 + n)) at update n."""
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float = 0.999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.parameters]
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, parameters: Iterable[torch.nn.Parameter] | None = None) -> None:
+        """Write the averages into `parameters` (the tracked ones by default)."""
+        targets = self.parameters if parameters is None else [p for p in parameters if p.requires_grad]
+        torch._foreach_copy_(targets, self.shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        for s, v in zip(self.shadow, state["shadow"]):
+            s.copy_(v)

@@ -1,0 +1,28 @@
+"""The digits example (examples/digits.py): one training step, a short sampling run, the image grid."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+spec = importlib.util.spec_from_file_location("digits", Path(__file__).resolve().parents[1] / "examples" / "digits.py")
+digits = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(digits)
+
+
+def test_one_training_step_and_sampling(tmp_path):
+    data = digits.load_digits()
+    assert data.shape == (1797, 64) and float(data.min()) >= -1 and float(data.max()) <= 1
+    model = digits.ScoreNet(hidden=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = digits.train_step(model, optimizer, data, digits.VPSDE(), 32, torch.Generator().manual_seed(0))
+    assert loss > 0 and all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with torch.no_grad():
+        x = digits.fastgen.sample(model, (4, 64), sde=digits.VPSDE(), sampler="dpmpp_2m", steps=5, prediction="eps",
+                                  seed=0, device="cpu")
+    assert torch.isfinite(x).all()
+    digits.image_grid(x, str(tmp_path / "grid.png"))
+    assert (tmp_path / "grid.png").stat().st_size > 0
