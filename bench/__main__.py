@@ -1,12 +1,12 @@
-"""python -m bench {langevin} [--device cpu|cuda] [--out DIR]"""
+"""python -m bench {langevin,diffusion,all} [--device cpu|cuda] [--out DIR]"""
 
 import argparse
 
 import torch
 
-from . import bench_langevin
+from . import bench_diffusion, bench_langevin
 
-SUITES = {"langevin": bench_langevin.run}
+SUITES = {"langevin": bench_langevin.run, "diffusion": bench_diffusion.run}
 
 
 def main() -> None:

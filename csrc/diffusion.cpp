@@ -104,30 +104,67 @@ struct View {
   }
 };
 
-// (x0, eps) of one element, as convert() in kernels/diffusion.cu.
+struct Conversion {
+  float x0;
+  float eps;
+};
+
+// (x0, eps) of one element, as convert() in kernels/diffusion.cu (returned by value, so loops vectorize).
 template <int P>
-inline void convert(float out, float x, const float* c, float clip, bool clip_eps, float* x0, float* eps) {
-  const float alpha = c[0], sigma = c[1], xm = c[2] * x;
+inline Conversion convert(float out, float x, float alpha, float sigma, float k, float clip, bool clip_eps) {
+  const float xm = k * x;
+  Conversion r;
   if (P == kEps) {
-    *eps = out;
-    *x0 = (xm - sigma * out) / alpha;
+    r.eps = out;
+    r.x0 = (xm - sigma * out) / alpha;
   } else if (P == kX0) {
-    *x0 = out;
-    *eps = (xm - alpha * out) / sigma;
+    r.x0 = out;
+    r.eps = (xm - alpha * out) / sigma;
   } else if (P == kV) {
-    *x0 = alpha * xm - sigma * out;
-    *eps = sigma * xm + alpha * out;
+    r.x0 = alpha * xm - sigma * out;
+    r.eps = sigma * xm + alpha * out;
   } else {
-    *eps = -sigma * out;
-    *x0 = (xm + sigma * sigma * out) / alpha;
+    r.eps = -sigma * out;
+    r.x0 = (xm + sigma * sigma * out) / alpha;
   }
-  if (clip > 0.0f) {
-    *x0 = std::min(std::max(*x0, -clip), clip);
-    if (clip_eps) *eps = (xm - alpha * *x0) / sigma;
-  }
+  const float clipped = std::min(std::max(r.x0, -clip), clip);
+  const float eps_clipped = (xm - alpha * clipped) / sigma;
+  r.eps = clip > 0.0f && clip_eps ? eps_clipped : r.eps;
+  r.x0 = clip > 0.0f ? clipped : r.x0;
+  return r;
 }
 
 inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
+
+template <int P>
+inline void step_floats(const float* x, const float* out, const float* noise, const float* aux, const float* row,
+                        float clip, bool clip_eps, int64_t n, float* next, float* x0_out) {
+  // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
+  const float alpha = row[0], sigma = row[1], k = row[2], c_x = row[3], c_x0 = row[4], c_eps = row[5],
+              c_aux = row[6], c_noise = row[7];
+  for (int64_t j = 0; j < n; ++j) {
+    const Conversion r = convert<P>(out[j], x[j], alpha, sigma, k, clip, clip_eps);
+    next[j] = term(c_x, x[j]) + term(c_x0, r.x0) + term(c_eps, r.eps) + term(c_aux, aux[j]) + term(c_noise, noise[j]);
+    x0_out[j] = r.x0;
+  }
+}
+
+// next = c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi on float buffers of one row (AVX2 clone when present).
+__attribute__((target_clones("avx2", "default"))) void step_block(int prediction, const float* x, const float* out,
+                                                                  const float* noise, const float* aux, const float* c,
+                                                                  float clip, bool clip_eps, int64_t n, float* next,
+                                                                  float* x0) {
+  switch (prediction) {
+    case kEps:
+      return step_floats<kEps>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
+    case kX0:
+      return step_floats<kX0>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
+    case kV:
+      return step_floats<kV>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
+    default:
+      return step_floats<kScore>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
+  }
+}
 
 // Noise for elements [first, first + n) of one sample (n <= kBlock), into buf.
 struct NoiseSource {
@@ -165,22 +202,6 @@ View view_of(const StepInputs& in) {
               in.index.has_value() ? in.index->numel() : 0, in.x.numel() / in.x.size(0)};
 }
 
-template <typename T, int P>
-void step_segment(T* x, const T* out, const float* c, float clip, bool clip_eps, float* aux, int aux_store,
-                  const float* noise, int64_t n) {
-  const bool has_aux = aux != nullptr;
-  for (int64_t j = 0; j < n; ++j) {
-    const float xv = static_cast<float>(x[j]);
-    float x0, eps;
-    convert<P>(static_cast<float>(out[j]), xv, c, clip, clip_eps, &x0, &eps);
-    float next = term(c[3], xv) + term(c[4], x0) + term(c[5], eps) + term(c[7], noise[j]);
-    if (has_aux) next += term(c[6], aux[j]);
-    if (aux_store == 1) aux[j] = x0;
-    if (aux_store == 2) aux[j] = next - xv;
-    x[j] = static_cast<T>(next);
-  }
-}
-
 // Calls f(T{}, std::integral_constant<int, P>{}) for x's dtype and the prediction.
 template <typename F>
 void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
@@ -208,36 +229,62 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
 
 void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                         int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
-                        int64_t aux_store,
-                        const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
-                        const OptTensor& sample_seeds, int64_t sample_offset) {
+                        int64_t aux_store, const OptTensor& noise, int64_t seed, int64_t offset,
+                        const OptTensor& rng_state, const OptTensor& sample_seeds, int64_t sample_offset) {
   const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
                       sample_seeds, sample_offset};
   check_step(in);
   if (x.numel() == 0) return;
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
+  const bool shared_row = v.index == nullptr ? v.coef_rows == 1 : v.index_size == 1;
   const float clip_value = clip.has_value() ? static_cast<float>(*clip) : 0.0f;
   float* aux_ptr = aux.has_value() ? aux->data_ptr<float>() : nullptr;
-  dispatch(x.scalar_type(), prediction, [&](auto tag, auto p) {
+  const int64_t size = v.sample_size;
+  dispatch(x.scalar_type(), 0, [&](auto tag, auto) {
     using T = decltype(tag);
     T* xp = x.data_ptr<T>();
     const T* op = model_out.data_ptr<T>();
     at::parallel_for(0, x.numel(), 1 << 13, [&](int64_t begin, int64_t end) {
-      float noise_buf[cpu::kBlock];
-      for (int64_t i = begin; i < end;) {
-        const int64_t sample = i / v.sample_size;
-        const int64_t stop = std::min({end, (sample + 1) * v.sample_size, i + cpu::kBlock});
-        const float* c = v.row(sample);
-        const int64_t n = stop - i;
-        if (c[7] != 0.0f) {
-          src.fill(sample, i, n, noise_buf);
-        } else {
+      float xs[cpu::kBlock], outs[cpu::kBlock], noise_buf[cpu::kBlock], aux_buf[cpu::kBlock], next[cpu::kBlock],
+          x0[cpu::kBlock];
+      for (int64_t i = begin; i < end; i += cpu::kBlock) {
+        const int64_t n = std::min(cpu::kBlock, end - i);
+        const int64_t first_sample = i / size, last_sample = (i + n - 1) / size;
+        bool noisy = false;
+        for (int64_t b = first_sample; b <= last_sample && !noisy; ++b) noisy = v.row(b)[7] != 0.0f;
+        if (!noisy) {
           std::fill(noise_buf, noise_buf + n, 0.0f);
+        } else if (src.sample_seeds == nullptr) {
+          src.fill(first_sample, i, n, noise_buf);  // the stream is contiguous in the element index
+        } else {
+          for (int64_t j = 0; j < n;) {
+            const int64_t b = (i + j) / size, stop = std::min(n, (b + 1) * size - i);
+            src.fill(b, i + j, stop - j, noise_buf + j);
+            j = stop;
+          }
         }
-        step_segment<T, decltype(p)::value>(xp + i, op + i, c, clip_value, clip_eps, aux_ptr ? aux_ptr + i : nullptr,
-                                            static_cast<int>(aux_store), noise_buf, n);
-        i = stop;
+        for (int64_t j = 0; j < n; ++j) {
+          xs[j] = static_cast<float>(xp[i + j]);
+          outs[j] = static_cast<float>(op[i + j]);
+        }
+        if (aux_ptr != nullptr) {
+          std::copy(aux_ptr + i, aux_ptr + i + n, aux_buf);
+        } else {
+          std::fill(aux_buf, aux_buf + n, 0.0f);
+        }
+        for (int64_t j = 0; j < n;) {  // one call per row: the whole block when the row is shared
+          const int64_t b = (i + j) / size;
+          const int64_t stop = shared_row ? n : std::min(n, (b + 1) * size - i);
+          step_block(static_cast<int>(prediction), xs + j, outs + j, noise_buf + j, aux_buf + j, v.row(b), clip_value,
+                     clip_eps, stop - j, next + j, x0 + j);
+          j = stop;
+        }
+        if (aux_store == 1) std::copy(x0, x0 + n, aux_ptr + i);
+        if (aux_store == 2) {
+          for (int64_t j = 0; j < n; ++j) aux_ptr[i + j] = next[j] - xs[j];
+        }
+        for (int64_t j = 0; j < n; ++j) xp[i + j] = static_cast<T>(next[j]);
       }
     });
   });
@@ -270,10 +317,10 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
         }
         double score_sq = 0.0, noise_sq = 0.0;
         for (int64_t j = 0; j < size; ++j) {
-          float x0, eps;
-          convert<decltype(p)::value>(static_cast<float>(op[first + j]), static_cast<float>(xp[first + j]), c, 0.0f,
-                                      false, &x0, &eps);
-          score[j] = -eps / c[1];
+          const Conversion r = convert<decltype(p)::value>(static_cast<float>(op[first + j]),
+                                                           static_cast<float>(xp[first + j]), c[0], c[1], c[2], 0.0f,
+                                                           false);
+          score[j] = -r.eps / c[1];
           score_sq += static_cast<double>(score[j]) * score[j];
           noise_sq += static_cast<double>(noise[j]) * noise[j];
         }

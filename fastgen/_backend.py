@@ -29,9 +29,8 @@ def backends() -> dict[str, str]:
     if _ext.C is None:
         status["cuda"] = status["cpu"] = _ext.C_ERROR
     else:
-        info = _ext.C.build_info()
         status["cpu"] = "available"
-        if not info["cuda"]:
+        if not _ext.C_CUDA:
             status["cuda"] = "fastgen._C was built without CUDA (torch without CUDA, nvcc missing, or FASTGEN_BUILD_CUDA=0)"
         elif not torch.cuda.is_available():
             status["cuda"] = "built with CUDA, but no CUDA device is visible"
@@ -62,7 +61,7 @@ def _usable(name: str, device: torch.device) -> str | None:
             return f"backend 'cuda' runs CUDA tensors, got a tensor on {device}"
         if _ext.C is None:
             return _ext.C_ERROR
-        return None if _ext.C.build_info()["cuda"] else "fastgen._C was built without CUDA"
+        return None if _ext.C_CUDA else "fastgen._C was built without CUDA"
     if _ext.TRITON is None:
         return _ext.TRITON_ERROR
     if device.type == "cuda" or (device.type == "cpu" and _triton_interpreted()):

@@ -14,6 +14,7 @@ import torch
 
 C = None  # the fastgen._C module, when it loads
 C_ERROR = ""
+C_CUDA = False  # whether fastgen._C was built with CUDA
 TRITON = None  # fastgen.kernels (the Triton twins), when triton imports
 TRITON_ERROR = ""
 # triton.jit reads TRITON_INTERPRET when the kernels are defined, so it is read once here.
@@ -56,10 +57,11 @@ def _register_fakes() -> None:
 
 
 def _load() -> None:
-    global C, C_ERROR, TRITON, TRITON_ERROR
+    global C, C_CUDA, C_ERROR, TRITON, TRITON_ERROR
     missing = []
     try:
         C = importlib.import_module("fastgen._C")
+        C_CUDA = bool(C.build_info()["cuda"])
         _register_fakes()
     except ImportError as err:
         C_ERROR = f"fastgen._C did not load ({err}); build it with `pip install --no-build-isolation -e .`"

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 
 from ..ops import diffusion as ops
+from ..ops._common import STATE_DTYPES, op_for, positive_float
+from ..reference import diffusion as reference
 from ..rng import RNGState, resolve_seed
 from ..sde import SDE, DDPMSchedule, VESDE, VPSDE, get_sigmas_karras
 
@@ -51,25 +53,15 @@ def _time_grid(sde: SDE, steps: int) -> torch.Tensor:
 
 
 def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: float, denoise: bool) -> Plan:
-    stages, rows, times, scales = [], [], [], []
-
-    def add_time(t, scale=1.0):
-        times.append(t)
-        scales.append(float(scale))
-        return len(times) - 1
-
-    def add_row(row):
-        rows.append(row)
-        return len(rows) - 1
-
+    """Model times, input scales, all coefficient rows (computed at once) and the stage list."""
     if sampler in DISCRETE_SAMPLERS:
-        ts = process.timesteps(steps)
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            row = ops.ddpm_coefficients(process, t, t_prev) if sampler == "ddpm" else \
-                ops.ddim_coefficients(process, t, t_prev, eta)
-            stages.append(Stage(add_time(t), add_row(row), noise=sampler == "ddpm" and t > 0 or eta > 0))
-        return Plan(torch.tensor(times), scales, torch.cat(rows), stages, 1.0, prediction)
+        ts = torch.tensor(process.timesteps(steps))
+        prev = torch.cat([ts[1:], torch.tensor([-1])])
+        coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
+            ops.ddim_coefficients(process, ts, prev, eta)
+        noisy = (coef[:, 7] != 0).tolist()
+        stages = [Stage(i, i, noise=noisy[i]) for i in range(steps)]
+        return Plan(ts, [1.0] * steps, coef, stages, 1.0, prediction)
 
     if sampler in SIGMA_SAMPLERS:
         if isinstance(process, DDPMSchedule):
@@ -81,43 +73,39 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
             ts = _time_grid(process, steps)[:-1]
         alphas, sigmas = process.marginal(ts)
         ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
-        if sampler == "dpmpp_2m":
-            table = ops.dpmpp_2m_coefficients(ratios, alphas)
-        for i in range(len(ts)):
-            time = add_time(float(ts[i]) if ts.is_floating_point() else int(ts[i]), alphas[i])
-            if sampler == "euler_ancestral":
-                row = ops.euler_ancestral_coefficients(ratios[i], ratios[i + 1], eta=1.0, alpha=alphas[i])
-                stages.append(Stage(time, add_row(row), noise=bool(ratios[i + 1] > 0)))
-            else:
-                stages.append(Stage(time, add_row(table[i:i + 1]), aux_store="x0", uses_aux=True, noise=False))
+        if sampler == "euler_ancestral":
+            coef = ops.euler_ancestral_coefficients(ratios[:-1], ratios[1:], eta=1.0, alpha=alphas)
+            stages = [Stage(i, i, noise=bool(ratios[i + 1] > 0)) for i in range(len(ts))]
+        else:
+            coef = ops.dpmpp_2m_coefficients(ratios, alphas)
+            stages = [Stage(i, i, aux_store="x0", uses_aux=True, noise=False) for i in range(len(ts))]
         prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
-        return Plan(torch.tensor(times), scales, torch.cat(rows), stages, prior, prediction)
+        return Plan(ts, alphas.tolist(), coef, stages, prior, prediction)
 
     grid = _time_grid(process, steps)
-    for i in range(steps):
-        t, t_next = grid[i], grid[i + 1]
-        last = i == steps - 1
-        if sampler == "euler_maruyama":
-            row = ops.euler_maruyama_coefficients(process, t, t_next)
-        elif sampler == "pc":
-            stages.append(Stage(add_time(float(t)), add_row(ops.langevin_corrector_coefficients(process, t, t_next)),
-                                kind="correct"))
-            row = ops.reverse_diffusion_coefficients(process, t, t_next)
-        elif sampler == "ode_euler":
-            row = ops.ode_euler_coefficients(process, t, t_next)
-        else:  # ode_heun
-            first = add_row(ops.ode_euler_coefficients(process, t, t_next))
-            stages.append(Stage(add_time(float(t)), first, aux_store="increment", uses_aux=True, noise=False))
-            second = add_row(ops.ode_heun_correction_coefficients(process, t, t_next))
-            stages.append(Stage(add_time(float(t_next)), second, uses_aux=True, noise=False))
-            continue
-        if last and denoise:
-            row = row.clone()
-            row[:, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
-        noisy = sampler in ("euler_maruyama", "pc") and not (last and denoise)
-        stages.append(Stage(add_time(float(t)), add_row(row), noise=noisy))
-    return Plan(torch.tensor(times, dtype=torch.float64), scales, torch.cat(rows), stages, process.prior_std(),
-                prediction)
+    t, t_next = grid[:-1], grid[1:]
+    times = t.tolist()
+    if sampler == "ode_heun":  # stage 2i: Euler at t_i (keeps its increment); 2i + 1: Heun's correction at t_{i+1}
+        coef = torch.stack([ops.ode_euler_coefficients(process, t, t_next),
+                            ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, 8)
+        model_times = torch.stack([t, t_next], dim=1).reshape(-1)
+        stages = [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False) if j == 0 else
+                  Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False) for i in range(steps) for j in (0, 1)]
+        return Plan(model_times, [1.0] * (2 * steps), coef, stages, process.prior_std(), prediction)
+    rule = {"euler_maruyama": ops.euler_maruyama_coefficients, "pc": ops.reverse_diffusion_coefficients,
+            "ode_euler": ops.ode_euler_coefficients}[sampler]
+    coef = rule(process, t, t_next).clone()
+    if denoise:
+        coef[-1, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
+    noisy = (coef[:, 7] != 0).tolist()
+    if sampler != "pc":
+        return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i]) for i in range(steps)], process.prior_std(),
+                    prediction)
+    # PC: stage 2i is the Langevin corrector at t_i (rows steps + i), 2i + 1 the predictor from t_i.
+    coef = torch.cat([coef, ops.langevin_corrector_coefficients(process, t, t_next)])
+    stages = [Stage(i, steps + i, kind="correct") if j == 0 else Stage(i, i, noise=noisy[i])
+              for i in range(steps) for j in (0, 1)]
+    return Plan(torch.tensor(times, dtype=torch.float64), [1.0] * steps, coef, stages, process.prior_std(), prediction)
 
 
 class _Progress:
@@ -153,22 +141,28 @@ class Sampler:
         self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
         self.prior_row = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, plan.prior_std]], device=self.device)
         self.graph = None
+        # Arguments are checked once here; the loop calls the registered ops directly.
+        probe = torch.empty((1,), device=self.device, dtype=dtype)
+        self.prediction = ops.prediction_code(plan.prediction)
+        self.step_op = op_for(probe, "diffusion_step_", reference)
+        self.correct_op = op_for(probe, "langevin_correct_", reference)
 
     def counters(self) -> int:
         """Counters one run reserves from the stream (per sample with per-sample seeds)."""
         draws = 1 + sum(s.noise or s.kind == "correct" for s in self.plan.stages)
         return draws * (self.sample_size if self.sample_seeds is not None else self.numel)
 
-    def _noise_args(self, draw: int, rng_state) -> dict:
+    def _noise(self, draw: int, rng_state) -> tuple:
+        """(seed, offset, rng_state, sample_seeds, sample_offset) of the op for noise draw `draw`."""
         if self.sample_seeds is not None:
-            return dict(sample_seeds=self.sample_seeds, sample_offset=draw * self.sample_size)
-        return dict(seed=rng_state if rng_state is not None else self.seed, offset=draw * self.numel)
+            return 0, 0, None, self.sample_seeds, draw * self.sample_size
+        return self.seed, draw * self.numel, rng_state, None, 0
 
     def run(self, x: torch.Tensor | None = None, rng_state=None) -> torch.Tensor:
         """The loop, into x (allocated if None); noise from rng_state (a device state) or the seed."""
         batch = self.shape[0]
         x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
-        ops.diffusion_step_(x, x, self.prior_row, **self._noise_args(0, rng_state))  # prior: prior_std * xi
+        self.step_op(x, x, self.prior_row, None, 0, None, True, None, 0, None, *self._noise(0, rng_state))  # prior_std xi
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
@@ -183,12 +177,12 @@ class Sampler:
                                  f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
             out = out.to(x.dtype)
             coef = self.coef[stage.row:stage.row + 1]
-            noise = self._noise_args(draw, rng_state)
+            noise = self._noise(draw, rng_state)
             if stage.kind == "correct":
-                ops.langevin_correct_(x, out, coef, snr=self.snr, prediction=self.plan.prediction, **noise)
+                self.correct_op(x, out.contiguous(), coef, None, self.prediction, self.snr, *noise)
             else:
-                ops.diffusion_step_(x, out, coef, prediction=self.plan.prediction, clip=self.clip,
-                                    aux=aux if stage.uses_aux else None, aux_store=stage.aux_store, **noise)
+                self.step_op(x, out.contiguous(), coef, None, self.prediction, self.clip, True,
+                             aux if stage.uses_aux else None, ops.AUX_STORE[stage.aux_store], None, *noise)
             draw += stage.noise or stage.kind == "correct"
             if bad_step is not None:
                 bad = ~torch.isfinite(x).all()
@@ -305,6 +299,10 @@ def sample(
         raise ValueError(f"per_sample_seeds must be an int tensor of shape ({shape[0]},)")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
+    if dtype not in STATE_DTYPES:
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    snr = positive_float(snr, "snr")
+    clip = None if clip is None else positive_float(clip, "clip")
     plan = _plan(process, sampler, steps, prediction, schedule, eta, denoise)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
                      callback, progress, check_finite)

@@ -1,0 +1,189 @@
+"""Diffusion steps and loops: fastgen vs eager PyTorch, torch.compile, diffusers and torchsde
+(where installed), with the copy-bandwidth limit measured in the same run.
+
+    python -m bench diffusion [--device cpu|cuda] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+import fastgen
+from fastgen.ops import diffusion as D
+from fastgen.sde import DDPMSchedule, VPSDE
+
+from .common import copy_limit_us, count_per_call, environment, markdown_table, time_us, write_report
+
+
+def eager_ddpm_step(model_output, sample, abar_t: float, abar_prev: float, clip: float = 1.0):
+    """diffusers' DDPM step (epsilon, fixed_small, clip_sample) written as plain PyTorch."""
+    beta_t, beta_prev = 1 - abar_t, 1 - abar_prev
+    alpha = abar_t / abar_prev
+    x0 = ((sample - beta_t**0.5 * model_output) / abar_t**0.5).clamp(-clip, clip)
+    mean = (abar_prev**0.5 * (1 - alpha)) / beta_t * x0 + alpha**0.5 * beta_prev / beta_t * sample
+    std = ((beta_prev / beta_t) * (1 - alpha)) ** 0.5
+    return mean + std * torch.randn_like(sample)
+
+
+def bench_ddpm_step(device: str, shapes) -> list[dict]:
+    rows = []
+    sched = DDPMSchedule()
+    t, t_prev = 500, 480
+    abar_t, abar_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
+    coef = D.ddpm_coefficients(sched, t, t_prev).float().to(device)
+    compiled = torch.compile(eager_ddpm_step, dynamic=False)
+    try:
+        import diffusers
+
+        from fastgen.diffusers import DDPMScheduler as FusedDDPM
+    except ImportError:
+        diffusers = None
+    for shape in shapes:
+        x = torch.randn(shape, device=device)
+        out = torch.randn(shape, device=device)
+        row = {"shape": "x".join(map(str, shape))}
+        row["fused op"] = time_us(lambda: D.diffusion_step_(x, out, coef, clip=1.0, seed=0), device)
+        row["eager"] = time_us(lambda: eager_ddpm_step(out, x, abar_t, abar_prev), device)
+        try:
+            row["compile"] = time_us(lambda: compiled(out, x, abar_t, abar_prev), device)
+        except Exception as err:
+            warnings.warn(f"torch.compile unavailable: {err}")
+        if diffusers is not None:
+            theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
+            theirs.set_timesteps(50, device)
+            ours.set_timesteps(50, device)
+            ts = theirs.timesteps[10]
+            row["diffusers"] = time_us(lambda: theirs.step(out, ts, x), device)
+            row["fastgen drop-in"] = time_us(lambda: ours.step(out, ts, x), device)
+        row["copy"] = copy_limit_us(12 * x.numel(), device)  # read x and out, write x
+        row["x eager"] = row["eager"] / row["fused op"]
+        row["x diffusers"] = row["diffusers"] / row["fastgen drop-in"] if "diffusers" in row else None
+        row["bw %"] = 100 * row["copy"] / row["fused op"]
+        rows.append(row)
+        print("  ddpm step", row, flush=True)
+    return rows
+
+
+class MLP(nn.Module):
+    """bench/'s 3-layer MLP score model."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, t[:, None].to(x.dtype)], dim=1))
+
+
+def eager_em_loop(model, sde: VPSDE, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The reverse-SDE Euler-Maruyama loop as usually written in PyTorch."""
+    ts = torch.linspace(sde.T, sde.eps, steps + 1, device=x.device)
+    for i in range(steps):
+        t, dt = ts[i], ts[i] - ts[i + 1]
+        beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+        score = model(x, t.expand(x.shape[0]))
+        x = x + (0.5 * beta * x + beta * score) * dt + torch.sqrt(beta * dt) * torch.randn_like(x)
+    return x
+
+
+def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) -> list[dict]:
+    torch.manual_seed(0)
+    model = MLP(dim).to(device).eval()
+    sde = VPSDE()
+    x = torch.randn(batch, dim, device=device)
+    t = torch.rand(batch, device=device)
+    rows = []
+    with torch.no_grad():
+        model_us = time_us(lambda: model(x, t), device)
+        cases = {
+            "model alone": None,
+            "fastgen sample (euler_maruyama)": lambda: fastgen.sample(model, (batch, dim), sde=sde, steps=steps,
+                                                                       seed=0, device=device),
+            "fastgen sample (pc)": lambda: fastgen.sample(model, (batch, dim), sde=sde, sampler="pc", steps=steps,
+                                                           seed=0, device=device),
+            "fastgen sample (ddim)": lambda: fastgen.sample(model, (batch, dim), sampler="ddim", steps=steps, seed=0,
+                                                             prediction="eps", device=device),
+            "eager loop": lambda: eager_em_loop(model, sde, x, steps),
+        }
+        compiled_model = torch.compile(model)
+        cases["eager loop, compiled model"] = lambda: eager_em_loop(compiled_model, sde, x, steps)
+        try:
+            import torchsde
+
+            class SDEModule(nn.Module):
+                noise_type, sde_type = "diagonal", "ito"
+
+                def f(self, s, y):  # torchsde integrates forward in s = T - t
+                    tt = (sde.T - s).expand(y.shape[0])
+                    beta = sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)
+                    return 0.5 * beta * y + beta * model(y, tt)
+
+                def g(self, s, y):
+                    tt = (sde.T - s).expand(y.shape[0])
+                    return torch.sqrt(sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)).expand_as(y)
+
+            span = torch.tensor([0.0, sde.T - sde.eps], device=device)
+            module = SDEModule()
+            cases["torchsde sdeint (euler)"] = lambda: torchsde.sdeint(module, x, span, method="euler",
+                                                                       dt=(sde.T - sde.eps) / steps)
+        except ImportError:
+            pass
+        for name, fn in cases.items():
+            per_call = model_us if fn is None else time_us(fn, device, min_run_time=1.0) / steps
+            calls = 2 if "(pc)" in name else 1
+            rows.append({"loop": name, "µs/step": per_call,
+                         "beyond model µs/step": None if fn is None else per_call - calls * model_us})
+            print("  loop", rows[-1], flush=True)
+    return rows
+
+
+def bench_counts(device: str) -> list[dict]:
+    x = torch.randn(16, 4, 64, 64, device=device)
+    out = torch.randn_like(x)
+    sched = DDPMSchedule()
+    coef = D.ddpm_coefficients(sched, 500, 480).float().to(device)
+    abar_t, abar_prev = float(sched.alphas_cumprod[500]), float(sched.alphas_cumprod[480])
+    cases = {"fastgen fused DDPM op": lambda: D.diffusion_step_(x, out, coef, clip=1.0, seed=0),
+             "eager DDPM step": lambda: eager_ddpm_step(out, x, abar_t, abar_prev)}
+    try:
+        import diffusers
+
+        from fastgen.diffusers import DDPMScheduler as FusedDDPM
+
+        theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
+        theirs.set_timesteps(50, device)
+        ours.set_timesteps(50, device)
+        ts = theirs.timesteps[10]
+        cases["diffusers DDPMScheduler.step"] = lambda: theirs.step(out, ts, x)
+        cases["fastgen.diffusers DDPMScheduler.step"] = lambda: ours.step(out, ts, x)
+    except ImportError:
+        pass
+    return [{"case": name, **count_per_call(fn, device)} for name, fn in cases.items()]
+
+
+def run(device: str, out: str, max_log2: int) -> str:
+    env = environment(device)
+    print(f"diffusion benchmark on {env['device']} (torch {env['torch']})", flush=True)
+    shapes = [(16, 4, 64, 64), (256, 4, 64, 64)] if device == "cuda" else [(16, 4, 64, 64), (64, 4, 64, 64)]
+    step = bench_ddpm_step(device, shapes)
+    loops = bench_loops(device)
+    counts = bench_counts(device)
+    count_key = "kernels" if device == "cuda" else "ops"
+    sections = {
+        "DDPM step (epsilon, fixed_small, clip_sample), float32": markdown_table(step, [
+            ("shape", "shape"), ("fused op", "fastgen op µs"), ("fastgen drop-in", "fastgen drop-in µs"),
+            ("diffusers", "diffusers µs"), ("eager", "eager µs"), ("compile", "torch.compile µs"), ("copy", "copy µs"),
+            ("x eager", "op × eager"), ("x diffusers", "drop-in × diffusers"), ("bw %", "op % of copy BW")]),
+        "Whole loops, batch 1024, 2-D, 3-layer MLP (128 wide), 100 steps": markdown_table(loops, [
+            ("loop", "loop"), ("µs/step", "µs per step"), ("beyond model µs/step", "beyond the model µs/step")]),
+        "Launches and host syncs per step": markdown_table(counts, [
+            ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
+            ("host_syncs", "host syncs")]),
+    }
+    return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
+                                                                      "counts": counts})
