@@ -109,26 +109,28 @@ struct Conversion {
   float eps;
 };
 
-// (x0, eps) of one element, as convert() in kernels/diffusion.cu (returned by value, so loops vectorize).
+// (x0, eps) of one element, as convert() in kernels/diffusion.cu (returned by value, so loops vectorize;
+// divisions by alpha and sigma are multiplications by their reciprocals, computed once per row).
 template <int P>
-inline Conversion convert(float out, float x, float alpha, float sigma, float k, float clip, bool clip_eps) {
+inline Conversion convert(float out, float x, float alpha, float sigma, float k, float inv_alpha, float inv_sigma,
+                          float clip, bool clip_eps) {
   const float xm = k * x;
   Conversion r;
   if (P == kEps) {
     r.eps = out;
-    r.x0 = (xm - sigma * out) / alpha;
+    r.x0 = (xm - sigma * out) * inv_alpha;
   } else if (P == kX0) {
     r.x0 = out;
-    r.eps = (xm - alpha * out) / sigma;
+    r.eps = (xm - alpha * out) * inv_sigma;
   } else if (P == kV) {
     r.x0 = alpha * xm - sigma * out;
     r.eps = sigma * xm + alpha * out;
   } else {
     r.eps = -sigma * out;
-    r.x0 = (xm + sigma * sigma * out) / alpha;
+    r.x0 = (xm + sigma * sigma * out) * inv_alpha;
   }
   const float clipped = std::min(std::max(r.x0, -clip), clip);
-  const float eps_clipped = (xm - alpha * clipped) / sigma;
+  const float eps_clipped = (xm - alpha * clipped) * inv_sigma;
   r.eps = clip > 0.0f && clip_eps ? eps_clipped : r.eps;
   r.x0 = clip > 0.0f ? clipped : r.x0;
   return r;
@@ -141,9 +143,9 @@ inline void step_floats(const float* x, const float* out, const float* noise, co
                         float clip, bool clip_eps, int64_t n, float* next, float* x0_out) {
   // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
   const float alpha = row[0], sigma = row[1], k = row[2], c_x = row[3], c_x0 = row[4], c_eps = row[5],
-              c_aux = row[6], c_noise = row[7];
+              c_aux = row[6], c_noise = row[7], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
   for (int64_t j = 0; j < n; ++j) {
-    const Conversion r = convert<P>(out[j], x[j], alpha, sigma, k, clip, clip_eps);
+    const Conversion r = convert<P>(out[j], x[j], alpha, sigma, k, inv_alpha, inv_sigma, clip, clip_eps);
     next[j] = term(c_x, x[j]) + term(c_x0, r.x0) + term(c_eps, r.eps) + term(c_aux, aux[j]) + term(c_noise, noise[j]);
     x0_out[j] = r.x0;
   }
@@ -318,8 +320,8 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
         double score_sq = 0.0, noise_sq = 0.0;
         for (int64_t j = 0; j < size; ++j) {
           const Conversion r = convert<decltype(p)::value>(static_cast<float>(op[first + j]),
-                                                           static_cast<float>(xp[first + j]), c[0], c[1], c[2], 0.0f,
-                                                           false);
+                                                           static_cast<float>(xp[first + j]), c[0], c[1], c[2],
+                                                           1.0f / c[0], 1.0f / c[1], 0.0f, false);
           score[j] = -r.eps / c[1];
           score_sq += static_cast<double>(score[j]) * score[j];
           noise_sq += static_cast<double>(noise[j]) * noise[j];

@@ -49,3 +49,44 @@ def test_langevin_loop_has_no_host_sync():
         fastgen.ops.ula_step_(x0.clone(), x0, steps, 0, 0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 2))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+def test_sample_has_no_host_sync_and_graph_replays_differ():
+    from fastgen.samplers.diffusion import Sampler, _plan
+    from fastgen.sde import VPSDE
+
+    model = _MLP().cuda().eval()
+    sde = VPSDE()
+    with torch.no_grad():
+        fastgen.sample(model, (1024, 2), sde=sde, steps=5, seed=0, graph=False)  # warm-up (lazy inits)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for sampler in ("euler_maruyama", "pc", "ode_heun", "ddim", "dpmpp_2m"):
+                fastgen.sample(model, (1024, 2), sde=None if sampler == "ddim" else sde, sampler=sampler, steps=10,
+                               seed=0, graph=False, prediction="eps")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        plan = _plan(sde, "euler_maruyama", 20, "eps", None, 0.0, True)
+        runner = Sampler(model, (1024, 2), plan, "cuda", torch.float32, 7, None, None, 0.16, None, False, False)
+        runner.capture()
+        first, second = runner.replay(), runner.replay()
+    assert torch.isfinite(first).all() and not torch.equal(first, second)
+
+
+def test_sample_graph_fallback_warns_once_with_the_reason():
+    def model(x, t):  # a host read inside the model: not capturable
+        return -x * float(t[0].item() > 0)
+
+    with pytest.warns(RuntimeWarning, match="running without a CUDA graph"):
+        x = fastgen.sample(model, (64, 2), steps=4, seed=0, device="cuda")
+    assert torch.isfinite(x).all()
