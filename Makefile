@@ -28,7 +28,8 @@ demo: build
 	$(BIN)/python -m fastgen.demo --out demo_out
 
 bench: build
-	$(BIN)/python -m bench langevin
+	$(BIN)/python -m pip install -q torchsde
+	$(BIN)/python -m bench all
 
 clean:
 	rm -rf build fastgen/*.so *.egg-info demo_out

@@ -24,9 +24,9 @@ echo "build rc=$build_rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt
 $PY -c 'import fastgen, json; print(json.dumps({"build": fastgen.build_info(), "backends": fastgen.backends()}, indent=1, default=str))' \
   >"$OUT/backends.json" 2>&1
 
-timeout 420 $PY -m pytest -q -x tests -p no:cacheprovider >"$OUT/pytest.log" 2>&1
+timeout 240 $PY -m pytest -q tests -p no:cacheprovider >"$OUT/pytest.log" 2>&1
 test_rc=$?
-timeout 300 $PY -m bench langevin --device cuda --out "$OUT" >"$OUT/bench.log" 2>&1
+timeout 240 $PY -m bench all --device cuda --out "$OUT" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 
 {
@@ -34,7 +34,7 @@ bench_rc=$?
   echo; echo '```'; cat "$OUT/env.txt"; echo '```'
   echo; echo "build rc=$build_rc, pytest rc=$test_rc, bench rc=$bench_rc"
   echo; echo '```'; tail -n 5 "$OUT/pytest.log"; echo '```'
-  [ -f "$OUT/langevin-cuda.md" ] && cat "$OUT/langevin-cuda.md"
+  for f in "$OUT"/langevin-cuda.md "$OUT"/diffusion-cuda.md; do [ -f "$f" ] && cat "$f"; done
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"
 exit $(( build_rc || test_rc || bench_rc ))
