@@ -72,6 +72,7 @@ setup(
     package_data={"fastgen.kernels": ["*.cu", "*.h"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={"triton": ["triton>=3.0"], "plot": ["matplotlib"]},

@@ -8,14 +8,15 @@ Quick start::
     print(fastgen.metrics.mode_weights(x, gmm))
 """
 
-from . import _ext  # noqa: F401  (loads fastgen._C and the Triton kernels, warns once if missing)
+__version__ = "0.1.0"
+
+from . import _ext  # noqa: F401, E402  (loads fastgen._C and the Triton kernels, warns once if missing)
 from . import k_sampling, metrics, ops, reference, rng, samplers, sde, targets, training
 from ._backend import backends, use_backend
 from .rng import RNGState
 from .samplers import annealed_langevin, langevin, mala, sample
 from .sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE
-
-__version__ = "0.1.0"
+from .generation import generate  # noqa: E402
 
 
 def build_info() -> dict:
@@ -24,7 +25,7 @@ def build_info() -> dict:
 
 
 __all__ = [
-    "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info",
+    "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info", "generate",
     "k_sampling", "langevin", "mala", "metrics", "ops", "reference", "rng", "sample", "samplers", "sde", "targets",
     "training", "use_backend",
 ]

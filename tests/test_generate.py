@@ -1,0 +1,155 @@
+"""fastgen generate: determinism across chunk sizes and processes, resumability after SIGKILL,
+manifest checks, full-disk and bad-argument errors, flat peak memory, model sources."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastgen import generation
+from fastgen.generation import GenerateError, generate, load, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def shard_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.npy"))}
+
+
+def cli(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "fastgen", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=ENV, timeout=timeout, **kwargs)
+
+
+def test_bytes_do_not_depend_on_the_chunk_size(tmp_path):
+    a = generate("gmm8", 2500, str(tmp_path / "a"), steps=10, shard_size=1000, chunk_size=1000, quiet=True)
+    generate("gmm8", 2500, str(tmp_path / "b"), steps=10, shard_size=1000, chunk_size=137, quiet=True)
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    assert [s["stop"] for s in a["shards"]] == [1000, 2000, 2500]
+    x = load(str(tmp_path / "a"))
+    assert x.shape == (2500, 2) and np.isfinite(x).all()
+
+
+def test_two_processes_under_torchrun_give_the_same_bytes(tmp_path):
+    args = ["generate", "gmm8", "-n", "5000", "--steps", "10", "--shard-size", "1000", "--quiet"]
+    single = cli(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    # --standalone: torchrun picks a free rendezvous endpoint itself (no port race with other processes).
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fastgen", *args, "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert dist.returncode == 0, dist.stderr
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+    assert verify(str(tmp_path / "two"))["settings"]["n"] == 5000
+
+
+def test_resumes_after_sigkill_with_identical_bytes(tmp_path):
+    args = ["generate", "gmm8", "-n", "40000", "--steps", "30", "--shard-size", "1000", "--quiet"]
+    ref = cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    for _ in range(3):  # kill at random moments after at least one more shard is done
+        done_before = len(list(out.glob("*.npy.json"))) if out.exists() else 0
+        proc = subprocess.Popen([sys.executable, "-m", "fastgen", *args, "--out", str(out)], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and len(list(out.glob("*.npy.json"))) <= done_before:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (out / "manifest.json").exists() or proc.returncode == 0
+    final = cli(*args, "--out", str(out))
+    assert final.returncode == 0, final.stderr
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
+    assert not [p for p in out.iterdir() if ".tmp." in p.name]
+    assert json.loads((out / "manifest.json").read_text())["shards"] == \
+        json.loads((tmp_path / "ref" / "manifest.json").read_text())["shards"]
+
+
+def test_manifest_validation(tmp_path):
+    out = tmp_path / "g"
+    generate("gmm8", 300, str(out), steps=5, shard_size=100, quiet=True)
+    manifest = verify(str(out))
+    assert manifest["settings"]["sampler"] == "ddim" and manifest["versions"]["torch"] == torch.__version__
+    shard = out / "shard-000001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(GenerateError, match="checksum differs"):
+        verify(str(out))
+    (out / "manifest.json").unlink()
+    with pytest.raises(GenerateError, match="not finished"):
+        verify(str(out))
+    with pytest.raises(GenerateError, match="other settings"):
+        generate("gmm8", 300, str(out), steps=6, shard_size=100, quiet=True)
+
+
+def test_full_disk_leaves_no_corrupt_manifest(tmp_path, monkeypatch):
+    def no_space(file, arr, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generation.np, "save", no_space)
+    out = tmp_path / "full"
+    with pytest.raises(GenerateError, match="No space left on device"):
+        generate("gmm8", 300, str(out), steps=5, shard_size=100, quiet=True)
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("shard-*"))
+
+
+def test_unwritable_destination_and_bad_arguments(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = cli("generate", "gmm8", "-n", "10", "--out", str(blocker / "sub"))
+    assert result.returncode == 1 and "cannot create the output folder" in result.stderr
+    result = cli("generate", "gmm8", "-n", "10", "--out", str(blocker))
+    assert result.returncode == 1 and "is not a folder" in result.stderr
+    for bad in (["generate", "gmm8", "--out", "x"], ["generate", "gmm8", "-n", "0", "--out", "x"],
+                ["generate", "gmm8", "-n", "5", "--out", "x", "--sampler", "nope"], ["frobnicate"]):
+        result = cli(*bad)
+        assert result.returncode == 2 and "usage:" in result.stderr
+    result = cli("generate", "missing.pt", "-n", "5", "--out", str(tmp_path / "m"), "--shape", "2")
+    assert result.returncode == 1 and "no such model file" in result.stderr
+    result = cli("generate", "gen_models:wrong_shape", "-n", "5", "--out", str(tmp_path / "w"), "--shape", "4")
+    assert result.returncode == 1 and "model must return a tensor of the state's shape" in result.stderr
+    result = cli("generate", "gen_models:shrink", "-n", "5", "--out", str(tmp_path / "s"))
+    assert result.returncode == 1 and "--shape is needed" in result.stderr
+
+
+def test_torchscript_and_module_sources(tmp_path):
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return 0.5 * x
+
+    path = tmp_path / "net.pt"
+    torch.jit.script(Net()).save(str(path))
+    a = generate(str(path), 40, str(tmp_path / "ts"), shape=(3, 2), steps=5, quiet=True)
+    generate("gen_models:shrink", 40, str(tmp_path / "mod"), shape=(3, 2), steps=5, quiet=True)  # tests/ is on sys.path
+    assert a["settings"]["shape"] == [3, 2]
+    assert shard_bytes(tmp_path / "ts") == shard_bytes(tmp_path / "mod")
+
+
+def peak_rss_kb(n: int, out: Path) -> int:
+    code = ("import resource, fastgen; fastgen.generate('gen_models:shrink', {n}, {out!r}, shape=(256,), steps=4, "
+            "shard_size=2000, chunk_size=1000, quiet=True); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)").format(n=n, out=str(out))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+def test_peak_memory_does_not_grow_with_n(tmp_path):
+    small = peak_rss_kb(4000, tmp_path / "small")  # 4 MB of samples
+    large = peak_rss_kb(40000, tmp_path / "large")  # 41 MB of samples: kept in memory, the peak would show it
+    assert large - small < 15 * 1024, (small, large)
