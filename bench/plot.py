@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+
+LABELS = {"cpu": "fastgen cpu", "cuda": "fastgen cuda", "triton": "fastgen triton", "eager": "eager PyTorch",
+          "eager_": "eager, in place", "compile": "torch.compile", "fused op": "fastgen fused op"}
 
 
 def throughput_plot(out: str, suite: str, device: str) -> str | None:
@@ -22,14 +26,15 @@ def throughput_plot(out: str, suite: str, device: str) -> str | None:
 
     size_key = "elements" if "elements" in rows[0] else "shape"
     labels = [r[size_key] for r in rows]
-    sizes = [2 ** int(label[2:]) if size_key == "elements" else eval("*".join(label.split("x"))) for label in labels]
+    sizes = [2 ** int(label[2:]) if size_key == "elements" else math.prod(int(v) for v in label.split("x"))
+             for label in labels]
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     skip = {size_key, "copy", "bw_pct", "bw %"}
     for key in rows[0]:
         if key in skip or key.startswith("vs_") or key.startswith("x "):
             continue
         ax.plot(sizes, [s / r[key] * 1e6 if r.get(key) else float("nan") for s, r in zip(sizes, rows)], "o-",
-                label=key)
+                label=LABELS.get(key, key))
     ax.plot(sizes, [s / r["copy"] * 1e6 for s, r in zip(sizes, rows)], "k--", label="bandwidth limit (copy)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
