@@ -292,14 +292,24 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
   });
 }
 
+const OptTensor kNone;
+
+// The corrector's inputs (no clip, aux or explicit noise), checked.
+StepInputs corrector_inputs(const Tensor& x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                            int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                            const OptTensor& sample_seeds, int64_t sample_offset) {
+  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, kNone, 0, kNone, seed, offset,
+                      rng_state, sample_seeds, sample_offset};
+  check_step(in);
+  FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
+  return in;
+}
+
 void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                           int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                           const OptTensor& sample_seeds, int64_t sample_offset) {
-  const OptTensor none;
-  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, none, 0, none, seed, offset, rng_state,
-                      sample_seeds, sample_offset};
-  check_step(in);
-  FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
+  const StepInputs in = corrector_inputs(x, model_out, coef, index, prediction, snr, seed, offset, rng_state,
+                                         sample_seeds, sample_offset);
   if (x.numel() == 0) return;
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
@@ -377,11 +387,8 @@ void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, 
 void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                            int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                            const OptTensor& sample_seeds, int64_t sample_offset) {
-  const OptTensor none;
-  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, none, 0, none, seed, offset, rng_state,
-                      sample_seeds, sample_offset};
-  check_step(in);
-  FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
+  const StepInputs in = corrector_inputs(x, model_out, coef, index, prediction, snr, seed, offset, rng_state,
+                                         sample_seeds, sample_offset);
   const c10::cuda::CUDAGuard guard(x.device());
   C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), at::cuda::getCurrentCUDAStream()));
 }

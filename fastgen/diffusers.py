@@ -36,10 +36,15 @@ _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 class _FusedStep:
     """Coefficient table, noise stream and the fused call shared by the drop-ins."""
 
-    def _fused_init(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._tables: dict = {}
         self._seed = None
         self._offset = 0
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._tables.clear()
 
     def _table(self, key, build, device) -> torch.Tensor:
         """The (rows, 8) float32 table for `key` on `device`, built once."""
@@ -79,14 +84,6 @@ def _clip(config) -> float | None:
 
 class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
     """diffusers.DDPMScheduler with a fused ``step`` (variance types fixed_small and fixed_large)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._fused_init()
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._tables.clear()
 
     def _build(self) -> torch.Tensor:
         """Row t: the step from t to its previous timestep (as previous_timestep) in diffusers' arithmetic."""
@@ -133,14 +130,6 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
 class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
     """diffusers.DDIMScheduler with a fused ``step``."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._fused_init()
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._tables.clear()
-
     def _build(self, eta: float) -> torch.Tensor:
         n = self.config.num_train_timesteps
         stride = n // self.num_inference_steps
@@ -182,14 +171,6 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
 
 class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscreteScheduler):
     """diffusers.EulerAncestralDiscreteScheduler with a fused ``step`` (epsilon and v prediction)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._fused_init()
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._tables.clear()
 
     def _build(self) -> torch.Tensor:
         """Row i: the step from sigmas[i] to sigmas[i+1], the model output read at x / sqrt(sigma^2 + 1)."""
