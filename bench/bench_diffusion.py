@@ -16,7 +16,7 @@ import fastgen
 from fastgen.ops import diffusion as D
 from fastgen.sde import DDPMSchedule, VPSDE
 
-from .common import copy_limit_us, count_per_call, environment, markdown_table, time_us, write_report
+from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, time_us, write_report
 
 
 def eager_ddpm_step(model_output, sample, abar_t: float, abar_prev: float, clip: float = 1.0):
@@ -46,10 +46,11 @@ def bench_ddpm_step(device: str, shapes) -> list[dict]:
         x = torch.randn(shape, device=device)
         out = torch.randn(shape, device=device)
         row = {"shape": "x".join(map(str, shape))}
-        row["fused op"] = time_us(lambda: D.diffusion_step_(x, out, coef, clip=1.0, seed=0), device)
-        row["eager"] = time_us(lambda: eager_ddpm_step(out, x, abar_t, abar_prev), device)
+        fns = {"fused op": lambda: D.diffusion_step_(x, out, coef, clip=1.0, seed=0),
+               "eager": lambda: eager_ddpm_step(out, x, abar_t, abar_prev)}
         try:
-            row["compile"] = time_us(lambda: compiled(out, x, abar_t, abar_prev), device)
+            compiled(out, x, abar_t, abar_prev)
+            fns["compile"] = lambda: compiled(out, x, abar_t, abar_prev)
         except Exception as err:
             warnings.warn(f"torch.compile unavailable: {err}")
         if diffusers is not None:
@@ -57,9 +58,10 @@ def bench_ddpm_step(device: str, shapes) -> list[dict]:
             theirs.set_timesteps(50, device)
             ours.set_timesteps(50, device)
             ts = theirs.timesteps[10]
-            row["diffusers"] = time_us(lambda: theirs.step(out, ts, x), device)
-            row["fastgen drop-in"] = time_us(lambda: ours.step(out, ts, x), device)
-        row["copy"] = copy_limit_us(12 * x.numel(), device)  # read x and out, write x
+            fns["diffusers"] = lambda: theirs.step(out, ts, x)
+            fns["fastgen drop-in"] = lambda: ours.step(out, ts, x)
+        fns["copy"] = copy_fn(12 * x.numel(), device)  # read x and out, write x
+        row.update(time_interleaved_us(fns, device))
         row["x eager"] = row["eager"] / row["fused op"]
         row["x diffusers"] = row["diffusers"] / row["fastgen drop-in"] if "diffusers" in row else None
         row["bw %"] = 100 * row["copy"] / row["fused op"]

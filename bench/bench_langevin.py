@@ -14,7 +14,7 @@ import torch
 import fastgen
 from fastgen import _backend
 
-from .common import copy_limit_us, count_per_call, environment, markdown_table, time_us, write_report
+from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 
 STEP = 1e-2
 
@@ -37,6 +37,14 @@ def eager_gmm_step_(x, means, inv_vars, log_coef, h: float):
     return eager_ula_(x, score, h)
 
 
+def _on_backend(backend: str, fn):
+    def run():
+        with fastgen.use_backend(backend):
+            return fn()
+
+    return run
+
+
 def fastgen_backends(device: str) -> list[str]:
     order = ("cuda", "triton") if device == "cuda" else ("cpu",)
     return [b for b in order if _backend._usable(b, torch.device(device)) is None]
@@ -49,16 +57,18 @@ def bench_ula(device: str, sizes: list[int]) -> list[dict]:
         x = torch.randn(n, device=device)
         score = torch.randn(n, device=device)
         row = {"elements": f"2^{int(math.log2(n))}"}
+        fns = {}
         for backend in fastgen_backends(device):
-            with fastgen.use_backend(backend):
-                row[backend] = time_us(lambda: fastgen.ops.ula_step_(x, score, STEP, 0, 0), device)
-        row["eager"] = time_us(lambda: eager_ula(x, score, STEP), device)
-        row["eager_"] = time_us(lambda: eager_ula_(x, score, STEP), device)
+            fns[backend] = _on_backend(backend, lambda: fastgen.ops.ula_step_(x, score, STEP, 0, 0))
+        fns["eager"] = lambda: eager_ula(x, score, STEP)
+        fns["eager_"] = lambda: eager_ula_(x, score, STEP)
         try:
-            row["compile"] = time_us(lambda: compiled(x, score, STEP), device)
+            compiled(x, score, STEP)
+            fns["compile"] = lambda: compiled(x, score, STEP)
         except Exception as err:  # no compiler toolchain: report, do not fail the run
             warnings.warn(f"torch.compile unavailable: {err}")
-        row["copy"] = copy_limit_us(12 * n, device)  # read x, read s, write x: 12 bytes per element
+        fns["copy"] = copy_fn(12 * n, device)  # read x, read s, write x: 12 bytes per element
+        row.update(time_interleaved_us(fns, device))
         best = min(row[b] for b in fastgen_backends(device))
         row["vs_eager"] = row["eager"] / best
         row["vs_eager_"] = row["eager_"] / best
@@ -78,14 +88,15 @@ def bench_gmm(device: str, chains_list: list[int], steps: int = 10) -> list[dict
     for chains in chains_list:
         x = torch.randn(chains, 2, device=device)
         row = {"chains": f"2^{int(math.log2(chains))}"}
-        for backend in fastgen_backends(device):
-            with fastgen.use_backend(backend):
-                row[backend] = time_us(lambda: fastgen.ops.gmm_langevin_(x, gmm, steps, 1e-3, 0, 0), device) / steps
-        row["eager"] = time_us(lambda: eager_gmm_step_(x, *params, 1e-3), device)
+        fns = {b: _on_backend(b, lambda: fastgen.ops.gmm_langevin_(x, gmm, steps, 1e-3, 0, 0)) for b in
+               fastgen_backends(device)}
+        fns["eager"] = lambda: [eager_gmm_step_(x, *params, 1e-3) for _ in range(steps)]
         try:
-            row["compile"] = time_us(lambda: compiled(x, *params, 1e-3), device)
+            compiled(x, *params, 1e-3)
+            fns["compile"] = lambda: [compiled(x, *params, 1e-3) for _ in range(steps)]
         except Exception as err:
             warnings.warn(f"torch.compile unavailable: {err}")
+        row.update({k: v / steps for k, v in time_interleaved_us(fns, device, rounds=5).items()})
         best = min(row[b] for b in fastgen_backends(device))
         row["vs_eager"] = row["eager"] / best
         row["vs_compile"] = row["compile"] / best if "compile" in row else None

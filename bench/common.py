@@ -45,12 +45,25 @@ def time_us(fn, device: str, min_run_time: float = 0.5) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
-def copy_limit_us(n_bytes: int, device: str) -> float:
-    """Time of a device copy that moves n_bytes (read n/2, write n/2): the bandwidth limit."""
+def time_interleaved_us(fns: dict, device: str, rounds: int | None = None, min_run_time: float = 0.15) -> dict:
+    """Median over `rounds` of each candidate's time, the candidates measured in turn within every round,
+    so that interference from the rest of the machine hits them alike (ratios stay honest on a shared host)."""
+    rounds = rounds or (3 if device == "cuda" else 7)
+    samples = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_us(fn, device, min_run_time))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def copy_fn(n_bytes: int, device: str):
+    """A device copy that moves n_bytes (read n/2, write n/2): timed, it is the bandwidth limit."""
     half = max(1, n_bytes // 8)  # float32 elements read (= written)
     src = torch.empty(half, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    return time_us(lambda: dst.copy_(src), device)
+    return lambda: dst.copy_(src)
 
 
 def count_per_call(fn, device: str, calls: int = 3) -> dict:

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -266,27 +267,43 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
             j = stop;
           }
         }
-        for (int64_t j = 0; j < n; ++j) {
-          xs[j] = static_cast<float>(xp[i + j]);
-          outs[j] = static_cast<float>(op[i + j]);
+        // float32 state is read and written in place (no staging); other dtypes go through float buffers.
+        constexpr bool direct = std::is_same<T, float>::value;
+        const float* x_in = xs;
+        const float* out_in = outs;
+        if constexpr (direct) {
+          x_in = reinterpret_cast<const float*>(xp + i);
+          out_in = reinterpret_cast<const float*>(op + i);
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            xs[j] = static_cast<float>(xp[i + j]);
+            outs[j] = static_cast<float>(op[i + j]);
+          }
         }
+        const float* aux_in = aux_buf;
         if (aux_ptr != nullptr) {
-          std::copy(aux_ptr + i, aux_ptr + i + n, aux_buf);
+          aux_in = aux_ptr + i;
         } else {
           std::fill(aux_buf, aux_buf + n, 0.0f);
         }
+        float* next_out = next;
+        if constexpr (direct) {
+          if (aux_store != 2) next_out = reinterpret_cast<float*>(xp + i);
+        }
+        float* x0_out = aux_store == 1 ? aux_ptr + i : x0;
         for (int64_t j = 0; j < n;) {  // one call per row: the whole block when the row is shared
           const int64_t b = (i + j) / size;
           const int64_t stop = shared_row ? n : std::min(n, (b + 1) * size - i);
-          step_block(static_cast<int>(prediction), xs + j, outs + j, noise_buf + j, aux_buf + j, v.row(b), clip_value,
-                     clip_eps, stop - j, next + j, x0 + j);
+          step_block(static_cast<int>(prediction), x_in + j, out_in + j, noise_buf + j, aux_in + j, v.row(b),
+                     clip_value, clip_eps, stop - j, next_out + j, x0_out + j);
           j = stop;
         }
-        if (aux_store == 1) std::copy(x0, x0 + n, aux_ptr + i);
         if (aux_store == 2) {
-          for (int64_t j = 0; j < n; ++j) aux_ptr[i + j] = next[j] - xs[j];
+          for (int64_t j = 0; j < n; ++j) aux_ptr[i + j] = next[j] - x_in[j];
         }
-        for (int64_t j = 0; j < n; ++j) xp[i + j] = static_cast<T>(next[j]);
+        if (!direct || aux_store == 2) {
+          for (int64_t j = 0; j < n; ++j) xp[i + j] = static_cast<T>(next[j]);
+        }
       }
     });
   });
