@@ -29,6 +29,21 @@ def eager_ddpm_step(model_output, sample, abar_t: float, abar_prev: float, clip:
     return mean + std * torch.randn_like(sample)
 
 
+def scheduler_steps(out, x, device: str) -> dict:
+    """diffusers' DDPMScheduler.step and fastgen's drop-in on the same inputs, when diffusers is installed."""
+    try:
+        import diffusers
+
+        from fastgen.diffusers import DDPMScheduler as FusedDDPM
+    except ImportError:
+        return {}
+    theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
+    theirs.set_timesteps(50, device)
+    ours.set_timesteps(50, device)
+    t = theirs.timesteps[10]
+    return {"diffusers": lambda: theirs.step(out, t, x), "fastgen drop-in": lambda: ours.step(out, t, x)}
+
+
 def bench_ddpm_step(device: str, shapes) -> list[dict]:
     rows = []
     sched = DDPMSchedule()
@@ -36,12 +51,6 @@ def bench_ddpm_step(device: str, shapes) -> list[dict]:
     abar_t, abar_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
     coef = D.ddpm_coefficients(sched, t, t_prev).float().to(device)
     compiled = torch.compile(eager_ddpm_step, dynamic=False)
-    try:
-        import diffusers
-
-        from fastgen.diffusers import DDPMScheduler as FusedDDPM
-    except ImportError:
-        diffusers = None
     for shape in shapes:
         x = torch.randn(shape, device=device)
         out = torch.randn(shape, device=device)
@@ -53,13 +62,7 @@ def bench_ddpm_step(device: str, shapes) -> list[dict]:
             fns["compile"] = lambda: compiled(out, x, abar_t, abar_prev)
         except Exception as err:
             warnings.warn(f"torch.compile unavailable: {err}")
-        if diffusers is not None:
-            theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
-            theirs.set_timesteps(50, device)
-            ours.set_timesteps(50, device)
-            ts = theirs.timesteps[10]
-            fns["diffusers"] = lambda: theirs.step(out, ts, x)
-            fns["fastgen drop-in"] = lambda: ours.step(out, ts, x)
+        fns.update(scheduler_steps(out, x, device))
         fns["copy"] = copy_fn(12 * x.numel(), device)  # read x and out, write x
         row.update(time_interleaved_us(fns, device))
         row["x eager"] = row["eager"] / row["fused op"]
@@ -152,19 +155,10 @@ def bench_counts(device: str) -> list[dict]:
     abar_t, abar_prev = float(sched.alphas_cumprod[500]), float(sched.alphas_cumprod[480])
     cases = {"fastgen fused DDPM op": lambda: D.diffusion_step_(x, out, coef, clip=1.0, seed=0),
              "eager DDPM step": lambda: eager_ddpm_step(out, x, abar_t, abar_prev)}
-    try:
-        import diffusers
-
-        from fastgen.diffusers import DDPMScheduler as FusedDDPM
-
-        theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
-        theirs.set_timesteps(50, device)
-        ours.set_timesteps(50, device)
-        ts = theirs.timesteps[10]
-        cases["diffusers DDPMScheduler.step"] = lambda: theirs.step(out, ts, x)
-        cases["fastgen.diffusers DDPMScheduler.step"] = lambda: ours.step(out, ts, x)
-    except ImportError:
-        pass
+    steps = scheduler_steps(out, x, device)
+    if steps:
+        cases["diffusers DDPMScheduler.step"] = steps["diffusers"]
+        cases["fastgen.diffusers DDPMScheduler.step"] = steps["fastgen drop-in"]
     return [{"case": name, **count_per_call(fn, device)} for name, fn in cases.items()]
 
 
