@@ -13,8 +13,9 @@
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../kernels/launchers.h"
 #endif
@@ -398,7 +399,7 @@ void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, 
                       sample_seeds, sample_offset};
   check_step(in);
   const c10::cuda::CUDAGuard guard(x.device());
-  C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), c10::cuda::getCurrentCUDAStream()));
 }
 
 void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
@@ -407,7 +408,7 @@ void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef
   const StepInputs in = corrector_inputs(x, model_out, coef, index, prediction, snr, seed, offset, rng_state,
                                          sample_seeds, sample_offset);
   const c10::cuda::CUDAGuard guard(x.device());
-  C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 

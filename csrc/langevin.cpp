@@ -12,8 +12,9 @@
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../kernels/launchers.h"
 #endif
@@ -458,7 +459,7 @@ void ula_cuda(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOptio
   a.clamp_lo = clamp_bound(o.clamp_lo, -INFINITY);
   a.clamp_hi = clamp_bound(o.clamp_hi, INFINITY);
   a.rng = rng_args(o.seed, o.offset, o.rng_state, x);
-  C10_CUDA_CHECK(cuda::ula_step(a, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::ula_step(a, c10::cuda::getCurrentCUDAStream()));
 }
 
 void ula_step_cuda(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
@@ -502,7 +503,7 @@ std::tuple<Tensor, Tensor> mala_accept_cuda(Tensor x, Tensor log_prob, Tensor gr
   a.accepted = accepted.data_ptr<bool>();
   a.accept_prob = accept_prob.data_ptr<float>();
   a.rng = rng_args(seed, offset, rng_state, x);
-  C10_CUDA_CHECK(cuda::mala_accept(a, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::mala_accept(a, c10::cuda::getCurrentCUDAStream()));
   return {accepted, accept_prob};
 }
 
@@ -524,7 +525,7 @@ void gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, co
   a.step_size = static_cast<float>(step_size);
   a.step_sizes = step_sizes_ptr(step_sizes, x, x.size(0));
   a.rng = rng_args(seed, offset, rng_state, x);
-  C10_CUDA_CHECK(cuda::gmm_langevin(a, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::gmm_langevin(a, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 

@@ -13,8 +13,9 @@
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../kernels/launchers.h"
 #endif
@@ -171,7 +172,7 @@ void philox_fill_cuda(torch::Tensor out, int64_t seed, int64_t offset,
   const c10::cuda::CUDAGuard guard(out.device());
   RngArgs rng{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, out)};
   C10_CUDA_CHECK(cuda::philox_fill(out.data_ptr<float>(), out.numel(), normal, rng,
-                                   at::cuda::getCurrentCUDAStream()));
+                                   c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 

@@ -101,3 +101,27 @@ def test_cuda_kernels_compile_for_sm90(source, tmp_path):
     out = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(ROOT / "kernels" / source), "-o",
                           str(tmp_path / "k.o")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+
+
+def _cuda_include() -> str | None:
+    from glob import glob
+
+    from torch.utils import cpp_extension
+
+    for home in (os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, *sorted(glob("/usr/local/cuda*"))):
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+@pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None, reason="no CUDA headers or g++")
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*.cpp")))
+def test_cuda_host_code_compiles(source):
+    """The CUDA branches of csrc/ (FASTGEN_WITH_CUDA), syntax-checked against torch's headers without a GPU build."""
+    from torch.utils import cpp_extension
+
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{_cuda_include()}"]
+    out = subprocess.run(["g++", "-fsyntax-only", "-std=c++17", "-DFASTGEN_WITH_CUDA",
+                          "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", *includes, str(ROOT / "csrc" / source)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
