@@ -118,9 +118,12 @@ def _cuda_include() -> str | None:
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*.cpp")))
 def test_cuda_host_code_compiles(source):
     """The CUDA branches of csrc/ (FASTGEN_WITH_CUDA), syntax-checked against torch's headers without a GPU build."""
+    import sysconfig
+
     from torch.utils import cpp_extension
 
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{_cuda_include()}"]
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{_cuda_include()}",
+                                                                     f"-I{sysconfig.get_paths()['include']}"]
     out = subprocess.run(["g++", "-fsyntax-only", "-std=c++17", "-DFASTGEN_WITH_CUDA",
                           "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", *includes, str(ROOT / "csrc" / source)],
                          capture_output=True, text=True, timeout=600)
