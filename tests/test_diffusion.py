@@ -203,3 +203,38 @@ def test_diffusion_step_bad_input():
     with pytest.raises(ValueError, match="snr must be"):
         D.langevin_correct_(x, out, torch.zeros(8), snr=0.0)
     assert torch.equal(x, before)
+
+
+def test_convenience_steps_equal_the_generic_op_with_their_rule():
+    sched, sde = DDPMSchedule(), VPSDE()
+    x = torch.randn(6, 5)
+    out = torch.randn(6, 5)
+    pairs = [
+        (D.ddpm_step_(x.clone(), out, sched, 300, 280, seed=2),
+         D.diffusion_step_(x.clone(), out, D.ddpm_coefficients(sched, 300, 280), seed=2)),
+        (D.ddim_step_(x.clone(), out, sched, 300, 280, eta=0.3, seed=2),
+         D.diffusion_step_(x.clone(), out, D.ddim_coefficients(sched, 300, 280, 0.3), seed=2)),
+        (D.euler_maruyama_step_(x.clone(), out, sde, 0.5, 0.49, seed=2),
+         D.diffusion_step_(x.clone(), out, D.euler_maruyama_coefficients(sde, 0.5, 0.49), prediction="score", seed=2)),
+        (D.euler_ancestral_step_(x.clone(), out, 2.0, 1.5, seed=2),
+         D.diffusion_step_(x.clone(), out, D.euler_ancestral_coefficients(2.0, 1.5), seed=2)),
+    ]
+    for got, want in pairs:
+        assert torch.equal(got, want)
+    # Per-sample times give one row per sample.
+    t = torch.tensor([900, 500, 100, 50, 10, 1])
+    rows_ = D.ddpm_coefficients(sched, t, t - 1)
+    assert rows_.shape == (6, 8)
+    D.diffusion_step_(x.clone(), out, rows_, seed=0)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+def test_marginal_prob_and_prior(sde):
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+    mean, std = sde.marginal_prob(x0, torch.full((4,), 0.3, dtype=torch.float64))
+    alpha, sigma = sde.marginal(0.3)
+    torch.testing.assert_close(mean, alpha * x0)
+    torch.testing.assert_close(std, sigma.expand(4))
+    prior = sde.prior_sample((20000, 2), seed=1)
+    assert abs(float(prior.std()) - sde.prior_std()) < 0.05 * sde.prior_std()
+    assert torch.equal(DDPMSchedule().prior_sample((3, 2), seed=4), DDPMSchedule().prior_sample((3, 2), seed=4))
