@@ -20,7 +20,40 @@
 
 #define CHECK_DTYPE(t, dt) FASTGEN_CHECK((t).scalar_type() == (dt), #t " must be ", (dt), ", got ", (t).scalar_type())
 
+#ifdef FASTGEN_WITH_CUDA
+#include "../kernels/launchers.h"
+#endif
+
 namespace fastgen {
+
+// Calls f(T{}) with T the C++ type of a float32/float16/bfloat16 tensor.
+template <typename F>
+void dispatch_float(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kHalf:
+      f(at::Half{});
+      break;
+    case at::kBFloat16:
+      f(at::BFloat16{});
+      break;
+    default:
+      f(float{});
+  }
+}
+
+#ifdef FASTGEN_WITH_CUDA
+// The launchers' dtype code of a float32/float16/bfloat16 tensor.
+inline cuda::DType cuda_dtype(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return cuda::kFloat16;
+    case at::kBFloat16:
+      return cuda::kBFloat16;
+    default:
+      return cuda::kFloat32;
+  }
+}
+#endif
 
 inline void check_state_dtype(const torch::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();

@@ -209,7 +209,7 @@ View view_of(const StepInputs& in) {
 // Calls f(T{}, std::integral_constant<int, P>{}) for x's dtype and the prediction.
 template <typename F>
 void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
-  auto with_type = [&](auto tag) {
+  dispatch_float(dtype, [&](auto tag) {
     switch (prediction) {
       case kEps:
         return f(tag, std::integral_constant<int, kEps>{});
@@ -220,15 +220,7 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
       default:
         return f(tag, std::integral_constant<int, kScore>{});
     }
-  };
-  switch (dtype) {
-    case at::kHalf:
-      return with_type(at::Half{});
-    case at::kBFloat16:
-      return with_type(at::BFloat16{});
-    default:
-      return with_type(float{});
-  }
+  });
 }
 
 void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
@@ -245,7 +237,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
   const float clip_value = clip.has_value() ? static_cast<float>(*clip) : 0.0f;
   float* aux_ptr = aux.has_value() ? aux->data_ptr<float>() : nullptr;
   const int64_t size = v.sample_size;
-  dispatch(x.scalar_type(), 0, [&](auto tag, auto) {
+  dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     T* xp = x.data_ptr<T>();
     const T* op = model_out.data_ptr<T>();
@@ -370,8 +362,7 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
   cuda::DiffusionStepArgs a;
   a.x = in.x.data_ptr();
   a.model_out = in.model_out.data_ptr();
-  a.dtype = in.x.scalar_type() == at::kHalf ? cuda::kFloat16
-                                            : (in.x.scalar_type() == at::kBFloat16 ? cuda::kBFloat16 : cuda::kFloat32);
+  a.dtype = cuda_dtype(in.x);
   a.numel = in.x.numel();
   a.sample_size = in.x.size(0) == 0 ? 1 : std::max<int64_t>(1, in.x.numel() / in.x.size(0));
   a.coef = in.coef.data_ptr<float>();

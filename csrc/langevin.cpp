@@ -28,21 +28,6 @@ using OptTensor = c10::optional<Tensor>;
 constexpr int64_t kMaxGmmDim = 64;
 constexpr int64_t kMaxGmmComponents = 64;
 
-// Calls f(T{}) with T the C++ type of a float32/float16/bfloat16 tensor.
-template <typename F>
-void dispatch_float(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kHalf:
-      f(at::Half{});
-      break;
-    case at::kBFloat16:
-      f(at::BFloat16{});
-      break;
-    default:
-      f(float{});
-  }
-}
-
 int64_t chains_of(const Tensor& x) { return x.dim() == 0 ? 1 : x.size(0); }
 
 void check_rng(int64_t seed, int64_t offset) {
@@ -422,17 +407,6 @@ void gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, con
 // ---------------------------------------------------------------- CUDA
 
 #ifdef FASTGEN_WITH_CUDA
-cuda::DType cuda_dtype(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kHalf:
-      return cuda::kFloat16;
-    case at::kBFloat16:
-      return cuda::kBFloat16;
-    default:
-      return cuda::kFloat32;
-  }
-}
-
 RngArgs rng_args(int64_t seed, int64_t offset, const OptTensor& rng_state, const Tensor& ref) {
   return RngArgs{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, ref)};
 }
