@@ -47,19 +47,26 @@ inline float log_unit(float x) {
   return (m + y) + 0.693359375f * e;
 }
 
-// cos(x) for x in [0, 2*pi].
-inline float cos_twopi_range(float x) {
+struct SinCos {
+  float cos;
+  float sin;
+};
+
+// cos(x) and sin(x) for x in [0, 2*pi], sharing one range reduction.
+inline SinCos sincos_twopi_range(float x) {
   const float j = static_cast<float>((static_cast<int32_t>(x * 1.27323954473516f) + 1) & ~1);  // 4/pi
   const float r = ((x - j * 0.78515625f) - j * 2.4187564849853515625e-4f) - j * 3.77489497744594108e-8f;
+  // x = q pi/4 + r with q even and |r| <= pi/4; for q in {2, 6} cos and sin swap polynomials,
+  // cos is negated for q in {2, 4} and sin for q in {4, 6}.
   const int32_t q = static_cast<int32_t>(j) & 7;
-  // q is even (octant pair): negate for q in {2, 4}; sine polynomial for q in {2, 6}
-  const float sign = static_cast<float>(1 - 2 * (((q + 2) >> 2) & 1));
-  const int32_t use_sin = ((q + 1) >> 1) & 1;
+  const float cos_sign = static_cast<float>(1 - 2 * (((q + 2) >> 2) & 1));
+  const float sin_sign = static_cast<float>(1 - 2 * ((q >> 2) & 1));
+  const int32_t swap = ((q + 1) >> 1) & 1;
   const float z = r * r;
   float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z;
   c = c - 0.5f * z + 1.0f;
   const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
-  return sign * (use_sin ? s : c);
+  return SinCos{cos_sign * (swap ? s : c), sin_sign * (swap ? c : s)};
 }
 
 // exp(x) for x <= 0 (softmax weights); inputs below -87 flush to exp(-87).
@@ -79,16 +86,19 @@ inline float exp_nonpositive(float x) {
   return p * bits_to_float(scale);
 }
 
-// Box-Muller of normal_at() in philox.h, with the vectorizable log and cos above.
-inline float box_muller(uint32_t lane0, uint32_t lane1) {
-  float u1 = uint_to_uniform(lane0);
-  const float u2 = uint_to_uniform(lane1);
+// The two normals of one lane pair, as normal_at() in philox.h forms them, with the
+// vectorizable log and sin/cos above.
+inline SinCos box_muller(uint32_t lane_u, uint32_t lane_theta) {
+  float u1 = uint_to_uniform(lane_u);
+  const float u2 = uint_to_uniform(lane_theta);
   u1 = u1 < kMinUniform ? kMinUniform : u1;
-  return __builtin_sqrtf(-2.0f * log_unit(u1)) * cos_twopi_range(kTwoPi * u2);
+  const float r = __builtin_sqrtf(-2.0f * log_unit(u1));
+  const SinCos t = sincos_twopi_range(kTwoPi * u2);
+  return SinCos{r * t.cos, r * t.sin};
 }
 
-// out[i] = normal (or uniform) at counter first + i, for i < count. Defined in
-// rng.cpp: hand-written AVX2 Philox where the CPU has it, else portable code.
+// out[i] = normal (or uniform) at stream position first + i, for i < count. Defined
+// in rng.cpp: hand-written AVX2 Philox where the CPU has it, else portable code.
 void fill_normals(uint64_t seed, uint64_t first, int64_t count, float* out);
 void fill_uniforms(uint64_t seed, uint64_t first, int64_t count, float* out);
 

@@ -314,7 +314,7 @@ struct GmmView {
 };
 
 // n_steps ULA steps for C <= kChainBlock chains held transposed in xs[d * C + c].
-// Noise of step t, chain c, coordinate d sits at counter first + t * numel + c * D + d.
+// Noise of step t, chain c, coordinate d sits at stream position first + t * numel + c * D + d.
 __attribute__((target_clones("avx2", "default"))) void gmm_block_steps(float* xs, int C, const GmmView& g,
                                                                        const float* h, const float* noise_scale,
                                                                        uint64_t seed, uint64_t first, uint64_t numel,

@@ -4,7 +4,7 @@
 
 // In-place ops return nothing (torch.compile cannot functionalize aliased outputs).
 TORCH_LIBRARY(fastgen, m) {
-  // out[i] <- uniform (or normal) at Philox counter offset + i.
+  // out[i] <- uniform (or normal) at stream position offset + i.
   m.def("philox_fill_(Tensor(a!) out, int seed, int offset, Tensor? rng_state, bool normal) -> ()");
   // x <- x + h c s + sqrt(2h) xi, optionally clamped; c clips the per-chain norm of s.
   m.def(

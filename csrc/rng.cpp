@@ -1,4 +1,4 @@
-// philox_fill_: out[i] = uniform or normal at counter offset + i of the
+// philox_fill_: out[i] = uniform or normal at position offset + i of the
 // shared Philox stream, on CPU and CUDA. The parity tests and the samplers'
 // accept/reject draws use it.
 #include <ATen/Parallel.h>
@@ -24,14 +24,18 @@ namespace fastgen {
 namespace cpu {
 namespace {
 
-constexpr int64_t kLaneBlock = 1024;
+// Philox counters per block: 4 values each, lanes kept on the stack (16 KiB).
+constexpr int64_t kCounterBlock = 256;
 
-// Lanes 0 and 1 at counters first .. first + count - 1, portable.
-void philox_lanes_portable(uint64_t seed, uint64_t first, int64_t count, uint32_t* lane0, uint32_t* lane1) {
+struct Lanes {
+  uint32_t l[4][kCounterBlock];
+};
+
+// Lanes of counters first .. first + count - 1, portable.
+void philox_portable(uint64_t seed, uint64_t first, int64_t count, Lanes* out, int64_t at) {
   for (int64_t i = 0; i < count; ++i) {
-    const Philox2 r = philox_lanes01(seed, first + static_cast<uint64_t>(i));
-    lane0[i] = r.lane0;
-    lane1[i] = r.lane1;
+    const Philox4 r = philox4x32(seed, first + static_cast<uint64_t>(i));
+    for (int j = 0; j < 4; ++j) out->l[j][at + i] = r.lane[j];
   }
 }
 
@@ -44,12 +48,11 @@ __attribute__((target("avx2"))) inline __m256i mulhilo(__m256i a, __m256i m, __m
   return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// Same stream as philox_lanes01(), 16 counters at a time: two independent groups
-// of 8 interleaved, since one round's mul -> shift -> blend -> xor chain is
-// latency-bound. NOTE: 2^24 uniforms on the 2-core EPYC dev box: 64 ms
-// auto-vectorized by GCC, 26 ms with one group of 8, 24 ms with two.
-__attribute__((target("avx2"))) void philox_lanes_avx2(uint64_t seed, uint64_t first, int64_t count,
-                                                         uint32_t* lane0, uint32_t* lane1) {
+// philox4x32() of 16 counters at a time: two independent groups of 8 interleaved,
+// since one round's mul -> shift -> blend -> xor chain is latency-bound.
+// NOTE: 2^24 counters on the 2-core EPYC dev box: 64 ms auto-vectorized by GCC,
+// 26 ms with one group of 8, 24 ms with two.
+__attribute__((target("avx2"))) void philox_avx2(uint64_t seed, uint64_t first, int64_t count, Lanes* out) {
   const __m256i round_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i round_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -65,7 +68,7 @@ __attribute__((target("avx2"))) void philox_lanes_avx2(uint64_t seed, uint64_t f
     const uint64_t n = first + static_cast<uint64_t>(i);
     const uint32_t lo = static_cast<uint32_t>(n);
     if (lo > 0xFFFFFFF0u) {  // the 16 counters cross a 2^32 boundary: portable path
-      philox_lanes_portable(seed, n, 16, lane0 + i, lane1 + i);
+      philox_portable(seed, n, 16, out, i);
       continue;
     }
     __m256i a0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo)), iota);
@@ -89,52 +92,74 @@ __attribute__((target("avx2"))) void philox_lanes_avx2(uint64_t seed, uint64_t f
       a3 = alo0;
       b3 = blo0;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i), a0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane0 + i + 8), b0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i), a1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lane1 + i + 8), b1);
+    const __m256i lanes[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+    for (int j = 0; j < 4; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out->l[j] + i), lanes[j][0]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out->l[j] + i + 8), lanes[j][1]);
+    }
   }
-  philox_lanes_portable(seed, first + static_cast<uint64_t>(i), count - i, lane0 + i, lane1 + i);
+  philox_portable(seed, first + static_cast<uint64_t>(i), count - i, out, i);
 }
 
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 #endif
 
-void philox_lanes(uint64_t seed, uint64_t first, int64_t count, uint32_t* lane0, uint32_t* lane1) {
+void philox(uint64_t seed, uint64_t first, int64_t count, Lanes* out) {
 #if defined(__x86_64__)
-  if (kHaveAvx2) return philox_lanes_avx2(seed, first, count, lane0, lane1);
+  if (kHaveAvx2) return philox_avx2(seed, first, count, out);
 #endif
-  philox_lanes_portable(seed, first, count, lane0, lane1);
+  philox_portable(seed, first, count, out, 0);
 }
 
-__attribute__((target_clones("avx2", "default"))) void box_muller_block(const uint32_t* lane0, const uint32_t* lane1,
-                                                                        int64_t count, float* out) {
-  for (int64_t i = 0; i < count; ++i) out[i] = box_muller(lane0[i], lane1[i]);
+// out[4k + j] = value j of counter k: Box-Muller of lane pairs (0, 1) and (2, 3).
+__attribute__((target_clones("avx2", "default"))) void normals_block(const Lanes& lanes, int64_t count, float* out) {
+  for (int64_t k = 0; k < count; ++k) {
+    const SinCos a = box_muller(lanes.l[0][k], lanes.l[1][k]);
+    const SinCos b = box_muller(lanes.l[2][k], lanes.l[3][k]);
+    out[4 * k] = a.cos;
+    out[4 * k + 1] = a.sin;
+    out[4 * k + 2] = b.cos;
+    out[4 * k + 3] = b.sin;
+  }
 }
 
-__attribute__((target_clones("avx2", "default"))) void uniform_block(const uint32_t* lane0, int64_t count,
-                                                                     float* out) {
-  for (int64_t i = 0; i < count; ++i) out[i] = uint_to_uniform(lane0[i]);
+__attribute__((target_clones("avx2", "default"))) void uniforms_block(const Lanes& lanes, int64_t count, float* out) {
+  for (int64_t k = 0; k < count; ++k) {
+    for (int j = 0; j < 4; ++j) out[4 * k + j] = uint_to_uniform(lanes.l[j][k]);
+  }
+}
+
+// Values first .. first + count - 1: whole counters at a time, through a buffer
+// where the range starts or ends inside a counter's four values.
+template <typename Block>
+void fill(uint64_t seed, uint64_t first, int64_t count, float* out, Block block) {
+  Lanes lanes;
+  float buf[4 * kCounterBlock];
+  while (count > 0) {
+    const int64_t skip = static_cast<int64_t>(first & 3);
+    const int64_t take = std::min(count, 4 * kCounterBlock - skip);
+    const int64_t counters = (skip + take + 3) / 4;
+    philox(seed, first >> 2, counters, &lanes);
+    if (skip == 0 && take == 4 * counters) {
+      block(lanes, counters, out);
+    } else {
+      block(lanes, counters, buf);
+      std::copy(buf + skip, buf + skip + take, out);
+    }
+    first += static_cast<uint64_t>(take);
+    out += take;
+    count -= take;
+  }
 }
 
 }  // namespace
 
 void fill_normals(uint64_t seed, uint64_t first, int64_t count, float* out) {
-  uint32_t lane0[kLaneBlock], lane1[kLaneBlock];
-  for (int64_t i = 0; i < count; i += kLaneBlock) {
-    const int64_t n = std::min(kLaneBlock, count - i);
-    philox_lanes(seed, first + static_cast<uint64_t>(i), n, lane0, lane1);
-    box_muller_block(lane0, lane1, n, out + i);
-  }
+  fill(seed, first, count, out, normals_block);
 }
 
 void fill_uniforms(uint64_t seed, uint64_t first, int64_t count, float* out) {
-  uint32_t lane0[kLaneBlock], lane1[kLaneBlock];
-  for (int64_t i = 0; i < count; i += kLaneBlock) {
-    const int64_t n = std::min(kLaneBlock, count - i);
-    philox_lanes(seed, first + static_cast<uint64_t>(i), n, lane0, lane1);
-    uniform_block(lane0, n, out + i);
-  }
+  fill(seed, first, count, out, uniforms_block);
 }
 
 }  // namespace cpu

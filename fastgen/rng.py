@@ -1,8 +1,10 @@
 """Seeds and the device-resident RNG state of fastgen's counter-based noise.
 
 Every fastgen op draws from one Philox4x32-10 stream keyed by a 63-bit seed:
-flat element ``i`` of a call uses counter ``offset + i`` and each call reserves
-as many counters as it draws. So a result depends on (seed, offset) only, on
+flat element ``i`` of a call takes stream position ``offset + i``, and each
+call reserves as many positions as it draws. Position ``n`` is value ``n % 4``
+of Philox counter ``n // 4`` (``triton.language.randn4x`` / ``rand4x``), so one
+Philox call serves four values. A result depends on (seed, offset) only, on
 every backend. Samplers take ``seed=`` (an int) or ``generator=`` (a
 ``torch.Generator``); with neither, one seed is drawn from torch's global RNG.
 """
@@ -31,6 +33,15 @@ def resolve_seed(seed: int | None = None, generator: torch.Generator | None = No
     return int(torch.randint(0, MAX_SEED, (1,), generator=generator, device=device).item())
 
 
+def reserve(n: int) -> int:
+    """Positions to reserve for a call drawing n values: n rounded up to whole counters.
+
+    Needed only where uniforms follow normals (MALA's accept after its proposal):
+    a normal and a uniform must never read the same Philox lane.
+    """
+    return (n + 3) // 4 * 4
+
+
 class RNGState:
     """(seed, offset) kept in a small int64 tensor on the device.
 
@@ -52,7 +63,7 @@ class RNGState:
         self.state = torch.tensor([value, offset], dtype=torch.int64, device=device)
 
     def advance_(self, n: int) -> RNGState:
-        """Reserve n counters: state[1] += n, on the device."""
+        """Reserve n stream positions: state[1] += n, on the device."""
         self.state[1:].add_(n)
         return self
 

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .langevin import CHAIN_BLOCK
-from .rng import BLOCK, load_rng
+from .rng import BLOCK, load_rng, normal_at
 
 
 @triton.jit
@@ -60,9 +60,9 @@ def noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample
         xi = tl.load(noise_ptr + idx, mask=mask, other=0.0)
     elif NOISE_MODE == 2:
         seeds = tl.load(seeds_ptr + sample, mask=mask, other=0)
-        xi = tl.randn(seeds, sample_offset + (idx - sample * size))
+        xi = normal_at(seeds, sample_offset + (idx - sample * size))
     else:
-        xi = tl.randn(seed, offset + idx)
+        xi = normal_at(seed, offset + idx)
     return xi
 
 

@@ -1,6 +1,6 @@
 """Triton twins of kernels/langevin.cu: ULA step (also the MALA proposal), MALA
 accept/reject, and many ULA steps on a Gaussian mixture with the state in
-registers. Arithmetic is float32; noise from tl.randn/tl.rand on the shared stream.
+registers. Arithmetic is float32; noise from the shared stream (kernels/rng.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rng import BLOCK, INTERPRETED, load_rng
+from .rng import BLOCK, INTERPRETED, load_rng, normal_at, uniform_at
 
 CHAIN_BLOCK = 1024  # elements per program in per-chain reductions
 GMM_CHAINS = 64 if INTERPRETED else 128  # chains per program in the mixture kernel
@@ -70,7 +70,7 @@ def ula_kernel(
     drift = h
     if HAS_CLIP:
         drift = h * tl.load(clip_ptr + chain, mask=mask, other=1.0)
-    value = x + drift * s + tl.sqrt(2.0 * h) * tl.randn(seed, offset + idx)
+    value = x + drift * s + tl.sqrt(2.0 * h) * normal_at(seed, offset + idx)
     if HAS_CLAMP:
         value = tl.minimum(tl.maximum(value, clamp_lo), clamp_hi)
     tl.store(y_ptr + idx, value.to(y_ptr.dtype.element_ty), mask=mask)
@@ -174,7 +174,7 @@ def mala_accept_kernel(
     log_alpha = lpy - lp + (tl.sum(forward, axis=0) - tl.sum(backward, axis=0)) / (4.0 * h)
     prob = tl.where(log_alpha >= 0.0, 1.0, tl.where(log_alpha < 0.0, tl.exp(tl.minimum(log_alpha, 0.0)), 0.0))
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
-    accept = tl.rand(seed, offset + chain + one) < prob
+    accept = uniform_at(seed, offset + chain + one) < prob
     tl.store(prob_ptr + chain + one, prob)
     tl.store(accepted_ptr + chain + one, accept)
     tl.store(log_prob_ptr + chain + one, lpy, mask=accept)
@@ -264,7 +264,7 @@ def gmm_langevin_kernel(
             total = total * rescale + weight
             acc = acc * rescale[:, None] + weight[:, None] * diff * iv[None, :]
             running_max = new_max
-        noise = tl.randn(seed, counter)
+        noise = normal_at(seed, counter)
         x = x + h[:, None] * acc / total[:, None] + noise_scale[:, None] * noise
         counter += numel
     tl.store(x_ptr + element, x.to(x_ptr.dtype.element_ty), mask=mask)

@@ -13,7 +13,7 @@ namespace cuda {
 
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// rng.cu: out[i] = uniform (or normal) at counter offset + i.
+// rng.cu: out[i] = uniform (or normal) at stream position offset + i.
 cudaError_t philox_fill(float* out,        // (n,) float32
                         int64_t n,         // number of elements
                         bool normal,       // normals instead of uniforms
@@ -36,7 +36,7 @@ struct UlaArgs {
   bool has_clamp;          // clamp the result to [clamp_lo, clamp_hi]
   float clamp_lo;
   float clamp_hi;
-  RngArgs rng;             // noise counters offset .. offset + numel - 1
+  RngArgs rng;             // noise positions offset .. offset + numel - 1
 };
 cudaError_t ula_step(const UlaArgs& args, cudaStream_t stream);
 
@@ -55,7 +55,7 @@ struct MalaAcceptArgs {
   const float* step_sizes; // (B,) or null
   bool* accepted;          // (B,) output mask
   float* accept_prob;      // (B,) output min(1, alpha)
-  RngArgs rng;             // uniforms at counters offset .. offset + B - 1
+  RngArgs rng;             // uniforms at positions offset .. offset + B - 1
 };
 cudaError_t mala_accept(const MalaAcceptArgs& args, cudaStream_t stream);
 
@@ -72,7 +72,7 @@ struct GmmLangevinArgs {
   int64_t n_steps;
   float step_size;         // h when step_sizes is null
   const float* step_sizes; // (B,) or null
-  RngArgs rng;             // step t uses counters offset + t * B * D + i
+  RngArgs rng;             // step t uses positions offset + t * B * D + i
 };
 cudaError_t gmm_langevin(const GmmLangevinArgs& args, cudaStream_t stream);
 
@@ -108,8 +108,8 @@ struct DiffusionStepArgs {
   float* aux;                     // (B * D,) float32 or null
   int aux_store;                  // 0, 1 or 2
   const float* noise;             // (B * D,) explicit noise instead of the stream, or null
-  RngArgs rng;                    // element i draws counter offset + i, unless sample_seeds is set
-  const int64_t* sample_seeds;    // (B,): sample b draws key sample_seeds[b], counter sample_offset + i % D
+  RngArgs rng;                    // element i draws position offset + i, unless sample_seeds is set
+  const int64_t* sample_seeds;    // (B,): sample b draws key sample_seeds[b], position sample_offset + i % D
   uint64_t sample_offset;
 };
 cudaError_t diffusion_step(const DiffusionStepArgs& args, cudaStream_t stream);

@@ -1,9 +1,12 @@
 // Philox4x32-10 counter-based generator shared by the CPU (csrc/) and CUDA
-// (kernels/*.cu) backends. It reproduces triton.language.rand/randn exactly:
+// (kernels/*.cu) backends. Value n of the stream (n = offset + flat element
+// index) is element n % 4 of triton.language.rand4x / randn4x at counter n / 4:
 //   key     = (lo32(seed), hi32(seed))
-//   counter = (lo32(n), hi32(n), 0, 0), n = offset + flat element index
-//   uniform = lane 0 as int32, negatives mapped by ~x, times 4.6566127342e-10f
-//   normal  = Box-Muller's first output from the uniforms of lanes 0 and 1.
+//   counter = (lo32(c), hi32(c), 0, 0), c = n >> 2; lanes l0 l1 l2 l3
+//   uniform = lane n & 3 as int32, negatives mapped by ~x, times 4.6566127342e-10f
+//   normal  = Box-Muller of the lane pair (l0, l1) for n & 3 in {0, 1}, (l2, l3)
+//             for {2, 3}: r cos(theta) for even n, r sin(theta) for odd n.
+// One Philox call thus serves four values.
 // No torch header here: nvcc compiles this without PyTorch.
 #pragma once
 
@@ -18,9 +21,8 @@
 
 namespace fastgen {
 
-struct Philox2 {
-  uint32_t lane0;
-  uint32_t lane1;
+struct Philox4 {
+  uint32_t lane[4];
 };
 
 FASTGEN_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
@@ -31,10 +33,10 @@ FASTGEN_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
 #endif
 }
 
-// Lanes 0 and 1 of Philox4x32-10 at counter (lo32(n), hi32(n), 0, 0).
-FASTGEN_HD Philox2 philox_lanes01(uint64_t seed, uint64_t n) {
-  uint32_t c0 = static_cast<uint32_t>(n);
-  uint32_t c1 = static_cast<uint32_t>(n >> 32);
+// Philox4x32-10 at counter (lo32(c), hi32(c), 0, 0).
+FASTGEN_HD Philox4 philox4x32(uint64_t seed, uint64_t c) {
+  uint32_t c0 = static_cast<uint32_t>(c);
+  uint32_t c1 = static_cast<uint32_t>(c >> 32);
   uint32_t c2 = 0u;
   uint32_t c3 = 0u;
   uint32_t k0 = static_cast<uint32_t>(seed);
@@ -56,7 +58,7 @@ FASTGEN_HD Philox2 philox_lanes01(uint64_t seed, uint64_t n) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return Philox2{c0, c1};
+  return Philox4{{c0, c1, c2, c3}};
 }
 
 // Uniform in [0, 1) from one 32-bit lane, as triton.language.rand maps it.
@@ -96,17 +98,22 @@ FASTGEN_HD void resolve_rng(const RngArgs& rng, uint64_t* seed, uint64_t* offset
 
 namespace fastgen {
 
+// Constant lane indices under selects, so CUDA keeps the lanes in registers.
 FASTGEN_HD float uniform_at(uint64_t seed, uint64_t n) {
-  return uint_to_uniform(philox_lanes01(seed, n).lane0);
+  const Philox4 p = philox4x32(seed, n >> 2);
+  const uint32_t even = (n & 2) ? p.lane[2] : p.lane[0];
+  const uint32_t odd = (n & 2) ? p.lane[3] : p.lane[1];
+  return uint_to_uniform((n & 1) ? odd : even);
 }
 
-// Box-Muller with the platform's float log/cos (libm on the host, libdevice on CUDA).
+// Box-Muller with the platform's float log/cos/sin (libm on the host, libdevice on CUDA).
 FASTGEN_HD float normal_at(uint64_t seed, uint64_t n) {
-  const Philox2 lanes = philox_lanes01(seed, n);
-  float u1 = uint_to_uniform(lanes.lane0);
-  const float u2 = uint_to_uniform(lanes.lane1);
+  const Philox4 p = philox4x32(seed, n >> 2);
+  float u1 = uint_to_uniform((n & 2) ? p.lane[2] : p.lane[0]);
+  const float u2 = uint_to_uniform((n & 2) ? p.lane[3] : p.lane[1]);
   u1 = u1 < kMinUniform ? kMinUniform : u1;
-  return sqrtf(-2.0f * logf(u1)) * cosf(kTwoPi * u2);
+  const float theta = kTwoPi * u2;
+  return sqrtf(-2.0f * logf(u1)) * ((n & 1) ? sinf(theta) : cosf(theta));
 }
 
 }  // namespace fastgen

@@ -12,8 +12,8 @@ __global__ void philox_fill_kernel(float* __restrict__ out,  // (n,)
   resolve_rng(rng, &seed, &offset);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint64_t counter = offset + static_cast<uint64_t>(i);
-    out[i] = normal ? normal_at(seed, counter) : uniform_at(seed, counter);
+    const uint64_t n = offset + static_cast<uint64_t>(i);
+    out[i] = normal ? normal_at(seed, n) : uniform_at(seed, n);
   }
 }
 

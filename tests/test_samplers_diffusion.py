@@ -3,7 +3,7 @@
 
 Thresholds from the null: MMD^2 between two independent exact sets of N samples
 over 8 seed pairs; a sampler passes below 3x the largest. Mode weights from
-8000 samples within 0.02 of the truth (over 4 standard errors). Seeds fixed."""
+8000 samples within 0.02 of the truth (3.6 standard errors at weight 0.4, more below). Seeds fixed."""
 
 import pytest
 import torch
@@ -54,8 +54,9 @@ def test_sampler_matches_the_target(targets, target_name, sampler, process, step
     extra = dict(extra)
     if sampler == "pc" and target_name == "8gaussians":
         # In 2-D the per-sample norms of the corrector fluctuate and make its step depend on position,
-        # which biases it (more with larger snr); 0.04 keeps that below the noise floor.
-        extra["snr"] = 0.04
+        # which biases it, growing with snr: over 8 seeds MMD^2 was 0.7-1.2x this test's threshold at
+        # snr 0.04 and at most 0.6x at 0.02 (16-D passes at the default 0.16).
+        extra["snr"] = 0.02
     where = dict(schedule=process) if isinstance(process, DDPMSchedule) else dict(sde=process)
     where.update(extra)
     x = sample(target.model(process, prediction), (WEIGHT_SAMPLES, target.dim), sampler=sampler, steps=steps,

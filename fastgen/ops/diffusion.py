@@ -200,8 +200,8 @@ def diffusion_step_(
     ``clip_eps`` is False (diffusers' DDIM with use_clipped_model_output=False).
 
     Noise: ``noise`` if given; else with ``sample_seeds`` sample b draws key sample_seeds[b]
-    at counters ``sample_offset + j`` for its element j (so a sample's noise does not depend
-    on the batch); else element i draws counter ``offset + i``. Returns x.
+    at stream positions ``sample_offset + j`` for its element j (so a sample's noise does not depend
+    on the batch); else element i draws position ``offset + i``. Returns x.
     """
     check_state(x)
     check_like(model_out, "model_out", x)

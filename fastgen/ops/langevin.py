@@ -1,7 +1,7 @@
 """Functional Langevin ops: validate once, pick the backend, call the fused op.
 
 Chains lie along dim 0 of the state ``x`` (shape ``(B, ...)``); a call draws
-its noise at Philox counters ``offset .. offset + n - 1`` (``n`` = elements,
+its noise at stream positions ``offset .. offset + n - 1`` (``n`` = elements,
 or chains for ``mala_accept_``), so results depend only on (seed, offset).
 """
 
@@ -28,12 +28,12 @@ def ula_step_(
 ) -> torch.Tensor:
     """One unadjusted Langevin step, in place:
 
-        x <- clamp(x + h_b c_b s + sqrt(2 h_b) xi),   xi ~ N(0, I) at counters offset + i,
+        x <- clamp(x + h_b c_b s + sqrt(2 h_b) xi),   xi ~ N(0, I) at positions offset + i,
 
     with h_b the step size of chain b and c_b = min(1, grad_clip / (|s_b| + 1e-6))
     when ``grad_clip`` is given (else 1). ``x`` may be float32, float16 or
     bfloat16; ``score`` has x's dtype or float32; arithmetic is float32.
-    Reserves ``x.numel()`` counters. Returns ``x``.
+    Reserves ``x.numel()`` positions. Returns ``x``.
     """
     check_state(x)
     check_like(score, "score", x, dtypes=(x.dtype, torch.float32))
@@ -54,7 +54,7 @@ def mala_propose(
 ) -> torch.Tensor:
     """MALA proposal y = x + h_b grad log p(x) + sqrt(2 h_b) xi (a new tensor).
 
-    Reserves ``x.numel()`` counters.
+    Reserves ``x.numel()`` positions.
     """
     check_state(x)
     check_like(grad_log_prob, "grad_log_prob", x)
@@ -80,8 +80,8 @@ def mala_accept_(
 
         log alpha_b = log p(y) - log p(x) + (|y - x - h g(x)|^2 - |x - y - h g(y)|^2) / (4h),
 
-    accepted where u_b < min(1, alpha_b), u_b the uniform at counter offset + b;
-    accepted chains take y, log p(y) and grad log p(y). Reserves B counters.
+    accepted where u_b < min(1, alpha_b), u_b the uniform at position offset + b;
+    accepted chains take y, log p(y) and grad log p(y). Reserves B positions (round up with fastgen.rng.reserve after normals).
     Returns the (B,) bool accept mask, or (mask, min(1, alpha)) with ``return_prob``.
     """
     check_state(x)
@@ -116,8 +116,8 @@ def gmm_langevin_(
 
         x <- x + h_b score(x) + sqrt(2 h_b) xi_t,   score(x) = sum_k r_k(x) (mu_k - x) / sigma_k^2,
 
-    step t drawing counters ``offset + t * x.numel() + i`` (so it equals n_steps
-    ula_step_ calls with the exact score). Reserves ``n_steps * x.numel()`` counters.
+    step t drawing positions ``offset + t * x.numel() + i`` (so it equals n_steps
+    ula_step_ calls with the exact score). Reserves ``n_steps * x.numel()`` positions.
     """
     check_state(x)
     means, inv_vars, log_coef = gmm.kernel_params(x.device)

@@ -16,8 +16,8 @@ x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip
 
 terms with a zero coefficient dropped (so an unset x may enter with c_x = 0). aux_store 1 keeps x0 in aux, 2 keeps the
 increment x_new - x. xi is ``noise`` if given; else with ``sample_seeds`` sample b
-draws key sample_seeds[b] at counters sample_offset + j (j its element index);
-else element i draws counter offset + i.
+draws key sample_seeds[b] at positions sample_offset + j (j its element index);
+else element i draws position offset + i.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Plain-PyTorch specification of the Langevin-family ops (same arguments as the
 registered ops). Arithmetic is float32 (float64 for per-chain sums); the state
 keeps its dtype. Chain b owns the b-th slice along dim 0; element i of a call
-draws its noise at Philox counter offset + i.
+draws its noise at stream position offset + i.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def mala_accept_(x, log_prob, grad_log_prob, y, log_prob_y, grad_log_prob_y, ste
     """Metropolis-Hastings correction per chain b:
 
     log alpha = log p(y) - log p(x) + (|y - x - h g(x)|^2 - |x - y - h g(y)|^2) / (4h),
-    accept when u_b < min(1, alpha) with u_b the uniform at counter offset + b;
+    accept when u_b < min(1, alpha) with u_b the uniform at position offset + b;
     where accepted, x, log_prob and grad_log_prob take y's values.
     Returns (accepted, min(1, alpha)).
     """
@@ -94,7 +94,7 @@ def gmm_score(x: torch.Tensor, means: torch.Tensor, inv_vars: torch.Tensor, log_
 
 
 def gmm_langevin_(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state):
-    """n_steps ULA steps with the mixture's exact score; step t draws counters offset + t * numel + i."""
+    """n_steps ULA steps with the mixture's exact score; step t draws positions offset + t * numel + i."""
     for step in range(n_steps):
         score = gmm_score(x, means, inv_vars, log_coef)
         ula_step_(x, score, step_size, step_sizes, seed, offset + step * x.numel(), rng_state, None, None, None)

@@ -1,10 +1,14 @@
 """Philox4x32-10 in plain torch integer ops: the specification of fastgen's noise.
 
-Key ``(lo32(seed), hi32(seed))``, counter ``(lo32(n), hi32(n), 0, 0)`` with
-``n = offset + i`` for flat element ``i``. A uniform is lane 0 mapped as
-``triton.language.rand`` does; a normal is Box-Muller's first output from
-lanes 0 and 1, as ``triton.language.randn`` does. Values are held in int64
-tensors, so 32-bit products are formed from 16-bit halves.
+Flat element ``i`` of a call takes stream position ``n = offset + i``, and
+value ``n`` is element ``n % 4`` of ``triton.language.rand4x`` /
+``randn4x`` at counter ``n // 4``: key ``(lo32(seed), hi32(seed))``, counter
+``(lo32(n // 4), hi32(n // 4), 0, 0)``, lanes ``l0..l3``. A uniform is lane
+``n % 4`` mapped as ``triton.language.rand`` does; a normal is Box-Muller of
+the lane pair ``(l0, l1)`` (for ``n % 4`` in 0, 1) or ``(l2, l3)`` (2, 3):
+``r cos(theta)`` at even ``n``, ``r sin(theta)`` at odd ``n``. So one Philox
+call serves four values. Values are held in int64 tensors, so 32-bit products
+are formed from 16-bit halves.
 """
 
 from __future__ import annotations
@@ -36,19 +40,19 @@ def _seed_words(seed):
 
 
 def counters(numel: int, offset, device, rng_state: torch.Tensor | None = None):
-    """(seed override or None, int64 counters offset + i), honouring a device rng_state."""
+    """(seed override or None, int64 stream positions offset + i), honouring a device rng_state."""
     idx = torch.arange(numel, dtype=torch.int64, device=device)
     if rng_state is not None:
         return rng_state[0], idx + (rng_state[1] + offset)
     return None, idx + offset
 
 
-def philox_lanes01(seed, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lanes 0 and 1 of Philox4x32-10 at counters n (int64 tensor), as int64 in [0, 2^32)."""
-    c0 = n & _MASK32
-    c1 = (n >> 32) & _MASK32
-    c2 = torch.zeros_like(n)
-    c3 = torch.zeros_like(n)
+def philox4x32(seed, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four lanes of Philox4x32-10 at counters c (int64 tensor), as int64 in [0, 2^32)."""
+    c0 = c & _MASK32
+    c1 = (c >> 32) & _MASK32
+    c2 = torch.zeros_like(c)
+    c3 = torch.zeros_like(c)
     k0, k1 = _seed_words(seed)
     for _ in range(10):
         hi0, lo0 = _mulhilo(_ROUND_A, c0)
@@ -56,7 +60,7 @@ def philox_lanes01(seed, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c0, c1, c2, c3 = hi2 ^ c1 ^ k0, lo2, hi0 ^ c3 ^ k1, lo0
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
-    return c0, c1
+    return c0, c1, c2, c3
 
 
 def uint_to_uniform(lane: torch.Tensor) -> torch.Tensor:
@@ -67,19 +71,24 @@ def uint_to_uniform(lane: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_at(seed, n: torch.Tensor) -> torch.Tensor:
-    lane0, _ = philox_lanes01(seed, n)
-    return uint_to_uniform(lane0)
+    """Uniforms at stream positions n: lane n % 4 of counter n // 4."""
+    l0, l1, l2, l3 = philox4x32(seed, n >> 2)
+    j = n & 3
+    return uint_to_uniform(torch.where(j == 0, l0, torch.where(j == 1, l1, torch.where(j == 2, l2, l3))))
 
 
 def normal_at(seed, n: torch.Tensor) -> torch.Tensor:
-    lane0, lane1 = philox_lanes01(seed, n)
-    u1 = uint_to_uniform(lane0).clamp_min(1.0e-7)
-    theta = uint_to_uniform(lane1) * _TWO_PI
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)
+    """Normals at stream positions n: Box-Muller of counter n // 4's lane pair (n % 4) // 2."""
+    l0, l1, l2, l3 = philox4x32(seed, n >> 2)
+    upper = (n & 2) != 0
+    u1 = uint_to_uniform(torch.where(upper, l2, l0)).clamp_min(1.0e-7)
+    theta = uint_to_uniform(torch.where(upper, l3, l1)) * _TWO_PI
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    return r * torch.where((n & 1) != 0, torch.sin(theta), torch.cos(theta))
 
 
 def philox_fill_(out: torch.Tensor, seed: int, offset: int, rng_state: torch.Tensor | None, normal: bool):
-    """out[i] <- uniform (or normal) at counter offset + i."""
+    """out[i] <- uniform (or normal) at stream position offset + i."""
     state_seed, n = counters(out.numel(), offset, out.device, rng_state)
     key = seed if state_seed is None else state_seed
     values = normal_at(key, n) if normal else uniform_at(key, n)

@@ -35,7 +35,7 @@ class Stage:
     kind: str = "step"  # "step" or "correct"
     aux_store: str | None = None
     uses_aux: bool = False
-    noise: bool = True  # whether the stage draws noise (reserves counters)
+    noise: bool = True  # whether the stage draws noise (reserves stream positions)
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import torch
 
 from ..ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
 from ..ops._common import check_state
-from ..rng import resolve_seed
+from ..rng import reserve, resolve_seed
 from ..targets import GaussianMixture
 
 
@@ -213,10 +213,10 @@ def mala(
     offset = 0
     for t in range(adapt_steps + n_steps):
         y = mala_propose(x, grad, h, seed, offset)
-        offset += numel
+        offset += reserve(numel)
         log_p_y, grad_y = evaluate(y)
         accepted, prob = mala_accept_(x, log_p, grad, y, log_p_y, grad_y, h, seed, offset, return_prob=True)
-        offset += chains
+        offset += reserve(chains)
         if t < adapt_steps:
             m = t + 1
             running.mul_(1.0 - 1.0 / (m + 10.0)).add_((target_accept - prob) / (m + 10.0))

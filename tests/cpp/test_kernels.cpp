@@ -23,11 +23,13 @@ static int failures = 0;
 int main() {
   using namespace fastgen;
   // Random123 known answer: Philox4x32-10, key (0, 0), counter 0.
-  const Philox2 zero = philox_lanes01(0, 0);
-  EXPECT(zero.lane0 == 0x6627E8D5u && zero.lane1 == 0xE169C58Du, "KAT lanes %08x %08x", zero.lane0, zero.lane1);
+  const Philox4 zero = philox4x32(0, 0);
+  const uint32_t kat[4] = {0x6627E8D5u, 0xE169C58Du, 0xBC57AC4Cu, 0x9B00DBD8u};
+  for (int j = 0; j < 4; ++j) EXPECT(zero.lane[j] == kat[j], "KAT lane %d: %08x", j, zero.lane[j]);
 
-  // Vectorized uniforms and normals against the scalar definitions, across a 2^32 counter boundary.
-  const uint64_t seed = (1ull << 40) + 3, first = (1ull << 32) - 37;
+  // Vectorized uniforms and normals against the scalar definitions, from a position inside a counter's
+  // four values and across the 2^32 counter boundary (position 2^34).
+  const uint64_t seed = (1ull << 40) + 3, first = (1ull << 34) - 37;
   const int64_t n = 5000;
   std::vector<float> u(n), z(n);
   cpu::fill_uniforms(seed, first, n, u.data());
