@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -111,12 +112,11 @@ struct Conversion {
   float eps;
 };
 
-// (x0, eps) of one element, as convert() in kernels/diffusion.cu (returned by value, so loops vectorize;
-// divisions by alpha and sigma are multiplications by their reciprocals, computed once per row).
+// (x0, eps) of one element before clipping, as convert() in kernels/diffusion.cu, from xm = k x
+// (returned by value, so loops vectorize; divisions by alpha and sigma are multiplications by
+// their reciprocals, computed once per row).
 template <int P>
-inline Conversion convert(float out, float x, float alpha, float sigma, float k, float inv_alpha, float inv_sigma,
-                          float clip, bool clip_eps) {
-  const float xm = k * x;
+inline Conversion convert(float out, float xm, float alpha, float sigma, float inv_alpha, float inv_sigma) {
   Conversion r;
   if (P == kEps) {
     r.eps = out;
@@ -131,25 +131,49 @@ inline Conversion convert(float out, float x, float alpha, float sigma, float k,
     r.eps = -sigma * out;
     r.x0 = (xm + sigma * sigma * out) * inv_alpha;
   }
-  const float clipped = std::min(std::max(r.x0, -clip), clip);
-  const float eps_clipped = (xm - alpha * clipped) * inv_sigma;
-  r.eps = clip > 0.0f && clip_eps ? eps_clipped : r.eps;
-  r.x0 = clip > 0.0f ? clipped : r.x0;
   return r;
 }
 
-inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
+// c * v, or exactly 0 where c == 0 (an infinite x0 with c_x0 == 0 adds nothing): a bit mask made
+// once per row, since GCC does not vectorize a select on a loop-invariant condition.
+inline uint32_t term_mask(float c) { return c != 0.0f ? 0xFFFFFFFFu : 0u; }
+inline float term(float c, float v, uint32_t mask) { return cpu::bits_to_float(cpu::float_to_bits(c * v) & mask); }
 
-template <int P>
-inline void step_floats(const float* x, const float* out, const float* noise, const float* aux, const float* row,
-                        float clip, bool clip_eps, int64_t n, float* next, float* x0_out) {
+// clip = +inf clips nothing (NaN stays NaN); ClipEps recomputes eps from the clipped x0.
+// Inlined always, so the AVX2 clone of step_block vectorizes this loop with 32-byte vectors.
+template <int P, bool ClipEps>
+__attribute__((always_inline)) inline void step_floats(const float* x, const float* out, const float* noise,
+                                                       const float* aux, const float* row, float clip, int64_t n,
+                                                       float* next, float* x0_out) {
   // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
   const float alpha = row[0], sigma = row[1], k = row[2], c_x = row[3], c_x0 = row[4], c_eps = row[5],
               c_aux = row[6], c_noise = row[7], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+  const uint32_t m_x = term_mask(c_x), m_x0 = term_mask(c_x0), m_eps = term_mask(c_eps), m_aux = term_mask(c_aux),
+                 m_noise = term_mask(c_noise);
   for (int64_t j = 0; j < n; ++j) {
-    const Conversion r = convert<P>(out[j], x[j], alpha, sigma, k, inv_alpha, inv_sigma, clip, clip_eps);
-    next[j] = term(c_x, x[j]) + term(c_x0, r.x0) + term(c_eps, r.eps) + term(c_aux, aux[j]) + term(c_noise, noise[j]);
-    x0_out[j] = r.x0;
+    const float xm = k * x[j];
+    const Conversion r = convert<P>(out[j], xm, alpha, sigma, inv_alpha, inv_sigma);
+    const float x0 = std::min(std::max(r.x0, -clip), clip);
+    const float eps = ClipEps ? (xm - alpha * x0) * inv_sigma : r.eps;
+    next[j] = term(c_x, x[j], m_x) + term(c_x0, x0, m_x0) + term(c_eps, eps, m_eps) + term(c_aux, aux[j], m_aux) +
+              term(c_noise, noise[j], m_noise);
+    x0_out[j] = x0;
+  }
+}
+
+template <bool ClipEps>
+__attribute__((always_inline)) inline void step_prediction(int prediction, const float* x, const float* out,
+                                                           const float* noise, const float* aux, const float* c,
+                                                           float clip, int64_t n, float* next, float* x0) {
+  switch (prediction) {
+    case kEps:
+      return step_floats<kEps, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+    case kX0:
+      return step_floats<kX0, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+    case kV:
+      return step_floats<kV, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+    default:
+      return step_floats<kScore, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
   }
 }
 
@@ -158,19 +182,12 @@ __attribute__((target_clones("avx2", "default"))) void step_block(int prediction
                                                                   const float* noise, const float* aux, const float* c,
                                                                   float clip, bool clip_eps, int64_t n, float* next,
                                                                   float* x0) {
-  switch (prediction) {
-    case kEps:
-      return step_floats<kEps>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
-    case kX0:
-      return step_floats<kX0>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
-    case kV:
-      return step_floats<kV>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
-    default:
-      return step_floats<kScore>(x, out, noise, aux, c, clip, clip_eps, n, next, x0);
-  }
+  if (clip_eps) return step_prediction<true>(prediction, x, out, noise, aux, c, clip, n, next, x0);
+  step_prediction<false>(prediction, x, out, noise, aux, c, clip, n, next, x0);
 }
 
-// Noise for elements [first, first + n) of one sample (n <= kBlock), into buf.
+// Noise for flat elements [first, first + n) into buf: any range with the call's stream or explicit
+// noise, a range inside sample `sample` with per-sample seeds.
 struct NoiseSource {
   const float* explicit_noise;
   const int64_t* sample_seeds;
@@ -234,7 +251,8 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
   const bool shared_row = v.index == nullptr ? v.coef_rows == 1 : v.index_size == 1;
-  const float clip_value = clip.has_value() ? static_cast<float>(*clip) : 0.0f;
+  const float clip_value = clip.has_value() ? static_cast<float>(*clip) : std::numeric_limits<float>::infinity();
+  const bool clip_eps_on = clip.has_value() && clip_eps;
   float* aux_ptr = aux.has_value() ? aux->data_ptr<float>() : nullptr;
   const int64_t size = v.sample_size;
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -288,7 +306,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
           const int64_t b = (i + j) / size;
           const int64_t stop = shared_row ? n : std::min(n, (b + 1) * size - i);
           step_block(static_cast<int>(prediction), x_in + j, out_in + j, noise_buf + j, aux_in + j, v.row(b),
-                     clip_value, clip_eps, stop - j, next_out + j, x0_out + j);
+                     clip_value, clip_eps_on, stop - j, next_out + j, x0_out + j);
           j = stop;
         }
         if (aux_store == 2) {
@@ -329,28 +347,43 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
     using T = decltype(tag);
     T* xp = x.data_ptr<T>();
     const T* op = model_out.data_ptr<T>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> score(size), noise(size);
-      for (int64_t b = begin; b < end; ++b) {
-        const float* c = v.row(b);
-        const int64_t first = b * size;
-        for (int64_t j0 = 0; j0 < size; j0 += cpu::kBlock) {
-          src.fill(b, first + j0, std::min(cpu::kBlock, size - j0), noise.data() + j0);
+    // Samples in groups of about kGroup elements: small samples (2-D points) draw their noise in one
+    // call per group rather than one per sample.
+    constexpr int64_t kGroup = 4 * cpu::kBlock;
+    const int64_t per_group = std::max<int64_t>(1, kGroup / size);
+    at::parallel_for(0, batch, per_group, [&](int64_t begin, int64_t end) {
+      std::vector<float> score, noise;
+      for (int64_t g0 = begin; g0 < end; g0 += per_group) {
+        const int64_t g1 = std::min(end, g0 + per_group);
+        noise.resize((g1 - g0) * size);
+        score.resize((g1 - g0) * size);
+        if (src.sample_seeds == nullptr) {
+          src.fill(g0, g0 * size, (g1 - g0) * size, noise.data());  // the stream is contiguous in the element index
+        } else {
+          for (int64_t b = g0; b < g1; ++b) src.fill(b, b * size, size, noise.data() + (b - g0) * size);
         }
-        double score_sq = 0.0, noise_sq = 0.0;
-        for (int64_t j = 0; j < size; ++j) {
-          const Conversion r = convert<decltype(p)::value>(static_cast<float>(op[first + j]),
-                                                           static_cast<float>(xp[first + j]), c[0], c[1], c[2],
-                                                           1.0f / c[0], 1.0f / c[1], 0.0f, false);
-          score[j] = -r.eps / c[1];
-          score_sq += static_cast<double>(score[j]) * score[j];
-          noise_sq += static_cast<double>(noise[j]) * noise[j];
-        }
-        const double ratio = snr * std::sqrt(noise_sq) / std::sqrt(score_sq);
-        const float step = static_cast<float>(std::min(2.0 * c[3] * ratio * ratio, static_cast<double>(c[1]) * c[1]));
-        const float noise_scale = std::sqrt(2.0f * step);
-        for (int64_t j = 0; j < size; ++j) {
-          xp[first + j] = static_cast<T>(static_cast<float>(xp[first + j]) + step * score[j] + noise_scale * noise[j]);
+        for (int64_t b = g0; b < g1; ++b) {
+          const float* c = v.row(b);
+          const float alpha = c[0], sigma = c[1], k = c[2], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+          const int64_t first = b * size;
+          float* sc = score.data() + (b - g0) * size;
+          const float* nz = noise.data() + (b - g0) * size;
+          double score_sq = 0.0, noise_sq = 0.0;
+          for (int64_t j = 0; j < size; ++j) {
+            const Conversion r = convert<decltype(p)::value>(static_cast<float>(op[first + j]),
+                                                             k * static_cast<float>(xp[first + j]), alpha, sigma,
+                                                             inv_alpha, inv_sigma);
+            sc[j] = -r.eps / sigma;
+            score_sq += static_cast<double>(sc[j]) * sc[j];
+            noise_sq += static_cast<double>(nz[j]) * nz[j];
+          }
+          const double ratio = snr * std::sqrt(noise_sq) / std::sqrt(score_sq);
+          const float step =
+              static_cast<float>(std::min(2.0 * c[3] * ratio * ratio, static_cast<double>(sigma) * sigma));
+          const float noise_scale = std::sqrt(2.0f * step);
+          for (int64_t j = 0; j < size; ++j) {
+            xp[first + j] = static_cast<T>(static_cast<float>(xp[first + j]) + step * sc[j] + noise_scale * nz[j]);
+          }
         }
       }
     });
