@@ -127,7 +127,7 @@ def test_unwritable_destination_and_bad_arguments(tmp_path):
     assert result.returncode == 1 and "--shape is needed" in result.stderr
 
 
-def test_torchscript_and_module_sources(tmp_path):
+def test_torchscript_export_and_module_sources(tmp_path):
     class Net(torch.nn.Module):
         def forward(self, x, t):
             return 0.5 * x
@@ -135,9 +135,14 @@ def test_torchscript_and_module_sources(tmp_path):
     path = tmp_path / "net.pt"
     torch.jit.script(Net()).save(str(path))
     a = generate(str(path), 40, str(tmp_path / "ts"), shape=(3, 2), steps=5, quiet=True)
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(Net(), (torch.randn(4, 3, 2), torch.rand(4)),
+                                   dynamic_shapes={"x": {0: batch}, "t": {0: batch}})
+    torch.export.save(exported, str(tmp_path / "net.pt2"))
+    generate(str(tmp_path / "net.pt2"), 40, str(tmp_path / "ep"), shape=(3, 2), steps=5, chunk_size=16, quiet=True)
     generate("gen_models:shrink", 40, str(tmp_path / "mod"), shape=(3, 2), steps=5, quiet=True)  # tests/ is on sys.path
     assert a["settings"]["shape"] == [3, 2]
-    assert shard_bytes(tmp_path / "ts") == shard_bytes(tmp_path / "mod")
+    assert shard_bytes(tmp_path / "ts") == shard_bytes(tmp_path / "mod") == shard_bytes(tmp_path / "ep")
 
 
 def peak_rss_kb(n: int, out: Path) -> int:
