@@ -24,7 +24,7 @@ namespace fastgen {
 namespace cpu {
 namespace {
 
-// Philox counters per block: 4 values each, lanes kept on the stack (16 KiB).
+// Philox counters per block: 4 values each; lanes and values kept on the stack (4 KiB each).
 constexpr int64_t kCounterBlock = 256;
 
 struct Lanes {

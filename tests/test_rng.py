@@ -5,7 +5,7 @@ import torch
 
 import fastgen
 from fastgen.reference import rng as ref
-from fastgen.rng import RNGState, resolve_seed
+from fastgen.rng import RNGState, reserve, resolve_seed
 
 from conftest import run_on
 
@@ -70,6 +70,14 @@ def test_device_state_matches_explicit_and_advances(device_backend):
     run_on(backend, fastgen.ops.philox_fill_, b, rng.state, 5, normal=True)
     assert torch.equal(b, run_on(backend, fastgen.ops.normal, 64, 77, 1069, device=device))
     assert not torch.equal(a, b)
+
+
+def test_reserve_starts_the_next_call_on_a_fresh_counter():
+    assert [reserve(n) for n in (0, 1, 3, 4, 5, 8, 1001)] == [0, 4, 4, 4, 8, 8, 1004]
+    # Normals at positions 0..4 read counters 0 and 1; uniforms after reserve(5) start at counter 2.
+    lanes = ref.philox4x32(3, torch.tensor([2]))
+    first_uniform = fastgen.ops.uniform(1, 3, reserve(5))
+    assert torch.equal(first_uniform, ref.uint_to_uniform(lanes[0]))
 
 
 def test_resolve_seed():
