@@ -19,7 +19,9 @@ build: $(DEPS)
 	MAX_JOBS=$(JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
 test: build
-	mkdir -p build && cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" >build/cmake.log
+	mkdir -p build && $(BIN)/python -m fastgen.ops >build/schemas.txt
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	      -DFASTGEN_SCHEMAS="$(CURDIR)/build/schemas.txt" >build/cmake.log
 	cmake --build build/cmake -j $(JOBS) >>build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
 	$(BIN)/python -m pytest -q tests

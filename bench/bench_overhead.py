@@ -130,7 +130,7 @@ def compare(trees: dict, device: str, rounds: int) -> list[dict]:
 
 def run(device: str, out: str, max_log2: int) -> str:
     """The suite entry point: every case in this tree (interleaved rounds, medians)."""
-    from bench.common import environment, markdown_table, time_interleaved_us, write_report
+    from .common import environment, markdown_table, time_interleaved_us, write_report
 
     table = cases(device)
     per_fn = time_interleaved_us({n: fn for n, (fn, _) in table.items()}, device, min_run_time=0.3)
@@ -153,7 +153,7 @@ def main() -> None:
         rows = compare({"before": os.path.abspath(args.compare), "after": here}, args.device, args.rounds)
     else:
         rows = compare({"this tree": here}, args.device, args.rounds)
-    from bench.common import markdown_table
+    from .common import markdown_table
 
     print(markdown_table(rows, [(k, k) for k in rows[0]]))
 

@@ -3,6 +3,8 @@
 
 #include <torch/types.h>
 
+#include "../kernels/constants.h"
+
 #define FASTGEN_CHECK(cond, ...) TORCH_CHECK(cond, "fastgen: ", __VA_ARGS__)
 
 #define CHECK_DEVICE(t, ref)                                                                            \

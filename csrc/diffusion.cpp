@@ -27,8 +27,6 @@ namespace {
 using torch::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
-constexpr int kRow = 8;  // [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]
-enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
 
 struct StepInputs {
   const Tensor& x;
@@ -61,7 +59,7 @@ void check_step(const StepInputs& in) {
   FASTGEN_CHECK(in.model_out.scalar_type() == x.scalar_type(), "model_out must have the dtype of x (", x.scalar_type(),
                 "), got ", in.model_out.scalar_type());
   FASTGEN_CHECK(in.coef.device() == x.device() && in.coef.scalar_type() == torch::kFloat32 && in.coef.is_contiguous() &&
-                    in.coef.dim() == 2 && in.coef.size(1) == kRow && in.coef.size(0) >= 1,
+                    in.coef.dim() == 2 && in.coef.size(1) == kCoefWidth && in.coef.size(0) >= 1,
                 "coef must be contiguous float32 of shape (rows, 8) on the device of x, got ", in.coef.scalar_type(), " ",
                 in.coef.sizes(), " on ", in.coef.device());
   if (in.index.has_value()) {
@@ -103,7 +101,7 @@ struct View {
   const float* row(int64_t sample) const {
     int64_t r = coef_rows == 1 ? 0 : sample;
     if (index != nullptr) r = index[index_size == 1 ? 0 : sample];
-    return coef + r * kRow;
+    return coef + r * kCoefWidth;
   }
 };
 
@@ -146,8 +144,8 @@ __attribute__((always_inline)) inline void step_floats(const float* x, const flo
                                                        const float* aux, const float* row, float clip, int64_t n,
                                                        float* next, float* x0_out) {
   // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
-  const float alpha = row[0], sigma = row[1], k = row[2], c_x = row[3], c_x0 = row[4], c_eps = row[5],
-              c_aux = row[6], c_noise = row[7], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+  const float alpha = row[kAlpha], sigma = row[kSigma], k = row[kK], c_x = row[kCX], c_x0 = row[kCX0],
+              c_eps = row[kCEps], c_aux = row[kCAux], c_noise = row[kCNoise], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
   const uint32_t m_x = term_mask(c_x), m_x0 = term_mask(c_x0), m_eps = term_mask(c_eps), m_aux = term_mask(c_aux),
                  m_noise = term_mask(c_noise);
   for (int64_t j = 0; j < n; ++j) {
@@ -266,7 +264,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         const int64_t n = std::min(cpu::kBlock, end - i);
         const int64_t first_sample = i / size, last_sample = (i + n - 1) / size;
         bool noisy = false;
-        for (int64_t b = first_sample; b <= last_sample && !noisy; ++b) noisy = v.row(b)[7] != 0.0f;
+        for (int64_t b = first_sample; b <= last_sample && !noisy; ++b) noisy = v.row(b)[kCNoise] != 0.0f;
         if (!noisy) {
           std::fill(noise_buf, noise_buf + n, 0.0f);
         } else if (src.sample_seeds == nullptr) {
@@ -299,9 +297,9 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         }
         float* next_out = next;
         if constexpr (direct) {
-          if (aux_store != 2) next_out = reinterpret_cast<float*>(xp + i);
+          if (aux_store != kAuxIncrement) next_out = reinterpret_cast<float*>(xp + i);
         }
-        float* x0_out = aux_store == 1 ? aux_ptr + i : x0;
+        float* x0_out = aux_store == kAuxX0 ? aux_ptr + i : x0;
         for (int64_t j = 0; j < n;) {  // one call per row: the whole block when the row is shared
           const int64_t b = (i + j) / size;
           const int64_t stop = shared_row ? n : std::min(n, (b + 1) * size - i);
@@ -309,10 +307,10 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
                      clip_value, clip_eps_on, stop - j, next_out + j, x0_out + j);
           j = stop;
         }
-        if (aux_store == 2) {
+        if (aux_store == kAuxIncrement) {
           for (int64_t j = 0; j < n; ++j) aux_ptr[i + j] = next[j] - x_in[j];
         }
-        if (!direct || aux_store == 2) {
+        if (!direct || aux_store == kAuxIncrement) {
           for (int64_t j = 0; j < n; ++j) xp[i + j] = static_cast<T>(next[j]);
         }
       }
@@ -364,7 +362,7 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
         }
         for (int64_t b = g0; b < g1; ++b) {
           const float* c = v.row(b);
-          const float alpha = c[0], sigma = c[1], k = c[2], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+          const float alpha = c[kAlpha], sigma = c[kSigma], k = c[kK], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
           const int64_t first = b * size;
           float* sc = score.data() + (b - g0) * size;
           const float* nz = noise.data() + (b - g0) * size;
@@ -379,7 +377,7 @@ void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef,
           }
           const double ratio = snr * std::sqrt(noise_sq) / std::sqrt(score_sq);
           const float step =
-              static_cast<float>(std::min(2.0 * c[3] * ratio * ratio, static_cast<double>(sigma) * sigma));
+              static_cast<float>(std::min(2.0 * c[kCX] * ratio * ratio, static_cast<double>(sigma) * sigma));
           const float noise_scale = std::sqrt(2.0f * step);
           for (int64_t j = 0; j < size; ++j) {
             xp[first + j] = static_cast<T>(static_cast<float>(xp[first + j]) + step * sc[j] + noise_scale * nz[j]);

@@ -25,9 +25,6 @@ namespace {
 using torch::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
-constexpr int64_t kMaxGmmDim = 64;
-constexpr int64_t kMaxGmmComponents = 64;
-
 int64_t chains_of(const Tensor& x) { return x.dim() == 0 ? 1 : x.size(0); }
 
 void check_rng(int64_t seed, int64_t offset) {
@@ -51,14 +48,16 @@ struct UlaOptions {
   c10::optional<double> grad_clip;
 };
 
-void check_ula(const Tensor& x, const Tensor& score, const UlaOptions& o) {
+// `name`: the score argument's name in the op (score, or grad_log_prob for mala_propose).
+void check_ula(const Tensor& x, const Tensor& score, const UlaOptions& o, const char* name = "score") {
   check_state_dtype(x, "x");
   CHECK_CONTIGUOUS(x);
   FASTGEN_CHECK(x.dim() >= 1, "x must have a leading chain dimension, got a 0-d tensor");
-  CHECK_DEVICE(score, x);
-  CHECK_SAME_SHAPE(score, x);
-  FASTGEN_CHECK(score.scalar_type() == x.scalar_type() || score.scalar_type() == torch::kFloat32,
-                "score must have the dtype of x (", x.scalar_type(), ") or float32, got ", score.scalar_type());
+  FASTGEN_CHECK(score.device() == x.device(), name, " must be on the device of x (", x.device(), "), got ",
+                score.device());
+  FASTGEN_CHECK(score.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", score.sizes());
+  FASTGEN_CHECK(score.scalar_type() == x.scalar_type() || score.scalar_type() == torch::kFloat32, name,
+                " must have the dtype of x (", x.scalar_type(), ") or float32, got ", score.scalar_type());
   check_step(o.step_size);
   check_rng(o.seed, o.offset);
   if (o.grad_clip.has_value()) {
@@ -176,7 +175,7 @@ void ula_step_cpu(Tensor x, const Tensor& score, double step_size, const OptTens
 void check_mala_propose(const Tensor& x, const Tensor& grad_log_prob, const UlaOptions& o) {
   FASTGEN_CHECK(grad_log_prob.scalar_type() == x.scalar_type(), "grad_log_prob must have the dtype of x (",
                 x.scalar_type(), "), got ", grad_log_prob.scalar_type());
-  check_ula(x, grad_log_prob, o);
+  check_ula(x, grad_log_prob, o, "grad_log_prob");
 }
 
 Tensor mala_propose_cpu(const Tensor& x, const Tensor& grad_log_prob, double step_size, const OptTensor& step_sizes,

@@ -14,7 +14,7 @@ from . import _ext  # noqa: F401, E402  (loads fastgen._C and the Triton kernels
 from . import k_sampling, metrics, ops, reference, rng, samplers, sde, targets, training
 from ._backend import backends, use_backend
 from .rng import RNGState
-from .samplers import annealed_langevin, langevin, mala, sample
+from .samplers import annealed_langevin, langevin, make_sampler, mala, sample
 from .sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE
 from .generation import generate  # noqa: E402
 
@@ -26,6 +26,7 @@ def build_info() -> dict:
 
 __all__ = [
     "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info", "generate",
-    "k_sampling", "langevin", "mala", "metrics", "ops", "reference", "rng", "sample", "samplers", "sde", "targets",
+    "k_sampling", "langevin", "make_sampler", "mala", "metrics", "ops", "reference", "rng", "sample", "samplers", "sde",
+    "targets",
     "training", "use_backend",
 ]

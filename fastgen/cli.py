@@ -1,7 +1,7 @@
 """The fastgen command line: generate, bench, info, sample.
 
     fastgen generate gmm8 -n 1000000 --out samples/       (also under torchrun, see the README)
-    fastgen bench [langevin|diffusion|all] [--device cpu|cuda] [--out DIR]
+    fastgen bench [SUITE|all] [--device cpu|cuda] [--out DIR]   (SUITE: a bench_<suite>.py of fastgen.bench)
     fastgen info
     fastgen sample gmm8 [--sampler dpmpp_2m] [--steps 50] [-n 20000] [--plot sample.png]
 """
@@ -106,21 +106,15 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "bench")):
-        print("fastgen bench: error: the benchmarks live in the source tree's bench/ folder, not found next to "
-              f"{root}", file=sys.stderr)
-        return 1
-    sys.path.insert(0, root)
-    from bench.__main__ import SUITES
-    from bench.plot import throughput_plot
+    from .bench import suites
+    from .bench.plot import throughput_plot
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("fastgen bench: error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 1
     max_log2 = 27 if device == "cuda" else 24
-    for name, run in SUITES.items():
+    for name, run in suites().items():
         if args.suite in (name, "all"):
             print(run(device, args.out, max_log2))
             path = throughput_plot(args.out, name, device)
@@ -130,6 +124,7 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .bench import suite_names
     from .samplers.diffusion import SAMPLERS
 
     p = argparse.ArgumentParser(prog="fastgen", description="fused samplers for generative models")
@@ -154,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="run bench/'s suites: markdown, JSON and a PNG plot")
-    b.add_argument("suite", nargs="?", default="all", choices=["langevin", "diffusion", "all"])
+    b.add_argument("suite", nargs="?", default="all", choices=suite_names() + ["all"])
     b.add_argument("--device", choices=["cpu", "cuda"], default=None)
     b.add_argument("--out", default="bench/out")
     b.set_defaults(func=cmd_bench)

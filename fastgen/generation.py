@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__, targets
-from .samplers.diffusion import SAMPLERS, sample
+from .samplers.diffusion import SAMPLERS, make_sampler
 from .sde import DDPMSchedule, VPSDE
 
 TARGETS = {"gmm8": targets.eight_gaussians, "rings": targets.rings, "grid": targets.grid}
@@ -220,6 +220,15 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
             todo.append((k, count))
     progress = _Progress(sum(c for _, c in todo), quiet or rank != 0)
     start = time.perf_counter()
+    samplers = {}  # one planned (on CUDA: captured) loop per chunk size, reused for every chunk of that size
+
+    def draw(lo: int, hi: int) -> torch.Tensor:
+        seeds = sample_seeds(seed, lo, hi)
+        if hi - lo not in samplers:
+            samplers[hi - lo] = make_sampler(src.model, (hi - lo,) + src.shape, sampler=sampler, steps=steps,
+                                             prediction=src.prediction, per_sample_seeds=seeds, device=device)
+        return samplers[hi - lo].draw(per_sample_seeds=seeds.to(device))
+
     for k, count in todo:
         first = k * shard_size
         parts = []
@@ -227,8 +236,7 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
             hi = min(first + count, lo + chunk_size)
             try:
                 with torch.no_grad():
-                    x = sample(src.model, (hi - lo,) + src.shape, sampler=sampler, steps=steps,
-                               prediction=src.prediction, per_sample_seeds=sample_seeds(seed, lo, hi), device=device)
+                    x = draw(lo, hi)
             except (ValueError, TypeError, RuntimeError) as err:
                 raise GenerateError(f"sampling {src.name!r} failed: {err}") from None
             parts.append(x.float().cpu().numpy())

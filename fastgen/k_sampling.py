@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from .constants import Coef
 from .ops import diffusion as ops
 from .rng import resolve_seed
 from .sde import get_sigmas_karras
@@ -46,7 +47,7 @@ class _Loop:
 
     def noise(self, sigma: float, sigma_next: float) -> dict:
         if self.noise_sampler is not None:
-            return dict(noise=self.noise_sampler(torch.tensor(sigma), torch.tensor(sigma_next)).float())
+            return dict(noise=self.noise_sampler(torch.tensor(sigma), torch.tensor(sigma_next)).float().contiguous())
         args = dict(seed=self.seed, offset=self.offset)
         self.offset += self.x.numel()
         return args
@@ -56,10 +57,6 @@ class _Loop:
             self.callback({"x": self.x, "i": i, "sigma": self.levels[i], "sigma_hat": sigma_hat, "denoised": denoised})
 
 
-def _coef(x, alpha, sigma, c_x, c_x0, c_eps, c_aux, c_noise):
-    return torch.tensor([[alpha, sigma, 1.0, c_x, c_x0, c_eps, c_aux, c_noise]], device=x.device)
-
-
 def _churn(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise) -> float:
     """Karras et al.'s stochastic churn: raise the noise level to sigma (1 + gamma) by adding noise."""
     sigma = loop.levels[i]
@@ -67,8 +64,7 @@ def _churn(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise) -> float:
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
         scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
-        ops.diffusion_step_(loop.x, loop.x, _coef(loop.x, 1.0, 1.0, 1.0, 0, 0, 0, scale),
-                            **loop.noise(sigma, sigma_hat))
+        ops.add_noise_(loop.x, ops.noise_row(scale, keep=1.0, device=loop.x.device), **loop.noise(sigma, sigma_hat))
     return sigma_hat
 
 
@@ -99,7 +95,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         row = ops.euler_ancestral_coefficients(sigma, sigma_next, eta, s_noise).to(loop.x.device)
         noise = loop.noise(sigma, sigma_next) if sigma_next > 0 else {}
         if sigma_next == 0:
-            row[:, 7] = 0.0
+            row[:, Coef.C_NOISE] = 0.0
         ops.diffusion_step_(loop.x, denoised, row, prediction="x0", **noise)
     return loop.x
 

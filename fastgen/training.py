@@ -8,6 +8,8 @@ from typing import Iterable
 
 import torch
 
+from .ops import ema_update_
+from .ops._common import STATE_DTYPES
 from .sde import SDE, DDPMSchedule
 
 
@@ -73,7 +75,16 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
+        groups: dict = {}  # the op takes one device and dtype per call
+        for shadow, p in zip(self.shadow, self.parameters):
+            pair = groups.setdefault((shadow.device, shadow.dtype), ([], []))
+            pair[0].append(shadow)
+            pair[1].append(p.detach())
+        for (_, dtype), (shadows, params) in groups.items():
+            if dtype in STATE_DTYPES:
+                ema_update_(shadows, params, decay)
+            else:  # float64 and others: not a fused dtype
+                torch._foreach_lerp_(shadows, params, 1.0 - decay)
         self.updates += 1
 
     @torch.no_grad()

@@ -1,6 +1,9 @@
-"""Triton twins of the CUDA kernels, registered as torch.library custom ops in
-the ``fastgen_triton`` namespace. Importing this package needs triton."""
+"""Triton twins of the CUDA kernels: every module here is a loop's ``kernels/<loop>.py``, imported
+(found, not listed) so that fastgen.ops' registry can register its functions in the
+``fastgen_triton`` namespace. Importing this package needs triton."""
 
-from . import diffusion, langevin, rng
+import importlib
+import pkgutil
 
-__all__ = ["diffusion", "langevin", "rng"]
+for _module in pkgutil.iter_modules(__path__):
+    globals()[_module.name] = importlib.import_module(f"{__name__}.{_module.name}")

@@ -14,13 +14,13 @@ struct Conversion {
 __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int64_t sample) {
   int64_t row = a.coef_rows == 1 ? 0 : sample;
   if (a.index != nullptr) row = a.index[a.index_size == 1 ? 0 : sample];
-  return a.coef + row * 8;
+  return a.coef + row * kCoefWidth;
 }
 
 // (x0, eps) from the model output, read at x_m = k x where x_m = alpha x0 + sigma eps.
 __device__ __forceinline__ Conversion convert(float out, float x, const float* c, int prediction, float clip,
                                               bool clip_eps) {
-  const float alpha = c[0], sigma = c[1], xm = c[2] * x;
+  const float alpha = c[kAlpha], sigma = c[kSigma], xm = c[kK] * x;
   Conversion r;
   switch (prediction) {
     case kEps:
@@ -75,11 +75,11 @@ __global__ void diffusion_step_kernel(DiffusionStepArgs a) {
     const float* c = coef_row(a, sample);
     const float xv = load(x, i);
     const Conversion r = convert(load(out, i), xv, c, a.prediction, a.clip, a.clip_eps);
-    float next = term(c[3], xv) + term(c[4], r.x0) + term(c[5], r.eps);
-    if (a.aux != nullptr) next += term(c[6], a.aux[i]);
-    if (c[7] != 0.0f) next += c[7] * noise_at(a, i, sample, seed, offset);
-    if (a.aux_store == 1) a.aux[i] = r.x0;
-    if (a.aux_store == 2) a.aux[i] = next - xv;
+    float next = term(c[kCX], xv) + term(c[kCX0], r.x0) + term(c[kCEps], r.eps);
+    if (a.aux != nullptr) next += term(c[kCAux], a.aux[i]);
+    if (c[kCNoise] != 0.0f) next += c[kCNoise] * noise_at(a, i, sample, seed, offset);
+    if (a.aux_store == kAuxX0) a.aux[i] = r.x0;
+    if (a.aux_store == kAuxIncrement) a.aux[i] = next - xv;
     store(x, i, next);
   }
 }
@@ -95,7 +95,7 @@ __global__ void langevin_correct_kernel(DiffusionStepArgs a, float snr) {
   T* x = static_cast<T*>(a.x);
   const T* out = static_cast<const T*>(a.model_out);
   const float* c = coef_row(a, sample);
-  const float sigma = c[1];
+  const float sigma = c[kSigma];
   float score_sq = 0.0f, noise_sq = 0.0f;
   for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) {
     const int64_t i = first + d;
@@ -107,7 +107,7 @@ __global__ void langevin_correct_kernel(DiffusionStepArgs a, float snr) {
   score_sq = block_sum(score_sq, partial);
   noise_sq = block_sum(noise_sq, partial);
   const float ratio = snr * sqrtf(noise_sq) / sqrtf(score_sq);
-  const float step = fminf(2.0f * c[3] * ratio * ratio, sigma * sigma);
+  const float step = fminf(2.0f * c[kCX] * ratio * ratio, sigma * sigma);
   const float noise_scale = sqrtf(2.0f * step);
   for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) {
     const int64_t i = first + d;

@@ -3,14 +3,20 @@ score-SDE Langevin corrector (coefficient rows as in fastgen/reference/diffusion
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
+from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
 from .langevin import CHAIN_BLOCK
 from .rng import BLOCK, load_rng, normal_at
+
+# fastgen.constants as Triton compile-time constants.
+EPS, X0, V = tl.constexpr(int(Prediction.EPS)), tl.constexpr(int(Prediction.X0)), tl.constexpr(int(Prediction.V))
+AUX_X0, AUX_INCREMENT = tl.constexpr(int(AuxStore.X0)), tl.constexpr(int(AuxStore.INCREMENT))
+WIDTH = tl.constexpr(COEF_WIDTH)
+ALPHA, SIGMA, K, C_X = (tl.constexpr(int(c)) for c in (Coef.ALPHA, Coef.SIGMA, Coef.K, Coef.C_X))
+C_X0, C_EPS, C_AUX, C_NOISE = (tl.constexpr(int(c)) for c in (Coef.C_X0, Coef.C_EPS, Coef.C_AUX, Coef.C_NOISE))
 
 
 @triton.jit
@@ -23,19 +29,19 @@ def coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE: tl.constexpr, 
         row = tl.load(index_ptr + sample * 0, mask=mask, other=0)
     if INDEX_MODE == 2:
         row = tl.load(index_ptr + sample, mask=mask, other=0)
-    return row * 8
+    return row * WIDTH
 
 
 @triton.jit
 def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr, CLIP_EPS: tl.constexpr):
     xm = k * x
-    if PREDICTION == 0:
+    if PREDICTION == EPS:
         eps = out
         x0 = (xm - sigma * out) / alpha
-    elif PREDICTION == 1:
+    elif PREDICTION == X0:
         x0 = out
         eps = (xm - alpha * out) / sigma
-    elif PREDICTION == 2:
+    elif PREDICTION == V:
         x0 = alpha * xm - sigma * out
         eps = sigma * xm + alpha * out
     else:
@@ -99,14 +105,14 @@ def diffusion_step_kernel(
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     sample = idx // size
     row = coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE, INDEX_MODE)
-    alpha = tl.load(coef_ptr + row, mask=mask, other=1.0)
-    sigma = tl.load(coef_ptr + row + 1, mask=mask, other=1.0)
-    k = tl.load(coef_ptr + row + 2, mask=mask, other=1.0)
-    c_x = tl.load(coef_ptr + row + 3, mask=mask, other=0.0)
-    c_x0 = tl.load(coef_ptr + row + 4, mask=mask, other=0.0)
-    c_eps = tl.load(coef_ptr + row + 5, mask=mask, other=0.0)
-    c_aux = tl.load(coef_ptr + row + 6, mask=mask, other=0.0)
-    c_noise = tl.load(coef_ptr + row + 7, mask=mask, other=0.0)
+    alpha = tl.load(coef_ptr + row + ALPHA, mask=mask, other=1.0)
+    sigma = tl.load(coef_ptr + row + SIGMA, mask=mask, other=1.0)
+    k = tl.load(coef_ptr + row + K, mask=mask, other=1.0)
+    c_x = tl.load(coef_ptr + row + C_X, mask=mask, other=0.0)
+    c_x0 = tl.load(coef_ptr + row + C_X0, mask=mask, other=0.0)
+    c_eps = tl.load(coef_ptr + row + C_EPS, mask=mask, other=0.0)
+    c_aux = tl.load(coef_ptr + row + C_AUX, mask=mask, other=0.0)
+    c_noise = tl.load(coef_ptr + row + C_NOISE, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
@@ -114,9 +120,9 @@ def diffusion_step_kernel(
     nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
     if HAS_AUX:
         nxt += term(c_aux, tl.load(aux_ptr + idx, mask=mask, other=0.0))
-        if AUX_STORE == 1:
+        if AUX_STORE == AUX_X0:
             tl.store(aux_ptr + idx, x0, mask=mask)
-        if AUX_STORE == 2:
+        if AUX_STORE == AUX_INCREMENT:
             tl.store(aux_ptr + idx, nxt - x, mask=mask)
     tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
 
@@ -127,13 +133,11 @@ def _modes(x, coef, index, noise, sample_seeds):
     return dict(COEF_PER_SAMPLE=index is None and coef.shape[0] > 1, INDEX_MODE=index_mode, NOISE_MODE=noise_mode)
 
 
-@torch.library.custom_op("fastgen_triton::diffusion_step_", mutates_args=("x", "aux"))
 def diffusion_step_(
-    x: torch.Tensor, model_out: torch.Tensor, coef: torch.Tensor, index: Optional[torch.Tensor], prediction: int,
-    clip: Optional[float], clip_eps: bool, aux: Optional[torch.Tensor], aux_store: int, noise: Optional[torch.Tensor],
-    seed: int,
-    offset: int, rng_state: Optional[torch.Tensor], sample_seeds: Optional[torch.Tensor], sample_offset: int,
-) -> None:  # fmt: skip
+    x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
+    sample_seeds, sample_offset,
+):
+    """fastgen_triton::diffusion_step_ (declared in fastgen/ops/diffusion.py)."""
     numel = x.numel()
     if numel == 0:
         return
@@ -150,11 +154,6 @@ def diffusion_step_(
     )  # fmt: skip
 
 
-@diffusion_step_.register_fake
-def _(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-      sample_seeds, sample_offset):
-    return None
-
 
 @triton.jit
 def langevin_correct_kernel(
@@ -168,11 +167,11 @@ def langevin_correct_kernel(
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     lanes = tl.arange(0, BLOCK)
     samples = sample + lanes * 0
-    row = coef_rows(coef_ptr, index_ptr, samples, lanes < 1, COEF_PER_SAMPLE, INDEX_MODE)
-    alpha = tl.load(coef_ptr + row)
-    sigma = tl.load(coef_ptr + row + 1)
-    k = tl.load(coef_ptr + row + 2)
-    a = tl.load(coef_ptr + row + 3)
+    row = coef_rows(coef_ptr, index_ptr, samples, lanes >= 0, COEF_PER_SAMPLE, INDEX_MODE)  # every lane: its sample's row
+    alpha = tl.load(coef_ptr + row + ALPHA)
+    sigma = tl.load(coef_ptr + row + SIGMA)
+    k = tl.load(coef_ptr + row + K)
+    a = tl.load(coef_ptr + row + C_X)
     first = sample * size
     score_sq = tl.zeros([BLOCK], dtype=tl.float32)
     noise_sq = tl.zeros([BLOCK], dtype=tl.float32)
@@ -200,12 +199,8 @@ def langevin_correct_kernel(
         tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("fastgen_triton::langevin_correct_", mutates_args=("x",))
-def langevin_correct_(
-    x: torch.Tensor, model_out: torch.Tensor, coef: torch.Tensor, index: Optional[torch.Tensor], prediction: int,
-    snr: float, seed: int, offset: int, rng_state: Optional[torch.Tensor], sample_seeds: Optional[torch.Tensor],
-    sample_offset: int,
-) -> None:  # fmt: skip
+def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds, sample_offset):
+    """fastgen_triton::langevin_correct_ (declared in fastgen/ops/diffusion.py)."""
     if x.numel() == 0:
         return
     batch = x.shape[0]
@@ -219,7 +214,3 @@ def langevin_correct_(
         PREDICTION=prediction, HAS_STATE=rng_state is not None, BLOCK=CHAIN_BLOCK, **modes,
     )  # fmt: skip
 
-
-@langevin_correct_.register_fake
-def _(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds, sample_offset):
-    return None

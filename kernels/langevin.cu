@@ -212,7 +212,7 @@ cudaError_t launch_gmm(const GmmLangevinArgs& a, cudaStream_t stream) {
   } else if (a.dim <= 32) {
     gmm_langevin_kernel<T, 32><<<blocks, threads, shared, stream>>>(a);
   } else {
-    gmm_langevin_kernel<T, 64><<<blocks, threads, shared, stream>>>(a);
+    gmm_langevin_kernel<T, kMaxGmmDim><<<blocks, threads, shared, stream>>>(a);
   }
   return cudaGetLastError();
 }

@@ -5,8 +5,6 @@ registers. Arithmetic is float32; noise from the shared stream (kernels/rng.py).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -101,33 +99,18 @@ def _ula(x, y, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, 
     )  # fmt: skip
 
 
-@torch.library.custom_op("fastgen_triton::ula_step_", mutates_args=("x",))
-def ula_step_(
-    x: torch.Tensor, score: torch.Tensor, step_size: float, step_sizes: Optional[torch.Tensor], seed: int,
-    offset: int, rng_state: Optional[torch.Tensor], clamp_lo: Optional[float], clamp_hi: Optional[float],
-    grad_clip: Optional[float],
-) -> None:  # fmt: skip
+def ula_step_(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip):
+    """fastgen_triton::ula_step_ (declared in fastgen/ops/langevin.py)."""
     _ula(x, x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip)
 
 
-@ula_step_.register_fake
-def _(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip):
-    return None
 
-
-@torch.library.custom_op("fastgen_triton::mala_propose", mutates_args=())
-def mala_propose(
-    x: torch.Tensor, grad_log_prob: torch.Tensor, step_size: float, step_sizes: Optional[torch.Tensor], seed: int,
-    offset: int, rng_state: Optional[torch.Tensor],
-) -> torch.Tensor:  # fmt: skip
+def mala_propose(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
+    """fastgen_triton::mala_propose (declared in fastgen/ops/langevin.py)."""
     y = torch.empty_like(x)
     _ula(x, y, grad_log_prob, step_size, step_sizes, seed, offset, rng_state, None, None, None)
     return y
 
-
-@mala_propose.register_fake
-def _(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
-    return torch.empty_like(x)
 
 
 @triton.jit
@@ -185,12 +168,10 @@ def mala_accept_kernel(
         tl.store(grad_ptr + cols, tl.load(grad_y_ptr + cols, mask=m), mask=m)
 
 
-@torch.library.custom_op("fastgen_triton::mala_accept_", mutates_args=("x", "log_prob", "grad_log_prob"))
 def mala_accept_(
-    x: torch.Tensor, log_prob: torch.Tensor, grad_log_prob: torch.Tensor, y: torch.Tensor, log_prob_y: torch.Tensor,
-    grad_log_prob_y: torch.Tensor, step_size: float, step_sizes: Optional[torch.Tensor], seed: int, offset: int,
-    rng_state: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    x, log_prob, grad_log_prob, y, log_prob_y, grad_log_prob_y, step_size, step_sizes, seed, offset, rng_state,
+):
+    """fastgen_triton::mala_accept_ (declared in fastgen/ops/langevin.py)."""
     chains = x.shape[0]
     accepted = torch.empty(chains, dtype=torch.bool, device=x.device)
     prob = torch.empty(chains, dtype=torch.float32, device=x.device)
@@ -206,11 +187,6 @@ def mala_accept_(
     )  # fmt: skip
     return accepted, prob
 
-
-@mala_accept_.register_fake
-def _(x, log_prob, grad_log_prob, y, log_prob_y, grad_log_prob_y, step_size, step_sizes, seed, offset, rng_state):
-    chains = x.shape[0]
-    return x.new_empty((chains,), dtype=torch.bool), x.new_empty((chains,), dtype=torch.float32)
 
 
 @triton.jit
@@ -270,11 +246,8 @@ def gmm_langevin_kernel(
     tl.store(x_ptr + element, x.to(x_ptr.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("fastgen_triton::gmm_langevin_", mutates_args=("x",))
-def gmm_langevin_(
-    x: torch.Tensor, means: torch.Tensor, inv_vars: torch.Tensor, log_coef: torch.Tensor, n_steps: int,
-    step_size: float, step_sizes: Optional[torch.Tensor], seed: int, offset: int, rng_state: Optional[torch.Tensor],
-) -> None:  # fmt: skip
+def gmm_langevin_(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state):
+    """fastgen_triton::gmm_langevin_ (declared in fastgen/ops/langevin.py)."""
     chains, dim = x.shape
     if chains == 0 or n_steps == 0:
         return
@@ -287,7 +260,3 @@ def gmm_langevin_(
         BLOCK_B=GMM_CHAINS, BLOCK_D=triton.next_power_of_2(dim),
     )  # fmt: skip
 
-
-@gmm_langevin_.register_fake
-def _(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state):
-    return None

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 
+#include "constants.h"
 #include "philox.h"
 
 namespace fastgen {
@@ -83,14 +84,13 @@ namespace fastgen {
 namespace cuda {
 
 // diffusion.cu: one generic fused step for every affine diffusion update rule.
-// Per sample b the coefficient row r = coef + row(b) * 8 holds
+// Per sample b the coefficient row r = coef + row(b) * kCoefWidth holds (columns: enum Coef, constants.h)
 //   [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]:
 // the model output is read in the model's space x_m = k x (x_m = alpha x0 + sigma eps),
 // converted to (x0, eps) by `prediction`, x0 optionally clamped to [-clip, clip]
 // (eps then re-derived from it when clip_eps), and
 //   x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi   (terms with a zero coefficient dropped).
-// aux_store: 0 none, 1 aux <- x0, 2 aux <- x_new - x (a step's increment).
-enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
+// aux_store (enum AuxStore): none, aux <- x0, or aux <- x_new - x (a step's increment).
 
 struct DiffusionStepArgs {
   void* x;                        // (B * D,) state, updated in place

@@ -4,8 +4,6 @@ kernel filling a float32 buffer from it."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -66,8 +64,8 @@ def philox_fill_kernel(
     tl.store(out_ptr + idx, values, mask=mask)
 
 
-@torch.library.custom_op("fastgen_triton::philox_fill_", mutates_args=("out",))
-def philox_fill_(out: torch.Tensor, seed: int, offset: int, rng_state: Optional[torch.Tensor], normal: bool) -> None:
+def philox_fill_(out, seed, offset, rng_state, normal):
+    """fastgen_triton::philox_fill_ (declared in fastgen/ops/rng.py)."""
     n = out.numel()
     if n == 0:
         return
@@ -75,7 +73,3 @@ def philox_fill_(out: torch.Tensor, seed: int, offset: int, rng_state: Optional[
     grid = (triton.cdiv(n, BLOCK),)
     philox_fill_kernel[grid](out, n, seed, offset, state, HAS_STATE=rng_state is not None, NORMAL=normal, BLOCK=BLOCK)
 
-
-@philox_fill_.register_fake
-def _(out, seed, offset, rng_state, normal):
-    return None

@@ -43,3 +43,15 @@ def run_on(backend: str, fn, *args, **kwargs):
 def fast_sizes(backend: str) -> list[int]:
     """The issue's odd sizes; the interpreter gets the big one only on fp32 tests."""
     return [0, 1, 3, 1000003]
+
+
+class Sample:
+    """Inputs of one op call for the registry harness (tests/test_registry.py): keyword arguments of the
+    op's schema; `poison` names in-place outputs filled with NaN first (every element must be written)."""
+
+    def __init__(self, poison=(), **kwargs):
+        self.kwargs, self.poison = kwargs, tuple(poison)
+
+    def __repr__(self):
+        shapes = {k: tuple(v.shape) for k, v in self.kwargs.items() if hasattr(v, "shape")}
+        return f"Sample({shapes})"

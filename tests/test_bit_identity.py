@@ -148,7 +148,8 @@ RECORDED = {
     'triton/diffusion_step_v_clip': '183d362e7b9c6bfa',
     'triton/gmm_langevin_': 'b820741e2c2d8858',
     'triton/langevin_correct_': '80be0160f36d528d',
-    'triton/langevin_correct_sample_seeds': '4a5cc45b9dafe2a7',
+    # Re-recorded after the fix of the Triton corrector, which read only lane 0's row through a per-sample index:
+    'triton/langevin_correct_sample_seeds': '1835d42862eb56f1',
     'triton/mala_accept_': '66cc8494157202d0',
     'triton/mala_propose': '880b403d2f73755f',
     'triton/normal': 'a928330251126818',

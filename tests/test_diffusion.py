@@ -10,7 +10,7 @@ import fastgen
 from fastgen.ops import diffusion as D
 from fastgen.sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE, get_sigmas_karras
 
-from conftest import cpu_backends, run_on
+from conftest import Sample, cpu_backends, run_on
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
@@ -238,3 +238,49 @@ def test_marginal_prob_and_prior(sde):
     prior = sde.prior_sample((20000, 2), seed=1)
     assert abs(float(prior.std()) - sde.prior_std()) < 0.05 * sde.prior_std()
     assert torch.equal(DDPMSchedule().prior_sample((3, 2), seed=4), DDPMSchedule().prior_sample((3, 2), seed=4))
+
+
+# ---------------------------------------------------------------- registry harness inputs (tests/test_registry.py)
+
+
+def _table(device, rows_=6, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return (rows(rows_, g, True)).to(device).contiguous()
+
+
+def _step_samples(device, dtype):
+    out = []
+    g = torch.Generator().manual_seed(1)
+    for shape, prediction in [((1, 1), 0), ((3, 1), 1), ((1, 1000003), 2), ((37, 3, 5), 3), ((0, 4), 0)]:
+        x = torch.randn(shape, generator=g).to(device, dtype)
+        model_out = torch.randn(shape, generator=g).to(device, dtype)
+        out.append(Sample(x=x, model_out=model_out, coef=rows(1, g, False).to(device), prediction=prediction,
+                          seed=3, offset=5))
+    x = torch.randn(37, 5, generator=g).to(device, dtype)
+    model_out = torch.randn(37, 5, generator=g).to(device, dtype)
+    write_only = _table(device)
+    write_only[:, 6] = 0.0  # c_aux = 0: aux is only written (x0), so it can be poisoned
+    out.append(Sample(poison=("aux",), x=x, model_out=model_out, coef=write_only, index=(torch.arange(37) % 6).to(
+        device), prediction=0, clip=1.0, aux=torch.zeros(37, 5, device=device), aux_store=1,
+        sample_seeds=(torch.arange(37) * 3 + 1).to(device), sample_offset=10))
+    out.append(Sample(x=x, model_out=model_out, coef=rows(37, g, True).to(device), prediction=2, clip_eps=False,
+                      clip=0.5, noise=torch.randn(37, 5, generator=g).to(device)))
+    return out
+
+
+def _correct_samples(device, dtype):
+    out = []
+    g = torch.Generator().manual_seed(2)
+    for shape in [(1, 1), (3, 2), (2, 100003), (37, 3, 5), (0, 4)]:
+        x = torch.randn(shape, generator=g).to(device, dtype)
+        model_out = torch.randn(shape, generator=g).to(device, dtype)
+        table = _table(device).abs()
+        out.append(Sample(x=x, model_out=model_out, coef=table[:1], prediction=3, snr=0.16, seed=9, offset=4))
+    x = torch.randn(37, 4, generator=g).to(device, dtype)
+    out.append(Sample(x=x, model_out=torch.randn(37, 4, generator=g).to(device, dtype), coef=_table(device).abs(),
+                      index=torch.full((37,), 2, device=device), prediction=0, snr=0.1,
+                      sample_seeds=torch.arange(37, device=device)))
+    return out
+
+
+SAMPLES = {"diffusion_step_": _step_samples, "langevin_correct_": _correct_samples}

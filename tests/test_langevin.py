@@ -8,7 +8,7 @@ import fastgen
 from fastgen import reference
 from fastgen.ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
 
-from conftest import cpu_backends, run_on
+from conftest import Sample, cpu_backends, run_on
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-3),
@@ -256,3 +256,62 @@ def test_mala_and_gmm_bad_input():
     big = fastgen.targets.GaussianMixture(torch.zeros(65, 2))
     _untouched(lambda: gmm_langevin_(x2, big, 1, 0.1, 0), x2, "up to 64 components")
     assert reference.langevin.gmm_score(x2, *gmm.kernel_params("cpu")).shape == x2.shape
+
+
+# ---------------------------------------------------------------- registry harness inputs (tests/test_registry.py)
+
+
+def _chains(device, dtype, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(device, dtype), torch.randn(shape, generator=g).to(device, dtype)
+
+
+def _ula_samples(device, dtype):
+    out = []
+    for shape in [(0, 3), (1,), (3, 1), (1000003,), (37, 3, 5)]:
+        x, s = _chains(device, dtype, shape, 1)
+        out.append(Sample(x=x, score=s, step_size=0.05, seed=11, offset=2**32 - 7))
+    x, s = _chains(device, dtype, (37, 3, 5), 2)
+    steps = torch.rand(37, generator=torch.Generator().manual_seed(3)).to(device) * 0.1 + 0.01
+    out.append(Sample(x=x, score=s.float(), step_size=1.0, step_sizes=steps, seed=5, offset=9, clamp_lo=-1.5,
+                      clamp_hi=2.0, grad_clip=4.0))
+    return out
+
+
+def _mala_propose_samples(device, dtype):
+    out = []
+    for shape in [(5, 3), (0, 4), (1, 1), (1000, 3)]:
+        x, g = _chains(device, dtype, shape, 4)
+        out.append(Sample(x=x, grad_log_prob=g, step_size=0.1, seed=4, offset=100))
+    x, g = _chains(device, dtype, (6, 2), 5)
+    out.append(Sample(x=x, grad_log_prob=g, step_size=1.0, step_sizes=torch.rand(6).to(device) * 0.3 + 0.05, seed=4))
+    return out
+
+
+def _mala_accept_samples(device, dtype):
+    out = []
+    for shape in [(9, 3), (0, 4), (1, 1), (1000, 3)]:
+        x, g = _chains(device, dtype, shape, 6)
+        y, gy = _chains(device, dtype, shape, 7)
+        gen = torch.Generator().manual_seed(8)
+        log_p = torch.randn(shape[0], generator=gen).to(device)
+        out.append(Sample(x=x, log_prob=log_p, grad_log_prob=g, y=y, log_prob_y=log_p + torch.randn(
+            shape[0], generator=gen).to(device), grad_log_prob_y=gy, step_size=0.3, seed=4, offset=5000))
+    return out
+
+
+def _gmm_samples(device, dtype):
+    out = []
+    for chains, dim, components in [(5, 2, 8), (0, 2, 8), (3, 1, 1), (70, 64, 64), (333334, 3, 4)]:
+        gen = torch.Generator().manual_seed(chains + dim)
+        gmm = fastgen.targets.GaussianMixture(torch.randn(components, dim, generator=gen) * 2,
+                                              torch.rand(components, dim, generator=gen) + 0.5,
+                                              torch.rand(components, generator=gen) + 0.1)
+        means, inv_vars, log_coef = gmm.kernel_params(device)
+        out.append(Sample(x=torch.randn(chains, dim, generator=gen).to(device, dtype), means=means, inv_vars=inv_vars,
+                          log_coef=log_coef, n_steps=3, step_size=1e-2, seed=3, offset=10))
+    return out
+
+
+SAMPLES = {"ula_step_": _ula_samples, "mala_propose": _mala_propose_samples, "mala_accept_": _mala_accept_samples,
+           "gmm_langevin_": _gmm_samples}

@@ -7,7 +7,7 @@ import fastgen
 from fastgen.reference import rng as ref
 from fastgen.rng import RNGState, reserve, resolve_seed
 
-from conftest import run_on
+from conftest import Sample, run_on
 
 SIZES = [0, 1, 3, 1000003]
 SEEDS_OFFSETS = [(0, 0), (123456789, 17), (2**40 + 3, 2**34 - 5), (2**63 - 1, 2**33)]  # 2**34: counter 2**32
@@ -99,3 +99,18 @@ def test_fill_rejects_bad_arguments():
         fastgen.ops.philox_fill_(torch.empty(3), -4)
     with pytest.raises(ValueError, match="offset must be"):
         fastgen.ops.philox_fill_(torch.empty(3), 0, -1)
+
+
+# ---------------------------------------------------------------- registry harness inputs (tests/test_registry.py)
+
+
+def _fill_samples(device, dtype):
+    """philox_fill_ writes float32 whatever the state dtype: samples for float32 only."""
+    if dtype != torch.float32:
+        return []
+    return [Sample(poison=("out",), out=torch.empty(n, device=device), seed=seed, offset=offset, normal=normal)
+            for n, seed, offset in [(0, 1, 0), (1, 3, 5), (3, 2**40 + 3, 2**33 - 1), (1000003, 7, 13)]
+            for normal in (False, True)]
+
+
+SAMPLES = {"philox_fill_": _fill_samples}

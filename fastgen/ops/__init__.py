@@ -1,6 +1,15 @@
-"""Functional ops over the fused kernels (one module per hot loop)."""
+"""Functional ops over the fused kernels (one module per hot loop), and the op registry.
 
+Each op is declared once in its loop's module (see ``fastgen/ops/_registry.py`` and
+``docs/adding-an-op.md``); ``REGISTRY[name]`` is its keyword call. The public functions
+below check user input once and call it.
+"""
+
+from ._registry import REGISTRY
+from .ema import ema_update_
 from .langevin import gmm_langevin_, mala_accept_, mala_propose, ula_step_
 from .rng import normal, philox_fill_, uniform
+from . import diffusion  # noqa: E402  (declares its ops; functions under fastgen.ops.diffusion)
 
-__all__ = ["gmm_langevin_", "mala_accept_", "mala_propose", "normal", "philox_fill_", "ula_step_", "uniform"]
+__all__ = ["REGISTRY", "diffusion", "ema_update_", "gmm_langevin_", "mala_accept_", "mala_propose", "normal",
+           "philox_fill_", "ula_step_", "uniform"]

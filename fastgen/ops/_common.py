@@ -37,26 +37,47 @@ def op_for(x: torch.Tensor, name: str, reference: types.ModuleType):
 
 
 def check_state(x: torch.Tensor, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in STATE_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError(f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
-    if not x.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    """A chain state: a contiguous float32/float16/bfloat16 tensor of shape (B, ...). Works on fake tensors."""
+    torch._check_type(isinstance(x, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    torch._check_type(x.dtype in STATE_DTYPES, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    torch._check_value(x.dim() >= 1,
+                       lambda: f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
+    torch._check_value(x.is_contiguous(), lambda: f"{name} must be contiguous (call .contiguous() first)")
 
 
 def check_like(t: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x", dtypes=None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
-    if t.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
+    """t has x's device and shape, and x's dtype (or one of `dtypes`)."""
+    torch._check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    torch._check_value(t.device == x.device,
+                       lambda: f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
+    torch._check_value(t.shape == x.shape,
+                       lambda: f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
     allowed = dtypes if dtypes is not None else (x.dtype,)
-    if t.dtype not in allowed:
-        raise TypeError(f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
+    torch._check_type(t.dtype in allowed,
+                      lambda: f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
+
+
+def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype, optional: bool = False,
+                 x_name: str = "x") -> None:
+    """t is a contiguous `dtype` tensor of shape (length,) on x's device (or None when optional)."""
+    if t is None and optional:
+        return
+    torch._check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    torch._check_value(t.dtype == dtype and t.shape == (length,) and t.device == x.device and t.is_contiguous(),
+                       lambda: f"{name} must be contiguous {dtype} of shape ({length},) on the device of {x_name} "
+                               f"({x.device}), got "
+                               f"{'' if t.is_contiguous() else 'non-contiguous '}{t.dtype} {tuple(t.shape)} on "
+                               f"{t.device}")
+
+
+def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
+    """None, or the (seed, offset) int64 tensor of an RNGState on x's device."""
+    check_vector(rng_state, "rng_state", x, 2, torch.int64, optional=True, x_name=x_name)
+
+
+def check_rng_ints(seed: int, offset: int) -> None:
+    torch._check_value(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
+    torch._check_value(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
 
 
 def _compiling() -> bool:

@@ -9,29 +9,94 @@ model's space x_m = k x with x_m = alpha x0 + sigma eps. A coefficient row is
 ``[alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]``; the ``*_coefficients``
 functions build rows (float64, one per time given) and :func:`diffusion_step_`
 runs one fused pass. Loops precompute all rows once (a device table) and pass
-row views, so no step moves data between host and device.
+row views, so no step moves data between host and device. Column names and the codes of
+``prediction`` and ``aux_store`` are in :mod:`fastgen.constants`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..reference import diffusion as reference
+from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
 from ..sde import SDE, DDPMSchedule, VPSDE
-from ._common import check_like, check_state, op_for, positive_float, rng_args
+from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, positive_float,
+                      rng_args)
+from ._registry import Loop
 
-PREDICTIONS = {"eps": 0, "x0": 1, "v": 2, "score": 3}
-AUX_STORE = {None: 0, "x0": 1, "increment": 2}
+PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE}
+AUX_STORE = {None: AuxStore.NONE, "x0": AuxStore.X0, "increment": AuxStore.INCREMENT}
+
+loop = Loop("diffusion")
+
+
+def _step_args(a) -> None:
+    """What the step and the corrector share: state, model output, coefficient rows, index, noise keys."""
+    check_state(a.x)
+    check_like(a.model_out, "model_out", a.x)
+    torch._check_value(a.model_out.is_contiguous(), lambda: "model_out must be contiguous")
+    batch = a.x.shape[0]
+    torch._check_value(a.coef.dim() == 2 and a.coef.shape[1] == COEF_WIDTH and a.coef.dtype == torch.float32 and
+                       a.coef.device == a.x.device and a.coef.is_contiguous(),
+                       lambda: f"coef must be contiguous float32 of shape (rows, {COEF_WIDTH}) on the device of x "
+                               f"({a.x.device}), got "
+                               f"{a.coef.dtype} {tuple(a.coef.shape)} on {a.coef.device}")
+    if a.index is None:
+        torch._check_value(a.coef.shape[0] in (1, batch),
+                           lambda: f"coef must have 1 or {batch} rows (one per sample), got {a.coef.shape[0]}")
+    else:
+        torch._check_value(a.index.dtype == torch.int64 and a.index.dim() == 1 and a.index.numel() in (1, batch) and
+                           a.index.device == a.x.device and a.index.is_contiguous(),
+                           lambda: f"index must be contiguous int64 with 1 or {batch} elements on the device of x, "
+                                   f"got {a.index.dtype} {tuple(a.index.shape)} on {a.index.device}")
+    torch._check_value(a.prediction in tuple(Prediction),
+                       lambda: f"prediction must be a fastgen.constants.Prediction code, got {a.prediction}")
+    check_rng_ints(a.seed, a.offset)
+    check_rng_state(a.rng_state, a.x)
+    check_vector(a.sample_seeds, "sample_seeds", a.x, batch, torch.int64, optional=True)
+    torch._check_value(a.sample_offset >= 0, lambda: f"sample_offset must be >= 0, got {a.sample_offset}")
+
+
+def _diffusion_step_shapes(a) -> None:
+    _step_args(a)
+    torch._check_value(a.clip is None or a.clip > 0, lambda: f"clip must be > 0, got {a.clip}")
+    if a.aux is not None:
+        check_like(a.aux, "aux", a.x, dtypes=(torch.float32,))
+        torch._check_value(a.aux.is_contiguous(), lambda: "aux must be contiguous")
+    torch._check_value(a.aux_store in tuple(AuxStore) and (a.aux_store == AuxStore.NONE or a.aux is not None),
+                       lambda: f"aux_store must be a fastgen.constants.AuxStore code, and needs aux; got "
+                               f"{a.aux_store} with aux {'set' if a.aux is not None else 'None'}")
+    if a.noise is not None:
+        check_like(a.noise, "noise", a.x, dtypes=(torch.float32,))
+        torch._check_value(a.noise.is_contiguous(), lambda: "noise must be contiguous")
+
+
+def _langevin_correct_shapes(a) -> None:
+    _step_args(a)
+    torch._check_value(math.isfinite(a.snr) and a.snr > 0, lambda: f"snr must be finite and > 0, got {a.snr}")
+
+
+_diffusion_step = loop.op(
+    "diffusion_step_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=0, "
+    "float? clip=None, bool clip_eps=True, Tensor(b!)? aux=None, int aux_store=0, Tensor? noise=None, int seed=0, "
+    "int offset=0, Tensor? rng_state=None, Tensor? sample_seeds=None, int sample_offset=0) -> ()",
+    shapes=_diffusion_step_shapes)
+_langevin_correct = loop.op(
+    "langevin_correct_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=3, "
+    "float snr=0.16, int seed=0, int offset=0, Tensor? rng_state=None, Tensor? sample_seeds=None, "
+    "int sample_offset=0) -> ()",
+    shapes=_langevin_correct_shapes)
 
 
 def prediction_code(prediction: str) -> int:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-    return PREDICTIONS[prediction]
+    return int(PREDICTIONS[prediction])
 
 
 def _rows(*columns) -> torch.Tensor:
-    """Stack 8 broadcastable columns into (R, 8) float64 rows."""
+    """Stack the 8 broadcastable columns of fastgen.constants.Coef, in order, into (R, 8) float64 rows."""
     cols = torch.broadcast_tensors(*[torch.as_tensor(c, dtype=torch.float64) for c in columns])
     return torch.stack([c.reshape(-1) for c in cols], dim=1)
 
@@ -218,9 +283,10 @@ def diffusion_step_(
     clip = None if clip is None else positive_float(clip, "clip")
     seed, offset, state = rng_args(seed, offset, x)
     seeds = _check_sample_seeds(sample_seeds, x)
-    op_for(x, "diffusion_step_", reference)(x, model_out.contiguous(), coef, index, pred, clip, bool(clip_eps), aux,
-                                            AUX_STORE[aux_store], None if noise is None else noise.contiguous(),
-                                            seed, offset, state, seeds, int(sample_offset))  # fmt: skip
+    _diffusion_step(x=x, model_out=model_out.contiguous(), coef=coef, index=index, prediction=pred, clip=clip,
+                    clip_eps=bool(clip_eps), aux=aux, aux_store=int(AUX_STORE[aux_store]),
+                    noise=None if noise is None else noise.contiguous(), seed=seed, offset=offset, rng_state=state,
+                    sample_seeds=seeds, sample_offset=int(sample_offset))
     return x
 
 
@@ -249,8 +315,30 @@ def langevin_correct_(
     snr = positive_float(snr, "snr")
     seed, offset, state = rng_args(seed, offset, x)
     seeds = _check_sample_seeds(sample_seeds, x)
-    op_for(x, "langevin_correct_", reference)(x, model_out.contiguous(), coef, index, pred, snr, seed, offset, state,
-                                              seeds, int(sample_offset))
+    _langevin_correct(x=x, model_out=model_out.contiguous(), coef=coef, index=index, prediction=pred, snr=snr,
+                      seed=seed, offset=offset, rng_state=state, sample_seeds=seeds,
+                      sample_offset=int(sample_offset))
+    return x
+
+
+def noise_row(std: float, keep: float = 0.0, device=None) -> torch.Tensor:
+    """The (1, 8) row of x <- keep x + std xi (no model term)."""
+    row = torch.zeros(1, COEF_WIDTH, dtype=torch.float32, device=device)
+    row[0, [Coef.ALPHA, Coef.SIGMA, Coef.K]] = 1.0
+    row[0, Coef.C_X] = keep
+    row[0, Coef.C_NOISE] = std
+    return row
+
+
+def add_noise_(x: torch.Tensor, row: torch.Tensor, *, noise=None, seed: int = 0, offset: int = 0, rng_state=None,
+               sample_seeds=None, sample_offset: int = 0, backend: str | None = None) -> torch.Tensor:
+    """x <- keep x + std xi, ``row = noise_row(std, keep)``, in one fused pass: a sampling loop's prior
+    draw (keep = 0: x is only written) or Karras et al.'s churn (keep = 1).
+
+    Arguments as the op's, passed on unconverted (callers convert once, before their loop; the op
+    itself still checks them). Returns x."""
+    _diffusion_step(x=x, model_out=x, coef=row, noise=noise, seed=seed, offset=offset, rng_state=rng_state,
+                    sample_seeds=sample_seeds, sample_offset=sample_offset, backend=backend)
     return x
 
 

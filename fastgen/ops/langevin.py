@@ -7,13 +7,101 @@ or chains for ``mala_accept_``), so results depend only on (seed, offset).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..reference import langevin as reference
-from ._common import check_like, check_state, clamp_args, op_for, positive_float, rng_args, step_size_args
+from ..constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
+from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, clamp_args,
+                      positive_float, rng_args, step_size_args)
+from ._registry import Loop
 
-MAX_GMM_DIM = 64
-MAX_GMM_COMPONENTS = 64
+loop = Loop("langevin")
+
+
+def _chain_args(a) -> None:
+    """The arguments every Langevin op shares: per-chain step sizes and the noise stream."""
+    torch._check_value(math.isfinite(a.step_size) and a.step_size > 0,
+                       lambda: f"step_size must be finite and > 0, got {a.step_size}")
+    check_vector(a.step_sizes, "step_sizes", a.x, a.x.shape[0], torch.float32, optional=True)
+    check_rng_ints(a.seed, a.offset)
+    check_rng_state(a.rng_state, a.x)
+
+
+def _ula_step_shapes(a) -> None:
+    check_state(a.x)
+    check_like(a.score, "score", a.x, dtypes=(a.x.dtype, torch.float32))
+    _chain_args(a)
+    torch._check_value(a.grad_clip is None or a.grad_clip > 0, lambda: f"grad_clip must be > 0, got {a.grad_clip}")
+    torch._check_value(a.clamp_lo is None or a.clamp_hi is None or a.clamp_lo <= a.clamp_hi,
+                       lambda: f"clamp must satisfy lo <= hi, got ({a.clamp_lo}, {a.clamp_hi})")
+
+
+def _mala_propose_shapes(a) -> torch.Tensor:
+    check_state(a.x)
+    check_like(a.grad_log_prob, "grad_log_prob", a.x)
+    _chain_args(a)
+    return torch.empty_like(a.x)
+
+
+def _mala_propose_setup(ctx, inputs, output) -> None:
+    ctx.step_size, ctx.step_sizes = inputs[2], inputs[3]
+
+
+def _mala_propose_backward(ctx, grad_y):
+    """y = x + h_b g + sqrt(2 h_b) xi is linear in x and g: dy/dx = I, dy/dg = h_b I."""
+    h = ctx.step_size if ctx.step_sizes is None else ctx.step_sizes.view((-1,) + (1,) * (grad_y.dim() - 1))
+    return grad_y, (h * grad_y).to(grad_y.dtype), None, None, None, None, None
+
+
+def _mala_accept_shapes(a):
+    check_state(a.x)
+    chains = a.x.shape[0]
+    for name in ("grad_log_prob", "y", "grad_log_prob_y"):
+        check_like(getattr(a, name), name, a.x)
+    for name in ("log_prob", "log_prob_y"):
+        check_vector(getattr(a, name), name, a.x, chains, torch.float32)
+    torch._check_value(a.grad_log_prob.is_contiguous(), lambda: "grad_log_prob must be contiguous (it is updated in "
+                                                                "place)")
+    _chain_args(a)
+    return a.x.new_empty((chains,), dtype=torch.bool), a.x.new_empty((chains,), dtype=torch.float32)
+
+
+def _gmm_langevin_shapes(a) -> None:
+    check_state(a.x)
+    components, dim = a.means.shape[0], a.means.shape[-1]
+    torch._check_value(a.x.dim() == 2 and a.x.shape[1] == dim,
+                       lambda: f"x must have shape (chains, {dim}) for this mixture, got {tuple(a.x.shape)}")
+    torch._check_value(dim <= MAX_GMM_DIM and components <= MAX_GMM_COMPONENTS,
+                       lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to "
+                               f"{MAX_GMM_COMPONENTS} components, got {components} in dimension {dim}")
+    for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
+        t = getattr(a, name)
+        torch._check_value(t.dtype == torch.float32 and t.shape == shape and t.device == a.x.device and
+                           t.is_contiguous(), lambda: f"{name} must be contiguous float32 of shape {shape} on the "
+                                                      f"device of x ({a.x.device}), got {t.dtype} {tuple(t.shape)} "
+                                                      f"on {t.device}")
+    torch._check_value(a.n_steps >= 0, lambda: f"n_steps must be >= 0, got {a.n_steps}")
+    _chain_args(a)
+
+
+_ula_step = loop.op(
+    "ula_step_(Tensor(a!) x, Tensor score, float step_size, Tensor? step_sizes=None, int seed=0, int offset=0, "
+    "Tensor? rng_state=None, float? clamp_lo=None, float? clamp_hi=None, float? grad_clip=None) -> ()",
+    shapes=_ula_step_shapes)
+_mala_propose = loop.op(
+    "mala_propose(Tensor x, Tensor grad_log_prob, float step_size, Tensor? step_sizes=None, int seed=0, "
+    "int offset=0, Tensor? rng_state=None) -> Tensor",
+    shapes=_mala_propose_shapes, backward=_mala_propose_backward, setup_context=_mala_propose_setup)
+_mala_accept = loop.op(
+    "mala_accept_(Tensor(a!) x, Tensor(b!) log_prob, Tensor(c!) grad_log_prob, Tensor y, Tensor log_prob_y, "
+    "Tensor grad_log_prob_y, float step_size, Tensor? step_sizes=None, int seed=0, int offset=0, "
+    "Tensor? rng_state=None) -> (Tensor accepted, Tensor accept_prob)",
+    shapes=_mala_accept_shapes)
+_gmm_langevin = loop.op(
+    "gmm_langevin_(Tensor(a!) x, Tensor means, Tensor inv_vars, Tensor log_coef, int n_steps, float step_size, "
+    "Tensor? step_sizes=None, int seed=0, int offset=0, Tensor? rng_state=None) -> ()",
+    shapes=_gmm_langevin_shapes)
 
 
 def ula_step_(
@@ -41,7 +129,8 @@ def ula_step_(
     seed, offset, state = rng_args(seed, offset, x)
     lo, hi = clamp_args(clamp)
     clip = None if grad_clip is None else positive_float(grad_clip, "grad_clip")
-    op_for(x, "ula_step_", reference)(x, score, h, steps, seed, offset, state, lo, hi, clip)
+    _ula_step(x=x, score=score, step_size=h, step_sizes=steps, seed=seed, offset=offset, rng_state=state,
+              clamp_lo=lo, clamp_hi=hi, grad_clip=clip)
     return x
 
 
@@ -54,13 +143,15 @@ def mala_propose(
 ) -> torch.Tensor:
     """MALA proposal y = x + h_b grad log p(x) + sqrt(2 h_b) xi (a new tensor).
 
+    Differentiable in x and grad_log_prob (dy/dx = I, dy/dg = h_b I), on every backend.
     Reserves ``x.numel()`` positions.
     """
     check_state(x)
     check_like(grad_log_prob, "grad_log_prob", x)
     h, steps = step_size_args(step_size, x)
     seed, offset, state = rng_args(seed, offset, x)
-    return op_for(x, "mala_propose", reference)(x, grad_log_prob, h, steps, seed, offset, state)
+    return _mala_propose(x=x, grad_log_prob=grad_log_prob, step_size=h, step_sizes=steps, seed=seed, offset=offset,
+                         rng_state=state)
 
 
 def mala_accept_(
@@ -98,9 +189,9 @@ def mala_accept_(
             raise ValueError(f"{name} must be contiguous (it is updated in place)")
     h, steps = step_size_args(step_size, x)
     seed, offset, state = rng_args(seed, offset, x)
-    op = op_for(x, "mala_accept_", reference)
-    accepted, prob = op(x, log_prob, grad_log_prob, y.contiguous(), log_prob_y.contiguous(),
-                        grad_log_prob_y.contiguous(), h, steps, seed, offset, state)  # fmt: skip
+    accepted, prob = _mala_accept(x=x, log_prob=log_prob, grad_log_prob=grad_log_prob, y=y.contiguous(),
+                                  log_prob_y=log_prob_y.contiguous(), grad_log_prob_y=grad_log_prob_y.contiguous(),
+                                  step_size=h, step_sizes=steps, seed=seed, offset=offset, rng_state=state)
     return (accepted, prob) if return_prob else accepted
 
 
@@ -130,5 +221,6 @@ def gmm_langevin_(
         raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
     h, steps = step_size_args(step_size, x)
     seed, offset, state = rng_args(seed, offset, x)
-    op_for(x, "gmm_langevin_", reference)(x, means, inv_vars, log_coef, n_steps, h, steps, seed, offset, state)
+    _gmm_langevin(x=x, means=means, inv_vars=inv_vars, log_coef=log_coef, n_steps=n_steps, step_size=h,
+                  step_sizes=steps, seed=seed, offset=offset, rng_state=state)
     return x

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import rng as reference
-from ._common import op_for, rng_args
+from ._common import check_rng_ints, check_rng_state, rng_args
+from ._registry import Loop
+
+loop = Loop("rng")
+
+
+def _philox_fill_shapes(a) -> None:
+    torch._check_type(a.out.dtype == torch.float32, lambda: f"out must be float32, got {a.out.dtype}")
+    torch._check_value(a.out.is_contiguous(), lambda: "out must be contiguous")
+    check_rng_ints(a.seed, a.offset)
+    check_rng_state(a.rng_state, a.out, "out")
+
+
+_philox_fill = loop.op(
+    "philox_fill_(Tensor(a!) out, int seed, int offset=0, Tensor? rng_state=None, bool normal=False) -> ()",
+    shapes=_philox_fill_shapes)
 
 
 def philox_fill_(out: torch.Tensor, seed, offset: int = 0, *, normal: bool = False) -> torch.Tensor:
@@ -15,12 +29,13 @@ def philox_fill_(out: torch.Tensor, seed, offset: int = 0, *, normal: bool = Fal
         out: contiguous float32 tensor, filled in place.
         seed: int in [0, 2**63 - 1], or an ``RNGState.state`` tensor on out's device.
         offset: first stream position (added to the state's offset when seed is a state).
-        normal: draw normals (Box-Muller of lanes 0 and 1) instead of uniforms (lane 0).
+        normal: draw normals (Box-Muller of the lane pair of position n, cosine at even n, sine
+            at odd n) instead of uniforms (lane n % 4 of counter n // 4).
     """
     if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or not out.is_contiguous():
         raise TypeError("out must be a contiguous float32 tensor")
     seed, offset, state = rng_args(seed, offset, out)
-    op_for(out, "philox_fill_", reference)(out, seed, offset, state, bool(normal))
+    _philox_fill(out=out, seed=seed, offset=offset, rng_state=state, normal=bool(normal))
     return out
 
 

@@ -77,7 +77,7 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
                     rng_state, sample_seeds, sample_offset):
     """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring)."""
     if x.numel() == 0:
-        return x
+        return
     alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
     xf = x.float()
     x0, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, clip, clip_eps)
@@ -90,7 +90,6 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
         elif aux_store == 2:
             aux.copy_(nxt - xf)
     x.copy_(nxt)
-    return x
 
 
 def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, rng_state, sample_seeds,
@@ -100,7 +99,7 @@ def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, 
     step below the variance of p_t (at least sigma^2); it binds only where per-sample norms
     fluctuate (low dimension)."""
     if x.numel() == 0:
-        return x
+        return
     alpha, sigma, k, a = rows(x, coef, index)[:4]
     xf = x.float()
     _, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, None)
@@ -111,4 +110,3 @@ def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, 
         dims, keepdim=True).sqrt()
     step = torch.minimum(2 * a * ratio.square(), sigma.double().square()).float()
     x.copy_(xf + step * score + torch.sqrt(2 * step) * xi)
-    return x

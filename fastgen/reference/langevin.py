@@ -44,7 +44,6 @@ def ula_step_(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo
     """x <- clamp(x + h_b c_b s + sqrt(2 h_b) xi), c_b = min(1, grad_clip / (|s_b| + 1e-6))."""
     if x.numel():
         x.copy_(_ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip))
-    return x
 
 
 def mala_propose(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
@@ -98,4 +97,3 @@ def gmm_langevin_(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, 
     for step in range(n_steps):
         score = gmm_score(x, means, inv_vars, log_coef)
         ula_step_(x, score, step_size, step_sizes, seed, offset + step * x.numel(), rng_state, None, None, None)
-    return x

@@ -93,4 +93,3 @@ def philox_fill_(out: torch.Tensor, seed: int, offset: int, rng_state: torch.Ten
     key = seed if state_seed is None else state_seed
     values = normal_at(key, n) if normal else uniform_at(key, n)
     out.copy_(values.view(out.shape))
-    return out

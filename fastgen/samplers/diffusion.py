@@ -17,9 +17,10 @@ from typing import Callable
 
 import torch
 
+from ..constants import Coef
+from ..ops import REGISTRY
 from ..ops import diffusion as ops
-from ..ops._common import STATE_DTYPES, op_for, positive_float
-from ..reference import diffusion as reference
+from ..ops._common import STATE_DTYPES, backend_for, positive_float
 from ..rng import RNGState, resolve_seed
 from ..sde import SDE, DDPMSchedule, VESDE, VPSDE, get_sigmas_karras
 
@@ -59,7 +60,7 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
         prev = torch.cat([ts[1:], torch.tensor([-1])])
         coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
             ops.ddim_coefficients(process, ts, prev, eta)
-        noisy = (coef[:, 7] != 0).tolist()
+        noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
         stages = [Stage(i, i, noise=noisy[i]) for i in range(steps)]
         return Plan(ts, [1.0] * steps, coef, stages, 1.0, prediction)
 
@@ -97,7 +98,7 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
     coef = rule(process, t, t_next).clone()
     if denoise:
         coef[-1, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
-    noisy = (coef[:, 7] != 0).tolist()
+    noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
     if sampler != "pc":
         return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i]) for i in range(steps)], process.prior_std(),
                     prediction)
@@ -126,6 +127,8 @@ class Sampler:
 
     ``run()`` executes it eagerly; on CUDA ``capture()`` records it in a CUDA graph,
     after which every ``replay()`` draws fresh noise (the RNG state lives on the device).
+    ``draw(per_sample_seeds)`` does whichever applies, with new per-sample seeds copied into
+    the sampler's seed buffer first, so one sampler (one capture) serves many batches.
     """
 
     def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
@@ -134,35 +137,37 @@ class Sampler:
         self.device, self.dtype, self.seed = torch.device(device), dtype, seed
         self.clip, self.snr, self.callback, self.check_finite = clip, snr, callback, check_finite
         self.progress = progress
-        self.sample_seeds = None if per_sample_seeds is None else per_sample_seeds.to(self.device, torch.int64)
+        self.sample_seeds = None if per_sample_seeds is None else \
+            per_sample_seeds.to(self.device, torch.int64, copy=True).contiguous()
         self.coef = plan.coef.to(self.device, torch.float32)
         self.times = plan.times.to(self.device, torch.float32 if plan.times.is_floating_point() else torch.int64)
         self.numel = math.prod(self.shape)
         self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
-        self.prior_row = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, plan.prior_std]], device=self.device)
+        self.prior_row = ops.noise_row(plan.prior_std, device=self.device)
         self.graph = None
-        # Arguments are checked once here; the loop calls the registered ops directly.
-        probe = torch.empty((1,), device=self.device, dtype=dtype)
+        # Arguments are checked once here; the loop calls the registered ops' keyword calls directly,
+        # on the backend chosen here.
+        self.backend = backend_for(torch.empty((1,), device=self.device, dtype=dtype))
         self.prediction = ops.prediction_code(plan.prediction)
-        self.step_op = op_for(probe, "diffusion_step_", reference)
-        self.correct_op = op_for(probe, "langevin_correct_", reference)
+        self.step_op = REGISTRY["diffusion_step_"].on(self.backend)
+        self.correct_op = REGISTRY["langevin_correct_"].on(self.backend)
 
     def counters(self) -> int:
         """Counters one run reserves from the stream (per sample with per-sample seeds)."""
         draws = 1 + sum(s.noise or s.kind == "correct" for s in self.plan.stages)
         return draws * (self.sample_size if self.sample_seeds is not None else self.numel)
 
-    def _noise(self, draw: int, rng_state) -> tuple:
-        """(seed, offset, rng_state, sample_seeds, sample_offset) of the op for noise draw `draw`."""
+    def _noise(self, draw: int, rng_state) -> dict:
+        """The op's noise arguments for noise draw `draw`."""
         if self.sample_seeds is not None:
-            return 0, 0, None, self.sample_seeds, draw * self.sample_size
-        return self.seed, draw * self.numel, rng_state, None, 0
+            return dict(sample_seeds=self.sample_seeds, sample_offset=draw * self.sample_size)
+        return dict(seed=self.seed, offset=draw * self.numel, rng_state=rng_state)
 
     def run(self, x: torch.Tensor | None = None, rng_state=None) -> torch.Tensor:
         """The loop, into x (allocated if None); noise from rng_state (a device state) or the seed."""
         batch = self.shape[0]
         x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
-        self.step_op(x, x, self.prior_row, None, 0, None, True, None, 0, None, *self._noise(0, rng_state))  # prior_std xi
+        ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state))  # x <- prior_std xi
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
@@ -179,10 +184,12 @@ class Sampler:
             coef = self.coef[stage.row:stage.row + 1]
             noise = self._noise(draw, rng_state)
             if stage.kind == "correct":
-                self.correct_op(x, out.contiguous(), coef, None, self.prediction, self.snr, *noise)
+                self.correct_op(x=x, model_out=out.contiguous(), coef=coef, prediction=self.prediction, snr=self.snr,
+                                **noise)
             else:
-                self.step_op(x, out.contiguous(), coef, None, self.prediction, self.clip, True,
-                             aux if stage.uses_aux else None, ops.AUX_STORE[stage.aux_store], None, *noise)
+                self.step_op(x=x, model_out=out.contiguous(), coef=coef, prediction=self.prediction, clip=self.clip,
+                             aux=aux if stage.uses_aux else None, aux_store=int(ops.AUX_STORE[stage.aux_store]),
+                             **noise)
             draw += stage.noise or stage.kind == "correct"
             if bad_step is not None:
                 bad = ~torch.isfinite(x).all()
@@ -222,6 +229,68 @@ class Sampler:
         if self._bad_step is not None:
             self._raise_if_bad(self._bad_step)
         return self.static_x.clone()
+
+    def prepare(self, graph) -> Sampler:
+        """Capture the loop when `graph` asks for it and it can be (see :func:`sample`); else run eagerly."""
+        use_graph = self.device.type == "cuda" and graph in ("auto", True) and self.callback is None
+        if graph is True and not use_graph:
+            raise ValueError("graph=True needs a CUDA device and no callback")
+        if use_graph:
+            try:
+                self.capture()
+            except FloatingPointError:
+                raise
+            except Exception as err:
+                if graph is True:
+                    raise
+                warnings.warn(f"fastgen.sample: running without a CUDA graph: the loop could not be captured "
+                              f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=4)
+                self.graph = None
+        return self
+
+    def draw(self, per_sample_seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One run of the loop (a replay when captured) into a new tensor; with `per_sample_seeds` (B,)
+        those seeds replace the sampler's (it must have been built with per-sample seeds)."""
+        if per_sample_seeds is not None:
+            if self.sample_seeds is None or per_sample_seeds.shape != self.sample_seeds.shape:
+                raise ValueError(f"per_sample_seeds must have shape ({self.shape[0]},) and the sampler must be built "
+                                 "with per-sample seeds")
+            self.sample_seeds.copy_(per_sample_seeds)
+        if self.graph is not None:
+            return self.replay()
+        return self.run()
+
+
+def make_sampler(
+    model: Callable,
+    shape,
+    *,
+    sde: SDE | None = None,
+    schedule=None,
+    sampler: str = "euler_maruyama",
+    steps: int,
+    prediction: str = "score",
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    per_sample_seeds: torch.Tensor | None = None,
+    graph="auto",
+    denoise: bool = True,
+    callback: Callable | None = None,
+    progress: bool = False,
+    dtype: torch.dtype | None = None,
+    device=None,
+    eta: float = 0.0,
+    snr: float = 0.16,
+    clip: float | None = None,
+    check_finite: bool = False,
+) -> Sampler:
+    """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
+    ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
+    plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s."""
+    return _build(model, shape, sde=sde, schedule=schedule, sampler=sampler, steps=steps, prediction=prediction,
+                  seed=seed, generator=generator, per_sample_seeds=per_sample_seeds, graph=graph, denoise=denoise,
+                  callback=callback, progress=progress, dtype=dtype, device=device, eta=eta, snr=snr, clip=clip,
+                  check_finite=check_finite)
 
 
 def sample(
@@ -274,6 +343,15 @@ def sample(
         check_finite: find on the device the first stage whose state went non-finite, and raise
             FloatingPointError naming it (one host read after the loop).
     """
+    return _build(model, shape, sde=sde, schedule=schedule, sampler=sampler, steps=steps, prediction=prediction,
+                  seed=seed, generator=generator, per_sample_seeds=per_sample_seeds, graph=graph, denoise=denoise,
+                  callback=callback, progress=progress, dtype=dtype, device=device, eta=eta, snr=snr, clip=clip,
+                  check_finite=check_finite).draw()
+
+
+def _build(model, shape, *, sde, schedule, sampler, steps, prediction, seed, generator, per_sample_seeds, graph,
+           denoise, callback, progress, dtype, device, eta, snr, clip, check_finite) -> Sampler:
+    """Check every argument once, plan the loop, and build (and capture) its Sampler."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     ops.prediction_code(prediction)
@@ -297,6 +375,8 @@ def sample(
     if per_sample_seeds is not None and (not isinstance(per_sample_seeds, torch.Tensor) or
                                          per_sample_seeds.shape != (shape[0],)):
         raise ValueError(f"per_sample_seeds must be an int tensor of shape ({shape[0]},)")
+    if per_sample_seeds is not None and per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got {per_sample_seeds.dtype}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
     if dtype not in STATE_DTYPES:
@@ -306,18 +386,4 @@ def sample(
     plan = _plan(process, sampler, steps, prediction, schedule, eta, denoise)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
                      callback, progress, check_finite)
-    use_graph = device.type == "cuda" and graph in ("auto", True) and callback is None
-    if graph is True and not use_graph:
-        raise ValueError("graph=True needs a CUDA device and no callback")
-    if use_graph:
-        try:
-            return runner.capture().replay()
-        except FloatingPointError:
-            raise
-        except Exception as err:
-            if graph is True:
-                raise
-            warnings.warn(f"fastgen.sample: running without a CUDA graph: the loop could not be captured "
-                          f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
-            runner.graph = None
-    return runner.run()
+    return runner.prepare(graph)

@@ -1,10 +1,15 @@
 // ctest executable: Philox known answers, the AVX2 CPU path against the scalar
 // one, and the registered ula_step_ CPU kernel against a scalar loop.
+// Usage: test_kernels SCHEMAS, SCHEMAS the file `python -m fastgen.ops` writes: the op schemas
+// are declared in fastgen/ops/ (Python), so this program defines them itself.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 #include <torch/torch.h>
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "../../csrc/cpu_math.h"
@@ -20,8 +25,19 @@ static int failures = 0;
     }                                              \
   } while (0)
 
-int main() {
+int main(int argc, char** argv) {
   using namespace fastgen;
+  if (argc != 2) {
+    std::printf("usage: test_kernels SCHEMAS (the output of python -m fastgen.ops)\n");
+    return 2;
+  }
+  torch::Library library(torch::Library::DEF, "fastgen", c10::nullopt, __FILE__, __LINE__);
+  std::ifstream schemas(argv[1]);
+  int defined = 0;
+  for (std::string line; std::getline(schemas, line);) {
+    if (!line.empty()) library.def(line.c_str()), ++defined;
+  }
+  EXPECT(defined > 0, "no schema read from %s", argv[1]);
   // Random123 known answer: Philox4x32-10, key (0, 0), counter 0.
   const Philox4 zero = philox4x32(0, 0);
   const uint32_t kat[4] = {0x6627E8D5u, 0xE169C58Du, 0xBC57AC4Cu, 0x9B00DBD8u};
@@ -51,10 +67,20 @@ int main() {
   for (int64_t i = 0; i < expected.numel(); ++i) {
     e[i] = e[i] + static_cast<float>(h) * s[i] + std::sqrt(2.0f * static_cast<float>(h)) * normal_at(7, 11 + i);
   }
-  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastgen::ula_step_", "").typed<void(
-      at::Tensor, const at::Tensor&, double, const c10::optional<at::Tensor>&, int64_t, int64_t,
-      const c10::optional<at::Tensor>&, c10::optional<double>, c10::optional<double>, c10::optional<double>)>();
-  op.call(x, score, h, c10::nullopt, 7, 11, c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
+  // A boxed call by argument name; the others keep their schema defaults.
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastgen::ula_step_", "");
+  const c10::FunctionSchema& schema = op.schema();
+  torch::jit::Stack stack;
+  for (const auto& argument : schema.arguments()) {
+    const std::string& name = argument.name();
+    if (name == "x") stack.emplace_back(x);
+    else if (name == "score") stack.emplace_back(score);
+    else if (name == "step_size") stack.emplace_back(h);
+    else if (name == "seed") stack.emplace_back(int64_t{7});
+    else if (name == "offset") stack.emplace_back(int64_t{11});
+    else stack.emplace_back(*argument.default_value());
+  }
+  op.callBoxed(&stack);
   const double err = (x - expected).abs().max().item<double>();
   EXPECT(err <= 1e-5, "ula_step_ differs from the scalar loop by %g", err);
 

@@ -1,0 +1,96 @@
+// Multi-tensor exponential moving average, ema_update_ (schema: fastgen/ops/ema.py):
+//   averages[t] <- averages[t] + weight (values[t] - averages[t]),  arithmetic in float32.
+// CPU: one at::parallel_for per tensor pair; CUDA: kernels/ema.cu, up to 48 pairs per launch.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+
+#ifdef FASTGEN_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace fastgen {
+namespace cuda {
+// kernels/ema.cu
+cudaError_t ema_update(void* const* averages, const void* const* values, const int64_t* numels, int count,
+                       DType dtype, float weight, cudaStream_t stream);
+}  // namespace cuda
+}  // namespace fastgen
+#endif
+
+namespace fastgen {
+namespace {
+
+using torch::Tensor;
+
+void check_ema(const std::vector<Tensor>& averages, const std::vector<Tensor>& values, double weight) {
+  FASTGEN_CHECK(averages.size() == values.size(), "averages and values must have the same length, got ",
+                averages.size(), " and ", values.size());
+  FASTGEN_CHECK(std::isfinite(weight) && weight >= 0.0 && weight <= 1.0, "weight must be in [0, 1], got ", weight);
+  for (size_t t = 0; t < averages.size(); ++t) {
+    const Tensor& a = averages[t];
+    const Tensor& v = values[t];
+    check_state_dtype(a, "averages");
+    FASTGEN_CHECK(a.device() == averages[0].device() && a.scalar_type() == averages[0].scalar_type(),
+                  "averages must share one device and dtype: averages[", t, "] is ", a.scalar_type(), " on ",
+                  a.device(), ", averages[0] ", averages[0].scalar_type(), " on ", averages[0].device());
+    FASTGEN_CHECK(v.device() == a.device() && v.scalar_type() == a.scalar_type() && v.sizes() == a.sizes(),
+                  "values[", t, "] must have the shape, dtype and device of averages[", t, "] (", a.sizes(), " ",
+                  a.scalar_type(), " on ", a.device(), "), got ", v.sizes(), " ", v.scalar_type(), " on ", v.device());
+    FASTGEN_CHECK(a.is_contiguous() && v.is_contiguous(), "averages[", t, "] and values[", t,
+                  "] must be contiguous");
+  }
+}
+
+void ema_update_cpu(at::TensorList averages_in, at::TensorList values_in, double weight) {
+  const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
+  check_ema(averages, values, weight);
+  const float w = static_cast<float>(weight);
+  for (size_t t = 0; t < averages.size(); ++t) {
+    dispatch_float(averages[t].scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      T* a = averages[t].data_ptr<T>();
+      const T* v = values[t].data_ptr<T>();
+      at::parallel_for(0, averages[t].numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float av = static_cast<float>(a[i]);
+          a[i] = static_cast<T>(av + w * (static_cast<float>(v[i]) - av));
+        }
+      });
+    });
+  }
+}
+
+#ifdef FASTGEN_WITH_CUDA
+void ema_update_cuda(at::TensorList averages_in, at::TensorList values_in, double weight) {
+  const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
+  check_ema(averages, values, weight);
+  if (averages.empty()) return;
+  const c10::cuda::CUDAGuard guard(averages[0].device());
+  std::vector<void*> a(averages.size());
+  std::vector<const void*> v(values.size());
+  std::vector<int64_t> n(averages.size());
+  for (size_t t = 0; t < averages.size(); ++t) {
+    a[t] = averages[t].data_ptr();
+    v[t] = values[t].data_ptr();
+    n[t] = averages[t].numel();
+  }
+  C10_CUDA_CHECK(cuda::ema_update(a.data(), v.data(), n.data(), static_cast<int>(a.size()), cuda_dtype(averages[0]),
+                                  static_cast<float>(weight), c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("ema_update_", &ema_update_cpu); }
+
+#ifdef FASTGEN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("ema_update_", &ema_update_cuda); }
+#endif
+
+}  // namespace fastgen

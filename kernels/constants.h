@@ -1,0 +1,21 @@
+// Numbers shared by Python, C++, CUDA and Triton: named in fastgen/constants.py, mirrored here
+// (tests/test_constants.py checks that the two agree). Plain C++, no torch: nvcc and the host code include it.
+#pragma once
+
+namespace fastgen {
+
+// What a diffusion model returns (fastgen.constants.Prediction).
+enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
+
+// What a diffusion step leaves in aux (fastgen.constants.AuxStore).
+enum AuxStore : int { kAuxNone = 0, kAuxX0 = 1, kAuxIncrement = 2 };
+
+// Columns of a diffusion coefficient row (fastgen.constants.Coef).
+enum Coef : int { kAlpha = 0, kSigma = 1, kK = 2, kCX = 3, kCX0 = 4, kCEps = 5, kCAux = 6, kCNoise = 7 };
+constexpr int kCoefWidth = 8;
+
+// Limits of the in-register Gaussian-mixture Langevin kernel (fastgen.constants.MAX_GMM_*).
+constexpr int kMaxGmmDim = 64;
+constexpr int kMaxGmmComponents = 64;
+
+}  // namespace fastgen
