@@ -29,3 +29,13 @@ def test_sample_prints_metrics_and_plots(tmp_path):
     assert plot.stat().st_size > 0
     bad = cli("sample", "moons")
     assert bad.returncode == 2 and "source must be one of" in bad.stderr
+
+
+def test_bench_suites_are_discovered_from_the_package():
+    import fastgen.bench
+
+    files = sorted(p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py"))
+    assert fastgen.bench.suite_names() == files
+    assert set(fastgen.bench.suites()) == set(files)
+    result = cli("bench", "--help")
+    assert result.returncode == 0 and all(name in result.stdout for name in files)

@@ -131,3 +131,20 @@ def test_nan_check_reports_the_first_bad_step():
         sample(model, (4, 2), steps=10, seed=0, check_finite=True)
     x = sample(model, (4, 2), steps=10, seed=0)  # without the check: no error, a non-finite result
     assert not torch.isfinite(x).all()
+
+
+def test_one_sampler_draws_many_batches_like_sample():
+    """make_sampler(...).draw(seeds) equals sample(..., per_sample_seeds=seeds), batch after batch,
+    with one plan (fastgen generate reuses one sampler per chunk size this way)."""
+    gmm = fastgen.targets.eight_gaussians()
+    model = gmm.model(fastgen.VPSDE(), "eps")
+    kwargs = dict(sampler="euler_maruyama", steps=5, prediction="eps", device="cpu")
+    runner = fastgen.make_sampler(model, (16, 2), per_sample_seeds=torch.arange(16), **kwargs)
+    for first in (0, 100, 7):
+        seeds = torch.arange(first, first + 16)
+        want = fastgen.sample(model, (16, 2), per_sample_seeds=seeds, **kwargs)
+        assert torch.equal(runner.draw(per_sample_seeds=seeds), want)
+    with pytest.raises(ValueError, match="per_sample_seeds must have shape"):
+        runner.draw(per_sample_seeds=torch.arange(3))
+    with pytest.raises(TypeError, match="per_sample_seeds must be an int64"):
+        fastgen.sample(model, (16, 2), per_sample_seeds=torch.rand(16), **kwargs)

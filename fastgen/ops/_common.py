@@ -6,7 +6,6 @@ Every check runs before anything is written and names the argument.
 from __future__ import annotations
 
 import math
-import types
 
 import torch
 
@@ -24,16 +23,6 @@ def _backend_name(device_type: str, device_index: int) -> str:
 def backend_for(x: torch.Tensor) -> str:
     """The backend that will run an op on x (see fastgen.backends())."""
     return _backend_name(x.device.type, x.device.index if x.device.index is not None else 0)
-
-
-def op_for(x: torch.Tensor, name: str, reference: types.ModuleType):
-    """The implementation of op `name` for x's backend: registered op or reference function."""
-    backend = backend_for(x)
-    if backend in ("cpu", "cuda"):
-        return getattr(torch.ops.fastgen, name)
-    if backend == "triton":
-        return getattr(torch.ops.fastgen_triton, name)
-    return getattr(reference, name)
 
 
 def check_state(x: torch.Tensor, name: str = "x") -> None:
