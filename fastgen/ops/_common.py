@@ -25,24 +25,42 @@ def backend_for(x: torch.Tensor) -> str:
     return _backend_name(x.device.type, x.device.index if x.device.index is not None else 0)
 
 
+def _check_value(cond, message) -> None:
+    """torch._check_value, with a fast path for plain bools (real tensors, static shapes)."""
+    if cond is True:
+        return
+    if cond is False:
+        raise ValueError(message())
+    torch._check_value(cond, message)
+
+
+def _check_type(cond, message) -> None:
+    """torch._check_type, with a fast path for plain bools."""
+    if cond is True:
+        return
+    if cond is False:
+        raise TypeError(message())
+    torch._check_type(cond, message)
+
+
 def check_state(x: torch.Tensor, name: str = "x") -> None:
     """A chain state: a contiguous float32/float16/bfloat16 tensor of shape (B, ...). Works on fake tensors."""
-    torch._check_type(isinstance(x, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    torch._check_type(x.dtype in STATE_DTYPES, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
-    torch._check_value(x.dim() >= 1,
+    _check_type(isinstance(x, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_type(x.dtype in STATE_DTYPES, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    _check_value(x.dim() >= 1,
                        lambda: f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
-    torch._check_value(x.is_contiguous(), lambda: f"{name} must be contiguous (call .contiguous() first)")
+    _check_value(x.is_contiguous(), lambda: f"{name} must be contiguous (call .contiguous() first)")
 
 
 def check_like(t: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x", dtypes=None) -> None:
     """t has x's device and shape, and x's dtype (or one of `dtypes`)."""
-    torch._check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    torch._check_value(t.device == x.device,
+    _check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_value(t.device == x.device,
                        lambda: f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
-    torch._check_value(t.shape == x.shape,
+    _check_value(t.shape == x.shape,
                        lambda: f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
     allowed = dtypes if dtypes is not None else (x.dtype,)
-    torch._check_type(t.dtype in allowed,
+    _check_type(t.dtype in allowed,
                       lambda: f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
 
 
@@ -51,8 +69,8 @@ def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype,
     """t is a contiguous `dtype` tensor of shape (length,) on x's device (or None when optional)."""
     if t is None and optional:
         return
-    torch._check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    torch._check_value(t.dtype == dtype and t.shape == (length,) and t.device == x.device and t.is_contiguous(),
+    _check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_value(t.dtype == dtype and t.shape == (length,) and t.device == x.device and t.is_contiguous(),
                        lambda: f"{name} must be contiguous {dtype} of shape ({length},) on the device of {x_name} "
                                f"({x.device}), got "
                                f"{'' if t.is_contiguous() else 'non-contiguous '}{t.dtype} {tuple(t.shape)} on "
@@ -65,8 +83,8 @@ def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
 
 
 def check_rng_ints(seed: int, offset: int) -> None:
-    torch._check_value(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
-    torch._check_value(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
+    _check_value(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
+    _check_value(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
 
 
 def _compiling() -> bool:
