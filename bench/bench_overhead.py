@@ -123,7 +123,7 @@ def compare(trees: dict, device: str, rounds: int) -> list[dict]:
         for label in labels:
             row[f"{label} µs"] = statistics.median(samples[(label, n)])
         if len(labels) == 2:
-            row[f"{labels[1]} / {labels[0]}"] = row[f"{labels[1]} µs"] / row[f"{labels[0]} µs"]
+            row[f"{labels[1]} / {labels[0]}"] = f"{row[f'{labels[1]} µs'] / row[f'{labels[0]} µs']:.2f}"
         rows.append(row)
     return rows
 

@@ -69,9 +69,13 @@ def _usable(name: str, device: torch.device) -> str | None:
     return f"backend 'triton' runs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got a tensor on {device}"
 
 
+# Read once, at import (as TRITON_INTERPRET is): an environment lookup per op call costs microseconds.
+_ENV_BACKEND = os.environ.get("FASTGEN_BACKEND") or None
+
+
 def requested_backend() -> str | None:
-    """The backend forced by use_backend() or FASTGEN_BACKEND, if any."""
-    name = _override.get() or os.environ.get("FASTGEN_BACKEND") or None
+    """The backend forced by use_backend() or FASTGEN_BACKEND (read at import), if any."""
+    name = _override.get() or _ENV_BACKEND
     if name is not None and name not in BACKENDS:
         raise ValueError(f"FASTGEN_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
     return name

@@ -61,3 +61,16 @@ def test_training_ema_tracks_parameters():
     ema.update()
     for shadow, s, p in zip(ema.shadow, start, model.parameters()):
         torch.testing.assert_close(shadow, s + 0.1 * (p.detach() - s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_torch_foreach_lerp(dtype):
+    """Against PyTorch's own multi-tensor EMA (torch._foreach_lerp_, what the EMA helpers of most training
+    code call) on the same inputs: equal up to one rounding of the state dtype."""
+    averages, values = _pairs("cpu", dtype, [(64, 3, 3), (17,), (1000,)], seed=3)
+    want = [a.clone() for a in averages]
+    torch._foreach_lerp_(want, values, 0.01)
+    got = ema_update_([a.clone() for a in averages], values, decay=0.99)
+    tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)

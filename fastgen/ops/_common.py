@@ -15,9 +15,17 @@ from ..rng import MAX_SEED
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+_CHOICES: dict = {}  # (forced backend, device type, index) -> backend: the choice is made once per key
+
+
 @torch._dynamo.assume_constant_result
 def _backend_name(device_type: str, device_index: int) -> str:
-    return _backend.select(torch.device(device_type, device_index) if device_type == "cuda" else torch.device("cpu"))
+    key = (_backend.requested_backend(), device_type, device_index)
+    name = _CHOICES.get(key)
+    if name is None:
+        device = torch.device(device_type, device_index) if device_type == "cuda" else torch.device("cpu")
+        name = _CHOICES[key] = _backend.select(device)
+    return name
 
 
 def backend_for(x: torch.Tensor) -> str:
@@ -25,43 +33,37 @@ def backend_for(x: torch.Tensor) -> str:
     return _backend_name(x.device.type, x.device.index if x.device.index is not None else 0)
 
 
-def _check_value(cond, message) -> None:
-    """torch._check_value, with a fast path for plain bools (real tensors, static shapes)."""
+def require(cond, message, error: type = ValueError) -> None:
+    """Raise ``error(message())`` unless `cond` (`message` is formatted only on failure). A symbolic condition
+    (dynamic shapes under torch.compile) goes to torch._check_type / _check_value, which keep it as a guard."""
     if cond is True:
         return
     if cond is False:
-        raise ValueError(message())
-    torch._check_value(cond, message)
-
-
-def _check_type(cond, message) -> None:
-    """torch._check_type, with a fast path for plain bools."""
-    if cond is True:
-        return
-    if cond is False:
-        raise TypeError(message())
-    torch._check_type(cond, message)
+        raise error(message())
+    (torch._check_type if error is TypeError else torch._check_value)(cond, message)
 
 
 def check_state(x: torch.Tensor, name: str = "x") -> None:
     """A chain state: a contiguous float32/float16/bfloat16 tensor of shape (B, ...). Works on fake tensors."""
-    _check_type(isinstance(x, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    _check_type(x.dtype in STATE_DTYPES, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
-    _check_value(x.dim() >= 1,
-                       lambda: f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
-    _check_value(x.is_contiguous(), lambda: f"{name} must be contiguous (call .contiguous() first)")
+    if isinstance(x, torch.Tensor) and x.dtype in STATE_DTYPES and x.dim() >= 1 and x.is_contiguous():
+        return
+    require(isinstance(x, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(x).__name__}", TypeError)
+    require(x.dtype in STATE_DTYPES, lambda: f"{name} must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
+    require(x.dim() >= 1, lambda: f"{name} must have a leading chain dimension (shape (B, ...)), got a 0-d tensor")
+    require(x.is_contiguous(), lambda: f"{name} must be contiguous (call .contiguous() first)")
 
 
 def check_like(t: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x", dtypes=None) -> None:
     """t has x's device and shape, and x's dtype (or one of `dtypes`)."""
-    _check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check_value(t.device == x.device,
-                       lambda: f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
-    _check_value(t.shape == x.shape,
-                       lambda: f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
     allowed = dtypes if dtypes is not None else (x.dtype,)
-    _check_type(t.dtype in allowed,
-                      lambda: f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
+    if isinstance(t, torch.Tensor) and t.device == x.device and t.shape == x.shape and t.dtype in allowed:
+        return
+    require(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    require(t.device == x.device, lambda: f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
+    require(t.shape == x.shape,
+            lambda: f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
+    require(t.dtype in allowed, lambda: f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}",
+            TypeError)
 
 
 def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype, optional: bool = False,
@@ -69,12 +71,10 @@ def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype,
     """t is a contiguous `dtype` tensor of shape (length,) on x's device (or None when optional)."""
     if t is None and optional:
         return
-    _check_type(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check_value(t.dtype == dtype and t.shape == (length,) and t.device == x.device and t.is_contiguous(),
-                       lambda: f"{name} must be contiguous {dtype} of shape ({length},) on the device of {x_name} "
-                               f"({x.device}), got "
-                               f"{'' if t.is_contiguous() else 'non-contiguous '}{t.dtype} {tuple(t.shape)} on "
-                               f"{t.device}")
+    require(isinstance(t, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    require(t.dtype == dtype and t.shape == (length,) and t.device == x.device and t.is_contiguous(),
+            lambda: f"{name} must be contiguous {dtype} of shape ({length},) on the device of {x_name} ({x.device}), "
+                    f"got {'' if t.is_contiguous() else 'non-contiguous '}{t.dtype} {tuple(t.shape)} on {t.device}")
 
 
 def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
@@ -83,8 +83,8 @@ def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
 
 
 def check_rng_ints(seed: int, offset: int) -> None:
-    _check_value(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
-    _check_value(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
+    require(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
+    require(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
 
 
 def _compiling() -> bool:

@@ -30,6 +30,7 @@ C++ and CUDA keep their kernels and only register implementations; the schema is
 
 from __future__ import annotations
 
+import functools
 import importlib
 import types
 from dataclasses import dataclass, field
@@ -59,13 +60,13 @@ class Op:
     name: str = field(init=False)
     arguments: list = field(init=False)  # torch._C.Argument per schema argument
     mutated: tuple = field(init=False)  # names of the arguments written in place
+    call: Callable = field(init=False)  # the keyword call, generated once the op is registered
 
     def __post_init__(self):
         self.name = self.schema.split("(", 1)[0]
         parsed = torch._C.parse_schema(f"fastgen::{self.schema}")
         self.arguments = list(parsed.arguments)
         self.mutated = tuple(a.name for a in self.arguments if a.alias_info is not None and a.alias_info.is_write)
-        self._call = _keyword_call(self)
 
     @property
     def argument_names(self) -> list[str]:
@@ -76,11 +77,11 @@ class Op:
         return getattr(getattr(torch.ops, NAMESPACES[backend]), self.name).default
 
     def __call__(self, **kwargs):
-        return self._call(**kwargs)
+        return self.call(**kwargs)
 
     def on(self, backend: str) -> Callable:
         """The keyword call with the backend fixed (a sampler resolves it once, outside its loop)."""
-        return lambda **kwargs: self._call(backend=backend, **kwargs)
+        return functools.partial(self.call, backend=backend)
 
     def complete(self, args, kwargs=None) -> tuple:
         """All arguments in schema order: the dispatcher drops trailing ones left at their defaults."""
@@ -119,10 +120,12 @@ def _keyword_call(op: Op) -> Callable:
               f"        backend = 'torch'\n"
               f"    elif backend is None:\n"
               f"        backend = backend_for(probe)\n"
-              f"    return overload(backend)({args})\n")
-    scope = {"backend_for": backend_for, "overload": op.overload}
+              f"    return overloads[backend]({args})\n")
+    scope = {"backend_for": backend_for, "overloads": {b: op.overload(b) for b in NAMESPACES}}
     exec(compile(source, f"<fastgen op {op.name}>", "exec"), scope)
-    return scope[op.name]
+    call = scope[op.name]
+    call.op = op
+    return call
 
 
 class Loop:
@@ -134,8 +137,9 @@ class Loop:
         self.triton = getattr(_ext.TRITON, name, None) if _ext.TRITON is not None else None
 
     def op(self, schema: str, *, shapes: Callable, backward: Callable | None = None,
-           setup_context: Callable | None = None) -> Op:
-        """Declare an op (see the module docstring) and register everything derived from it."""
+           setup_context: Callable | None = None) -> Callable:
+        """Declare an op (see the module docstring), register everything derived from it, and return its
+        keyword call (``.op`` is the :class:`Op`)."""
         op = Op(self.name, schema, shapes, backward, setup_context)
         if op.name in REGISTRY:
             raise RuntimeError(f"op {op.name!r} is declared twice")
@@ -153,7 +157,8 @@ class Loop:
         if backward is not None:
             for ns, lib in _LIBRARIES.items():
                 torch.library.register_autograd(f"{ns}::{op.name}", backward, setup_context=setup_context, lib=lib)
-        return op
+        op.call = _keyword_call(op)
+        return op.call
 
 
 def _fake(op: Op) -> Callable:

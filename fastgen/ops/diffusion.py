@@ -22,7 +22,7 @@ import torch
 from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
 from ..sde import SDE, DDPMSchedule, VPSDE
 from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, positive_float,
-                      rng_args)
+                      require, rng_args)
 from ._registry import Loop
 
 PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE}
@@ -35,46 +35,46 @@ def _step_args(a) -> None:
     """What the step and the corrector share: state, model output, coefficient rows, index, noise keys."""
     check_state(a.x)
     check_like(a.model_out, "model_out", a.x)
-    torch._check_value(a.model_out.is_contiguous(), lambda: "model_out must be contiguous")
+    require(a.model_out.is_contiguous(), lambda: "model_out must be contiguous")
     batch = a.x.shape[0]
-    torch._check_value(a.coef.dim() == 2 and a.coef.shape[1] == COEF_WIDTH and a.coef.dtype == torch.float32 and
-                       a.coef.device == a.x.device and a.coef.is_contiguous(),
-                       lambda: f"coef must be contiguous float32 of shape (rows, {COEF_WIDTH}) on the device of x "
-                               f"({a.x.device}), got "
-                               f"{a.coef.dtype} {tuple(a.coef.shape)} on {a.coef.device}")
+    require(a.coef.dim() == 2 and a.coef.shape[1] == COEF_WIDTH and a.coef.dtype == torch.float32 and
+            a.coef.device == a.x.device and a.coef.is_contiguous(),
+            lambda: f"coef must be contiguous float32 of shape (rows, {COEF_WIDTH}) on the device of x "
+                    f"({a.x.device}), got "
+                    f"{a.coef.dtype} {tuple(a.coef.shape)} on {a.coef.device}")
     if a.index is None:
-        torch._check_value(a.coef.shape[0] in (1, batch),
-                           lambda: f"coef must have 1 or {batch} rows (one per sample), got {a.coef.shape[0]}")
+        require(a.coef.shape[0] in (1, batch),
+                lambda: f"coef must have 1 or {batch} rows (one per sample), got {a.coef.shape[0]}")
     else:
-        torch._check_value(a.index.dtype == torch.int64 and a.index.dim() == 1 and a.index.numel() in (1, batch) and
-                           a.index.device == a.x.device and a.index.is_contiguous(),
-                           lambda: f"index must be contiguous int64 with 1 or {batch} elements on the device of x, "
-                                   f"got {a.index.dtype} {tuple(a.index.shape)} on {a.index.device}")
-    torch._check_value(a.prediction in tuple(Prediction),
-                       lambda: f"prediction must be a fastgen.constants.Prediction code, got {a.prediction}")
+        require(a.index.dtype == torch.int64 and a.index.dim() == 1 and a.index.numel() in (1, batch) and
+                a.index.device == a.x.device and a.index.is_contiguous(),
+                lambda: f"index must be contiguous int64 with 1 or {batch} elements on the device of x, "
+                        f"got {a.index.dtype} {tuple(a.index.shape)} on {a.index.device}")
+    require(a.prediction in tuple(Prediction),
+            lambda: f"prediction must be a fastgen.constants.Prediction code, got {a.prediction}")
     check_rng_ints(a.seed, a.offset)
     check_rng_state(a.rng_state, a.x)
     check_vector(a.sample_seeds, "sample_seeds", a.x, batch, torch.int64, optional=True)
-    torch._check_value(a.sample_offset >= 0, lambda: f"sample_offset must be >= 0, got {a.sample_offset}")
+    require(a.sample_offset >= 0, lambda: f"sample_offset must be >= 0, got {a.sample_offset}")
 
 
 def _diffusion_step_shapes(a) -> None:
     _step_args(a)
-    torch._check_value(a.clip is None or a.clip > 0, lambda: f"clip must be > 0, got {a.clip}")
+    require(a.clip is None or a.clip > 0, lambda: f"clip must be > 0, got {a.clip}")
     if a.aux is not None:
         check_like(a.aux, "aux", a.x, dtypes=(torch.float32,))
-        torch._check_value(a.aux.is_contiguous(), lambda: "aux must be contiguous")
-    torch._check_value(a.aux_store in tuple(AuxStore) and (a.aux_store == AuxStore.NONE or a.aux is not None),
-                       lambda: f"aux_store must be a fastgen.constants.AuxStore code, and needs aux; got "
-                               f"{a.aux_store} with aux {'set' if a.aux is not None else 'None'}")
+        require(a.aux.is_contiguous(), lambda: "aux must be contiguous")
+    require(a.aux_store in tuple(AuxStore) and (a.aux_store == AuxStore.NONE or a.aux is not None),
+            lambda: f"aux_store must be a fastgen.constants.AuxStore code, and needs aux; got "
+                    f"{a.aux_store} with aux {'set' if a.aux is not None else 'None'}")
     if a.noise is not None:
         check_like(a.noise, "noise", a.x, dtypes=(torch.float32,))
-        torch._check_value(a.noise.is_contiguous(), lambda: "noise must be contiguous")
+        require(a.noise.is_contiguous(), lambda: "noise must be contiguous")
 
 
 def _langevin_correct_shapes(a) -> None:
     _step_args(a)
-    torch._check_value(math.isfinite(a.snr) and a.snr > 0, lambda: f"snr must be finite and > 0, got {a.snr}")
+    require(math.isfinite(a.snr) and a.snr > 0, lambda: f"snr must be finite and > 0, got {a.snr}")
 
 
 _diffusion_step = loop.op(
@@ -343,11 +343,13 @@ def add_noise_(x: torch.Tensor, row: torch.Tensor, *, noise=None, seed: int = 0,
 
 
 def _check_coef(coef, x, index) -> torch.Tensor:
-    if not isinstance(coef, torch.Tensor) or coef.shape[-1:] != (8,) or coef.dim() > 2:
-        raise ValueError(f"coef must be a tensor of shape (8,) or (rows, 8), got {getattr(coef, 'shape', coef)}")
+    if not isinstance(coef, torch.Tensor) or coef.shape[-1:] != (COEF_WIDTH,) or coef.dim() > 2:
+        raise ValueError(f"coef must be a tensor of shape ({COEF_WIDTH},) or (rows, {COEF_WIDTH}), got "
+                         f"{getattr(coef, 'shape', coef)}")
     if coef.device != x.device:
         raise ValueError(f"coef must be on the device of x ({x.device}), got {coef.device}")
-    coef = coef.reshape(-1, 8)
+    if coef.dim() == 1:
+        coef = coef.reshape(1, COEF_WIDTH)
     if coef.dtype != torch.float32 or not coef.is_contiguous():
         coef = coef.float().contiguous()
     batch = x.shape[0]

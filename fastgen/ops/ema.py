@@ -6,32 +6,32 @@ import math
 
 import torch
 
-from ._common import STATE_DTYPES
+from ._common import STATE_DTYPES, require
 from ._registry import Loop
 
 loop = Loop("ema")
 
 
 def _ema_update_shapes(a) -> None:
-    torch._check_value(len(a.averages) == len(a.values),
-                       lambda: f"averages and values must have the same length, got {len(a.averages)} and "
-                               f"{len(a.values)}")
-    torch._check_value(math.isfinite(a.weight) and 0.0 <= a.weight <= 1.0,
-                       lambda: f"weight must be in [0, 1], got {a.weight}")
+    require(len(a.averages) == len(a.values),
+            lambda: f"averages and values must have the same length, got {len(a.averages)} and "
+                    f"{len(a.values)}")
+    require(math.isfinite(a.weight) and 0.0 <= a.weight <= 1.0,
+            lambda: f"weight must be in [0, 1], got {a.weight}")
     for t, (average, value) in enumerate(zip(a.averages, a.values)):
         first = a.averages[0]
-        torch._check_type(average.dtype in STATE_DTYPES,
-                          lambda: f"averages must be float32, float16 or bfloat16, got {average.dtype}")
-        torch._check_value(average.device == first.device and average.dtype == first.dtype,
-                           lambda: f"averages must share one device and dtype: averages[{t}] is {average.dtype} on "
-                                   f"{average.device}, averages[0] {first.dtype} on {first.device}")
-        torch._check_value(value.device == average.device and value.dtype == average.dtype and
-                           value.shape == average.shape,
-                           lambda: f"values[{t}] must have the shape, dtype and device of averages[{t}] "
-                                   f"({tuple(average.shape)} {average.dtype} on {average.device}), got "
-                                   f"{tuple(value.shape)} {value.dtype} on {value.device}")
-        torch._check_value(average.is_contiguous() and value.is_contiguous(),
-                           lambda: f"averages[{t}] and values[{t}] must be contiguous")
+        require(average.dtype in STATE_DTYPES,
+                lambda: f"averages must be float32, float16 or bfloat16, got {average.dtype}", TypeError)
+        require(average.device == first.device and average.dtype == first.dtype,
+                lambda: f"averages must share one device and dtype: averages[{t}] is {average.dtype} on "
+                        f"{average.device}, averages[0] {first.dtype} on {first.device}")
+        require(value.device == average.device and value.dtype == average.dtype and
+                value.shape == average.shape,
+                lambda: f"values[{t}] must have the shape, dtype and device of averages[{t}] "
+                        f"({tuple(average.shape)} {average.dtype} on {average.device}), got "
+                        f"{tuple(value.shape)} {value.dtype} on {value.device}")
+        require(average.is_contiguous() and value.is_contiguous(),
+                lambda: f"averages[{t}] and values[{t}] must be contiguous")
 
 
 _ema_update = loop.op("ema_update_(Tensor(a!)[] averages, Tensor[] values, float weight) -> ()",

@@ -13,7 +13,7 @@ import torch
 
 from ..constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
 from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, clamp_args,
-                      positive_float, rng_args, step_size_args)
+                      positive_float, require, rng_args, step_size_args)
 from ._registry import Loop
 
 loop = Loop("langevin")
@@ -21,8 +21,8 @@ loop = Loop("langevin")
 
 def _chain_args(a) -> None:
     """The arguments every Langevin op shares: per-chain step sizes and the noise stream."""
-    torch._check_value(math.isfinite(a.step_size) and a.step_size > 0,
-                       lambda: f"step_size must be finite and > 0, got {a.step_size}")
+    require(math.isfinite(a.step_size) and a.step_size > 0,
+            lambda: f"step_size must be finite and > 0, got {a.step_size}")
     check_vector(a.step_sizes, "step_sizes", a.x, a.x.shape[0], torch.float32, optional=True)
     check_rng_ints(a.seed, a.offset)
     check_rng_state(a.rng_state, a.x)
@@ -32,9 +32,9 @@ def _ula_step_shapes(a) -> None:
     check_state(a.x)
     check_like(a.score, "score", a.x, dtypes=(a.x.dtype, torch.float32))
     _chain_args(a)
-    torch._check_value(a.grad_clip is None or a.grad_clip > 0, lambda: f"grad_clip must be > 0, got {a.grad_clip}")
-    torch._check_value(a.clamp_lo is None or a.clamp_hi is None or a.clamp_lo <= a.clamp_hi,
-                       lambda: f"clamp must satisfy lo <= hi, got ({a.clamp_lo}, {a.clamp_hi})")
+    require(a.grad_clip is None or a.grad_clip > 0, lambda: f"grad_clip must be > 0, got {a.grad_clip}")
+    require(a.clamp_lo is None or a.clamp_hi is None or a.clamp_lo <= a.clamp_hi,
+            lambda: f"clamp must satisfy lo <= hi, got ({a.clamp_lo}, {a.clamp_hi})")
 
 
 def _mala_propose_shapes(a) -> torch.Tensor:
@@ -61,8 +61,7 @@ def _mala_accept_shapes(a):
         check_like(getattr(a, name), name, a.x)
     for name in ("log_prob", "log_prob_y"):
         check_vector(getattr(a, name), name, a.x, chains, torch.float32)
-    torch._check_value(a.grad_log_prob.is_contiguous(), lambda: "grad_log_prob must be contiguous (it is updated in "
-                                                                "place)")
+    require(a.grad_log_prob.is_contiguous(), lambda: "grad_log_prob must be contiguous (it is updated in place)")
     _chain_args(a)
     return a.x.new_empty((chains,), dtype=torch.bool), a.x.new_empty((chains,), dtype=torch.float32)
 
@@ -70,18 +69,17 @@ def _mala_accept_shapes(a):
 def _gmm_langevin_shapes(a) -> None:
     check_state(a.x)
     components, dim = a.means.shape[0], a.means.shape[-1]
-    torch._check_value(a.x.dim() == 2 and a.x.shape[1] == dim,
-                       lambda: f"x must have shape (chains, {dim}) for this mixture, got {tuple(a.x.shape)}")
-    torch._check_value(dim <= MAX_GMM_DIM and components <= MAX_GMM_COMPONENTS,
-                       lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to "
-                               f"{MAX_GMM_COMPONENTS} components, got {components} in dimension {dim}")
+    require(a.x.dim() == 2 and a.x.shape[1] == dim,
+            lambda: f"x must have shape (chains, {dim}) for this mixture, got {tuple(a.x.shape)}")
+    require(dim <= MAX_GMM_DIM and components <= MAX_GMM_COMPONENTS,
+            lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to "
+                    f"{MAX_GMM_COMPONENTS} components, got {components} in dimension {dim}")
     for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
         t = getattr(a, name)
-        torch._check_value(t.dtype == torch.float32 and t.shape == shape and t.device == a.x.device and
-                           t.is_contiguous(), lambda: f"{name} must be contiguous float32 of shape {shape} on the "
-                                                      f"device of x ({a.x.device}), got {t.dtype} {tuple(t.shape)} "
-                                                      f"on {t.device}")
-    torch._check_value(a.n_steps >= 0, lambda: f"n_steps must be >= 0, got {a.n_steps}")
+        require(t.dtype == torch.float32 and t.shape == shape and t.device == a.x.device and t.is_contiguous(),
+                lambda: f"{name} must be contiguous float32 of shape {shape} on the device of x ({a.x.device}), "
+                        f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    require(a.n_steps >= 0, lambda: f"n_steps must be >= 0, got {a.n_steps}")
     _chain_args(a)
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_rng_ints, check_rng_state, rng_args
+from ._common import check_rng_ints, check_rng_state, require, rng_args
 from ._registry import Loop
 
 loop = Loop("rng")
 
 
 def _philox_fill_shapes(a) -> None:
-    torch._check_type(a.out.dtype == torch.float32, lambda: f"out must be float32, got {a.out.dtype}")
-    torch._check_value(a.out.is_contiguous(), lambda: "out must be contiguous")
+    require(a.out.dtype == torch.float32, lambda: f"out must be float32, got {a.out.dtype}", TypeError)
+    require(a.out.is_contiguous(), lambda: "out must be contiguous")
     check_rng_ints(a.seed, a.offset)
     check_rng_state(a.rng_state, a.out, "out")
 

@@ -10,6 +10,7 @@ CUDA graph whose noise comes from a device-resident RNG state.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import sys
 import warnings
@@ -244,7 +245,7 @@ class Sampler:
                 if graph is True:
                     raise
                 warnings.warn(f"fastgen.sample: running without a CUDA graph: the loop could not be captured "
-                              f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=4)
+                              f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=3)
                 self.graph = None
         return self
 
@@ -286,72 +287,8 @@ def make_sampler(
 ) -> Sampler:
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
-    plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s."""
-    return _build(model, shape, sde=sde, schedule=schedule, sampler=sampler, steps=steps, prediction=prediction,
-                  seed=seed, generator=generator, per_sample_seeds=per_sample_seeds, graph=graph, denoise=denoise,
-                  callback=callback, progress=progress, dtype=dtype, device=device, eta=eta, snr=snr, clip=clip,
-                  check_finite=check_finite)
-
-
-def sample(
-    model: Callable,
-    shape,
-    *,
-    sde: SDE | None = None,
-    schedule=None,
-    sampler: str = "euler_maruyama",
-    steps: int,
-    prediction: str = "score",
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    per_sample_seeds: torch.Tensor | None = None,
-    graph="auto",
-    denoise: bool = True,
-    callback: Callable | None = None,
-    progress: bool = False,
-    dtype: torch.dtype | None = None,
-    device=None,
-    eta: float = 0.0,
-    snr: float = 0.16,
-    clip: float | None = None,
-    check_finite: bool = False,
-) -> torch.Tensor:
-    """Draw samples of `shape` by integrating a diffusion model's reverse process.
-
-    Args:
-        model: callable (x, t) -> prediction, with t a (B,) tensor: continuous time for an SDE,
-            integer timesteps for a DDPMSchedule.
-        shape: (B, ...) of the samples.
-        sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
-        schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()); "karras" to space the
-            sigma samplers' noise levels as Karras et al. on an SDE.
-        sampler: euler_maruyama (reverse SDE), pc (reverse-diffusion predictor + Langevin corrector),
-            ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m.
-        steps: number of steps (Heun and PC make two model calls per step).
-        prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process).
-        seed, generator: the noise stream's seed, or a generator to draw it from.
-        per_sample_seeds: (B,) int64; sample b's noise depends on its own seed only, so a sample
-            is the same at any batch size or position (for a model that treats samples independently).
-        graph: "auto" captures model and steps in one CUDA graph on CUDA (falls back, with one warning
-            naming the reason, when the model cannot be captured); False never; True requires it.
-        denoise: return the last step's mean (no noise in the last SDE step).
-        callback: callback(stage, x) after every stage (runs eagerly).
-        progress: a progress bar on stderr.
-        dtype: state dtype (float32 default; float16/bfloat16 keep float32 arithmetic).
-        device: where to sample (default: CUDA when available).
-        eta: DDIM noise scale. snr: the PC corrector's signal-to-noise ratio. clip: clamp x0 to [-clip, clip].
-        check_finite: find on the device the first stage whose state went non-finite, and raise
-            FloatingPointError naming it (one host read after the loop).
-    """
-    return _build(model, shape, sde=sde, schedule=schedule, sampler=sampler, steps=steps, prediction=prediction,
-                  seed=seed, generator=generator, per_sample_seeds=per_sample_seeds, graph=graph, denoise=denoise,
-                  callback=callback, progress=progress, dtype=dtype, device=device, eta=eta, snr=snr, clip=clip,
-                  check_finite=check_finite).draw()
-
-
-def _build(model, shape, *, sde, schedule, sampler, steps, prediction, seed, generator, per_sample_seeds, graph,
-           denoise, callback, progress, dtype, device, eta, snr, clip, check_finite) -> Sampler:
-    """Check every argument once, plan the loop, and build (and capture) its Sampler."""
+    plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s; every one is checked here,
+    once."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     ops.prediction_code(prediction)
@@ -387,3 +324,38 @@ def _build(model, shape, *, sde, schedule, sampler, steps, prediction, seed, gen
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
                      callback, progress, check_finite)
     return runner.prepare(graph)
+
+
+
+def sample(model: Callable, shape, **options) -> torch.Tensor:
+    """Draw samples of `shape` by integrating a diffusion model's reverse process.
+
+    Args:
+        model: callable (x, t) -> prediction, with t a (B,) tensor: continuous time for an SDE,
+            integer timesteps for a DDPMSchedule.
+        shape: (B, ...) of the samples.
+        sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
+        schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()); "karras" to space the
+            sigma samplers' noise levels as Karras et al. on an SDE.
+        sampler: euler_maruyama (reverse SDE), pc (reverse-diffusion predictor + Langevin corrector),
+            ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m.
+        steps: number of steps (Heun and PC make two model calls per step).
+        prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process).
+        seed, generator: the noise stream's seed, or a generator to draw it from.
+        per_sample_seeds: (B,) int64; sample b's noise depends on its own seed only, so a sample
+            is the same at any batch size or position (for a model that treats samples independently).
+        graph: "auto" captures model and steps in one CUDA graph on CUDA (falls back, with one warning
+            naming the reason, when the model cannot be captured); False never; True requires it.
+        denoise: return the last step's mean (no noise in the last SDE step).
+        callback: callback(stage, x) after every stage (runs eagerly).
+        progress: a progress bar on stderr.
+        dtype: state dtype (float32 default; float16/bfloat16 keep float32 arithmetic).
+        device: where to sample (default: CUDA when available).
+        eta: DDIM noise scale. snr: the PC corrector's signal-to-noise ratio. clip: clamp x0 to [-clip, clip].
+        check_finite: find on the device the first stage whose state went non-finite, and raise
+            FloatingPointError naming it (one host read after the loop).
+    """
+    return make_sampler(model, shape, **options).draw()
+
+
+sample.__signature__ = inspect.signature(make_sampler).replace(return_annotation=torch.Tensor)
