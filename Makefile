@@ -24,7 +24,7 @@ test: build
 	      -DFASTGEN_SCHEMAS="$(CURDIR)/build/schemas.txt" >build/cmake.log
 	cmake --build build/cmake -j $(JOBS) >>build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(JOBS) tests
 
 demo: build
 	$(BIN)/python -m fastgen.demo --out demo_out

@@ -201,15 +201,15 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
                 raise GenerateError(f"{out!r} holds a generation with other settings; use a new folder")
     elif rank == 0:
         _fsync_write(settings_path, lambda f: f.write(_json_bytes(settings)))
-    for name in os.listdir(out):  # a killed run's partial files never count
-        if ".tmp." in name and name.startswith("shard-"):
-            try:
+    shards = math.ceil(n / shard_size)
+    mine = [k for k in range(rank, shards, world)]
+    for name in os.listdir(out):  # a killed run's partial files of this rank's shards never count
+        owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % world == rank
+        if ".tmp." in name and owned:
+            try:  # (another rank's temporary files may be in the middle of being written)
                 os.remove(os.path.join(out, name))
             except FileNotFoundError:
                 pass
-
-    shards = math.ceil(n / shard_size)
-    mine = [k for k in range(rank, shards, world)]
     header = np.lib.format.header_data_from_array_1_0(np.empty((0,) + src.shape, np.float32))
     todo = []
     for k in mine:

@@ -10,7 +10,7 @@ import fastgen
 from fastgen.ops import diffusion as D
 from fastgen.sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE, get_sigmas_karras
 
-from conftest import Sample, cpu_backends, run_on
+from conftest import Sample, run_on
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
@@ -164,24 +164,6 @@ def test_karras_sigmas():
 
 
 # ---------------------------------------------------------------- registration and errors
-
-
-def _step_args():
-    x = torch.randn(4, 3)
-    return (x, torch.randn_like(x), torch.randn(1, 8), None, 0, 1.0, True, torch.randn(4, 3), 1, None, 3, 5, None,
-            torch.tensor([1, 2, 3, 4]), 0)
-
-
-@pytest.mark.parametrize("namespace", ["fastgen", "fastgen_triton"])
-def test_opcheck(namespace):
-    if (namespace == "fastgen" and "cpu" not in cpu_backends()) or \
-            (namespace == "fastgen_triton" and "triton" not in cpu_backends()):
-        pytest.skip("backend unavailable")
-    ops = getattr(torch.ops, namespace)
-    torch.library.opcheck(ops.diffusion_step_, _step_args())
-    x = torch.randn(4, 3)
-    torch.library.opcheck(ops.langevin_correct_, (x, torch.randn_like(x), torch.tensor([[0.8, 0.6, 1, 1, 0, 0, 0, 0.0]]),
-                                                  None, 3, 0.16, 3, 5, None, None, 0))
 
 
 def test_diffusion_step_bad_input():

@@ -25,19 +25,6 @@ def on_reference(fn, *args, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [0, 1, 3, 1000003])
-def test_ula_step_matches_reference(device_backend, dtype, n):
-    device, backend = device_backend
-    skip_unsupported(device, backend, dtype)
-    g = torch.Generator().manual_seed(n)
-    x = torch.randn(n, generator=g).to(device, dtype)
-    score = torch.randn(n, generator=g).to(device, dtype)
-    got = run_on(backend, ula_step_, x.clone(), score, 0.05, 11, 2**32 - 7)
-    want = on_reference(ula_step_, x.clone(), score, 0.05, 11, 2**32 - 7)
-    torch.testing.assert_close(got, want, **TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_ula_step_options_match_reference(device_backend, dtype):
     device, backend = device_backend
     skip_unsupported(device, backend, dtype)
@@ -69,7 +56,7 @@ def test_ula_step_update_rule():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (3, 1), (1, 1000003), (1000, 3)])
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (3, 1), (1, 1000003), (300, 3)])
 def test_mala_ops_match_reference(device_backend, dtype, shape):
     device, backend = device_backend
     skip_unsupported(device, backend, dtype)
@@ -113,25 +100,6 @@ def test_mala_accept_rule_matches_formula():
     assert torch.equal(accepted[~near], (u < alpha)[~near])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chains,dim,components", [(0, 2, 8), (1, 1, 1), (3, 1, 8), (300, 10, 3), (70, 64, 64),
-                                                   (333334, 3, 4)])
-def test_gmm_langevin_matches_reference(device_backend, dtype, chains, dim, components):
-    device, backend = device_backend
-    skip_unsupported(device, backend, dtype)
-    if chains > 1000 and backend == "triton" and device == "cpu":
-        pytest.skip("1000002 elements take minutes in Triton's interpreter")
-    g = torch.Generator().manual_seed(chains + dim)
-    gmm = fastgen.targets.GaussianMixture(torch.randn(components, dim, generator=g) * 2,
-                                          torch.rand(components, dim, generator=g) + 0.5,
-                                          torch.rand(components, generator=g) + 0.1)
-    x = torch.randn(chains, dim, generator=g).to(device, dtype)
-    got = run_on(backend, gmm_langevin_, x.clone(), gmm, 5, 1e-2, 3, 10)
-    want = on_reference(gmm_langevin_, x.clone(), gmm, 5, 1e-2, 3, 10)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
-    torch.testing.assert_close(got, want, **tol)
-
-
 def test_gmm_langevin_equals_ula_steps_with_exact_score():
     gmm = fastgen.targets.eight_gaussians()
     x = torch.randn(500, 2)
@@ -140,42 +108,6 @@ def test_gmm_langevin_equals_ula_steps_with_exact_score():
     for t in range(20):
         ula_step_(looped, gmm.score(looped), 1e-3, 7, t * looped.numel())
     torch.testing.assert_close(fused, looped, rtol=1e-4, atol=1e-4)
-
-
-def _ula_args(device="cpu"):
-    x = torch.randn(8, 3, device=device)
-    return (x, torch.randn_like(x), 0.1, torch.rand(8, device=device) + 0.1, 3, 5, None, -2.0, 2.0, 1.0)
-
-
-def _mala_accept_args(device="cpu"):
-    x = torch.randn(8, 3, device=device)
-    return (x, torch.randn(8, device=device), torch.randn_like(x), torch.randn_like(x), torch.randn(8, device=device),
-            torch.randn_like(x), 0.1, None, 3, 5, None)
-
-
-def _gmm_args(device="cpu"):
-    means, inv_vars, log_coef = fastgen.targets.eight_gaussians().kernel_params(device)
-    return (torch.randn(8, 2, device=device), means, inv_vars, log_coef, 3, 0.01, None, 3, 5, None)
-
-
-OPS = {
-    "philox_fill_": lambda: (torch.empty(10), 3, 5, None, True),
-    "ula_step_": _ula_args,
-    "mala_propose": lambda: (torch.randn(8, 3), torch.randn(8, 3), 0.1, None, 3, 5, torch.tensor([4, 2])),
-    "mala_accept_": _mala_accept_args,
-    "gmm_langevin_": _gmm_args,
-}
-
-
-@pytest.mark.parametrize("namespace", ["fastgen", "fastgen_triton"])
-@pytest.mark.parametrize("name", sorted(OPS))
-def test_opcheck(namespace, name):
-    if namespace == "fastgen" and "cpu" not in cpu_backends():
-        pytest.skip("fastgen._C is not built")
-    if namespace == "fastgen_triton" and "triton" not in cpu_backends():
-        pytest.skip("Triton does not run CPU tensors here")
-    op = getattr(getattr(torch.ops, namespace), name)
-    torch.library.opcheck(op, OPS[name]())
 
 
 def test_torch_compile_fullgraph_calls_ula_step():
@@ -230,13 +162,14 @@ def test_compiled_ops_check_their_arguments_too():
         pytest.skip("fastgen._C is not built")
     x = torch.randn(4, 3)
     before = x.clone()
+    ula, gmm = fastgen.ops.REGISTRY["ula_step_"], fastgen.ops.REGISTRY["gmm_langevin_"]
     with pytest.raises(RuntimeError, match="step_size must be finite and > 0"):
-        torch.ops.fastgen.ula_step_(x, torch.randn(4, 3), -1.0, None, 0, 0, None, None, None, None)
+        ula(x=x, score=torch.randn(4, 3), step_size=-1.0, backend="cpu")
     with pytest.raises(RuntimeError, match="score must have the shape of x"):
-        torch.ops.fastgen.ula_step_(x, torch.randn(4, 2), 1.0, None, 0, 0, None, None, None, None)
+        ula(x=x, score=torch.randn(4, 2), step_size=1.0, backend="cpu")
     with pytest.raises(RuntimeError, match="fused mixture kernel takes dimension"):
-        torch.ops.fastgen.gmm_langevin_(torch.randn(2, 65), torch.randn(1, 65), torch.ones(1, 65), torch.zeros(1), 1,
-                                        1.0, None, 0, 0, None)
+        gmm(x=torch.randn(2, 65), means=torch.randn(1, 65), inv_vars=torch.ones(1, 65), log_coef=torch.zeros(1),
+            n_steps=1, step_size=1.0, backend="cpu")
     assert torch.equal(x, before)
 
 
@@ -290,7 +223,7 @@ def _mala_propose_samples(device, dtype):
 
 def _mala_accept_samples(device, dtype):
     out = []
-    for shape in [(9, 3), (0, 4), (1, 1), (1000, 3)]:
+    for shape in [(9, 3), (0, 4), (1, 1), (200, 3)]:
         x, g = _chains(device, dtype, shape, 6)
         y, gy = _chains(device, dtype, shape, 7)
         gen = torch.Generator().manual_seed(8)
