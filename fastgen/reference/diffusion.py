@@ -24,28 +24,28 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import COEF_WIDTH, AuxStore, Prediction
 from .rng import counters, normal_at
 
-EPS, X0, V, SCORE = 0, 1, 2, 3
 
 
 def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """The (B, 8) coefficient rows of the batch, shaped to broadcast: 8 tensors of shape (B, 1, ..., 1)."""
+    """The (B, 8) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef column."""
     batch = x.shape[0]
     if index is not None:
-        r = coef[index.reshape(-1)].expand(batch, 8) if index.numel() == 1 else coef[index]
+        r = coef[index.reshape(-1)].expand(batch, COEF_WIDTH) if index.numel() == 1 else coef[index]
     else:
-        r = coef.expand(batch, 8)
-    return r.reshape((batch, 8) + (1,) * (x.dim() - 1)).unbind(1)
+        r = coef.expand(batch, COEF_WIDTH)
+    return r.reshape((batch, COEF_WIDTH) + (1,) * (x.dim() - 1)).unbind(1)
 
 
 def convert(out, x, alpha, sigma, k, prediction: int, clip, clip_eps: bool = True):
     xm = k * x
-    if prediction == EPS:
+    if prediction == Prediction.EPS:
         eps, x0 = out, (xm - sigma * out) / alpha
-    elif prediction == X0:
+    elif prediction == Prediction.X0:
         x0, eps = out, (xm - alpha * out) / sigma
-    elif prediction == V:
+    elif prediction == Prediction.V:
         x0, eps = alpha * xm - sigma * out, sigma * xm + alpha * out
     else:
         eps = -sigma * out
@@ -85,9 +85,9 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
     if aux is not None:
         nxt = nxt + _term(c_aux, aux)
-        if aux_store == 1:
+        if aux_store == AuxStore.X0:
             aux.copy_(x0)
-        elif aux_store == 2:
+        elif aux_store == AuxStore.INCREMENT:
             aux.copy_(nxt - xf)
     x.copy_(nxt)
 
