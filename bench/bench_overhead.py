@@ -97,25 +97,34 @@ def worker(device: str) -> None:
         print(json.dumps(_time_us(fn, calls, device)), flush=True)
 
 
-def compare(trees: dict, device: str, rounds: int) -> list[dict]:
-    """Median µs per call of every case in every tree, the trees timed in turn within each round."""
+def _workers(trees: dict, device: str) -> dict:
     procs = {}
     for label, tree in trees.items():
         env = dict(os.environ, PYTHONPATH=tree)
         procs[label] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", "--device", device],
                                         cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    names = {label: json.loads(p.stdout.readline()) for label, p in procs.items()}
-    common = [n for n in next(iter(names.values())) if all(n in v for v in names.values())]
-    samples = {(label, n): [] for label in trees for n in common}
-    for _ in range(rounds):
-        for n in common:
-            for label, p in procs.items():
-                p.stdin.write(n + "\n")
-                p.stdin.flush()
-                samples[(label, n)].append(json.loads(p.stdout.readline()))
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+    return procs
+
+
+def compare(trees: dict, device: str, rounds: int, sessions: int = 3) -> list[dict]:
+    """Median µs per call of every case in every tree. The trees are timed in turn within each round (the order
+    alternating between rounds), in `sessions` sets of fresh worker processes: a process's own placement
+    (core, memory) moves its timings by up to 10% on this host, identical code included."""
+    samples: dict = {}
+    for _ in range(sessions):
+        procs = _workers(trees, device)
+        names = {label: json.loads(p.stdout.readline()) for label, p in procs.items()}
+        common = [n for n in next(iter(names.values())) if all(n in v for v in names.values())]
+        for r in range(rounds):
+            for n in common:
+                order = list(procs.items()) if r % 2 == 0 else list(procs.items())[::-1]  # neither always first
+                for label, p in order:
+                    p.stdin.write(n + "\n")
+                    p.stdin.flush()
+                    samples.setdefault((label, n), []).append(json.loads(p.stdout.readline()))
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
     rows = []
     labels = list(trees)
     for n in common:
@@ -143,16 +152,18 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--compare", metavar="TREE", help="another built source tree to time against this one")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=5, help="rounds per session of fresh workers")
+    p.add_argument("--sessions", type=int, default=3)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.device)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if args.compare:
-        rows = compare({"before": os.path.abspath(args.compare), "after": here}, args.device, args.rounds)
+        rows = compare({"before": os.path.abspath(args.compare), "after": here}, args.device, args.rounds,
+                       args.sessions)
     else:
-        rows = compare({"this tree": here}, args.device, args.rounds)
+        rows = compare({"this tree": here}, args.device, args.rounds, args.sessions)
     from .common import markdown_table
 
     print(markdown_table(rows, [(k, k) for k in rows[0]]))

@@ -10,6 +10,7 @@ CUDA graph whose noise comes from a device-resident RNG state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import sys
@@ -150,8 +151,22 @@ class Sampler:
         # on the backend chosen here.
         self.backend = backend_for(torch.empty((1,), device=self.device, dtype=dtype))
         self.prediction = ops.prediction_code(plan.prediction)
-        self.step_op = REGISTRY["diffusion_step_"].on(self.backend)
-        self.correct_op = REGISTRY["langevin_correct_"].on(self.backend)
+        step_op = REGISTRY["diffusion_step_"].on(self.backend)
+        correct_op = REGISTRY["langevin_correct_"].on(self.backend)
+        # Everything a stage passes that does not change between runs, bound once: (model times, input scale,
+        # the op with its row and options, the stage's noise draw, whether it uses aux).
+        self.stages = []
+        draw = 1
+        for stage in plan.stages:
+            row = self.coef[stage.row:stage.row + 1]
+            if stage.kind == "correct":
+                call = functools.partial(correct_op, coef=row, prediction=self.prediction, snr=snr)
+            else:
+                call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
+                                         aux_store=int(ops.AUX_STORE[stage.aux_store]))
+            self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call, draw,
+                                stage.uses_aux))
+            draw += stage.noise or stage.kind == "correct"
 
     def counters(self) -> int:
         """Counters one run reserves from the stream (per sample with per-sample seeds)."""
@@ -166,32 +181,22 @@ class Sampler:
 
     def run(self, x: torch.Tensor | None = None, rng_state=None) -> torch.Tensor:
         """The loop, into x (allocated if None); noise from rng_state (a device state) or the seed."""
-        batch = self.shape[0]
         x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
         ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state))  # x <- prior_std xi
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
-        progress = _Progress(len(self.plan.stages), self.progress)
-        draw = 1
-        for i, stage in enumerate(self.plan.stages):
-            t = self.times[stage.time].expand(batch)
-            scale = self.plan.scales[stage.time]
+        progress = _Progress(len(self.stages), self.progress)
+        for i, (t, scale, call, draw, uses_aux) in enumerate(self.stages):
             out = self.model(x if scale == 1.0 else x * scale, t)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)}, got "
                                  f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-            out = out.to(x.dtype)
-            coef = self.coef[stage.row:stage.row + 1]
-            noise = self._noise(draw, rng_state)
-            if stage.kind == "correct":
-                self.correct_op(x=x, model_out=out.contiguous(), coef=coef, prediction=self.prediction, snr=self.snr,
-                                **noise)
+            out = out.to(x.dtype).contiguous()
+            if uses_aux:
+                call(x=x, model_out=out, aux=aux, **self._noise(draw, rng_state))
             else:
-                self.step_op(x=x, model_out=out.contiguous(), coef=coef, prediction=self.prediction, clip=self.clip,
-                             aux=aux if stage.uses_aux else None, aux_store=int(ops.AUX_STORE[stage.aux_store]),
-                             **noise)
-            draw += stage.noise or stage.kind == "correct"
+                call(x=x, model_out=out, **self._noise(draw, rng_state))
             if bad_step is not None:
                 bad = ~torch.isfinite(x).all()
                 bad_step = torch.where(bad & (bad_step < 0), torch.full_like(bad_step, i), bad_step)
