@@ -67,6 +67,14 @@ void check_step(const StepInputs& in) {
     FASTGEN_CHECK(idx.device() == x.device() && idx.scalar_type() == torch::kInt64 && idx.is_contiguous() &&
                       (idx.numel() == 1 || idx.numel() == batch),
                   "index must be contiguous int64 with 1 or ", batch, " elements on the device of x");
+    if (idx.device().is_cpu()) {  // rows are read through it: every value must name a row (CUDA kernels clamp)
+      const int64_t* v = idx.data_ptr<int64_t>();
+      const int64_t rows = in.coef.size(0);
+      for (int64_t i = 0; i < idx.numel(); ++i) {
+        FASTGEN_CHECK(v[i] >= 0 && v[i] < rows, "index[", i, "] = ", v[i], " is out of range for coef's ", rows,
+                      " rows");
+      }
+    }
   } else {
     FASTGEN_CHECK(in.coef.size(0) == 1 || in.coef.size(0) == batch, "coef must have 1 or ", batch,
                   " rows without an index, got ", in.coef.size(0));

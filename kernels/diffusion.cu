@@ -14,6 +14,7 @@ struct Conversion {
 __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int64_t sample) {
   int64_t row = a.coef_rows == 1 ? 0 : sample;
   if (a.index != nullptr) row = a.index[a.index_size == 1 ? 0 : sample];
+  row = row < 0 ? 0 : (row >= a.coef_rows ? a.coef_rows - 1 : row);  // never read outside coef, whatever the index
   return a.coef + row * kCoefWidth;
 }
 

@@ -20,8 +20,9 @@ C_X0, C_EPS, C_AUX, C_NOISE = (tl.constexpr(int(c)) for c in (Coef.C_X0, Coef.C_
 
 
 @triton.jit
-def coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr):
-    """Row number of each element's sample: coef row 0 / its sample's row, or read through index (1: shared, 2: per sample)."""
+def coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr):
+    """Offset of each element's row in coef: row 0 / its sample's row, or read through index (1: shared, 2: per
+    sample), clamped to the n_rows rows so that no index reads outside coef."""
     row = sample * 0
     if COEF_PER_SAMPLE:
         row = sample
@@ -29,7 +30,7 @@ def coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE: tl.constexpr, 
         row = tl.load(index_ptr + sample * 0, mask=mask, other=0)
     if INDEX_MODE == 2:
         row = tl.load(index_ptr + sample, mask=mask, other=0)
-    return row * WIDTH
+    return tl.minimum(tl.maximum(row, 0), n_rows - 1) * WIDTH
 
 
 @triton.jit
@@ -77,6 +78,7 @@ def diffusion_step_kernel(
     x_ptr,  # (B * D,) state, in place
     out_ptr,  # (B * D,) model output
     coef_ptr,  # (rows, 8) float32
+    n_rows,  # rows of coef
     index_ptr,  # (1,) or (B,) int64 rows when INDEX_MODE > 0
     aux_ptr,  # (B * D,) float32 when HAS_AUX
     noise_ptr,  # (B * D,) float32 when NOISE_MODE == 1
@@ -104,7 +106,7 @@ def diffusion_step_kernel(
     mask = idx < numel
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     sample = idx // size
-    row = coef_rows(coef_ptr, index_ptr, sample, mask, COEF_PER_SAMPLE, INDEX_MODE)
+    row = coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE, INDEX_MODE)
     alpha = tl.load(coef_ptr + row + ALPHA, mask=mask, other=1.0)
     sigma = tl.load(coef_ptr + row + SIGMA, mask=mask, other=1.0)
     k = tl.load(coef_ptr + row + K, mask=mask, other=1.0)
@@ -142,7 +144,7 @@ def diffusion_step_(
     if numel == 0:
         return
     diffusion_step_kernel[(triton.cdiv(numel, BLOCK),)](
-        x, model_out, coef,
+        x, model_out, coef, coef.shape[0],
         index if index is not None else coef,
         aux if aux is not None else coef,
         noise if noise is not None else coef,
@@ -157,7 +159,7 @@ def diffusion_step_(
 
 @triton.jit
 def langevin_correct_kernel(
-    x_ptr, out_ptr, coef_ptr, index_ptr, seeds_ptr,
+    x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, seeds_ptr,
     size,  # D
     snr, seed, offset, sample_offset, rng_state_ptr,
     PREDICTION: tl.constexpr, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr, NOISE_MODE: tl.constexpr,
@@ -167,7 +169,7 @@ def langevin_correct_kernel(
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     lanes = tl.arange(0, BLOCK)
     samples = sample + lanes * 0
-    row = coef_rows(coef_ptr, index_ptr, samples, lanes >= 0, COEF_PER_SAMPLE, INDEX_MODE)  # every lane: its sample's row
+    row = coef_rows(index_ptr, samples, lanes >= 0, n_rows, COEF_PER_SAMPLE, INDEX_MODE)  # every lane: its row
     alpha = tl.load(coef_ptr + row + ALPHA)
     sigma = tl.load(coef_ptr + row + SIGMA)
     k = tl.load(coef_ptr + row + K)
@@ -206,7 +208,7 @@ def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, 
     batch = x.shape[0]
     modes = _modes(x, coef, index, None, sample_seeds)
     langevin_correct_kernel[(batch,)](
-        x, model_out, coef,
+        x, model_out, coef, coef.shape[0],
         index if index is not None else coef,
         sample_seeds if sample_seeds is not None else coef,
         x.numel() // batch, snr, seed, offset, sample_offset,

@@ -128,3 +128,23 @@ def test_cuda_host_code_compiles(source):
                           "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", *includes, str(ROOT / "csrc" / source)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_backend_choice_is_marked_as_dynamo_marks_constants():
+    """fastgen marks its backend choice constant for torch.compile without importing torch._dynamo at import
+    time; the marker must be exactly what torch._dynamo.assume_constant_result sets."""
+    import torch._dynamo
+
+    from fastgen.ops import _common
+
+    def probe():
+        return None
+
+    def ours():
+        return None
+
+    torch._dynamo.assume_constant_result(probe)
+    _common.assume_constant_result(ours)
+    assert vars(probe) == vars(ours) == {"_dynamo_marked_constant": True}
+    out = _run("import sys, fastgen; print('torch._dynamo' in sys.modules)")
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

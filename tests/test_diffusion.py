@@ -266,3 +266,20 @@ def _correct_samples(device, dtype):
 
 
 SAMPLES = {"diffusion_step_": _step_samples, "langevin_correct_": _correct_samples}
+
+
+@pytest.mark.parametrize("index", [[6], [-1], [10**12], [2, 6, 1]])
+def test_out_of_range_index_is_an_error_on_every_backend_and_writes_nothing(index):
+    """An index naming no row of coef never reads outside it: an error (C++: RuntimeError; Python backends:
+    IndexError), x untouched. (CUDA kernels clamp instead: checking a device index would sync.)"""
+    from conftest import cpu_backends
+
+    x = torch.randn(3, 4)
+    before = x.clone()
+    idx = torch.tensor(index)  # one shared row, or one per sample
+    for backend in cpu_backends():
+        with fastgen.use_backend(backend), pytest.raises((RuntimeError, IndexError), match="index"):
+            D.diffusion_step_(x, torch.randn(3, 4), torch.rand(6, 8) + 0.5, index=idx, seed=0)
+        with fastgen.use_backend(backend), pytest.raises((RuntimeError, IndexError), match="index"):
+            D.langevin_correct_(x, torch.randn(3, 4), torch.rand(6, 8) + 0.5, index=idx, snr=0.1)
+        assert torch.equal(x, before), backend

@@ -18,7 +18,15 @@ STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CHOICES: dict = {}  # (forced backend, device type, index) -> backend: the choice is made once per key
 
 
-@torch._dynamo.assume_constant_result
+def assume_constant_result(fn):
+    """What ``torch._dynamo.assume_constant_result`` does (mark fn so that torch.compile calls it once while
+    tracing and keeps its result as a constant), without importing torch._dynamo when fastgen is imported: that
+    import alone costs about 2 s. tests/test_build.py checks that the marker is still the one dynamo sets."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def _backend_name(device_type: str, device_index: int) -> str:
     key = (_backend.requested_backend(), device_type, device_index)
     name = _CHOICES.get(key)

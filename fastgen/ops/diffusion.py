@@ -18,11 +18,20 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
-from ..sde import SDE, DDPMSchedule, VPSDE
-from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, positive_float,
-                      require, rng_args)
+from ..sde import SDE, VPSDE, DDPMSchedule
+from ._common import (
+    check_like,
+    check_rng_ints,
+    check_rng_state,
+    check_state,
+    check_vector,
+    positive_float,
+    require,
+    rng_args,
+)
 from ._registry import Loop
 
 PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE}
@@ -50,6 +59,10 @@ def _step_args(a) -> None:
                 a.index.device == a.x.device and a.index.is_contiguous(),
                 lambda: f"index must be contiguous int64 with 1 or {batch} elements on the device of x, "
                         f"got {a.index.dtype} {tuple(a.index.shape)} on {a.index.device}")
+        if a.index.device.type == "cpu" and a.index.numel() and not is_fake(a.index):  # CUDA kernels clamp: reading it would sync
+            rows, lo, hi = a.coef.shape[0], int(a.index.min()), int(a.index.max())
+            require(0 <= lo and hi < rows, lambda: f"index values must name rows of coef (0 to {rows - 1}), got {lo} "
+                                                   f"to {hi}", IndexError)
     require(a.prediction in tuple(Prediction),
             lambda: f"prediction must be a fastgen.constants.Prediction code, got {a.prediction}")
     check_rng_ints(a.seed, a.offset)
