@@ -179,6 +179,8 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     src = load_source(source, sampler, shape, prediction)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     per_sample = math.prod(src.shape) * 4
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise GenerateError(f"chunk_size must be an int >= 1 (or None: from memory_budget), got {chunk_size!r}")
     if chunk_size is None:  # state, model output, aux, temporaries: about 8 copies of a sample each
         chunk_size = max(1, _parse_bytes(memory_budget) // (8 * per_sample))
     chunk_size = min(chunk_size, shard_size)

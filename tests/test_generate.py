@@ -158,3 +158,12 @@ def test_peak_memory_does_not_grow_with_n(tmp_path):
     small = peak_rss_kb(4000, tmp_path / "small")  # 4 MB of samples
     large = peak_rss_kb(40000, tmp_path / "large")  # 41 MB of samples: kept in memory, the peak would show it
     assert large - small < 15 * 1024, (small, large)
+
+
+def test_chunk_size_is_checked(tmp_path):
+    from fastgen.generation import GenerateError, generate
+
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(GenerateError, match="chunk_size must be an int >= 1"):
+            generate("gmm8", 10, str(tmp_path / "out"), chunk_size=bad, quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -148,3 +148,23 @@ def test_one_sampler_draws_many_batches_like_sample():
         runner.draw(per_sample_seeds=torch.arange(3))
     with pytest.raises(TypeError, match="per_sample_seeds must be an int64"):
         fastgen.sample(model, (16, 2), per_sample_seeds=torch.rand(16), **kwargs)
+
+
+def test_bad_arguments_are_named_before_any_step():
+    model = eight_gaussians().model(VPSDE(), "eps")
+    kwargs = dict(steps=3, prediction="eps", device="cpu")
+    for shape in [(4.5, 2), (0, 2), 4, (3, True)]:
+        with pytest.raises(ValueError, match="shape must be"):
+            sample(model, shape, **kwargs)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        sample(model, (4, 2), callback=3, **kwargs)
+    for eta in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="eta must be"):
+            sample(model, (4, 2), sampler="ddim", eta=eta, **kwargs)
+    assert sample(model, [4, 2], **kwargs).shape == (4, 2)
+    with pytest.raises(TypeError, match="sigmas must be a sequence"):
+        fastgen.annealed_langevin(torch.zeros(4, 2), score=lambda x, s: -x, sigmas=0.5, n_steps_each=1, eps=1e-3)
+    with pytest.raises(ValueError, match=r"offset must be an int in \[0, 2\*\*63 - 1\]"):
+        fastgen.ops.ula_step_(torch.zeros(4, 2), torch.zeros(4, 2), 0.1, 0, 2**63)
+    with pytest.raises(TypeError, match=r"score must have dtype torch.float32, got"):
+        fastgen.ops.ula_step_(torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.float64), 0.1, 0)

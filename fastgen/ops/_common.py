@@ -70,8 +70,8 @@ def check_like(t: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x", d
     require(t.device == x.device, lambda: f"{name} must be on the device of {x_name} ({x.device}), got {t.device}")
     require(t.shape == x.shape,
             lambda: f"{name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(t.shape)}")
-    require(t.dtype in allowed, lambda: f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}",
-            TypeError)
+    require(t.dtype in allowed,
+            lambda: f"{name} must have dtype {' or '.join(map(str, dict.fromkeys(allowed)))}, got {t.dtype}", TypeError)
 
 
 def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype, optional: bool = False,
@@ -92,7 +92,7 @@ def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
 
 def check_rng_ints(seed: int, offset: int) -> None:
     require(0 <= seed <= MAX_SEED, lambda: f"seed must be an int in [0, 2**63 - 1], got {seed}")
-    require(offset >= 0, lambda: f"offset must be an int >= 0, got {offset}")
+    require(0 <= offset <= MAX_SEED, lambda: f"offset must be an int in [0, 2**63 - 1], got {offset}")
 
 
 def _compiling() -> bool:
@@ -130,8 +130,8 @@ def step_size_args(step_size, x: torch.Tensor, name: str = "step_size") -> tuple
 
 def rng_args(seed, offset: int, x: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
     """(seed, offset, rng_state) from an int seed, or from an RNGState tensor of shape (2,)."""
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_SEED:
+        raise ValueError(f"offset must be an int in [0, 2**63 - 1], got {offset!r}")
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.shape != (2,):
             raise ValueError(f"seed as a tensor must be an RNGState.state: int64 of shape (2,), got {seed.dtype} "

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import sys
 import warnings
 from typing import Callable
@@ -301,9 +302,16 @@ def make_sampler(
         raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be a tuple of ints >= 1, (B, ...), got {shape!r}")
     shape = tuple(int(s) for s in shape)
-    if not shape or shape[0] < 1:
-        raise ValueError(f"shape must be (B, ...) with B >= 1, got {shape}")
+    if not shape:
+        raise ValueError("shape must be (B, ...), got ()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (stage, x), got {type(callback).__name__}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     if sampler in DISCRETE_SAMPLERS:
         process = schedule if isinstance(schedule, DDPMSchedule) else DDPMSchedule()
     else:

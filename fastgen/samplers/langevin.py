@@ -250,7 +250,11 @@ def annealed_langevin(
     """
     if not callable(score):
         raise TypeError(f"score must be callable, got {type(score).__name__}")
-    levels = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if isinstance(sigmas, torch.Tensor):
+        sigmas = sigmas.tolist() if sigmas.dim() == 1 else None
+    if not isinstance(sigmas, (list, tuple)) or not all(isinstance(s, (int, float)) for s in sigmas):
+        raise TypeError("sigmas must be a sequence (or 1-d tensor) of noise levels, e.g. [1.0, 0.5, 0.1]")
+    levels = [float(s) for s in sigmas]
     if not levels or any(not math.isfinite(s) or s <= 0 for s in levels):
         raise ValueError("sigmas must be a non-empty sequence of finite values > 0")
     n_steps_each = _check_steps(n_steps_each, "n_steps_each")
