@@ -40,7 +40,8 @@ def cmd_generate(args) -> int:
     try:
         generate(args.source, args.n, args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  shard_size=args.shard_size, chunk_size=args.chunk_size, memory_budget=args.memory_budget,
-                 shape=args.shape, prediction=args.prediction, device=args.device, quiet=args.quiet)
+                 shape=args.shape, prediction=args.prediction, device=args.device, quiet=args.quiet,
+                 allow_nonfinite=args.allow_nonfinite)
     except GenerateError as err:
         print(f"fastgen generate: error: {err}", file=sys.stderr)
         return 1
@@ -146,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--prediction", choices=["eps", "x0", "v", "score"], default=None)
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--allow-nonfinite", action="store_true", help="keep samples with NaN or inf (default: an error)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="run bench/'s suites: markdown, JSON and a PNG plot")

@@ -170,7 +170,7 @@ def _parse_bytes(budget) -> int:
 
 def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
              shard_size: int = 65536, chunk_size: int | None = None, memory_budget="256MB", shape=None,
-             prediction: str | None = None, device=None, quiet: bool = False) -> dict:
+             prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False) -> dict:
     """Generate n samples into folder `out` (see the module docstring); returns the manifest."""
     if sampler not in SAMPLERS:
         raise GenerateError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -241,7 +241,13 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
                     x = draw(lo, hi)
             except (ValueError, TypeError, RuntimeError) as err:
                 raise GenerateError(f"sampling {src.name!r} failed: {err}") from None
-            parts.append(x.float().cpu().numpy())
+            part = x.float().cpu().numpy()
+            if not allow_nonfinite and not np.isfinite(part).all():
+                bad = lo + int(np.argmin(np.isfinite(part).reshape(len(part), -1).all(axis=1)))
+                raise GenerateError(f"sample {bad} (shard {k}, {_shard_name(k)}) is not finite: the model returned "
+                                    f"NaN or inf; nothing of that shard was written (allow_nonfinite=True / "
+                                    f"--allow-nonfinite keeps such samples)")
+            parts.append(part)
             progress.advance(hi - lo)
         shard = np.concatenate(parts)
         path = os.path.join(out, _shard_name(k))

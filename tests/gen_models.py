@@ -10,3 +10,12 @@ def shrink(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def wrong_shape(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return x[:, :1]
+
+
+def nan_after_zero(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """NaN for every sample whose first coordinate is negative (about half of them)."""
+    return torch.where(x[:, :1] < 0, torch.full_like(x, float("nan")), 0.5 * x)
+
+
+def meta(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, device="meta")

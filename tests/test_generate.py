@@ -167,3 +167,22 @@ def test_chunk_size_is_checked(tmp_path):
         with pytest.raises(GenerateError, match="chunk_size must be an int >= 1"):
             generate("gmm8", 10, str(tmp_path / "out"), chunk_size=bad, quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_samples_are_an_error_unless_allowed(tmp_path):
+    from fastgen.generation import GenerateError, generate, load
+
+    with pytest.raises(GenerateError, match=r"sample \d+ \(shard 0, shard-000000.npy\) is not finite"):
+        generate("gen_models:nan_after_zero", 20, str(tmp_path / "bad"), shape=(2,), steps=3, quiet=True)
+    assert not (tmp_path / "bad" / "shard-000000.npy").exists()
+    generate("gen_models:nan_after_zero", 20, str(tmp_path / "kept"), shape=(2,), steps=3, quiet=True,
+             allow_nonfinite=True)
+    assert np.isnan(load(str(tmp_path / "kept"))).any()
+
+
+def test_a_model_returning_another_device_is_an_error():
+    import fastgen
+    from gen_models import meta
+
+    with pytest.raises(ValueError, match="model must return a tensor of the state's shape .* on cpu, got .* on meta"):
+        fastgen.sample(meta, (4, 2), steps=2, prediction="eps", device="cpu")

@@ -190,9 +190,10 @@ class Sampler:
         progress = _Progress(len(self.stages), self.progress)
         for i, (t, scale, call, draw, uses_aux) in enumerate(self.stages):
             out = self.model(x if scale == 1.0 else x * scale, t)
-            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)}, got "
-                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.device != x.device:
+                got = f"{tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)} on {x.device}, "
+                                 f"got {got}")
             out = out.to(x.dtype).contiguous()
             if uses_aux:
                 call(x=x, model_out=out, aux=aux, **self._noise(draw, rng_state))
