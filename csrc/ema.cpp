@@ -1,10 +1,12 @@
 // Multi-tensor exponential moving average, ema_update_ (schema: fastgen/ops/ema.py):
 //   averages[t] <- averages[t] + weight (values[t] - averages[t]),  arithmetic in float32.
-// CPU: one at::parallel_for per tensor pair; CUDA: kernels/ema.cu, up to 48 pairs per launch.
+// CPU: large pairs split across threads, small ones spread whole over threads (AVX2 clone for float32);
+// CUDA: kernels/ema.cu, up to 48 pairs per launch.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -47,23 +49,48 @@ void check_ema(const std::vector<Tensor>& averages, const std::vector<Tensor>& v
   }
 }
 
+// a <- a + w (v - a) over n float32 values; the AVX2 clone is picked at load time where the CPU has AVX2.
+__attribute__((target_clones("avx2", "default"))) void ema_floats(float* a, const float* v, int64_t n, float w) {
+  for (int64_t i = 0; i < n; ++i) a[i] += w * (v[i] - a[i]);
+}
+
+void ema_pair(const Tensor& average, const Tensor& value, float w, int64_t begin, int64_t end) {
+  dispatch_float(average.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    T* a = average.data_ptr<T>();
+    const T* v = value.data_ptr<T>();
+    if constexpr (std::is_same_v<T, float>) {
+      ema_floats(a + begin, v + begin, end - begin, w);
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        const float av = static_cast<float>(a[i]);
+        a[i] = static_cast<T>(av + w * (static_cast<float>(v[i]) - av));
+      }
+    }
+  });
+}
+
 void ema_update_cpu(at::TensorList averages_in, at::TensorList values_in, double weight) {
   const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
   check_ema(averages, values, weight);
   const float w = static_cast<float>(weight);
+  constexpr int64_t kLarge = 1 << 16;  // elements: a pair this big is split across threads on its own
+  std::vector<size_t> small;
   for (size_t t = 0; t < averages.size(); ++t) {
-    dispatch_float(averages[t].scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      T* a = averages[t].data_ptr<T>();
-      const T* v = values[t].data_ptr<T>();
-      at::parallel_for(0, averages[t].numel(), 1 << 15, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float av = static_cast<float>(a[i]);
-          a[i] = static_cast<T>(av + w * (static_cast<float>(v[i]) - av));
-        }
-      });
-    });
+    const int64_t n = averages[t].numel();
+    if (n >= kLarge) {
+      at::parallel_for(0, n, kLarge / 2,
+                       [&](int64_t begin, int64_t end) { ema_pair(averages[t], values[t], w, begin, end); });
+    } else if (n > 0) {
+      small.push_back(t);
+    }
   }
+  // Small pairs: whole pairs per thread (many small tensors are the common case for a model's parameters).
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 8, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      ema_pair(averages[small[j]], values[small[j]], w, 0, averages[small[j]].numel());
+    }
+  });
 }
 
 #ifdef FASTGEN_WITH_CUDA
