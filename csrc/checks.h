@@ -5,7 +5,11 @@
 
 #include "../kernels/constants.h"
 
-#define FASTGEN_CHECK(cond, ...) TORCH_CHECK(cond, "fastgen: ", __VA_ARGS__)
+// Error classes as the Python backends raise them: ValueError (shapes, devices, layouts, ranges), TypeError
+// (dtypes), IndexError (an index out of range).
+#define FASTGEN_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, "fastgen: ", __VA_ARGS__)
+#define FASTGEN_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, "fastgen: ", __VA_ARGS__)
+#define FASTGEN_CHECK_INDEX(cond, ...) TORCH_CHECK_INDEX(cond, "fastgen: ", __VA_ARGS__)
 
 #define CHECK_DEVICE(t, ref)                                                                            \
   FASTGEN_CHECK((t).device() == (ref).device(), #t " must be on the same device as " #ref " (", #ref, \
@@ -20,7 +24,7 @@
 #define CHECK_SAME_SHAPE(t, ref) \
   FASTGEN_CHECK((t).sizes() == (ref).sizes(), #t " must have the shape of " #ref " ", (ref).sizes(), ", got ", (t).sizes())
 
-#define CHECK_DTYPE(t, dt) FASTGEN_CHECK((t).scalar_type() == (dt), #t " must be ", (dt), ", got ", (t).scalar_type())
+#define CHECK_DTYPE(t, dt) FASTGEN_CHECK_TYPE((t).scalar_type() == (dt), #t " must be ", (dt), ", got ", (t).scalar_type())
 
 #ifdef FASTGEN_WITH_CUDA
 #include "../kernels/launchers.h"
@@ -59,7 +63,7 @@ inline cuda::DType cuda_dtype(const torch::Tensor& t) {
 
 inline void check_state_dtype(const torch::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
-  FASTGEN_CHECK(dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16, name,
+  FASTGEN_CHECK_TYPE(dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16, name,
                 " must be float32, float16 or bfloat16, got ", dt);
 }
 

@@ -56,7 +56,7 @@ void check_step(const StepInputs& in) {
                 in.model_out.device());
   FASTGEN_CHECK(in.model_out.sizes() == x.sizes(), "model_out must have the shape of x ", x.sizes(), ", got ",
                 in.model_out.sizes());
-  FASTGEN_CHECK(in.model_out.scalar_type() == x.scalar_type(), "model_out must have the dtype of x (", x.scalar_type(),
+  FASTGEN_CHECK_TYPE(in.model_out.scalar_type() == x.scalar_type(), "model_out must have the dtype of x (", x.scalar_type(),
                 "), got ", in.model_out.scalar_type());
   FASTGEN_CHECK(in.coef.device() == x.device() && in.coef.scalar_type() == torch::kFloat32 && in.coef.is_contiguous() &&
                     in.coef.dim() == 2 && in.coef.size(1) == kCoefWidth && in.coef.size(0) >= 1,
@@ -71,7 +71,7 @@ void check_step(const StepInputs& in) {
       const int64_t* v = idx.data_ptr<int64_t>();
       const int64_t rows = in.coef.size(0);
       for (int64_t i = 0; i < idx.numel(); ++i) {
-        FASTGEN_CHECK(v[i] >= 0 && v[i] < rows, "index[", i, "] = ", v[i], " is out of range for coef's ", rows,
+        FASTGEN_CHECK_INDEX(v[i] >= 0 && v[i] < rows, "index[", i, "] = ", v[i], " is out of range for coef's ", rows,
                       " rows");
       }
     }
@@ -85,9 +85,11 @@ void check_step(const StepInputs& in) {
   for (const OptTensor* t : {&in.aux, &in.noise}) {
     if (!t->has_value()) continue;
     const char* name = t == &in.aux ? "aux" : "noise";
-    FASTGEN_CHECK((*t)->device() == x.device() && (*t)->scalar_type() == torch::kFloat32 && (*t)->is_contiguous() &&
-                      (*t)->sizes() == x.sizes(),
-                  name, " must be contiguous float32 with the shape of x on its device");
+    FASTGEN_CHECK((*t)->device() == x.device() && (*t)->sizes() == x.sizes(), name,
+                  " must have the shape of x on its device");
+    FASTGEN_CHECK_TYPE((*t)->scalar_type() == torch::kFloat32, name, " must have dtype float32, got ",
+                       (*t)->scalar_type());
+    FASTGEN_CHECK((*t)->is_contiguous(), name, " must be contiguous");
   }
   if (in.sample_seeds.has_value()) {
     const Tensor& s = *in.sample_seeds;

@@ -56,7 +56,7 @@ void check_ula(const Tensor& x, const Tensor& score, const UlaOptions& o, const 
   FASTGEN_CHECK(score.device() == x.device(), name, " must be on the device of x (", x.device(), "), got ",
                 score.device());
   FASTGEN_CHECK(score.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", score.sizes());
-  FASTGEN_CHECK(score.scalar_type() == x.scalar_type() || score.scalar_type() == torch::kFloat32, name,
+  FASTGEN_CHECK_TYPE(score.scalar_type() == x.scalar_type() || score.scalar_type() == torch::kFloat32, name,
                 " must have the dtype of x (", x.scalar_type(), ") or float32, got ", score.scalar_type());
   check_step(o.step_size);
   check_rng(o.seed, o.offset);
@@ -173,7 +173,7 @@ void ula_step_cpu(Tensor x, const Tensor& score, double step_size, const OptTens
 }
 
 void check_mala_propose(const Tensor& x, const Tensor& grad_log_prob, const UlaOptions& o) {
-  FASTGEN_CHECK(grad_log_prob.scalar_type() == x.scalar_type(), "grad_log_prob must have the dtype of x (",
+  FASTGEN_CHECK_TYPE(grad_log_prob.scalar_type() == x.scalar_type(), "grad_log_prob must have the dtype of x (",
                 x.scalar_type(), "), got ", grad_log_prob.scalar_type());
   check_ula(x, grad_log_prob, o, "grad_log_prob");
 }
@@ -200,7 +200,7 @@ void check_mala_accept(const Tensor& x, const Tensor& log_prob, const Tensor& gr
     FASTGEN_CHECK(t->device() == x.device(), name, " must be on the device of x (", x.device(), "), got ",
                   t->device());
     FASTGEN_CHECK(t->sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", t->sizes());
-    FASTGEN_CHECK(t->scalar_type() == x.scalar_type(), name, " must have the dtype of x (", x.scalar_type(),
+    FASTGEN_CHECK_TYPE(t->scalar_type() == x.scalar_type(), name, " must have the dtype of x (", x.scalar_type(),
                   "), got ", t->scalar_type());
     FASTGEN_CHECK(t->is_contiguous(), name, " must be contiguous");
   }

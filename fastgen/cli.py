@@ -17,34 +17,61 @@ import sys
 import torch
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line on stderr, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _shape(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must be integers like 3,32,32, got {text!r}") from None
+    """3,32,32 or 3x32x32: ints >= 1."""
+    parts = text.strip().replace("x", ",").split(",")
+    if not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 like 3,32,32, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
-def _positive(text: str) -> int:
+def _int_range(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value < hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi:,}), got {text}")
+        return value
+
+    return parse
+
+
+_positive = _int_range(1, 2**63)
+
+
+def _budget(text: str) -> int:
+    from .generation import SettingsError, parse_bytes
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return parse_bytes(text)
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("memory_budget ", "")) from None
 
 
 def cmd_generate(args) -> int:
-    from .generation import GenerateError, generate
+    from .generation import SettingsError, generate
 
     try:
         generate(args.source, args.n, args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  shard_size=args.shard_size, chunk_size=args.chunk_size, memory_budget=args.memory_budget,
                  shape=args.shape, prediction=args.prediction, device=args.device, quiet=args.quiet,
                  allow_nonfinite=args.allow_nonfinite)
-    except GenerateError as err:
-        print(f"fastgen generate: error: {err}", file=sys.stderr)
-        return 1
+    except SettingsError as err:
+        args.usage.error(str(err))
+    except KeyboardInterrupt:
+        print(f"fastgen generate: interrupted; the finished shards are kept in {args.out}: rerun the same command "
+              f"to resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -85,8 +112,9 @@ def cmd_sample(args) -> int:
     from .generation import TARGETS, sample_seeds
 
     if args.source not in TARGETS:
-        print(f"fastgen sample: error: source must be one of {', '.join(TARGETS)}", file=sys.stderr)
-        return 2
+        args.usage.error(f"source must be one of {', '.join(TARGETS)}, got {args.source!r}")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        args.usage.error(f"--plot: the folder of {args.plot!r} does not exist")
     target = TARGETS[args.source]()
     process = fastgen.DDPMSchedule() if args.sampler in ("ddpm", "ddim") else fastgen.VPSDE()
     x = fastgen.sample(target.model(process, "eps"), (args.n, target.dim), sampler=args.sampler, steps=args.steps,
@@ -128,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     from .bench import suite_names
     from .samplers.diffusion import SAMPLERS
 
-    p = argparse.ArgumentParser(prog="fastgen", description="fused samplers for generative models")
+    p = _Parser(prog="fastgen", description="fused samplers for generative models")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate N samples into shards and a manifest (resumable)")
@@ -138,17 +166,19 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output folder (shards, settings.json, manifest.json)")
     g.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     g.add_argument("--steps", type=_positive, default=50)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_int_range(0, 2**64), default=0, help="in [0, 2**64)")
     g.add_argument("--shard-size", type=_positive, default=65536, help="samples per shard file")
     g.add_argument("--chunk-size", type=_positive, default=None, help="samples per sampling call (default: "
                                                                       "from --memory-budget)")
-    g.add_argument("--memory-budget", default="256MB")
+    g.add_argument("--memory-budget", type=_budget, default="256MB",
+                   help="bound on the sampler's working set, e.g. 256MB, 2GB (K/M/G are powers of 1024; default "
+                        "256MB); the model's own activations come on top")
     g.add_argument("--shape", type=_shape, default=None, help="shape of one sample, for a model (e.g. 3,32,32)")
     g.add_argument("--prediction", choices=["eps", "x0", "v", "score"], default=None)
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--allow-nonfinite", action="store_true", help="keep samples with NaN or inf (default: an error)")
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, usage=g)
 
     b = sub.add_parser("bench", help="run bench/'s suites: markdown, JSON and a PNG plot")
     b.add_argument("suite", nargs="?", default="all", choices=suite_names() + ["all"])
@@ -162,18 +192,36 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a built-in target, print metrics, save a plot")
     s.add_argument("source", help="gmm8, rings or grid")
-    s.add_argument("-n", type=_positive, default=20000)
+    s.add_argument("-n", type=_int_range(2, 2**31), default=20000, help="at least 2: the metrics compare sample sets")
     s.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
     s.add_argument("--steps", type=_positive, default=50)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_int_range(0, 2**63 - 2), default=0)
     s.add_argument("--plot", default=None, help="write a density plot here")
-    s.set_defaults(func=cmd_sample)
+    s.set_defaults(func=cmd_sample, usage=s)
     return p
 
 
 def main(argv=None) -> int:
+    """Every error is one line on stderr: exit 2 for usage, 1 at run time, 130 on Ctrl-C (FASTGEN_DEBUG=1 shows
+    the traceback of an unexpected error)."""
     args = parser().parse_args(argv)
-    return args.func(args)
+    from .generation import GenerateError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"fastgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except GenerateError as err:
+        print(f"fastgen {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if os.environ.get("FASTGEN_DEBUG"):
+            raise
+        message = " ".join(str(err).split())
+        print(f"fastgen {args.command}: error: {type(err).__name__}: {message} (FASTGEN_DEBUG=1 shows where)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -63,10 +63,20 @@ class _FusedStep:
 
     @staticmethod
     def _row(table: torch.Tensor, timestep, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(coef, index): a row view for an int timestep, or the table and a device index for a tensor."""
+        """(coef, index): a row view for an int timestep, or the table and a device index for a tensor. A timestep
+        on the host is checked here; one on the GPU is read by the kernel, which makes the sample NaN if it is out
+        of range (checking it here would cost a host sync)."""
+        rows = table.shape[0]
         if isinstance(timestep, torch.Tensor):
+            if timestep.numel() == 0 or timestep.is_floating_point() and not torch.isfinite(timestep).all():
+                raise ValueError(f"timestep must be a finite timestep, got {timestep}")
+            if timestep.device.type == "cpu" and not 0 <= int(timestep.reshape(-1)[0]) < rows:
+                raise IndexError(f"timestep {int(timestep.reshape(-1)[0])} is out of range: the table has timesteps "
+                                 f"0 to {rows - 1}")
             return table, timestep.reshape(-1)[:1].to(device=device, dtype=torch.int64)
         t = int(timestep)
+        if not 0 <= t < rows:
+            raise IndexError(f"timestep {t} is out of range: the table has timesteps 0 to {rows - 1}")
         return table[t:t + 1], None
 
     def _run(self, model_output, sample, table, timestep, prediction, clip, clip_eps, noise, out_dtype):

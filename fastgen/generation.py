@@ -4,12 +4,21 @@
   fastgen.sample's per-sample seeds, so its bytes do not depend on the chunk size,
   the number of processes, or restarts (for models that treat samples independently,
   as the built-in targets' exact models do).
-* Resumable: shard k holds samples [k S, (k+1) S). It is written to a temporary
+* One run per folder: the run holds an exclusive lock on OUT/.lock (flock, released
+  by the kernel when the process exits or dies, so a dead run's lock is never in
+  the way); a second run on the same folder fails at once.
+* Validated before anything is written: n, seed, shape, shard and chunk sizes, the
+  memory budget, the free disk space, and the folder's own settings.json.
+* Resumable: shard k holds samples [k S, (k+1) S). It is streamed to a temporary
   name, fsynced and renamed, then its sidecar (range, SHA-256) likewise; a shard
-  counts as done only when both are in place. Rerunning the same command skips
-  finished shards; the manifest is written last, once every shard is done.
-* Distributed: under torchrun (gloo on CPU, nccl on CUDA) rank r makes shards
-  r, r + W, ...; rank 0 writes the manifest after a barrier.
+  counts as done only when both are in place and the shard's SHA-256 matches its
+  sidecar: a resume rehashes every finished shard and regenerates bad ones.
+  The manifest is written last, once every shard is done.
+* Bounded memory: chunks are sized so that the sampler's working set stays within
+  the memory budget; shards are written chunk by chunk, never held whole.
+* Distributed: under torchrun (gloo on CPU, nccl on CUDA) rank 0 takes the lock and
+  writes the settings, rank r makes shards r, r + W, ...; rank 0 writes the
+  manifest after a barrier.
 
 Shards are .npy files: no dependency beyond numpy, memory-mappable, and their
 header states dtype and shape.
@@ -20,9 +29,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import io
 import json
 import math
 import os
+import re
+import shutil
+import socket
 import sys
 import time
 
@@ -36,10 +49,21 @@ from .sde import DDPMSchedule, VPSDE
 TARGETS = {"gmm8": targets.eight_gaussians, "rings": targets.rings, "grid": targets.grid}
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
+LOCK = ".lock"
+MAX_SHARDS = 10**6  # shard-000000 ... shard-999999
+MAX_SEED = 2**64  # seeds are uint64
+# State-sized float32 buffers a chunk's working set is counted as: the samplers hold up to 5 at once (state,
+# model input and output, history; ode_heun and dpmpp_2m), and the heap's churn within a chunk adds about half
+# again; 8 keeps every sampler's peak near 1.1x the budget (measured, tests/test_reliability.py and the README).
+WORKING_SET_COPIES = 8
 
 
 class GenerateError(RuntimeError):
     """A generation that cannot proceed: the message says why."""
+
+
+class SettingsError(GenerateError, ValueError):
+    """An argument of generate() that is out of range or malformed (the command line's usage errors)."""
 
 
 def sample_seeds(seed: int, start: int, stop: int) -> torch.Tensor:
@@ -52,6 +76,45 @@ def sample_seeds(seed: int, start: int, stop: int) -> torch.Tensor:
     return torch.from_numpy((z >> np.uint64(1)).astype(np.int64))
 
 
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_bytes(budget) -> int:
+    """A byte count from an int or a string like '256MB', '1.5GiB', '4096' (K, M, G, T are powers of 1024)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, str)):
+        raise SettingsError(f"memory_budget must be a size like 256MB or a number of bytes, got {budget!r}")
+    if isinstance(budget, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", budget)
+        if not match or match.group(2).upper() not in _UNITS:
+            raise SettingsError(f"memory_budget must be a size like 256MB, 1.5GB or 4096 (bytes), got {budget!r}")
+        value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    else:
+        value = float(budget)
+    if not math.isfinite(value) or value < 1:
+        raise SettingsError(f"memory_budget must be a positive, finite size, got {budget!r}")
+    return int(value)
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SettingsError(f"{name} must be an int, got {value!r}")
+    if not lo <= value < hi:
+        raise SettingsError(f"{name} must be in [{lo}, {hi}), got {value}")
+    return int(value)
+
+
+def check_shape(shape) -> tuple:
+    """The shape of one sample: a non-empty tuple of ints >= 1."""
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) == 0:
+        raise SettingsError(f"shape must be a non-empty sequence of ints >= 1 (one sample, e.g. (3, 32, 32)), "
+                            f"got {shape!r}")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise SettingsError(f"shape must be a non-empty sequence of ints >= 1, got {tuple(shape)!r}")
+    return tuple(int(d) for d in shape)
+
+
 @dataclasses.dataclass
 class Source:
     name: str
@@ -59,6 +122,7 @@ class Source:
     shape: tuple
     prediction: str
     target: targets.GaussianMixture | None = None
+    exported: bool = False
 
 
 def load_source(source: str, sampler: str, shape=None, prediction: str | None = None) -> Source:
@@ -67,9 +131,13 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
     if source in TARGETS:
         target = TARGETS[source]()
         pred = prediction or "eps"
+        if shape is not None and check_shape(shape) != (target.dim,):
+            raise SettingsError(f"shape: {source} samples have shape ({target.dim},), got {tuple(shape)}")
         return Source(source, target.model(process, pred), (target.dim,), pred, target)
     if shape is None:
-        raise GenerateError(f"--shape is needed for the model {source!r} (the shape of one sample, e.g. 3,32,32)")
+        raise SettingsError(f"--shape is needed for the model {source!r} (the shape of one sample, e.g. 3,32,32)")
+    shape = check_shape(shape)
+    exported = False
     if ":" in source and not os.path.exists(source):
         module_name, _, attr = source.partition(":")
         try:
@@ -84,45 +152,140 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
             model = torch.jit.load(source, map_location="cpu")
         except Exception:
             try:
-                model = torch.export.load(source).module()
+                model, exported = torch.export.load(source).module(), True
             except Exception as err:
                 raise GenerateError(f"{source!r} is neither a TorchScript nor a torch.export file: {err}") from None
     if not callable(model):
         raise GenerateError(f"{source!r} is not callable as model(x, t)")
-    return Source(source, model, tuple(shape), prediction or "eps")
+    return Source(source, model, shape, prediction or "eps", exported=exported)
 
 
-def _fsync_write(path: str, write) -> None:
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_write(path: str, data: bytes) -> None:
     """Write through a temporary file in the same folder, fsync, rename: the file appears whole or not at all."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(path)
     except OSError as err:
+        raise GenerateError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise GenerateError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+class _ShardWriter:
+    """One .npy shard streamed chunk by chunk to a temporary file and hashed on the way; commit() fsyncs and
+    renames it into place and returns its SHA-256. Leaving the block without commit() removes the temporary file."""
+
+    def __init__(self, path: str, shape: tuple):
+        self.path, self.tmp = path, f"{path}.tmp.{os.getpid()}"
+        self.sha = hashlib.sha256()
+        self.file = self._io(lambda: open(self.tmp, "wb"))
+        try:
+            self.write(_npy_header(shape))
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _io(self, action):
+        try:
+            return action()
+        except OSError as err:
+            raise GenerateError(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def write(self, data) -> None:
+        self._io(lambda: self.file.write(data))
+        self.sha.update(data)
+
+    def commit(self) -> str:
+        def finish():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+            _fsync_dir(self.path)
+
+        self._io(finish)
+        return self.sha.hexdigest()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.file.closed:
+            self.file.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
 
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
+def _read_json(path: str, what: str):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise GenerateError(f"{path} ({what}) cannot be read: {getattr(err, 'strerror', None) or err}") from None
+
+
 def _shard_name(k: int) -> str:
     return f"shard-{k:06d}.npy"
 
 
-def _shard_done(out: str, k: int, nbytes: int) -> bool:
+def _sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _shard_problem(out: str, k: int, start: int, stop: int, nbytes: int) -> str | None:
+    """Why shard k is not done ('missing' when absent), or None when it and its sidecar are whole and agree."""
     path = os.path.join(out, _shard_name(k))
-    return os.path.exists(path + ".json") and os.path.exists(path) and os.path.getsize(path) == nbytes
+    if not os.path.exists(path + ".json") or not os.path.exists(path):
+        return "missing"
+    if os.path.getsize(path) != nbytes:
+        return f"{os.path.getsize(path)} bytes, expected {nbytes}"
+    try:
+        with open(path + ".json", "rb") as f:
+            side = json.loads(f.read())
+        if (side.get("file"), side.get("start"), side.get("stop")) != (_shard_name(k), start, stop):
+            return "its sidecar names another range"
+        if _sha256(path) != side.get("sha256"):
+            return "its SHA-256 differs from its sidecar"
+    except (OSError, ValueError, AttributeError) as err:
+        return f"its sidecar cannot be read ({err})"
+    return None
+
+
+def _release_freed_memory():
+    """glibc's malloc_trim: hand the heap's free pages back to the system after a chunk (blocks under malloc's
+    dynamic mmap threshold, up to 32 MB, are otherwise kept and fragment as chunks come and go)."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+_trim_heap = _release_freed_memory()
 
 
 def _world():
@@ -134,6 +297,35 @@ def _world():
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), True
+
+
+class _FolderLock:
+    """An exclusive flock on OUT/.lock, held for the run. The kernel releases it when the process exits or dies,
+    so a lock file left by a killed run is taken over at once; the file names the holder for the error message."""
+
+    def __init__(self, out: str):
+        import fcntl
+
+        self.path = os.path.join(out, LOCK)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise GenerateError(f"cannot create the lock file {self.path}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise GenerateError(f"{out!r} is in use by another fastgen generate ({holder}); wait for it to finish "
+                                f"or use another folder") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
 
 
 class _Progress:
@@ -158,53 +350,118 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _parse_bytes(budget) -> int:
-    if isinstance(budget, (int, float)):
-        return int(budget)
-    text = str(budget).strip().upper()
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * scale)
-    return int(text)
+def _shard_files(out: str) -> list[str]:
+    return sorted(name for name in os.listdir(out) if name.startswith("shard-") and ".tmp." not in name)
 
 
-def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-             shard_size: int = 65536, chunk_size: int | None = None, memory_budget="256MB", shape=None,
-             prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False) -> dict:
-    """Generate n samples into folder `out` (see the module docstring); returns the manifest."""
-    if sampler not in SAMPLERS:
-        raise GenerateError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if n < 1 or shard_size < 1 or steps < 1:
-        raise GenerateError("n, shard_size and steps must be >= 1")
-    src = load_source(source, sampler, shape, prediction)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    per_sample = math.prod(src.shape) * 4
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise GenerateError(f"chunk_size must be an int >= 1 (or None: from memory_budget), got {chunk_size!r}")
-    if chunk_size is None:  # state, model output, aux, temporaries: about 8 copies of a sample each
-        chunk_size = max(1, _parse_bytes(memory_budget) // (8 * per_sample))
-    chunk_size = min(chunk_size, shard_size)
-    rank, world, distributed = _world()
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "seed": seed,
-                "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
-                "dtype": "float32"}
+def _claim_folder(out: str, settings: dict, need_bytes: int) -> _FolderLock:
+    """Lock the folder, check it holds this generation or nothing, check the free space, write settings.json."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise GenerateError(f"the output path {out!r} is not a folder")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise GenerateError(f"cannot create the output folder {out!r}: {err.strerror or err}") from None
-    settings_path = os.path.join(out, SETTINGS)
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            if json.load(f) != settings:
-                raise GenerateError(f"{out!r} holds a generation with other settings; use a new folder")
-    elif rank == 0:
-        _fsync_write(settings_path, lambda f: f.write(_json_bytes(settings)))
-    shards = math.ceil(n / shard_size)
-    mine = [k for k in range(rank, shards, world)]
+    lock = _FolderLock(out)
+    try:
+        settings_path = os.path.join(out, SETTINGS)
+        shards = _shard_files(out)
+        if os.path.exists(settings_path):
+            old = _read_json(settings_path, "the settings of the generation in this folder")
+            if not isinstance(old, dict):
+                raise GenerateError(f"{settings_path} is not a fastgen settings file; use a new folder")
+            if old != settings and shards:
+                changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise GenerateError(f"{out!r} holds a generation with other settings ({', '.join(changed)} differ); "
+                                    f"use a new folder")
+        elif shards:
+            raise GenerateError(f"{out!r} holds shard files but no {SETTINGS}: they are not adopted; use a new "
+                                f"folder")
+        free = shutil.disk_usage(out).free
+        if need_bytes > free:
+            raise GenerateError(f"the shards still to write need {need_bytes:,} bytes and {out!r} has {free:,} free")
+        _fsync_write(settings_path, _json_bytes(settings))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _agree(distributed: bool, ok: bool) -> None:
+    """Under torchrun: every rank learns whether rank 0 could claim the folder (rank 0 raises its own error)."""
+    if not distributed:
+        return
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if not flag.item():
+        raise GenerateError("rank 0 could not claim the output folder (its error says why)")
+
+
+def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+             shard_size: int = 65536, chunk_size: int | None = None, memory_budget="256MB", shape=None,
+             prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False) -> dict:
+    """Generate n samples into folder `out` (see the module docstring); returns the manifest.
+
+    The chunk size (samples per sampling call) is chunk_size, or the most samples whose working set
+    (WORKING_SET_COPIES float32 copies of the state) fits in memory_budget; the model's own activations come on top.
+    """
+    if sampler not in SAMPLERS:
+        raise SettingsError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    n = _int_in("n", n, 1, 2**63)
+    steps = _int_in("steps", steps, 1, 2**31)
+    seed = _int_in("seed", seed, 0, MAX_SEED)
+    shard_size = _int_in("shard_size", shard_size, 1, 2**63)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SettingsError(f"chunk_size must be an int >= 1 (or None: from memory_budget), got {chunk_size!r}")
+    budget = parse_bytes(memory_budget)
+    shards = -(-n // shard_size)
+    if shards > MAX_SHARDS:
+        raise SettingsError(f"n={n:,} in shards of {shard_size:,} makes {shards:,} shards, more than {MAX_SHARDS:,}: "
+                            f"raise shard_size (--shard-size)")
+    src = load_source(source, sampler, shape, prediction)
+    per_sample = math.prod(src.shape) * 4
+    if chunk_size is None:
+        chunk_size = budget // (WORKING_SET_COPIES * per_sample)
+        if chunk_size < 1:
+            raise SettingsError(f"memory_budget of {budget:,} bytes is less than one sample's working set "
+                                f"({WORKING_SET_COPIES * per_sample:,} bytes for shape {src.shape})")
+    # Every draw has one size (the shard split into equal chunks, the last draw of a shard padded with the next
+    # samples' seeds and cut): allocations of one size reuse the freed blocks, where mixed sizes fragment the heap.
+    per_shard = min(shard_size, n)
+    chunk_size = -(-per_shard // -(-per_shard // min(chunk_size, per_shard)))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, distributed = _world()
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "seed": seed,
+                "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
+                "dtype": "float32"}
+    ranges = [(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(shards)]
+    file_bytes = {count: count * per_sample + len(_npy_header((count,) + src.shape))
+                  for count in {hi - lo for _, lo, hi in (ranges[0], ranges[-1])}}
+    sizes = {k: file_bytes[hi - lo] for k, lo, hi in ranges}
+    lock = None
+    if rank == 0:
+        try:
+            missing = sum(sizes[k] for k, lo, hi in ranges
+                          if not os.path.exists(os.path.join(out, _shard_name(k) + ".json")))
+            lock = _claim_folder(out, settings, missing)
+        except BaseException:
+            _agree(distributed, False)
+            raise
+    _agree(distributed, True)
+    try:
+        return _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet,
+                    allow_nonfinite)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet, allow_nonfinite):
+    n, seed, sampler, steps = settings["n"], settings["seed"], settings["sampler"], settings["steps"]
     for name in os.listdir(out):  # a killed run's partial files of this rank's shards never count
         owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % world == rank
         if ".tmp." in name and owned:
@@ -212,70 +469,76 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
                 os.remove(os.path.join(out, name))
             except FileNotFoundError:
                 pass
-    header = np.lib.format.header_data_from_array_1_0(np.empty((0,) + src.shape, np.float32))
     todo = []
-    for k in mine:
-        count = min(n, (k + 1) * shard_size) - k * shard_size
-        arr_bytes = count * per_sample
-        nbytes = arr_bytes + _npy_header_size(header, (count,) + src.shape)
-        if not _shard_done(out, k, nbytes):
-            todo.append((k, count))
-    progress = _Progress(sum(c for _, c in todo), quiet or rank != 0)
+    for k, lo, hi in ranges[rank::world]:
+        problem = _shard_problem(out, k, lo, hi, sizes[k])
+        if problem is None:
+            continue
+        if problem != "missing":
+            print(f"fastgen generate: {_shard_name(k)} is damaged ({problem}): making it again", file=sys.stderr)
+            for suffix in (".json", ""):  # the sidecar first: a shard without one is never taken as done
+                path = os.path.join(out, _shard_name(k) + suffix)
+                if os.path.exists(path):
+                    os.remove(path)
+        todo.append((k, lo, hi))
+    progress = _Progress(sum(hi - lo for _, lo, hi in todo), quiet or rank != 0)
     start = time.perf_counter()
-    samplers = {}  # one planned (on CUDA: captured) loop per chunk size, reused for every chunk of that size
+    samplers = []  # the loop, planned (on CUDA: captured) once and drawn for every chunk
 
-    def draw(lo: int, hi: int) -> torch.Tensor:
-        seeds = sample_seeds(seed, lo, hi)
-        if hi - lo not in samplers:
-            samplers[hi - lo] = make_sampler(src.model, (hi - lo,) + src.shape, sampler=sampler, steps=steps,
-                                             prediction=src.prediction, per_sample_seeds=seeds, device=device)
-        return samplers[hi - lo].draw(per_sample_seeds=seeds.to(device))
+    def draw(lo: int, hi: int) -> np.ndarray:
+        seeds = sample_seeds(seed, lo, lo + chunk_size)
+        try:
+            if not samplers:
+                samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
+                                             prediction=src.prediction, per_sample_seeds=seeds, device=device))
+            with torch.no_grad():
+                x = samplers[0].draw(per_sample_seeds=seeds.to(device))[: hi - lo]
+        except Exception as err:
+            hint = (f" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
+                    f"a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")
+            raise GenerateError(f"sampling {src.name!r} failed on a batch of {hi - lo}: {type(err).__name__}: "
+                                f"{err}{hint}") from None
+        return x.float().cpu().numpy()
 
-    for k, count in todo:
-        first = k * shard_size
-        parts = []
-        for lo in range(first, first + count, chunk_size):
-            hi = min(first + count, lo + chunk_size)
-            try:
-                with torch.no_grad():
-                    x = draw(lo, hi)
-            except (ValueError, TypeError, RuntimeError) as err:
-                raise GenerateError(f"sampling {src.name!r} failed: {err}") from None
-            part = x.float().cpu().numpy()
-            if not allow_nonfinite and not np.isfinite(part).all():
-                bad = lo + int(np.argmin(np.isfinite(part).reshape(len(part), -1).all(axis=1)))
-                raise GenerateError(f"sample {bad} (shard {k}, {_shard_name(k)}) is not finite: the model returned "
-                                    f"NaN or inf; nothing of that shard was written (allow_nonfinite=True / "
-                                    f"--allow-nonfinite keeps such samples)")
-            parts.append(part)
-            progress.advance(hi - lo)
-        shard = np.concatenate(parts)
+    for k, first, stop in todo:
         path = os.path.join(out, _shard_name(k))
-        _fsync_write(path, lambda f: np.save(f, shard))
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-        _fsync_write(path + ".json", lambda f: f.write(_json_bytes(
-            {"file": _shard_name(k), "start": first, "stop": first + count, "sha256": digest})))
+        with _ShardWriter(path, (stop - first,) + src.shape) as shard:
+            for lo in range(first, stop, chunk_size):
+                hi = min(stop, lo + chunk_size)
+                part = draw(lo, hi)
+                if not allow_nonfinite:
+                    finite = np.isfinite(part).reshape(len(part), -1).all(axis=1)
+                    if not finite.all():
+                        raise GenerateError(f"sample {lo + int(np.argmin(finite))} (shard {k}, {_shard_name(k)}) is "
+                                            f"not finite: the model returned NaN or inf; nothing of that shard was "
+                                            f"written (allow_nonfinite=True / --allow-nonfinite keeps such samples)")
+                shard.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+                del part
+                _trim_heap()
+                progress.advance(hi - lo)
+            digest = shard.commit()
+        _fsync_write(path + ".json", _json_bytes({"file": _shard_name(k), "start": first, "stop": stop,
+                                                  "sha256": digest}))
     progress.close()
     if distributed:
         import torch.distributed as dist
 
         dist.barrier()
-    manifest = _write_manifest(out, settings, shards) if rank == 0 else None
+    manifest = _write_manifest(out, settings, len(ranges)) if rank == 0 else None
     if rank == 0 and not quiet:
-        made = sum(c for _, c in todo)
+        made = sum(hi - lo for _, lo, hi in todo)
         elapsed = time.perf_counter() - start
-        print(f"fastgen generate: {n:,} samples in {shards} shards at {out} ({made:,} made now in {elapsed:.1f} s"
-              f"{f', {made / elapsed:,.0f} samples/s' if made and elapsed > 0 else ''}; {world} process"
-              f"{'es' if world > 1 else ''})", file=sys.stderr)
+        print(f"fastgen generate: {n:,} samples in {len(ranges)} shards at {out} ({made:,} made now in "
+              f"{elapsed:.1f} s{f', {made / elapsed:,.0f} samples/s' if made and elapsed > 0 else ''}; {world} "
+              f"process{'es' if world > 1 else ''})", file=sys.stderr)
     return manifest
 
 
-def _npy_header_size(header: dict, shape) -> int:
-    import io
-
+def _npy_header(shape) -> bytes:
+    """The .npy (format 1.0) header of a C-ordered little-endian float32 array of this shape, as np.save writes it."""
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {**header, "shape": tuple(shape)})
-    return buf.tell()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
 
 
 def _write_manifest(out: str, settings: dict, shards: int) -> dict:
@@ -284,11 +547,10 @@ def _write_manifest(out: str, settings: dict, shards: int) -> dict:
         sidecar = os.path.join(out, _shard_name(k) + ".json")
         if not os.path.exists(sidecar):
             raise GenerateError(f"shard {k} is missing in {out!r}; rerun the same command to finish it")
-        with open(sidecar) as f:
-            entries.append(json.load(f))
+        entries.append(_read_json(sidecar, f"the sidecar of shard {k}"))
     manifest = {"format": "fastgen-shards/1", "settings": settings, "shards": entries,
                 "versions": {"fastgen": __version__, "torch": torch.__version__, "numpy": np.__version__}}
-    _fsync_write(os.path.join(out, MANIFEST), lambda f: f.write(_json_bytes(manifest)))
+    _fsync_write(os.path.join(out, MANIFEST), _json_bytes(manifest))
     return manifest
 
 
@@ -297,23 +559,70 @@ def verify(out: str) -> dict:
     path = os.path.join(out, MANIFEST)
     if not os.path.exists(path):
         raise GenerateError(f"{out!r} has no {MANIFEST}: the generation is not finished")
-    with open(path) as f:
-        manifest = json.load(f)
-    expected = 0
-    for entry in manifest["shards"]:
-        shard = os.path.join(out, entry["file"])
-        if entry["start"] != expected:
-            raise GenerateError(f"{entry['file']}: starts at {entry['start']}, expected {expected}")
-        if hashlib.sha256(open(shard, "rb").read()).hexdigest() != entry["sha256"]:
-            raise GenerateError(f"{entry['file']}: checksum differs from the manifest")
-        expected = entry["stop"]
-    if expected != manifest["settings"]["n"]:
-        raise GenerateError(f"the shards hold {expected} samples, the manifest says {manifest['settings']['n']}")
+    manifest = _read_json(path, "the manifest")
+    try:
+        expected, n, entries = 0, manifest["settings"]["n"], list(manifest["shards"])
+        for entry in entries:
+            shard = os.path.join(out, entry["file"])
+            if entry["start"] != expected:
+                raise GenerateError(f"{entry['file']}: starts at {entry['start']}, expected {expected}")
+            if not os.path.exists(shard):
+                raise GenerateError(f"{entry['file']} is missing")
+            if _sha256(shard) != entry["sha256"]:
+                raise GenerateError(f"{entry['file']}: checksum differs from the manifest")
+            expected = entry["stop"]
+    except (KeyError, TypeError) as err:
+        raise GenerateError(f"{path} is not a fastgen manifest ({type(err).__name__}: {err})") from None
+    if expected != n:
+        raise GenerateError(f"the shards hold {expected} samples, the manifest says {n}")
     return manifest
 
 
-def load(out: str, mmap: bool = True) -> np.ndarray:
-    """All samples of a verified generation as one array (shards concatenated)."""
+class Samples:
+    """The samples of a verified generation, shard by shard memory-mapped: len(), .shape, .dtype, indexing by int,
+    slice or index array (only the shards touched are read), iteration over shards, np.asarray() for one array."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards])
+        first = shards[0]
+        self.shape, self.dtype = (int(self.starts[-1]),) + first.shape[1:], first.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self):
+        return iter(self.shards)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None),) + key[1:]] if not isinstance(key[0], (int, np.integer)) \
+                else self[key[0]][key[1:]]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + len(self) if key < 0 else int(key)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {key} is out of range for {len(self)} samples")
+            k = int(np.searchsorted(self.starts, i, side="right")) - 1
+            return np.asarray(self.shards[k][i - self.starts[k]])
+        rows = np.arange(len(self))[key]  # a slice, or an index / boolean array, as numpy reads it
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        for k in np.unique(shard):
+            picked = shard == k
+            out[picked] = self.shards[k][rows[picked] - self.starts[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate(self.shards)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Samples(shape={self.shape}, dtype={self.dtype}, shards={len(self.shards)})"
+
+
+def load(out: str, mmap: bool = True) -> Samples | np.ndarray:
+    """The samples of a verified generation: memory-mapped shard by shard (a Samples; np.asarray() makes one
+    array), or with mmap=False read into one array."""
     manifest = verify(out)
-    return np.concatenate([np.load(os.path.join(out, e["file"]), mmap_mode="r" if mmap else None)
-                           for e in manifest["shards"]])
+    shards = [np.load(os.path.join(out, e["file"]), mmap_mode="r" if mmap else None) for e in manifest["shards"]]
+    return Samples(shards) if mmap else np.concatenate(shards)

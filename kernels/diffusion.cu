@@ -11,10 +11,14 @@ struct Conversion {
   float eps;
 };
 
+// The coefficients of a sample whose index is out of range: its state becomes NaN, an error flag that costs no
+// host sync (a loop's check_finite reads it once, after the loop); nothing is read outside coef.
+__device__ const float kNanRow[kCoefWidth] = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+
 __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int64_t sample) {
   int64_t row = a.coef_rows == 1 ? 0 : sample;
   if (a.index != nullptr) row = a.index[a.index_size == 1 ? 0 : sample];
-  row = row < 0 ? 0 : (row >= a.coef_rows ? a.coef_rows - 1 : row);  // never read outside coef, whatever the index
+  if (row < 0 || row >= a.coef_rows) return kNanRow;
   return a.coef + row * kCoefWidth;
 }
 

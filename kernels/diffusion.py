@@ -21,8 +21,9 @@ C_X0, C_EPS, C_AUX, C_NOISE = (tl.constexpr(int(c)) for c in (Coef.C_X0, Coef.C_
 
 @triton.jit
 def coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE: tl.constexpr, INDEX_MODE: tl.constexpr):
-    """Offset of each element's row in coef: row 0 / its sample's row, or read through index (1: shared, 2: per
-    sample), clamped to the n_rows rows so that no index reads outside coef."""
+    """(offset of each element's row in coef, whether its index was out of range): row 0 / its sample's row, or
+    read through index (1: shared, 2: per sample), clamped to the n_rows rows so that no index reads outside coef.
+    The kernels make the state of a sample with an out-of-range index NaN: an error flag that costs no host sync."""
     row = sample * 0
     if COEF_PER_SAMPLE:
         row = sample
@@ -30,7 +31,7 @@ def coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE: tl.constexpr, IN
         row = tl.load(index_ptr + sample * 0, mask=mask, other=0)
     if INDEX_MODE == 2:
         row = tl.load(index_ptr + sample, mask=mask, other=0)
-    return tl.minimum(tl.maximum(row, 0), n_rows - 1) * WIDTH
+    return tl.minimum(tl.maximum(row, 0), n_rows - 1) * WIDTH, (row < 0) | (row >= n_rows)
 
 
 @triton.jit
@@ -106,11 +107,11 @@ def diffusion_step_kernel(
     mask = idx < numel
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     sample = idx // size
-    row = coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE, INDEX_MODE)
+    row, bad = coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE, INDEX_MODE)
     alpha = tl.load(coef_ptr + row + ALPHA, mask=mask, other=1.0)
     sigma = tl.load(coef_ptr + row + SIGMA, mask=mask, other=1.0)
     k = tl.load(coef_ptr + row + K, mask=mask, other=1.0)
-    c_x = tl.load(coef_ptr + row + C_X, mask=mask, other=0.0)
+    c_x = tl.where(bad, float("nan"), tl.load(coef_ptr + row + C_X, mask=mask, other=0.0))
     c_x0 = tl.load(coef_ptr + row + C_X0, mask=mask, other=0.0)
     c_eps = tl.load(coef_ptr + row + C_EPS, mask=mask, other=0.0)
     c_aux = tl.load(coef_ptr + row + C_AUX, mask=mask, other=0.0)
@@ -169,9 +170,9 @@ def langevin_correct_kernel(
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     lanes = tl.arange(0, BLOCK)
     samples = sample + lanes * 0
-    row = coef_rows(index_ptr, samples, lanes >= 0, n_rows, COEF_PER_SAMPLE, INDEX_MODE)  # every lane: its row
+    row, bad = coef_rows(index_ptr, samples, lanes >= 0, n_rows, COEF_PER_SAMPLE, INDEX_MODE)  # every lane: its row
     alpha = tl.load(coef_ptr + row + ALPHA)
-    sigma = tl.load(coef_ptr + row + SIGMA)
+    sigma = tl.where(bad, float("nan"), tl.load(coef_ptr + row + SIGMA))
     k = tl.load(coef_ptr + row + K)
     a = tl.load(coef_ptr + row + C_X)
     first = sample * size

@@ -19,3 +19,15 @@ def nan_after_zero(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def meta(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, device="meta")
+
+
+def slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """shrink, 20 ms a call: runs that overlap in time."""
+    import time
+
+    time.sleep(0.02)
+    return 0.5 * x
+
+
+def missing_key(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return {"sample": x}["eps"]

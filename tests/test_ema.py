@@ -43,9 +43,9 @@ def test_bad_decay_and_mismatched_lists_write_nothing():
     before = [a.clone() for a in averages]
     with pytest.raises(ValueError, match="decay"):
         ema_update_(averages, values, decay=1.5)
-    with pytest.raises((ValueError, RuntimeError), match="same length"):
+    with pytest.raises(ValueError, match="same length"):
         ema_update_(averages, values[:1], decay=0.5)
-    with pytest.raises((ValueError, RuntimeError), match=r"values\[1\] must have the shape"):
+    with pytest.raises(ValueError, match=r"values\[1\] must have the shape"):
         ema_update_(averages, [values[0], values[1][:2]], decay=0.5)
     assert all(torch.equal(a, b) for a, b in zip(averages, before))
 

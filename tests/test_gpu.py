@@ -90,3 +90,19 @@ def test_sample_graph_fallback_warns_once_with_the_reason():
     with pytest.warns(RuntimeWarning, match="running without a CUDA graph"):
         x = fastgen.sample(model, (64, 2), steps=4, seed=0, device="cuda")
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("namespace", ["fastgen", "fastgen_triton"])
+def test_out_of_range_device_index_makes_that_sample_nan(namespace):
+    """A CUDA index is read by the kernel (a host check would sync): out of range, its sample's state is NaN and
+    nothing is read outside coef; the other samples are stepped as usual."""
+    if not hasattr(torch.ops, namespace) or not hasattr(getattr(torch.ops, namespace), "diffusion_step_"):
+        pytest.skip(f"{namespace} has no diffusion_step_ here")
+    op = getattr(torch.ops, namespace).diffusion_step_
+    x = torch.randn(4, 5, device="cuda")
+    coef = torch.rand(6, 8, device="cuda") + 0.5
+    index = torch.tensor([1, 6, -1, 10**12], device="cuda")
+    y = x.clone()
+    op(y, torch.randn_like(x), coef, index, seed=0)
+    torch.cuda.synchronize()
+    assert torch.isnan(y[1:]).all() and torch.isfinite(y[0]).all()

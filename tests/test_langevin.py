@@ -163,11 +163,11 @@ def test_compiled_ops_check_their_arguments_too():
     x = torch.randn(4, 3)
     before = x.clone()
     ula, gmm = fastgen.ops.REGISTRY["ula_step_"], fastgen.ops.REGISTRY["gmm_langevin_"]
-    with pytest.raises(RuntimeError, match="step_size must be finite and > 0"):
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
         ula(x=x, score=torch.randn(4, 3), step_size=-1.0, backend="cpu")
-    with pytest.raises(RuntimeError, match="score must have the shape of x"):
+    with pytest.raises(ValueError, match="score must have the shape of x"):
         ula(x=x, score=torch.randn(4, 2), step_size=1.0, backend="cpu")
-    with pytest.raises(RuntimeError, match="fused mixture kernel takes dimension"):
+    with pytest.raises(ValueError, match="fused mixture kernel takes dimension"):
         gmm(x=torch.randn(2, 65), means=torch.randn(1, 65), inv_vars=torch.ones(1, 65), log_coef=torch.zeros(1),
             n_steps=1, step_size=1.0, backend="cpu")
     assert torch.equal(x, before)

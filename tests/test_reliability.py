@@ -1,0 +1,352 @@
+"""Reliability under bad input and concurrent runs: every case found by probing fastgen as a hostile user would,
+replayed, and a bounded fuzz test of every op on every backend.
+
+Where each case of the hardening issue is tested:
+ 1. out-of-range index: test_diffusion.py (test_out_of_range_index_..., test_gpu_kernels_flag_...), the drop-in
+    here (test_dropin_timestep_out_of_range);
+ 2. per_sample_seeds dtypes: test_samplers_diffusion.py (test_sample_bad_input);
+ 3-6, 8, 9 (generate and the CLI): here;
+ 7. NaN and meta model outputs: test_generate.py (test_non_finite_..., test_a_model_returning_another_device_...);
+ 9 (Python API): test_samplers_diffusion.py (test_bad_arguments_are_named_before_any_step).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastgen
+from conftest import Sample
+from fastgen.generation import GenerateError, SettingsError, generate, load, verify
+
+from test_registry import TOL, call, clone, flat  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+       "OMP_NUM_THREADS": "1"}
+
+
+def start(*args, out: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fastgen", *args, "--out", str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastgen", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=ENV, timeout=timeout)
+
+
+def one_line(result) -> str:
+    """The single line of stderr of a failed command (no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def shard_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.npy"))}
+
+
+# 3. one run per folder ---------------------------------------------------------------------------------------------
+
+def test_two_concurrent_runs_on_one_folder_one_runs_one_fails_fast(tmp_path):
+    common = ["generate", "gen_models:slow", "--shape", "2", "-n", "4000", "--steps", "20", "--shard-size", "500",
+              "--chunk-size", "250", "--quiet"]
+    out = tmp_path / "shared"
+    runs = [start(*common, "--seed", str(seed), out=out) for seed in (1, 2)]
+    first_exit = None
+    while first_exit is None:  # the loser must fail while the winner is still running
+        time.sleep(0.01)
+        first_exit = next((p for p in runs if p.poll() is not None), None)
+    assert first_exit.returncode == 1 and "in use by another fastgen generate (pid" in one_line(
+        type("R", (), {"stderr": first_exit.stderr.read()})), "the loser did not fail fast"
+    winner = next(p for p in runs if p is not first_exit)
+    assert winner.poll() is None, "the loser failed only after the winner had finished"
+    assert winner.wait(timeout=300) == 0, winner.stderr.read()
+    seed = 2 if first_exit is runs[0] else 1
+    reference = generate("gen_models:slow", 4000, str(tmp_path / "ref"), shape=(2,), steps=20, shard_size=500,
+                         chunk_size=250, seed=seed, quiet=True)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
+    assert verify(str(out))["settings"] == reference["settings"] == json.loads((out / "settings.json").read_text())
+
+
+def test_a_dead_runs_lock_is_taken_over(tmp_path):
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / ".lock").write_text("pid 999999 on elsewhere, since 2020-01-01 00:00:00\n")  # left by a killed run
+    generate("gmm8", 50, str(out), steps=3, quiet=True)
+    assert verify(str(out))["settings"]["n"] == 50
+
+
+def test_shards_without_settings_are_refused_and_settings_of_a_run_that_made_nothing_are_replaced(tmp_path):
+    out = tmp_path / "g"
+    generate("gmm8", 200, str(out), steps=3, shard_size=100, quiet=True)
+    (out / "settings.json").unlink()
+    with pytest.raises(GenerateError, match="holds shard files but no settings.json"):
+        generate("gmm8", 200, str(out), steps=3, shard_size=100, quiet=True)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "settings.json").write_text(json.dumps({"n": 5}))  # a run that failed before its first shard
+    assert generate("gmm8", 20, str(fresh), steps=3, quiet=True)["settings"]["n"] == 20
+    (out / "settings.json").write_text("{not json")
+    with pytest.raises(GenerateError, match="settings.json .* cannot be read"):
+        generate("gmm8", 200, str(out), steps=3, shard_size=100, quiet=True)
+    result = cli("generate", "gmm8", "-n", "200", "--steps", "3", "--shard-size", "100", "--out", str(out))
+    assert result.returncode == 1 and "cannot be read" in one_line(result)
+
+
+# 4, 5. arguments validated before anything is written ------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "10000000000000000000000"], "argument -n"),
+    (["-n", "1000000000000000000"], "more than 1,000,000"),
+    (["-n", "5", "--seed", "-1"], "argument --seed"),
+    (["-n", "5", "--seed", str(2**64)], "argument --seed"),
+    (["-n", "5", "--memory-budget", "abc"], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", "12XB"], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", ""], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", "nan"], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", "0"], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", "-5MB"], "argument --memory-budget"),
+    (["-n", "5", "--memory-budget", "10B"], "less than one sample's working set"),
+    (["-n", "5", "--shape", "3"], "shape: gmm8 samples have shape"),
+])
+def test_bad_generate_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "g"
+    result = cli("generate", "gmm8", *args, "--out", str(out))
+    assert result.returncode == 2 and message in one_line(result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("shape", ["0", "3,0", "-1", "3,x", ",", "2.5"])
+def test_bad_shapes_are_one_line_exit_2(tmp_path, shape):
+    result = cli("generate", "gen_models:shrink", "-n", "5", "--shape", shape, "--out", str(tmp_path / "g"))
+    assert result.returncode == 2 and "--shape" in one_line(result)
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_corrected_command_runs_after_a_bad_one(tmp_path):
+    out = tmp_path / "g"
+    assert cli("generate", "gmm8", "-n", "5", "--seed", "-1", "--out", str(out)).returncode == 2
+    with pytest.raises(SettingsError, match="seed must be in"):
+        generate("gmm8", 5, str(out), seed=2**64)
+    result = cli("generate", "gen_models:wrong_shape", "-n", "5", "--shape", "4", "--out", str(out))
+    assert result.returncode == 1 and "model must return" in one_line(result)  # fails at its first chunk
+    assert cli("generate", "gen_models:shrink", "-n", "5", "--shape", "2", "--quiet",
+               "--out", str(out)).returncode == 0  # the failed run wrote no shard: its settings are replaced
+    assert verify(str(out))["settings"]["shape"] == [2]
+
+
+def test_python_arguments_are_named():
+    for kwargs, message in [(dict(n=0), "n must be in"), (dict(n=2.0), "n must be an int"),
+                            (dict(seed=-1), "seed must be in"), (dict(seed=True), "seed must be an int"),
+                            (dict(memory_budget=float("inf")), "memory_budget must be a positive"),
+                            (dict(memory_budget=None), "memory_budget must be a size"),
+                            (dict(shard_size=0), "shard_size must be in"), (dict(steps=0), "steps must be in")]:
+        with pytest.raises(SettingsError, match=message):
+            generate("gmm8", **{"n": 10, "out": "unused", **kwargs})
+    assert not os.path.exists("unused")
+
+
+def peak_mb(budget: str, sampler: str, n: int, shape=(3, 32, 32)) -> float:
+    code = ("import resource, sys, tempfile, fastgen; fastgen.generate('gen_models:shrink', {n}, tempfile.mkdtemp(), "
+            "shape={shape}, steps=3, sampler={sampler!r}, memory_budget={budget!r}, quiet=True); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)").format(n=n, shape=shape, sampler=sampler,
+                                                                                 budget=budget)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1]) / 1024
+
+
+@pytest.mark.parametrize("sampler", ["ode_heun", "dpmpp_2m"])  # the samplers with the largest working set
+def test_the_memory_budget_bounds_the_peak(sampler):
+    """Peak RSS above a run at a budget of one sample (the fixed overhead: torch, fastgen, the model) stays within
+    1.5x the budget; the shards (20,000 samples of 12 KB: 234 MB) are many budgets' worth."""
+    overhead = peak_mb("100KB", sampler, 200)
+    budget_mb = 48
+    peak = peak_mb(f"{budget_mb}MB", sampler, 20000)
+    assert peak - overhead <= 1.5 * budget_mb, (overhead, peak)
+
+
+# 6. resume verifies checksums -----------------------------------------------------------------------------------
+
+def test_sigkill_then_a_flipped_byte_then_resume_equals_an_uninterrupted_run(tmp_path):
+    args = ["generate", "gmm8", "-n", "30000", "--steps", "20", "--shard-size", "1000", "--quiet"]
+    assert cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
+    out = tmp_path / "killed"
+    proc = start(*args, out=out)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.npy.json"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shard = sorted(out.glob("shard-*.npy"))[1]
+    data = bytearray(shard.read_bytes())
+    data[random.Random(0).randrange(128, len(data))] ^= 0x10
+    shard.write_bytes(bytes(data))
+    sidecar = out / "shard-000000.npy.json"  # and a sidecar whose checksum is wrong
+    side = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**side, "sha256": "0" * 64}))
+    resumed = cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{shard.name} is damaged (its SHA-256 differs from its sidecar)" in resumed.stderr
+    assert "shard-000000.npy is damaged" in resumed.stderr
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
+    verify(str(out))
+
+
+# 8. load() memory-maps ------------------------------------------------------------------------------------------
+
+def test_load_memory_maps_and_indexes_like_the_whole_array(tmp_path):
+    out = tmp_path / "g"
+    generate("gen_models:shrink", 3000, str(out), shape=(2560,), steps=2, shard_size=700, quiet=True)  # 30 MB
+    code = ("import resource, numpy as np; from fastgen.generation import load; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; x = load({out!r}); "
+            "assert x.shape == (3000, 2560) and len(x) == 3000 and x[2999].shape == (2560,); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)").format(out=str(out))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) < 8 * 1024, "load() read the data instead of mapping it"
+    samples, whole = load(str(out)), load(str(out), mmap=False)
+    assert isinstance(whole, np.ndarray) and np.array_equal(np.asarray(samples), whole)
+    for key in (0, -1, 699, 700, slice(650, 1450, 3), slice(None, None, -7), np.array([2999, 0, 700, 700]),
+                whole[:, 0] > 0, (slice(5, 900), 3), (1400, slice(0, 4))):
+        assert np.array_equal(samples[key], whole[key]), key
+    with pytest.raises(IndexError, match="out of range"):
+        samples[3000]
+
+
+# 9. one-line errors, SIGINT ---------------------------------------------------------------------------------------
+
+def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
+    args = ["generate", "gen_models:slow", "--shape", "2", "-n", "3000", "--steps", "10", "--shard-size", "250",
+            "--chunk-size", "250", "--quiet"]
+    out = tmp_path / "g"
+    proc = start(*args, out=out)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.npy.json"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; the finished shards are kept" in one_line(type("R", (), {"stderr": stderr}))
+    assert not [p for p in out.iterdir() if ".tmp." in p.name]
+    kept = len(list(out.glob("*.npy.json")))
+    assert kept >= 2
+    assert cli(*args, "--out", str(out)).returncode == 0
+    assert verify(str(out))["settings"]["n"] == 3000
+
+
+def test_runtime_errors_are_one_line(tmp_path):
+    result = cli("generate", "gen_models:missing_key", "--shape", "2", "-n", "5", "--out", str(tmp_path / "k"))
+    assert result.returncode == 1 and "failed on a batch of 5: KeyError: 'eps'" in one_line(result)
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return 0.5 * x
+
+    fixed = torch.export.export(Net(), (torch.randn(4, 2), torch.rand(4)))  # traced at batch 4
+    torch.export.save(fixed, str(tmp_path / "fixed.pt2"))
+    result = cli("generate", str(tmp_path / "fixed.pt2"), "--shape", "2", "-n", "10", "--out", str(tmp_path / "e"))
+    assert result.returncode == 1 and "traced at a fixed batch size" in one_line(result)
+    result = cli("sample", "gmm8", "-n", "1")
+    assert result.returncode == 2 and "argument -n" in one_line(result)
+    result = cli("sample", "gmm8", "-n", "100", "--plot", str(tmp_path / "missing" / "p.png"))
+    assert result.returncode == 2 and "does not exist" in one_line(result)
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "manifest.json").write_text("[1, 2")
+    with pytest.raises(GenerateError, match="manifest.json .* cannot be read"):
+        verify(str(tmp_path / "v"))
+
+
+def test_dropin_timestep_out_of_range():
+    pytest.importorskip("diffusers")
+    import fastgen.diffusers
+
+    scheduler = fastgen.diffusers.DDPMScheduler()
+    x = torch.randn(2, 3)
+    for timestep in (torch.tensor(1000), torch.tensor(10**9), 1000, -1, torch.tensor([-1])):
+        with pytest.raises(IndexError, match=r"timestep -?\d+ is out of range: the table has timesteps 0 to 999"):
+            scheduler.step(torch.randn(2, 3), timestep, x)
+    assert scheduler.step(torch.randn(2, 3), torch.tensor(999), x).prev_sample.isfinite().all()
+
+
+# fuzz: every op on every backend, against the reference ------------------------------------------------------------
+
+def _fuzz_case(rng: random.Random, name: str) -> dict | None:
+    """One sample of the op (tests/test_<loop>.py's SAMPLES) with one argument perturbed: another stride, dtype or
+    length, a far seed or offset, an out-of-range index."""
+    from test_registry import samples_of
+
+    dtype = rng.choice([torch.float32, torch.float16])
+    samples = [s for s in samples_of(name, "cpu", dtype) if max(
+        (v.numel() for v in flat(s.kwargs.values()) if isinstance(v, torch.Tensor)), default=0) <= 4096]
+    if not samples:
+        return None
+    kwargs = {k: clone(v) for k, v in rng.choice(samples).kwargs.items()}
+    key = rng.choice(sorted(kwargs))
+    value, change = kwargs[key], rng.randrange(5)
+    if isinstance(value, torch.Tensor) and value.numel() > 1 and change == 0:
+        kwargs[key] = torch.stack([value, value], -1).select(-1, 0)  # same values, another stride
+    elif isinstance(value, torch.Tensor) and change == 1:
+        kwargs[key] = value.to(rng.choice([torch.int32, torch.int64, torch.float64, torch.bool, torch.uint8]))
+    elif key in ("seed", "offset", "sample_offset") and change == 2:  # (not n_steps: 2**62 steps are valid)
+        kwargs[key] = rng.choice([-1, 2**63 - 1, 2**63, 2**62 + rng.randrange(1000), 0])
+    elif key == "index" and isinstance(value, torch.Tensor) and change == 3:
+        kwargs[key] = torch.full_like(value, rng.choice([-1, 10**12, 8]))
+    elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] > 0 and change == 4:
+        kwargs[key] = value[:-1]  # one row short
+    return kwargs
+
+
+def _outcome(name: str, backend: str, kwargs: dict):
+    """((outputs, mutated), None), or (None, the error) after checking that nothing was written."""
+    args = {k: clone(v) for k, v in kwargs.items()}
+    try:
+        return call(name, backend, args), None
+    except (RuntimeError, ValueError, TypeError, IndexError, OverflowError) as err:
+        for m in fastgen.ops.REGISTRY[name].mutated:
+            if isinstance(args.get(m), torch.Tensor):
+                assert torch.equal(args[m].nan_to_num(), kwargs[m].nan_to_num()), f"{name} on {backend}: {m} " \
+                    f"written before the error {err!r}"
+        return None, err
+
+
+def test_fuzz_every_op_on_every_backend_matches_the_reference_or_raises():
+    """Random dtypes, strides, lengths, seeds, offsets and indices against every registered op: each backend gives
+    the reference's result, or raises the reference's error class. Bounded: 40 s."""
+    from conftest import cpu_backends
+
+    rng = random.Random(int(os.environ.get("FASTGEN_FUZZ_SEED", "0")))
+    deadline, cases = time.time() + 40, 0
+    names = sorted(fastgen.ops.REGISTRY)
+    while time.time() < deadline:
+        name = rng.choice(names)
+        kwargs = _fuzz_case(rng, name)
+        if kwargs is None:
+            continue
+        want, want_err = _outcome(name, "torch", kwargs)
+        for backend in cpu_backends():
+            if backend == "torch":
+                continue
+            got, got_err = _outcome(name, backend, kwargs)
+            context = f"{name} on {backend}, {Sample(**kwargs)}, {({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})}"
+            assert type(want_err) is type(got_err), f"{context}: reference {want_err!r}, got {got_err!r}"
+            if want_err is not None:
+                continue
+            for g, w in zip(flat(got[0] + got[1]), flat(want[0] + want[1])):
+                if g.dtype == torch.bool or not g.is_floating_point():
+                    assert torch.equal(g, w), context
+                else:
+                    torch.testing.assert_close(g, w, **TOL.get(g.dtype, TOL[torch.float32]), equal_nan=True,
+                                               msg=context)
+        cases += 1
+    assert cases >= 20, cases
