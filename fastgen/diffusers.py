@@ -8,7 +8,8 @@ also builds a device table of step coefficients indexed by timestep, and
 ``step`` reads its row on the device: with a tensor timestep it does no host
 sync. Noise: with ``generator=`` (or DDIM's ``variance_noise=``) step draws it
 exactly as diffusers does, so both give the same samples; without, it comes
-from fastgen's counter-based stream (seeded once from torch's global RNG).
+from fastgen's counter-based stream under a seed drawn from torch's global RNG
+at each step, so ``torch.manual_seed`` before a run reproduces it.
 Configurations that need per-sample statistics (dynamic thresholding) or learned
 variances run diffusers' own step.
 
@@ -27,6 +28,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without diffusers
     raise ImportError("fastgen.diffusers needs diffusers: pip install diffusers") from err
 
+from .constants import Coef
 from .ops import diffusion as ops
 from .rng import resolve_seed
 
@@ -34,32 +36,37 @@ _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 
 class _FusedStep:
-    """Coefficient table, noise stream and the fused call shared by the drop-ins."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._tables: dict = {}
-        self._seed = None
-        self._offset = 0
+    """Coefficient tables and the fused call shared by the drop-ins. No __init__ of its own: diffusers' config
+    machinery reads the constructor's signature (from_config, save_config, compatibles, deprecated kwargs), so
+    each drop-in keeps its diffusers class's constructor unchanged."""
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
-        self._tables.clear()
+        self.__dict__.pop("_fused_tables", None)
+        self.__dict__.pop("_fused_valid", None)
 
     def _table(self, key, build, device) -> torch.Tensor:
-        """The (rows, 8) float32 table for `key` on `device`, built once."""
-        if (key, device) not in self._tables:
-            self._tables[(key, device)] = build().to(device=device, dtype=torch.float32).contiguous()
-        return self._tables[(key, device)]
+        """The (rows, 8) float32 table for `key` on `device`, built once per set_timesteps."""
+        tables = self.__dict__.setdefault("_fused_tables", {})
+        if (key, device) not in tables:
+            tables[(key, device)] = build().to(device=device, dtype=torch.float32).contiguous()
+        return tables[(key, device)]
 
-    def _noise_args(self, sample: torch.Tensor, noise: torch.Tensor | None) -> dict:
+    def _check_in_schedule(self, timestep: int) -> None:
+        """A host timestep must be one of the schedule's (a device one that is not gives a NaN sample)."""
+        valid = self.__dict__.get("_fused_valid")
+        if valid is None:
+            valid = self.__dict__["_fused_valid"] = frozenset(self._schedule().tolist())
+        if timestep not in valid:
+            raise IndexError(f"timestep {timestep} is not one of the scheduler's timesteps (set_timesteps sets them)")
+
+    @staticmethod
+    def _noise_args(sample: torch.Tensor, noise: torch.Tensor | None) -> dict:
+        """The given noise, or the counter-based stream under a seed drawn from torch's global RNG at each step
+        (a host draw, no sync): torch.manual_seed(s) before a run reproduces it, as it does diffusers' noise."""
         if noise is not None:
             return dict(noise=noise.to(sample.device, torch.float32))
-        if self._seed is None:
-            self._seed = resolve_seed()
-        offset = self._offset
-        self._offset += sample.numel()
-        return dict(seed=self._seed, offset=offset)
+        return dict(seed=resolve_seed(), offset=0)
 
     @staticmethod
     def _row(table: torch.Tensor, timestep, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -88,6 +95,16 @@ class _FusedStep:
         return prev, x0.to(out_dtype)
 
 
+def _rows(alpha, sigma, c_x=None, c_x0=None, c_eps=None, noise=None) -> torch.Tensor:
+    """A (rows, 8) float32 coefficient table (the layout of fastgen.constants.Coef) from per-row columns; the model
+    output is read at the state itself (k = 1), absent columns are 0."""
+    zero = torch.zeros_like(alpha)
+    columns = {Coef.ALPHA: alpha, Coef.SIGMA: sigma, Coef.K: torch.ones_like(alpha), Coef.C_X: c_x, Coef.C_X0: c_x0,
+               Coef.C_EPS: c_eps, Coef.C_AUX: None, Coef.C_NOISE: noise}
+    table = torch.stack([zero if columns[c] is None else columns[c].float() for c in sorted(columns)], dim=1)
+    return table
+
+
 def _clip(config) -> float | None:
     return float(config.clip_sample_range) if getattr(config, "clip_sample", False) else None
 
@@ -96,25 +113,33 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
     """diffusers.DDPMScheduler with a fused ``step`` (variance types fixed_small and fixed_large)."""
 
     def _build(self) -> torch.Tensor:
-        """Row t: the step from t to its previous timestep (as previous_timestep) in diffusers' arithmetic."""
-        n = self.config.num_train_timesteps
-        ts = self.timesteps.tolist() if (self.custom_timesteps or self.num_inference_steps) else list(range(n))
-        prev = {t: (ts[i + 1] if i + 1 < len(ts) else -1) for i, t in enumerate(ts)} if (
-            self.custom_timesteps or self.num_inference_steps) else {t: t - 1 for t in ts}
-        abar = self.alphas_cumprod.double()
-        table = torch.zeros(n, 8, dtype=torch.float64)
-        for t, s in prev.items():
-            a_t = abar[t]
-            a_s = abar[s] if s >= 0 else torch.tensor(1.0, dtype=torch.float64)
-            cur_alpha = a_t / a_s
-            beta = 1 - cur_alpha
-            var = ((1 - a_s) / (1 - a_t) * beta).clamp(min=1e-20)
-            std = var.sqrt() if self.variance_type == "fixed_small" else beta.sqrt()
-            table[t] = torch.stack([a_t.sqrt(), (1 - a_t).sqrt(), torch.tensor(1.0, dtype=torch.float64),
-                                    cur_alpha.sqrt() * (1 - a_s) / (1 - a_t), a_s.sqrt() * beta / (1 - a_t),
-                                    torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
-                                    std if t > 0 else torch.tensor(0.0, dtype=torch.float64)])
-        return table
+        """Row t: the step from t to its previous timestep (as previous_timestep), each coefficient computed in
+        float32 by diffusers' own expressions, so the fused step rounds as diffusers' step does."""
+        t = torch.arange(self.config.num_train_timesteps)
+        prev = torch.full_like(t, -2)  # -2: not in the schedule, a NaN row (diffusers raises for such a timestep)
+        schedule = self._schedule()
+        if self.custom_timesteps or self.num_inference_steps:
+            prev[schedule] = torch.cat([schedule[1:], torch.tensor([-1])])
+        else:
+            prev = t - 1
+        abar = self.alphas_cumprod.float()
+        a_t = abar[t]
+        a_s = torch.where(prev >= 0, abar[prev.clamp(min=0)], self.one.float())
+        beta_prod_t, beta_prod_t_prev = 1 - a_t, 1 - a_s
+        current_alpha_t = a_t / a_s
+        current_beta_t = 1 - current_alpha_t
+        variance = ((1 - a_s) / (1 - a_t) * current_beta_t).clamp(min=1e-20)
+        std = (variance if self.variance_type == "fixed_small" else current_beta_t) ** 0.5
+        table = _rows(alpha=a_t ** 0.5, sigma=beta_prod_t ** 0.5,
+                      c_x=current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t,
+                      c_x0=(a_s ** 0.5 * current_beta_t) / beta_prod_t, noise=torch.where(t > 0, std, 0.0))
+        return table.masked_fill_((prev == -2)[:, None], float("nan"))
+
+    def _schedule(self) -> torch.Tensor:
+        """The timesteps step accepts (int64, on the host)."""
+        if self.custom_timesteps or self.num_inference_steps:
+            return self.timesteps.cpu().long()
+        return torch.arange(self.config.num_train_timesteps)
 
     def _fusable(self, model_output, sample) -> bool:
         return (self.variance_type in ("fixed_small", "fixed_large") and not self.config.thresholding
@@ -129,6 +154,8 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
         if generator is not None and int(timestep) > 0:  # diffusers' draws, for identical samples
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+            self._check_in_schedule(int(timestep))
         table = self._table("ddpm", self._build, sample.device)
         prev, x0 = self._run(model_output, sample, table, timestep, _PREDICTIONS[self.config.prediction_type],
                              _clip(self.config), True, noise, sample.dtype)
@@ -141,19 +168,17 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
     """diffusers.DDIMScheduler with a fused ``step``."""
 
     def _build(self, eta: float) -> torch.Tensor:
-        n = self.config.num_train_timesteps
-        stride = n // self.num_inference_steps
-        abar = self.alphas_cumprod.double()
-        final = self.final_alpha_cumprod.double()
-        table = torch.zeros(n, 8, dtype=torch.float64)
-        for t in self.timesteps.tolist():
-            s = t - stride
-            a_t, a_s = abar[t], (abar[s] if s >= 0 else final)
-            var = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
-            std = eta * var.sqrt()
-            table[t] = torch.tensor([float(a_t.sqrt()), float((1 - a_t).sqrt()), 1.0, 0.0, float(a_s.sqrt()),
-                                     float((1 - a_s - std**2).sqrt()), 0.0, float(std)], dtype=torch.float64)
-        return table
+        """Row t: the step from t to t - n_train // n_inference, in float32 by diffusers' own expressions."""
+        t = torch.arange(self.config.num_train_timesteps)
+        prev = t - self.config.num_train_timesteps // self.num_inference_steps
+        abar = self.alphas_cumprod.float()
+        a_t = abar[t]
+        a_s = torch.where(prev >= 0, abar[prev.clamp(min=0)], self.final_alpha_cumprod.float())
+        beta_prod_t, beta_prod_t_prev = 1 - a_t, 1 - a_s
+        variance = (beta_prod_t_prev / beta_prod_t) * (1 - a_t / a_s)
+        std = eta * variance ** 0.5
+        return _rows(alpha=a_t ** 0.5, sigma=beta_prod_t ** 0.5, c_x0=a_s ** 0.5, c_eps=(1 - a_s - std**2) ** 0.5,
+                     noise=std)
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator=None, variance_noise=None, return_dict: bool = True):

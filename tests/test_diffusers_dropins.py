@@ -88,3 +88,59 @@ def test_interface_and_fused_noise():
     assert a.shape == x.shape and not torch.equal(a, b)
     noisy = s.add_noise(x, torch.randn_like(x), torch.tensor([10, 400]))
     assert noisy.shape == x.shape and s.order == 1
+
+
+@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_from_config_builds_what_the_config_says(cls):
+    """A Stable-Diffusion-style config through from_config: the schedule is the config's, not the defaults."""
+    theirs = getattr(diffusers, cls)(num_train_timesteps=500, beta_start=0.00085, beta_end=0.012,
+                                     beta_schedule="scaled_linear")
+    ours = getattr(fast, cls).from_config(theirs.config)
+    assert type(ours) is getattr(fast, cls) and dict(ours.config) == dict(theirs.config)
+    assert len(ours.alphas_cumprod) == 500 and torch.equal(ours.betas, theirs.betas)
+    sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert_same(run(ours, 20, sample, 6), run(theirs, 20, sample, 6))
+
+
+@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_torch_manual_seed_reproduces_a_run_without_a_generator(cls):
+    """As with diffusers: torch.manual_seed(s) before each run of one reused scheduler gives identical runs."""
+    scheduler = getattr(fast, cls)()
+    sample = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def once(seed):
+        torch.manual_seed(seed)
+        scheduler.set_timesteps(10)
+        x = sample * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            step = dict(eta=1.0) if cls == "DDIMScheduler" else {}
+            x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x, **step).prev_sample
+        return x
+
+    assert torch.equal(once(0), once(0)) and not torch.equal(once(0), once(1))
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+
+
+@pytest.mark.parametrize("pipeline, scheduler, call", [
+    ("DDPMPipeline", "DDPMScheduler", dict(num_inference_steps=40)),
+    ("DDIMPipeline", "DDIMScheduler", dict(num_inference_steps=25, eta=0.0)),
+    ("DDIMPipeline", "DDIMScheduler", dict(num_inference_steps=25, eta=1.0)),
+])
+def test_diffusers_pipelines_give_the_same_images(pipeline, scheduler, call):
+    """A real client: diffusers' own pipeline with a small random UNet2DModel, run with diffusers' scheduler and with
+    fastgen's (swapped in with from_config, as the README says) on the same generator."""
+    unet = tiny_unet()
+    theirs = getattr(diffusers, pipeline)(unet=unet, scheduler=getattr(diffusers, scheduler)(num_train_timesteps=200))
+    ours = getattr(diffusers, pipeline)(unet=unet, scheduler=getattr(fast, scheduler).from_config(
+        theirs.scheduler.config))
+    images = [p(batch_size=2, generator=torch.Generator().manual_seed(7), output_type="np", **call).images
+              for p in (theirs, ours)]
+    assert images[0].shape == (2, 8, 8, 3)
+    np = pytest.importorskip("numpy")
+    assert np.abs(images[0] - images[1]).max() < 1e-4

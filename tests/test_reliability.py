@@ -274,7 +274,7 @@ def test_dropin_timestep_out_of_range():
     scheduler = fastgen.diffusers.DDPMScheduler()
     x = torch.randn(2, 3)
     for timestep in (torch.tensor(1000), torch.tensor(10**9), 1000, -1, torch.tensor([-1])):
-        with pytest.raises(IndexError, match=r"timestep -?\d+ is out of range: the table has timesteps 0 to 999"):
+        with pytest.raises(IndexError, match=r"timestep -?\d+ is (out of range|not one of the scheduler's timesteps)"):
             scheduler.step(torch.randn(2, 3), timestep, x)
     assert scheduler.step(torch.randn(2, 3), torch.tensor(999), x).prev_sample.isfinite().all()
 
