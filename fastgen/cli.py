@@ -109,6 +109,7 @@ def cmd_info(args) -> int:
 
 def cmd_sample(args) -> int:
     import fastgen
+
     from .generation import TARGETS, sample_seeds
 
     if args.source not in TARGETS:

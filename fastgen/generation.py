@@ -44,7 +44,7 @@ import torch
 
 from . import __version__, targets
 from .samplers.diffusion import SAMPLERS, make_sampler
-from .sde import DDPMSchedule, VPSDE
+from .sde import VPSDE, DDPMSchedule
 
 TARGETS = {"gmm8": targets.eight_gaussians, "rings": targets.rings, "grid": targets.grid}
 MANIFEST = "manifest.json"
@@ -494,8 +494,8 @@ def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, ch
             with torch.no_grad():
                 x = samplers[0].draw(per_sample_seeds=seeds.to(device))[: hi - lo]
         except Exception as err:
-            hint = (f" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
-                    f"a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")
+            hint = (" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
+                    "a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")
             raise GenerateError(f"sampling {src.name!r} failed on a batch of {hi - lo}: {type(err).__name__}: "
                                 f"{err}{hint}") from None
         return x.float().cpu().numpy()

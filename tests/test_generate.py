@@ -181,8 +181,9 @@ def test_non_finite_samples_are_an_error_unless_allowed(tmp_path):
 
 
 def test_a_model_returning_another_device_is_an_error():
-    import fastgen
     from gen_models import meta
+
+    import fastgen
 
     with pytest.raises(ValueError, match="model must return a tensor of the state's shape .* on cpu, got .* on meta"):
         fastgen.sample(meta, (4, 2), steps=2, prediction="eps", device="cpu")

@@ -24,10 +24,10 @@ import pytest
 import torch
 
 import fastgen
-from conftest import Sample
 from fastgen.generation import GenerateError, SettingsError, generate, load, verify
 
-from test_registry import TOL, call, clone, flat  # noqa: E402
+from conftest import Sample
+from test_registry import TOL, call, clone, flat
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
