@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from . import __version__, targets
-from .samplers.diffusion import SAMPLERS, make_sampler
+from .samplers.diffusion import SAMPLERS, make_sampler, spacings
 from .sde import VPSDE, DDPMSchedule
 
 TARGETS = {"gmm8": targets.eight_gaussians, "rings": targets.rings, "grid": targets.grid}
@@ -435,7 +435,8 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     rank, world, distributed = _world()
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "seed": seed,
+    spacing = spacings(sampler, DDPMSchedule() if sampler in ("ddpm", "ddim") else VPSDE())[0]
+    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "seed": seed,
                 "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
                 "dtype": "float32"}
     ranges = [(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(shards)]
@@ -461,7 +462,7 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
 
 
 def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet, allow_nonfinite):
-    n, seed, sampler, steps = settings["n"], settings["seed"], settings["sampler"], settings["steps"]
+    n, seed, sampler, steps, spacing = (settings[k] for k in ("n", "seed", "sampler", "steps", "spacing"))
     for name in os.listdir(out):  # a killed run's partial files of this rank's shards never count
         owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % world == rank
         if ".tmp." in name and owned:
@@ -490,7 +491,8 @@ def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, ch
         try:
             if not samplers:
                 samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
-                                             prediction=src.prediction, per_sample_seeds=seeds, device=device))
+                                             spacing=spacing, prediction=src.prediction, per_sample_seeds=seeds,
+                                             device=device))
             with torch.no_grad():
                 x = samplers[0].draw(per_sample_seeds=seeds.to(device))[: hi - lo]
         except Exception as err:

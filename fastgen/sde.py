@@ -205,12 +205,24 @@ class DDPMSchedule:
             self._tables[device] = self.alphas_cumprod.to(device)
         return self._tables[device]
 
-    def timesteps(self, steps: int) -> list[int]:
-        """Leading spacing (diffusers' default): (steps-1, ..., 0) * (N // steps)."""
-        if not 1 <= steps <= self.num_train_timesteps:
-            raise ValueError(f"steps must be in 1 .. {self.num_train_timesteps}, got {steps}")
-        ratio = self.num_train_timesteps // steps
-        return [i * ratio for i in range(steps - 1, -1, -1)]
+    def timesteps(self, steps: int, spacing: str = "leading") -> list[int]:
+        """`steps` decreasing timesteps: "leading" (diffusers' default), (steps-1, ..., 0) * (N // steps);
+        "trailing", N - 1, N - 1 - N/steps, ... (Lin et al. 2024); "quadratic", round((N - 1) (1 - i/(steps-1))^2),
+        kept distinct (the DDIM paper's spacing for CIFAR-10)."""
+        n = self.num_train_timesteps
+        if not 1 <= steps <= n:
+            raise ValueError(f"steps must be in 1 .. {n}, got {steps}")
+        if spacing == "leading":
+            return [i * (n // steps) for i in range(steps - 1, -1, -1)]
+        if spacing == "trailing":
+            return [round(n - i * n / steps) - 1 for i in range(steps)]
+        if spacing == "quadratic":
+            out = []
+            for i in range(steps):
+                t = round((n - 1) * (1 - i / max(steps - 1, 1)) ** 2)
+                out.append(max(min(t, out[-1] - 1) if out else t, steps - 1 - i))
+            return out
+        raise ValueError(f"spacing must be leading, trailing or quadratic, got {spacing!r}")
 
     def prior_sample(self, shape, seed=None, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
         g = torch.Generator().manual_seed(resolve_seed(seed, generator))

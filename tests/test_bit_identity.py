@@ -94,16 +94,19 @@ def sampler_cases():
             x0, score=lambda x, sigma: -x / (1 + sigma[:, None] ** 2), sigmas=[1.0, 0.5, 0.1], n_steps_each=2, eps=1e-2,
             seed=3),
     }
+    # The samplers at the step spacing (and pc corrector) they had when the hashes were recorded.
     for sampler in fastgen.samplers.diffusion.SAMPLERS:
         pred = "eps" if sampler in ("ddpm", "ddim") else "score"
         process = fastgen.DDPMSchedule() if sampler in ("ddpm", "ddim") else fastgen.VPSDE()
         model = gmm.model(process, pred)
-        cases[f"sample_{sampler}"] = (lambda sampler=sampler, pred=pred, model=model: fastgen.sample(
-            model, (64, 2), sampler=sampler, steps=4, prediction=pred, seed=5, device="cpu", graph=False))
+        then = dict(spacing="leading" if sampler in ("ddpm", "ddim") else "uniform",
+                    **({"corrector": "per_sample"} if sampler == "pc" else {}))
+        cases[f"sample_{sampler}"] = (lambda sampler=sampler, pred=pred, model=model, then=then: fastgen.sample(
+            model, (64, 2), sampler=sampler, steps=4, prediction=pred, seed=5, device="cpu", graph=False, **then))
     model = gmm.model(fastgen.VPSDE(), "eps")
     cases["sample_per_sample_seeds"] = lambda: fastgen.sample(
         model, (16, 2), sampler="euler_maruyama", steps=4, prediction="eps", per_sample_seeds=torch.arange(16),
-        device="cpu", graph=False)
+        device="cpu", graph=False, spacing="uniform")
     denoiser = gmm.model(fastgen.VESDE(0.01, 10.0), "x0")
     sigmas = k_sampling.get_sigmas_karras(4, 0.01, 10.0)
     for name in ("sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpmpp_2m"):

@@ -163,6 +163,17 @@ def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
     return _rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
 
 
+def langevin_noise_level_coefficients(process, t, t_next, snr: float) -> torch.Tensor:
+    """Langevin corrector at t with its step from the noise level: x <- x + h s + sqrt(2 h) xi,
+    h = 2 a (snr sigma_t)^2, a as in langevin_corrector_coefficients. score_sde's per-batch rule
+    h = 2 a (snr |xi| / |s|)^2 with |xi| ~ sqrt(D) and |s| ~ sqrt(D) / sigma_t, without the norms: h is the
+    same for every sample, so the corrector is plain Langevin on p_t in any dimension."""
+    alpha, sigma = process.marginal(t)
+    a = langevin_corrector_coefficients(process, t, t_next)[:, Coef.C_X]
+    h = 2 * a * (snr * sigma).square()
+    return _rows(alpha, sigma, 1.0, 1.0, 0.0, -h / sigma, 0.0, (2 * h).sqrt())
+
+
 def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_small") -> torch.Tensor:
     """DDPM ancestral step t -> t_prev (t_prev = -1: the last step) with the posterior of Ho et al.:
     x <- sqrt(abar_s) beta / (1 - abar_t) x0 + sqrt(a)(1 - abar_s) / (1 - abar_t) x + std xi,

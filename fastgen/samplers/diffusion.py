@@ -36,7 +36,7 @@ DISCRETE_SAMPLERS = ("ddpm", "ddim")
 class Stage:
     time: int  # index into the plan's times (the model's t) and scales (x_model = scale x)
     row: int  # index into the plan's coefficient table
-    kind: str = "step"  # "step" or "correct"
+    kind: str = "step"  # "step", or the pc corrector: "noise_level" (a step row) or "per_sample" (langevin_correct_)
     aux_store: str | None = None
     uses_aux: bool = False
     noise: bool = True  # whether the stage draws noise (reserves stream positions)
@@ -52,14 +52,28 @@ class Plan:
     prediction: str
 
 
-def _time_grid(sde: SDE, steps: int) -> torch.Tensor:
-    return torch.linspace(sde.T, sde.eps, steps + 1, dtype=torch.float64)
+def spacings(sampler: str, process) -> tuple[str, ...]:
+    """The step spacings `sampler` takes on `process`, its default first: "karras" (Karras et al. 2022's rho = 7
+    noise levels, as k-diffusion spaces its sigma samplers), "quadratic" (quadratic in time, t_i = eps +
+    (T - eps) (1 - i/N)^2 or its discrete timesteps: the DDIM paper's spacing for CIFAR-10, DPM-Solver's
+    time_quadratic), "uniform" in time, diffusers' "leading" and "trailing" timesteps. The defaults put enough steps
+    at low noise that, with an exact score, narrow modes keep their width (tests/test_samplers_diffusion.py)."""
+    if isinstance(process, DDPMSchedule):
+        return ("quadratic", "leading", "trailing")
+    return ("karras", "quadratic", "uniform") if sampler in SIGMA_SAMPLERS else ("quadratic", "uniform")
 
 
-def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: float, denoise: bool) -> Plan:
+def _time_grid(sde: SDE, steps: int, spacing: str) -> torch.Tensor:
+    """steps + 1 times from T down to eps."""
+    u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    return sde.eps + (sde.T - sde.eps) * ((1 - u) ** 2 if spacing == "quadratic" else 1 - u)
+
+
+def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta: float, denoise: bool,
+          corrector: str = "noise_level", snr: float = 0.16) -> Plan:
     """Model times, input scales, all coefficient rows (computed at once) and the stage list."""
     if sampler in DISCRETE_SAMPLERS:
-        ts = torch.tensor(process.timesteps(steps))
+        ts = torch.tensor(process.timesteps(steps, spacing))
         prev = torch.cat([ts[1:], torch.tensor([-1])])
         coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
             ops.ddim_coefficients(process, ts, prev, eta)
@@ -69,12 +83,12 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
 
     if sampler in SIGMA_SAMPLERS:
         if isinstance(process, DDPMSchedule):
-            ts = torch.tensor(process.timesteps(steps))
-        elif schedule == "karras":
+            ts = torch.tensor(process.timesteps(steps, spacing))
+        elif spacing == "karras":
             lo, hi = float(process.sigma_ratio(process.eps)), float(process.sigma_ratio(process.T))
             ts = process.time_of_sigma_ratio(get_sigmas_karras(steps, lo, hi).double()[:-1])
         else:
-            ts = _time_grid(process, steps)[:-1]
+            ts = _time_grid(process, steps, spacing)[:-1]
         alphas, sigmas = process.marginal(ts)
         ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
         if sampler == "euler_ancestral":
@@ -86,7 +100,7 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
         prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
         return Plan(ts, alphas.tolist(), coef, stages, prior, prediction)
 
-    grid = _time_grid(process, steps)
+    grid = _time_grid(process, steps, spacing)
     t, t_next = grid[:-1], grid[1:]
     times = t.tolist()
     if sampler == "ode_heun":  # stage 2i: Euler at t_i (keeps its increment); 2i + 1: Heun's correction at t_{i+1}
@@ -106,8 +120,11 @@ def _plan(process, sampler: str, steps: int, prediction: str, schedule, eta: flo
         return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i]) for i in range(steps)], process.prior_std(),
                     prediction)
     # PC: stage 2i is the Langevin corrector at t_i (rows steps + i), 2i + 1 the predictor from t_i.
-    coef = torch.cat([coef, ops.langevin_corrector_coefficients(process, t, t_next)])
-    stages = [Stage(i, steps + i, kind="correct") if j == 0 else Stage(i, i, noise=noisy[i])
+    if corrector == "noise_level":
+        coef = torch.cat([coef, ops.langevin_noise_level_coefficients(process, t, t_next, snr)])
+    else:
+        coef = torch.cat([coef, ops.langevin_corrector_coefficients(process, t, t_next)])
+    stages = [Stage(i, steps + i, kind=corrector) if j == 0 else Stage(i, i, noise=noisy[i])
               for i in range(steps) for j in (0, 1)]
     return Plan(torch.tensor(times, dtype=torch.float64), [1.0] * steps, coef, stages, process.prior_std(), prediction)
 
@@ -160,18 +177,20 @@ class Sampler:
         draw = 1
         for stage in plan.stages:
             row = self.coef[stage.row:stage.row + 1]
-            if stage.kind == "correct":
+            if stage.kind == "per_sample":
                 call = functools.partial(correct_op, coef=row, prediction=self.prediction, snr=snr)
+            elif stage.kind == "noise_level":
+                call = functools.partial(step_op, coef=row, prediction=self.prediction)
             else:
                 call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
                                          aux_store=int(ops.AUX_STORE[stage.aux_store]))
             self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call, draw,
                                 stage.uses_aux))
-            draw += stage.noise or stage.kind == "correct"
+            draw += stage.noise or stage.kind != "step"
 
     def counters(self) -> int:
         """Counters one run reserves from the stream (per sample with per-sample seeds)."""
-        draws = 1 + sum(s.noise or s.kind == "correct" for s in self.plan.stages)
+        draws = 1 + sum(s.noise or s.kind != "step" for s in self.plan.stages)
         return draws * (self.sample_size if self.sample_seeds is not None else self.numel)
 
     def _noise(self, draw: int, rng_state) -> dict:
@@ -274,8 +293,9 @@ def make_sampler(
     shape,
     *,
     sde: SDE | None = None,
-    schedule=None,
+    schedule: DDPMSchedule | None = None,
     sampler: str = "euler_maruyama",
+    spacing: str | None = None,
     steps: int,
     prediction: str = "score",
     seed: int | None = None,
@@ -287,8 +307,9 @@ def make_sampler(
     progress: bool = False,
     dtype: torch.dtype | None = None,
     device=None,
-    eta: float = 0.0,
-    snr: float = 0.16,
+    eta: float | None = None,
+    snr: float | None = None,
+    corrector: str | None = None,
     clip: float | None = None,
     check_finite: bool = False,
 ) -> Sampler:
@@ -311,16 +332,34 @@ def make_sampler(
         raise ValueError("shape must be (B, ...), got ()")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (stage, x), got {type(callback).__name__}")
+    if eta is not None and sampler != "ddim":
+        raise ValueError(f"eta is DDIM's noise scale: it does not apply to sampler {sampler!r}")
+    eta = 0.0 if eta is None else eta
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if snr is not None and sampler != "pc":
+        raise ValueError(f"snr is the pc corrector's signal-to-noise ratio: it does not apply to sampler {sampler!r}")
+    if corrector is not None and sampler != "pc":
+        raise ValueError(f"corrector is the pc sampler's: it does not apply to sampler {sampler!r}")
+    if corrector not in (None, "noise_level", "per_sample"):
+        raise ValueError(f"corrector must be 'noise_level' or 'per_sample', got {corrector!r}")
+    if schedule is not None and not isinstance(schedule, DDPMSchedule):
+        raise ValueError(f"schedule must be a DDPMSchedule (step spacing: spacing=...), got {schedule!r}")
+    if schedule is not None and sde is not None:
+        raise ValueError("give sde or schedule (a DDPMSchedule), not both")
     if sampler in DISCRETE_SAMPLERS:
-        process = schedule if isinstance(schedule, DDPMSchedule) else DDPMSchedule()
+        if sde is not None:
+            raise ValueError(f"sampler {sampler!r} runs on a DDPMSchedule (schedule=...), not an SDE")
+        process = schedule or DDPMSchedule()
     else:
-        process = sde if sde is not None else (schedule if isinstance(schedule, DDPMSchedule) else VPSDE())
-        if schedule not in (None, "karras") and not isinstance(schedule, DDPMSchedule):
-            raise ValueError(f"schedule must be None, 'karras' or a DDPMSchedule, got {schedule!r}")
+        process = sde or schedule or VPSDE()
         if sampler not in SIGMA_SAMPLERS and not isinstance(process, SDE):
             raise ValueError(f"sampler {sampler!r} needs an SDE (sde=VPSDE(), SubVPSDE() or VESDE())")
+    allowed = spacings(sampler, process)
+    if spacing is not None and spacing not in allowed:
+        raise ValueError(f"spacing for {sampler} on {type(process).__name__} must be one of {', '.join(allowed)}, "
+                         f"got {spacing!r}")
+    spacing = spacing or allowed[0]
     if prediction == "v" and isinstance(process, VESDE):
         raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
     if per_sample_seeds is not None and (not isinstance(per_sample_seeds, torch.Tensor) or
@@ -332,9 +371,9 @@ def make_sampler(
     dtype = dtype or torch.float32
     if dtype not in STATE_DTYPES:
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    snr = positive_float(snr, "snr")
+    snr = positive_float(0.16 if snr is None else snr, "snr")
     clip = None if clip is None else positive_float(clip, "clip")
-    plan = _plan(process, sampler, steps, prediction, schedule, eta, denoise)
+    plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
                      callback, progress, check_finite)
     return runner.prepare(graph)
@@ -349,11 +388,12 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
             integer timesteps for a DDPMSchedule.
         shape: (B, ...) of the samples.
         sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
-        schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()); "karras" to space the
-            sigma samplers' noise levels as Karras et al. on an SDE.
+        schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()), or for the sigma samplers.
         sampler: euler_maruyama (reverse SDE), pc (reverse-diffusion predictor + Langevin corrector),
             ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m.
         steps: number of steps (Heun and PC make two model calls per step).
+        spacing: where the steps go (see :func:`spacings`); default: "karras" for euler_ancestral and dpmpp_2m
+            on an SDE, else "quadratic" in time. An option that does not apply to the sampler is an error.
         prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process).
         seed, generator: the noise stream's seed, or a generator to draw it from.
         per_sample_seeds: (B,) int64; sample b's noise depends on its own seed only, so a sample
@@ -365,7 +405,11 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
         progress: a progress bar on stderr.
         dtype: state dtype (float32 default; float16/bfloat16 keep float32 arithmetic).
         device: where to sample (default: CUDA when available).
-        eta: DDIM noise scale. snr: the PC corrector's signal-to-noise ratio. clip: clamp x0 to [-clip, clip].
+        eta: DDIM's noise scale (default 0). snr: the pc corrector's signal-to-noise ratio (default 0.16).
+        corrector: the pc corrector's step h: "noise_level" (default), h = 2 a (snr sigma_t)^2, the same for every
+            sample; "per_sample", score_sde's h = 2 a (snr |xi_b| / |s_b|)^2 from each sample's norms, which
+            biases the stationary law in low dimension (the norms fluctuate with position).
+            clip: clamp x0 to [-clip, clip].
         check_finite: find on the device the first stage whose state went non-finite, and raise
             FloatingPointError naming it (one host read after the loop).
     """
