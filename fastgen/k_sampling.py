@@ -1,9 +1,14 @@
-"""k-diffusion-style samplers (same signatures as k_diffusion.sampling) whose
-steps are fused ops. ``model(x, sigma * s_in, **extra_args)`` returns the
-denoised x0 for x = x0 + sigma eps; ``sigmas`` is decreasing and ends in 0.
+"""k-diffusion's samplers (same signatures and conventions as k_diffusion.sampling) whose steps are fused ops.
+``model(x, sigma * s_in, **extra_args)`` returns the denoised x0 for x = x0 + sigma eps; ``sigmas`` is
+decreasing and ends in 0.
 
-Noise comes from fastgen's stream (one seed drawn from torch's global RNG per
-call) unless ``noise_sampler(sigma, sigma_next)`` is given.
+As k-diffusion: the model gets sigma as a contiguous (B,) tensor of x's dtype; the callback gets
+``{"x", "i", "sigma", "sigma_hat", "denoised"}`` with sigma and sigma_hat 0-d tensors and x the state before the
+step (a tensor of its own: keeping it is safe); ``disable`` turns off the progress bar (tqdm); a float64 x
+stays float64 (its steps run the op's reference in float64; the fused kernels take float32, float16 and
+bfloat16). Noise: ``noise_sampler(sigma, sigma_next)`` when given (k-diffusion's BrownianTreeNoiseSampler
+included), else fastgen's counter-based stream under one seed drawn from torch's global RNG per call (where
+k-diffusion draws torch.randn_like each step, or, for the SDE samplers, a Brownian tree).
 """
 
 from __future__ import annotations
@@ -12,59 +17,91 @@ import math
 
 import torch
 
-from .constants import Coef
+from .constants import AuxStore, Coef, Prediction
 from .ops import diffusion as ops
+from .reference import diffusion as reference
 from .rng import resolve_seed
 from .sde import get_sigmas_karras
 
-__all__ = ["get_sigmas_karras", "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_heun"]
+__all__ = ["get_sigmas_karras", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral",
+           "sample_heun"]
+
+
+def _steps(n: int, disable):
+    try:
+        from tqdm.auto import trange
+    except ImportError:  # pragma: no cover - tqdm comes with diffusers and torchsde
+        return range(n)
+    return trange(n, disable=disable)
 
 
 class _Loop:
-    """Host copy of the sigmas (read once), device sigmas, the noise stream, and the callback."""
+    """The state (a copy of x, updated in place), the sigmas (on the host once, and as given), the noise, and the
+    model and callback calls as k-diffusion makes them."""
 
     def __init__(self, model, x, sigmas, extra_args, callback, disable, noise_sampler=None):
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
-        self.levels = [float(s) for s in torch.as_tensor(sigmas).tolist()]
-        if len(self.levels) < 2 or self.levels[-1] != 0.0 and any(b >= a for a, b in zip(self.levels, self.levels[1:])):
-            raise ValueError("sigmas must be a decreasing sequence of at least 2 noise levels")
-        self.device_sigmas = torch.as_tensor(sigmas, dtype=torch.float32).to(x.device)
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        self.sigmas = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, device=x.device)
+        self.levels = [float(s) for s in self.sigmas.tolist()]
+        if len(self.levels) < 2 or any(b >= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[-1] < 0:
+            raise ValueError("sigmas must be a decreasing sequence of at least 2 noise levels >= 0")
         self.model, self.extra = model, extra_args or {}
-        self.callback, self.noise_sampler = callback, noise_sampler
+        self.callback, self.noise_sampler, self.disable = callback, noise_sampler, disable
         self.x = x.clone(memory_format=torch.contiguous_format)
-        self.batch = x.shape[0]
+        self.s_in = x.new_ones([x.shape[0]])
+        self.exact = x.dtype == torch.float64  # float64: the reference step, in float64
         self.seed, self.offset = resolve_seed(), 0
-        self.disable = disable
 
-    def denoise(self, x, sigma_index: int | None = None, sigma: float | None = None):
-        s = self.device_sigmas[sigma_index].expand(self.batch) if sigma is None else \
-            torch.full((self.batch,), sigma, device=x.device)
-        out = self.model(x, s, **self.extra)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            raise ValueError(f"model must return the denoised x of shape {tuple(x.shape)}")
-        return out.to(x.dtype)
+    def steps(self):
+        return _steps(len(self.levels) - 1, self.disable)
 
-    def noise(self, sigma: float, sigma_next: float) -> dict:
+    def denoise(self, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.model(self.x, sigma * self.s_in, **self.extra)
+        if not isinstance(out, torch.Tensor) or out.shape != self.x.shape:
+            raise ValueError(f"model must return the denoised x of shape {tuple(self.x.shape)}")
+        return out.to(self.x.dtype).contiguous()
+
+    def report(self, i: int, sigma_hat: torch.Tensor, denoised: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback({"x": self.x.clone(), "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat,
+                           "denoised": denoised})
+
+    def noise(self, i: int, sigma: float, sigma_next: float) -> dict:
         if self.noise_sampler is not None:
-            return dict(noise=self.noise_sampler(torch.tensor(sigma), torch.tensor(sigma_next)).float().contiguous())
-        args = dict(seed=self.seed, offset=self.offset)
+            return {"noise": self.noise_sampler(self.sigmas[i].new_tensor(sigma), self.sigmas[i].new_tensor(
+                sigma_next)).to(self.x.device, torch.float64 if self.exact else torch.float32).contiguous()}
+        args = {"seed": self.seed, "offset": self.offset}
         self.offset += self.x.numel()
         return args
 
-    def report(self, i, sigma, sigma_hat, denoised):
-        if self.callback is not None:
-            self.callback({"x": self.x, "i": i, "sigma": self.levels[i], "sigma_hat": sigma_hat, "denoised": denoised})
+    def step(self, denoised: torch.Tensor, row: torch.Tensor, aux=None, aux_store: str | None = None, **noise):
+        """x <- the row's affine update, the model output being x0."""
+        if not self.exact:
+            ops.diffusion_step_(self.x, denoised, row.to(self.x.device), prediction="x0", aux=aux,
+                                aux_store=aux_store, **noise)
+            return
+        store = AuxStore.NONE if aux_store is None else AuxStore.X0 if aux_store == "x0" else AuxStore.INCREMENT
+        reference.diffusion_step_(self.x, denoised, row.to(self.x.device, torch.float64), None, int(Prediction.X0),
+                                  None, True, aux, int(store), noise.get("noise"), noise.get("seed", 0),
+                                  noise.get("offset", 0), None, None, 0)
+
+    def buffer(self) -> torch.Tensor:
+        return torch.zeros(self.x.shape, device=self.x.device, dtype=torch.float64 if self.exact else torch.float32)
 
 
-def _churn(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise) -> float:
+def _churn(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise) -> torch.Tensor:
     """Karras et al.'s stochastic churn: raise the noise level to sigma (1 + gamma) by adding noise."""
     sigma = loop.levels[i]
     gamma = min(s_churn / (len(loop.levels) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    sigma_hat = sigma * (gamma + 1)
+    sigma_hat = loop.sigmas[i] * (gamma + 1)
     if gamma > 0:
-        scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
-        ops.add_noise_(loop.x, ops.noise_row(scale, keep=1.0, device=loop.x.device), **loop.noise(sigma, sigma_hat))
+        scale = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
+        loop.step(loop.x, ops.noise_row(scale, keep=1.0), **loop.noise(i, sigma, sigma * (gamma + 1)))
     return sigma_hat
 
 
@@ -73,13 +110,11 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_tmax=float("inf"), s_noise=1.0):
     """Euler (Karras et al. 2022, Algorithm 2 with churn): x <- x + (sigma_next - sigma_hat) (x - x0) / sigma_hat."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
-    for i in range(len(loop.levels) - 1):
+    for i in loop.steps():
         sigma_hat = _churn(loop, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(loop.x, i if sigma_hat == loop.levels[i] else None,
-                                None if sigma_hat == loop.levels[i] else sigma_hat)
-        loop.report(i, loop.levels[i], sigma_hat, denoised)
-        row = ops.euler_coefficients(sigma_hat, loop.levels[i + 1]).to(loop.x.device)
-        ops.diffusion_step_(loop.x, denoised, row, prediction="x0")
+        denoised = loop.denoise(sigma_hat)
+        loop.report(i, sigma_hat, denoised)
+        loop.step(denoised, ops.euler_coefficients(float(sigma_hat), loop.levels[i + 1]))
     return loop.x
 
 
@@ -88,15 +123,14 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
                            noise_sampler=None):
     """Euler ancestral: step to sigma_down deterministically, then add s_noise sigma_up noise."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
-    for i in range(len(loop.levels) - 1):
+    for i in loop.steps():
         sigma, sigma_next = loop.levels[i], loop.levels[i + 1]
-        denoised = loop.denoise(loop.x, i)
-        loop.report(i, sigma, sigma, denoised)
-        row = ops.euler_ancestral_coefficients(sigma, sigma_next, eta, s_noise).to(loop.x.device)
-        noise = loop.noise(sigma, sigma_next) if sigma_next > 0 else {}
+        denoised = loop.denoise(loop.sigmas[i])
+        loop.report(i, loop.sigmas[i], denoised)
+        row = ops.euler_ancestral_coefficients(sigma, sigma_next, eta, s_noise)
         if sigma_next == 0:
             row[:, Coef.C_NOISE] = 0.0
-        ops.diffusion_step_(loop.x, denoised, row, prediction="x0", **noise)
+        loop.step(denoised, row, **(loop.noise(i, sigma, sigma_next) if sigma_next > 0 else {}))
     return loop.x
 
 
@@ -105,21 +139,19 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 s_tmax=float("inf"), s_noise=1.0):
     """Heun (Karras et al. 2022, Algorithm 2): Euler to sigma_next, then average the two slopes (Euler at the end)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
-    aux = torch.zeros(loop.x.shape, device=loop.x.device, dtype=torch.float32)
-    for i in range(len(loop.levels) - 1):
+    aux = loop.buffer()
+    for i in loop.steps():
         sigma_hat = _churn(loop, i, s_churn, s_tmin, s_tmax, s_noise)
         sigma_next = loop.levels[i + 1]
-        denoised = loop.denoise(loop.x, i if sigma_hat == loop.levels[i] else None,
-                                None if sigma_hat == loop.levels[i] else sigma_hat)
-        loop.report(i, loop.levels[i], sigma_hat, denoised)
-        euler = ops.euler_coefficients(sigma_hat, sigma_next).to(loop.x.device)
+        denoised = loop.denoise(sigma_hat)
+        loop.report(i, sigma_hat, denoised)
+        euler = ops.euler_coefficients(float(sigma_hat), sigma_next)
         if sigma_next == 0:
-            ops.diffusion_step_(loop.x, denoised, euler, prediction="x0")
+            loop.step(denoised, euler)
             continue
-        ops.diffusion_step_(loop.x, denoised, euler, prediction="x0", aux=aux, aux_store="increment")
-        denoised_next = loop.denoise(loop.x, i + 1)
-        row = ops.heun_correction_coefficients(sigma_hat, sigma_next).to(loop.x.device)
-        ops.diffusion_step_(loop.x, denoised_next, row, prediction="x0", aux=aux)
+        loop.step(denoised, euler, aux=aux, aux_store="increment")
+        loop.step(loop.denoise(loop.sigmas[i + 1]), ops.heun_correction_coefficients(float(sigma_hat), sigma_next),
+                  aux=aux)
     return loop.x
 
 
@@ -127,10 +159,28 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-sigma, x0 history in a fused buffer."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
-    table = ops.dpmpp_2m_coefficients(torch.tensor(loop.levels, dtype=torch.float64)).float().to(loop.x.device)
-    old = torch.zeros(loop.x.shape, device=loop.x.device, dtype=torch.float32)
-    for i in range(len(loop.levels) - 1):
-        denoised = loop.denoise(loop.x, i)
-        loop.report(i, loop.levels[i], loop.levels[i], denoised)
-        ops.diffusion_step_(loop.x, denoised, table[i:i + 1], prediction="x0", aux=old, aux_store="x0")
+    table = ops.dpmpp_2m_coefficients(torch.tensor(loop.levels, dtype=torch.float64))
+    old = loop.buffer()
+    for i in loop.steps():
+        denoised = loop.denoise(loop.sigmas[i])
+        loop.report(i, loop.sigmas[i], denoised)
+        loop.step(denoised, table[i:i + 1], aux=old, aux_store="x0")
+    return loop.x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None, solver_type="midpoint"):
+    """DPM-Solver++(2M) SDE (k-diffusion's): the 2M update with e^(-eta h) damping and
+    s_noise sigma_next sqrt(1 - e^(-2 eta h)) noise per step, one fused pass each (see dpmpp_2m_sde_coefficients).
+    Noise: noise_sampler (e.g. k-diffusion's BrownianTreeNoiseSampler) or fastgen's stream."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    table = ops.dpmpp_2m_sde_coefficients(torch.tensor(loop.levels, dtype=torch.float64), eta, s_noise, solver_type)
+    old = loop.buffer()
+    for i in loop.steps():
+        denoised = loop.denoise(loop.sigmas[i])
+        loop.report(i, loop.sigmas[i], denoised)
+        noisy = bool(table[i, Coef.C_NOISE] != 0)
+        loop.step(denoised, table[i:i + 1], aux=old, aux_store="x0",
+                  **(loop.noise(i, loop.levels[i], loop.levels[i + 1]) if noisy else {}))
     return loop.x

@@ -114,3 +114,71 @@ def test_exact_denoiser_reaches_the_target(name):
     torch.manual_seed(0)
     out = getattr(k_sampling, f"sample_{name}")(exact, x, sigmas)
     assert (mode_weights(out, gmm) - 1 / 8).abs().max() < 0.02
+
+
+# ---- against k-diffusion's own sampling.py (vendored, tests/peer/k_diffusion), on the same inputs and noise
+
+from peer.k_diffusion import sampling as K  # noqa: E402
+
+PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun", {}), ("sample_dpmpp_2m", {}),
+         ("sample_euler_ancestral", {"noise": True}), ("sample_dpmpp_2m_sde", {"noise": True}),
+         ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5})]
+
+
+def recording(log):
+    def model(x, sigma):
+        log.append((x.clone(), sigma.clone(), sigma.dtype, sigma.is_contiguous(), tuple(sigma.shape)))
+        return denoiser(x, sigma)
+    return model
+
+
+def run_both(name, options, dtype):
+    options = dict(options)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    sigmas = K.get_sigmas_karras(8, 0.05, 10.0)
+    results = {}
+    for who, module in (("k", K), ("fastgen", k_sampling)):
+        kwargs = {k: v for k, v in options.items() if k != "noise"}
+        if options.get("noise"):
+            kwargs["noise_sampler"] = K.BrownianTreeNoiseSampler(x, 0.05, 10.0, seed=3)
+        calls, seen = [], []
+        out = getattr(module, name)(recording(calls), x, sigmas, callback=seen.append, disable=True, **kwargs)
+        results[who] = (out, calls, seen)
+    return results
+
+
+@pytest.mark.parametrize("name,options", PAIRS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PAIRS)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_matches_k_diffusion_and_its_conventions(name, options, dtype):
+    """Same result; the model gets sigma as k-diffusion passes it (a contiguous (B,) tensor of x's dtype, same
+    values); the callback gets the same keys, sigma and sigma_hat as 0-d tensors, and x as the state before each
+    step, a tensor of its own (kept, it still holds that step's state); float64 stays float64."""
+    results = run_both(name, options, dtype)
+    (k_out, k_calls, k_seen), (f_out, f_calls, f_seen) = results["k"], results["fastgen"]
+    # float64: k-diffusion computes its step sizes from the float32 sigmas in float32 (fastgen: in float64), so
+    # the two agree to float32's rounding of the coefficients, not to float64's.
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    assert f_out.dtype == k_out.dtype == dtype
+    torch.testing.assert_close(f_out, k_out, **tol)
+    assert len(f_calls) == len(k_calls)
+    for (fx, fs, fdt, fc, fshape), (kx, ks, kdt, kc, kshape) in zip(f_calls, k_calls):
+        assert (fdt, fc, fshape) == (kdt, kc, kshape) == (dtype, True, (4,))
+        torch.testing.assert_close(fs, ks, rtol=0, atol=0)
+        torch.testing.assert_close(fx, kx, **tol)
+    assert len(f_seen) == len(k_seen)
+    for f, k in zip(f_seen, k_seen):
+        assert set(f) == set(k) and f["i"] == k["i"]
+        for key in ("sigma", "sigma_hat"):
+            assert isinstance(f[key], torch.Tensor) and f[key].dim() == 0
+            torch.testing.assert_close(f[key].double(), k[key].double(), rtol=1e-7, atol=0)
+        torch.testing.assert_close(f["x"], k["x"], **tol)  # each kept x is its own step's state
+        torch.testing.assert_close(f["denoised"], k["denoised"], **tol)
+
+
+def test_disable_controls_the_progress_bar(capsys):
+    x = torch.randn(2, 3)
+    sigmas = K.get_sigmas_karras(5, 0.1, 5.0)
+    k_sampling.sample_euler(denoiser, x, sigmas, disable=True)
+    assert "5/5" not in capsys.readouterr().err
+    k_sampling.sample_euler(denoiser, x, sigmas, disable=False)
+    assert "5/5" in capsys.readouterr().err

@@ -263,6 +263,36 @@ def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     return torch.cat(rows)
 
 
+def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0,
+                              solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde) for `sigmas` (last 0): h = log(sigma /
+    sigma_next), eta_h = eta h, r = h_prev / h, B = -expm1(-h - eta_h),
+    x <- (sigma_next / sigma) e^(-eta_h) x + B x0 + C (x0 - x0_prev) + s_noise sigma_next sqrt(-expm1(-2 eta_h)) xi,
+    C = B / (2 r) (midpoint) or (B / (-h - eta_h) + 1) / r (heun), C = 0 at the first step; x <- x0 when
+    sigma_next = 0. aux carries x0_prev. One row per step."""
+    if solver_type not in ("heun", "midpoint"):
+        raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    rows, h_last = [], None
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        if s_next == 0:
+            rows.append(_rows(1.0, s, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0))
+            h_last = None
+            continue
+        h = torch.log(s / s_next)
+        eta_h = eta * h
+        b = -torch.expm1(-h - eta_h)
+        c = 0.0
+        if h_last is not None:
+            r = h_last / h
+            c = b / (2 * r) if solver_type == "midpoint" else (b / (-h - eta_h) + 1) / r
+        noise = s_noise * s_next * (-torch.expm1(-2 * eta_h)).sqrt() if eta else 0.0
+        rows.append(_rows(1.0, s, 1.0, s_next / s * torch.exp(-eta_h), b + c, 0.0, -c, noise))
+        h_last = h
+    return torch.cat(rows)
+
+
 # ---------------------------------------------------------------- the fused ops
 
 

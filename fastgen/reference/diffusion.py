@@ -79,9 +79,10 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
     if x.numel() == 0:
         return
     alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
-    xf = x.float()
-    x0, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, clip, clip_eps)
-    xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32  # (float64: k_sampling's float64 path)
+    xf = x.to(work)
+    x0, eps = convert(model_out.to(work), xf, alpha, sigma, k, prediction, clip, clip_eps)
+    xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset).to(work)
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
     if aux is not None:
         nxt = nxt + _term(c_aux, aux)
