@@ -122,15 +122,22 @@ def cmd_sample(args) -> int:
                        prediction="eps", per_sample_seeds=sample_seeds(args.seed, 0, args.n)).float().cpu()
     exact = target.sample(args.n, seed=args.seed + 1)
     sub = min(args.n, 4000)
-    print(f"{args.n:,} samples of {args.source} with {args.sampler}, {args.steps} steps")
-    print(f"MMD^2 to exact samples (n={sub}): {fastgen.metrics.mmd(x[:sub], exact[:sub]):.2e}   "
-          f"(exact vs exact: {fastgen.metrics.mmd(exact[:sub], target.sample(sub, seed=args.seed + 2)):.2e})")
-    weights = fastgen.metrics.mode_weights(x, target)
+    label = f"{args.sampler}, {args.steps} steps, default spacing"
+    print(f"{args.n:,} samples of {args.source} with {label}")
+    metric = fastgen.metrics
+    print(f"multi-scale MMD^2 to exact samples (n={sub}): {metric.mmd(x[:sub], exact[:sub], 'multiscale'):.2e}   "
+          f"(exact vs exact: {metric.mmd(exact[:sub], target.sample(sub, seed=args.seed + 2), 'multiscale'):.2e})")
+    weights = metric.mode_weights(x, target)
     print(f"mode weights: max deviation from the truth {(weights - target.weights).abs().max():.4f}")
+    spread = metric.within_mode_spread(x, target)
+    print(f"within-mode spread / truth: {spread.min():.3f} to {spread.max():.3f} over the {len(spread)} modes "
+          f"(1 = exact; exact samples: {metric.within_mode_spread(exact, target).min():.3f} to "
+          f"{metric.within_mode_spread(exact, target).max():.3f})")
     if args.plot:
         from .demo import density_plot
 
-        density_plot(x, exact, args.plot)
+        density_plot(x, exact, args.plot, f"fastgen {label}, {len(x):,} samples",
+                     f"{args.source}: sample density")
         print(f"plot: {args.plot}")
     return 0
 

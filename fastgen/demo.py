@@ -18,19 +18,19 @@ import fastgen
 from fastgen.metrics import mmd, mode_weights
 
 
-def density_plot(samples: torch.Tensor, exact: torch.Tensor, path: str) -> None:
+def density_plot(samples: torch.Tensor, exact: torch.Tensor, path: str, label: str, suptitle: str) -> None:
+    """Side-by-side 2-D histograms: `samples` titled `label`, and the exact samples."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 5), constrained_layout=True)
-    for ax, data, title in ((axes[0], samples, f"fastgen ULA, {len(samples):,} chains"),
-                            (axes[1], exact, f"exact samples, {len(exact):,}")):
+    for ax, data, title in ((axes[0], samples, label), (axes[1], exact, f"exact samples, {len(exact):,}")):
         ax.hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=300, range=[[-3, 3], [-3, 3]], cmap="magma")
         ax.set_title(title)
         ax.set_aspect("equal")
-    fig.suptitle("8-Gaussian target: sample density")
+    fig.suptitle(suptitle)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     print(f"MMD^2 to exact samples (n={sub}, bandwidth 0.3): {score:.2e}   (exact vs exact: {null:.2e})")
     print("mode weights: " + " ".join(f"{w:.4f}" for w in weights.tolist()) + "   (exact: 0.1250 each)")
     path = os.path.join(args.out, "eight_gaussians_density.png")
-    density_plot(x, exact, path)
+    density_plot(x, exact, path, f"fastgen ULA, {args.chains:,} chains, {args.steps} steps of {args.step_size:g}",
+                 "8-Gaussian target: sample density")
     print(f"density plot: {path}")
     return 0
 

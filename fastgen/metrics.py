@@ -25,24 +25,37 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(d[torch.triu_indices(len(z), len(z), 1, device=z.device).unbind()].median())
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
-    """Unbiased squared MMD with the RBF kernel exp(-|a - b|^2 / (2 bandwidth^2)).
+MULTISCALE = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
-    bandwidth: the median heuristic on the pooled samples by default. The
-    unbiased estimate has mean 0 when x and y come from the same law (so it can be < 0).
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth=None) -> float:
+    """Unbiased squared MMD with the RBF kernel exp(-|a - b|^2 / (2 bandwidth^2)), or the mean of several.
+
+    bandwidth: a float; a sequence of floats (the kernel is the mean of their RBF kernels); "multiscale", the
+    median heuristic times 1/16 ... 2 (MULTISCALE), which also sees errors at scales far below the median distance,
+    such as a mode 20% too narrow; or None, the median heuristic on the pooled samples. The unbiased estimate has
+    mean 0 when x and y come from the same law (so it can be < 0).
     """
     x, y = _pair(x, y)
-    bw = median_bandwidth(x, y) if bandwidth is None else float(bandwidth)
-    if not bw > 0:
-        raise ValueError(f"bandwidth must be > 0, got {bw}")
-    gamma = 1.0 / (2 * bw * bw)
+    if bandwidth is None or isinstance(bandwidth, str):
+        if bandwidth not in (None, "multiscale"):
+            raise ValueError(f"bandwidth must be a float, a sequence, 'multiscale' or None, got {bandwidth!r}")
+        median = median_bandwidth(x, y)
+        bandwidths = [median * f for f in MULTISCALE] if bandwidth == "multiscale" else [median]
+    else:
+        bandwidths = [float(b) for b in (bandwidth if hasattr(bandwidth, "__len__") else [bandwidth])]
+    if not bandwidths or not all(b > 0 for b in bandwidths):
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
     n, m = len(x), len(y)
-    kxx = torch.exp(-gamma * torch.cdist(x, x).square())
-    kyy = torch.exp(-gamma * torch.cdist(y, y).square())
-    kxy = torch.exp(-gamma * torch.cdist(x, y).square())
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(xx + yy - 2 * kxy.mean())
+    dxx, dyy, dxy = torch.cdist(x, x).square(), torch.cdist(y, y).square(), torch.cdist(x, y).square()
+    total = 0.0
+    for bw in bandwidths:
+        gamma = 1.0 / (2 * bw * bw)
+        kxx, kyy, kxy = torch.exp(-gamma * dxx), torch.exp(-gamma * dyy), torch.exp(-gamma * dxy)
+        xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        total += float(xx + yy - 2 * kxy.mean())
+    return total / len(bandwidths)
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,3 +94,17 @@ def mode_weights(x: torch.Tensor, gmm) -> torch.Tensor:
         chunk = x[start:start + (1 << 16)].float()
         nearest[start:start + len(chunk)] = torch.cdist(chunk, means).argmin(dim=1)
     return torch.bincount(nearest, minlength=gmm.n_components).double().cpu() / max(len(x), 1)
+
+
+def within_mode_spread(x: torch.Tensor, gmm) -> torch.Tensor:
+    """Per component k, the RMS distance of the samples nearest to mean k, over the truth's RMS std of component k
+    (shape (K,); 1 where the sampler keeps the modes' width, < 1 too narrow, > 1 too wide; NaN for a component no
+    sample is nearest to). Meaningful when the components are well separated."""
+    if x.dim() != 2 or x.shape[1] != gmm.dim:
+        raise ValueError(f"x must have shape (n, {gmm.dim}), got {tuple(x.shape)}")
+    x = x.detach().double().cpu()
+    nearest = torch.cdist(x, gmm.means).argmin(dim=1)
+    sq = (x - gmm.means[nearest]).square().sum(dim=1)
+    count = torch.bincount(nearest, minlength=gmm.n_components).double()
+    mean_sq = torch.zeros(gmm.n_components, dtype=torch.float64).index_add_(0, nearest, sq) / count
+    return (mean_sq / gmm.stds.square().sum(dim=1)).sqrt()
