@@ -96,7 +96,31 @@ def eager_em_loop(model, sde: VPSDE, x: torch.Tensor, steps: int) -> torch.Tenso
     return x
 
 
+def null_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A model that costs next to nothing: a loop timed with it is the loop's own cost."""
+    return torch.zeros_like(x)
+
+
+def torchsde_module(sde: VPSDE, model):
+    """The reverse VP-SDE as a torchsde module, integrated forward in s = T - t."""
+    class SDEModule(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, s, y):
+            tt = (sde.T - s).expand(y.shape[0]).to(y.dtype)
+            beta = sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)
+            return 0.5 * beta * y + beta * model(y, tt)
+
+        def g(self, s, y):
+            tt = (sde.T - s).expand(y.shape[0]).to(y.dtype)
+            return torch.sqrt(sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)).expand_as(y)
+
+    return SDEModule()
+
+
 def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) -> list[dict]:
+    """µs per step of whole loops with the MLP, the MLP's own time subtracted (noisy: two timings' difference),
+    and the same loop with a null model (its own cost, measured directly)."""
     torch.manual_seed(0)
     model = MLP(dim).to(device).eval()
     sde = VPSDE()
@@ -109,47 +133,87 @@ def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) 
         # larger values): their "beyond the model" subtracts the model timed on such inputs.
         steps_t = (t * 999).round()
         model_timesteps_us = time_us(lambda: model(x, steps_t), device)
-        cases = {
-            "model alone": None,
-            "model alone (timesteps 0-999)": None,
-            "fastgen sample (euler_maruyama)": lambda: fastgen.sample(model, (batch, dim), sde=sde, steps=steps,
-                                                                       seed=0, device=device),
-            "fastgen sample (pc)": lambda: fastgen.sample(model, (batch, dim), sde=sde, sampler="pc", steps=steps,
-                                                           seed=0, device=device),
-            "fastgen sample (ddim)": lambda: fastgen.sample(model, (batch, dim), sampler="ddim", steps=steps, seed=0,
-                                                             prediction="eps", device=device),
-            "eager loop": lambda: eager_em_loop(model, sde, x, steps),
-        }
-        compiled_model = torch.compile(model)
-        cases["eager loop, compiled model"] = lambda: eager_em_loop(compiled_model, sde, x, steps)
-        try:
-            import torchsde
 
-            class SDEModule(nn.Module):
-                noise_type, sde_type = "diagonal", "ito"
+        def loops(net):
+            cases = {
+                "fastgen sample (euler_maruyama)": lambda: fastgen.sample(net, (batch, dim), sde=sde, steps=steps,
+                                                                           seed=0, device=device),
+                "fastgen sample (pc)": lambda: fastgen.sample(net, (batch, dim), sde=sde, sampler="pc", steps=steps,
+                                                               seed=0, device=device),
+                "fastgen sample (ddim)": lambda: fastgen.sample(net, (batch, dim), sampler="ddim", steps=steps,
+                                                                 seed=0, prediction="eps", device=device),
+                "eager loop": lambda: eager_em_loop(net, sde, x, steps),
+            }
+            if net is model:
+                compiled_model = torch.compile(model)
+                cases["eager loop, compiled model"] = lambda: eager_em_loop(compiled_model, sde, x, steps)
+            try:
+                import torchsde
 
-                def f(self, s, y):  # torchsde integrates forward in s = T - t
-                    tt = (sde.T - s).expand(y.shape[0])
-                    beta = sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)
-                    return 0.5 * beta * y + beta * model(y, tt)
+                # The span in float64: with a float32 span (0.999 rounds to 0.99900001...) torchsde's
+                # BrownianInterval splits its tree ~50,000 times on the first query, about 30 ms per step here.
+                span = torch.tensor([0.0, sde.T - sde.eps], device=device, dtype=torch.float64)
+                module = torchsde_module(sde, net)
+                cases["torchsde sdeint (euler)"] = lambda: torchsde.sdeint(module, x, span, method="euler",
+                                                                           dt=(sde.T - sde.eps) / steps)
+            except ImportError:
+                pass
+            return cases
 
-                def g(self, s, y):
-                    tt = (sde.T - s).expand(y.shape[0])
-                    return torch.sqrt(sde.beta_min + tt[:, None] * (sde.beta_max - sde.beta_min)).expand_as(y)
-
-            span = torch.tensor([0.0, sde.T - sde.eps], device=device)
-            module = SDEModule()
-            cases["torchsde sdeint (euler)"] = lambda: torchsde.sdeint(module, x, span, method="euler",
-                                                                       dt=(sde.T - sde.eps) / steps)
-        except ImportError:
-            pass
-        for name, fn in cases.items():
-            own = model_timesteps_us if "timesteps" in name or "(ddim)" in name else model_us
-            per_call = own if fn is None else time_us(fn, device, min_run_time=1.0) / steps
+        with_model, with_null = loops(model), loops(null_model)
+        rows.append({"loop": "model alone", "µs/step": model_us, "beyond model µs/step": None,
+                     "null model µs/step": None})
+        rows.append({"loop": "model alone (timesteps 0-999)", "µs/step": model_timesteps_us,
+                     "beyond model µs/step": None, "null model µs/step": None})
+        for name, fn in with_model.items():
+            own = model_timesteps_us if "(ddim)" in name else model_us
+            timed = time_interleaved_us({"model": fn, **({"null": with_null[name]} if name in with_null else {})},
+                                        device, rounds=3, min_run_time=1.0)
             calls = 2 if "(pc)" in name else 1
-            rows.append({"loop": name, "µs/step": per_call,
-                         "beyond model µs/step": None if fn is None else per_call - calls * own})
+            rows.append({"loop": name, "µs/step": timed["model"] / steps,
+                         "beyond model µs/step": timed["model"] / steps - calls * own,
+                         "null model µs/step": timed["null"] / steps if "null" in timed else None})
             print("  loop", rows[-1], flush=True)
+    return rows
+
+
+def bench_pipelines(device: str, steps: int = 50, batch: int = 16, size: int = 32) -> list[dict]:
+    """diffusers' own DDPMPipeline and DDIMPipeline with a small random UNet2DModel, run with diffusers' scheduler
+    and with fastgen's drop-in (from_config), interleaved: µs per step, and the scheduler's share (the pipeline
+    with a UNet that returns zeros)."""
+    try:
+        import diffusers
+
+        import fastgen.diffusers as fast
+    except ImportError:
+        return []
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).to(device).eval()
+
+    class ZeroUNet(nn.Module):  # the pipeline's own loop and the scheduler, without the network
+        config, dtype, device = unet.config, unet.dtype, unet.device
+
+        def forward(self, x, t):
+            return diffusers.models.unets.unet_2d.UNet2DOutput(sample=torch.zeros_like(x))
+
+    rows = []
+    for pipeline, scheduler in (("DDPMPipeline", "DDPMScheduler"), ("DDIMPipeline", "DDIMScheduler")):
+        for net_name, net in (("random UNet2DModel", unet), ("zero network", ZeroUNet())):
+            pipes = {"diffusers": getattr(diffusers, pipeline)(unet=net, scheduler=getattr(diffusers, scheduler)())}
+            pipes["fastgen drop-in"] = getattr(diffusers, pipeline)(
+                unet=net, scheduler=getattr(fast, scheduler).from_config(pipes["diffusers"].scheduler.config))
+            for p in pipes.values():
+                p.set_progress_bar_config(disable=True)
+            fns = {name: (lambda p=p: p(batch_size=batch, num_inference_steps=steps, output_type="np",
+                                        generator=torch.Generator(device).manual_seed(0)))
+                   for name, p in pipes.items()}
+            timed = time_interleaved_us(fns, device, rounds=3, min_run_time=0.5)
+            rows.append({"pipeline": f"{pipeline}, {net_name}", "diffusers": timed["diffusers"] / steps,
+                         "fastgen": timed["fastgen drop-in"] / steps,
+                         "ratio": timed["diffusers"] / timed["fastgen drop-in"]})
+            print("  pipeline", rows[-1], flush=True)
     return rows
 
 
@@ -174,6 +238,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     shapes = [(16, 4, 64, 64), (256, 4, 64, 64)] if device == "cuda" else [(16, 4, 64, 64), (64, 4, 64, 64)]
     step = bench_ddpm_step(device, shapes)
     loops = bench_loops(device)
+    pipelines = bench_pipelines(device)
     counts = bench_counts(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
@@ -182,10 +247,14 @@ def run(device: str, out: str, max_log2: int) -> str:
             ("diffusers", "diffusers µs"), ("eager", "eager µs"), ("compile", "torch.compile µs"), ("copy", "copy µs"),
             ("x eager", "op × eager"), ("x diffusers", "drop-in × diffusers"), ("bw %", "op % of copy BW")]),
         "Whole loops, batch 1024, 2-D, 3-layer MLP (128 wide), 100 steps": markdown_table(loops, [
-            ("loop", "loop"), ("µs/step", "µs per step"), ("beyond model µs/step", "beyond the model µs/step")]),
+            ("loop", "loop"), ("µs/step", "µs per step"), ("beyond model µs/step", "beyond the model µs/step"),
+            ("null model µs/step", "with a null model µs/step")]),
+        "diffusers pipelines, batch 16, 3x32x32, 50 steps (µs per step)": markdown_table(pipelines, [
+            ("pipeline", "pipeline"), ("diffusers", "diffusers scheduler"), ("fastgen", "fastgen drop-in"),
+            ("ratio", "diffusers ÷ fastgen")]),
         "Launches and host syncs per step": markdown_table(counts, [
             ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
             ("host_syncs", "host syncs")]),
     }
     return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
-                                                                      "counts": counts})
+                                                                      "pipelines": pipelines, "counts": counts})
