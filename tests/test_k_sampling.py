@@ -120,7 +120,8 @@ def test_exact_denoiser_reaches_the_target(name):
 
 from peer.k_diffusion import sampling as K  # noqa: E402
 
-PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun", {}), ("sample_dpmpp_2m", {}),
+PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun", {}), ("sample_dpm_2", {}),
+         ("sample_dpmpp_2m", {}),
          ("sample_euler_ancestral", {"noise": True}), ("sample_dpmpp_2m_sde", {"noise": True}),
          ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5})]
 

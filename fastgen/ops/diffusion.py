@@ -237,6 +237,14 @@ def heun_correction_coefficients(sigma, sigma_next, alpha_next=1.0) -> torch.Ten
     return _rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
 
 
+def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Tensor:
+    """k-diffusion's DPM-Solver-2 second stage, on x_2 = x + (sigma_mid - sigma_hat) d with aux = that increment:
+    x <- x_2 - aux + (sigma_next - sigma_hat) eps(x_2, sigma_mid)."""
+    sigma_hat, sigma_mid, sigma_next = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma_hat, sigma_mid,
+                                                                                          sigma_next))
+    return _rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
+
+
 def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, k-diffusion's form) for the sigma schedule `sigmas` (last 0):
     h = log(sigma / sigma_next), r = h_prev / h,
