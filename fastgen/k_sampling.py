@@ -94,15 +94,18 @@ class _Loop:
         return torch.zeros(self.x.shape, device=self.x.device, dtype=torch.float64 if self.exact else torch.float32)
 
 
-def _churn(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise) -> torch.Tensor:
-    """Karras et al.'s stochastic churn: raise the noise level to sigma (1 + gamma) by adding noise."""
+def _churn_and_denoise(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise):
+    """(sigma_hat, x0): Karras et al.'s stochastic churn, raising the noise level to sigma_hat = sigma (1 + gamma)
+    by adding noise, then the model at sigma_hat and the callback."""
     sigma = loop.levels[i]
     gamma = min(s_churn / (len(loop.levels) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     sigma_hat = loop.sigmas[i] * (gamma + 1)
     if gamma > 0:
         scale = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
         loop.step(loop.x, ops.noise_row(scale, keep=1.0), **loop.noise(i, sigma, sigma * (gamma + 1)))
-    return sigma_hat
+    denoised = loop.denoise(sigma_hat)
+    loop.report(i, sigma_hat, denoised)
+    return sigma_hat, denoised
 
 
 @torch.no_grad()
@@ -111,9 +114,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """Euler (Karras et al. 2022, Algorithm 2 with churn): x <- x + (sigma_next - sigma_hat) (x - x0) / sigma_hat."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
-        sigma_hat = _churn(loop, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(sigma_hat)
-        loop.report(i, sigma_hat, denoised)
+        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
         loop.step(denoised, ops.euler_coefficients(float(sigma_hat), loop.levels[i + 1]))
     return loop.x
 
@@ -141,10 +142,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma_hat = _churn(loop, i, s_churn, s_tmin, s_tmax, s_noise)
+        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
         sigma_next = loop.levels[i + 1]
-        denoised = loop.denoise(sigma_hat)
-        loop.report(i, sigma_hat, denoised)
         euler = ops.euler_coefficients(float(sigma_hat), sigma_next)
         if sigma_next == 0:
             loop.step(denoised, euler)
@@ -163,10 +162,8 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma_hat = _churn(loop, i, s_churn, s_tmin, s_tmax, s_noise)
+        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
         sigma_next = loop.levels[i + 1]
-        denoised = loop.denoise(sigma_hat)
-        loop.report(i, sigma_hat, denoised)
         if sigma_next == 0:
             loop.step(denoised, ops.euler_coefficients(float(sigma_hat), sigma_next))
             continue

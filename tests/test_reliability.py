@@ -44,6 +44,13 @@ def cli(*args, timeout=300):
                           env=ENV, timeout=timeout)
 
 
+def wait_for_shards(out: Path, count: int, proc) -> None:
+    """Until `count` shards of the run writing `out` are finished (or it exits, or two minutes pass)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*.npy.json"))) < count:
+        time.sleep(0.01)
+
+
 def one_line(result) -> str:
     """The single line of stderr of a failed command (no traceback)."""
     lines = result.stderr.strip().splitlines()
@@ -183,9 +190,7 @@ def test_sigkill_then_a_flipped_byte_then_resume_equals_an_uninterrupted_run(tmp
     assert cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
     out = tmp_path / "killed"
     proc = start(*args, out=out)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.npy.json"))) < 3:
-        time.sleep(0.01)
+    wait_for_shards(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     shard = sorted(out.glob("shard-*.npy"))[1]
@@ -231,9 +236,7 @@ def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
             "--chunk-size", "250", "--quiet"]
     out = tmp_path / "g"
     proc = start(*args, out=out)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.npy.json"))) < 2:
-        time.sleep(0.01)
+    wait_for_shards(out, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
