@@ -119,5 +119,32 @@ cudaError_t diffusion_step(const DiffusionStepArgs& args, cudaStream_t stream);
 // a_b is column 3 of the sample's coefficient row; one block per sample.
 cudaError_t langevin_correct(const DiffusionStepArgs& args, float snr, cudaStream_t stream);
 
+// spectral_norm.cu: for every matrix W (rows, cols) with vectors u, v, n power-iteration steps
+// u <- W v / max(|W v|, eps), v <- W^T u / max(|W^T u|, eps), then sigma = u^T W v, all in float32.
+struct SpectralNormArgs {
+  const void* const* weights;  // (count,) host array of device pointers: (rows, cols) row-major matrices
+  const void* const* us;       // (count,) (rows,) vectors, the weights' dtype
+  const void* const* vs;       // (count,) (cols,) vectors
+  void* const* us_out;         // (count,) (rows,) outputs
+  void* const* vs_out;         // (count,) (cols,) outputs
+  const int64_t* rows;         // (count,) host
+  const int64_t* cols;         // (count,) host
+  int count;                   // number of matrices
+  DType dtype;                 // one dtype for every matrix and vector
+  int n_power_iterations;      // >= 0; 0: sigma at the given u, v
+  float eps;                   // > 0
+  float* sigmas;               // (count,) device output, float32
+  float* workspace;            // device float32 scratch: sum over matrices of spectral_norm_workspace(rows, cols)
+};
+
+// Row chunks of the W^T u pass (each block sums one chunk; the chunks are added in order).
+inline int64_t spectral_norm_row_chunks(int64_t rows) {
+  const int64_t chunks = (rows + 127) / 128;
+  return chunks < 1 ? 1 : (chunks > 32 ? 32 : chunks);
+}
+inline int64_t spectral_norm_workspace(int64_t rows, int64_t cols) {
+  return rows + cols + spectral_norm_row_chunks(rows) * cols;
+}
+
 }  // namespace cuda
 }  // namespace fastgen

@@ -47,10 +47,11 @@ def fast_sizes(backend: str) -> list[int]:
 
 class Sample:
     """Inputs of one op call for the registry harness (tests/test_registry.py): keyword arguments of the
-    op's schema; `poison` names in-place outputs filled with NaN first (every element must be written)."""
+    op's schema; `poison` names in-place outputs filled with NaN first (every element must be written);
+    `grad` names the arguments gradcheck differentiates (default: the floating tensors shaped like the first)."""
 
-    def __init__(self, poison=(), **kwargs):
-        self.kwargs, self.poison = kwargs, tuple(poison)
+    def __init__(self, poison=(), grad=None, **kwargs):
+        self.kwargs, self.poison, self.grad = kwargs, tuple(poison), grad
 
     def __repr__(self):
         shapes = {k: tuple(v.shape) for k, v in self.kwargs.items() if hasattr(v, "shape")}

@@ -166,21 +166,34 @@ def test_gradcheck(name, backend):
     op = REGISTRY[name]
     sample = first_sample(name)
     kwargs = prepared(sample)
-    inputs = [n for n in op.argument_names if isinstance(kwargs.get(n), torch.Tensor) and kwargs[n].is_floating_point()
-              and n not in op.mutated]
+    if sample.grad is not None:
+        inputs = list(sample.grad)
+    else:
+        inputs = [n for n in op.argument_names if isinstance(kwargs.get(n), torch.Tensor) and
+                  kwargs[n].is_floating_point() and n not in op.mutated]
+        inputs = [n for n in inputs if kwargs[n].shape == kwargs[inputs[0]].shape]
+    # Tensor[] arguments travel flattened: gradcheck takes a tuple of tensors.
+    sizes = [len(kwargs[n]) if isinstance(kwargs[n], list) else None for n in inputs]
+    tensors = [t.detach().clone().requires_grad_() for t in flat([kwargs[n] for n in inputs])]
 
-    def fn(*tensors):
-        return op(backend=backend, **{**kwargs, **dict(zip(inputs, tensors))})
+    def packed(flat_tensors):
+        values, i = {}, 0
+        for n, size in zip(inputs, sizes):
+            values[n] = list(flat_tensors[i:i + size]) if size is not None else flat_tensors[i]
+            i += 1 if size is None else size
+        return {**kwargs, **values}
 
-    tensors = [kwargs[n].detach().clone().requires_grad_() for n in inputs
-               if kwargs[n].shape == kwargs[inputs[0]].shape]
-    inputs = inputs[:len(tensors)]
+    def fn(*flat_tensors):
+        out = op(backend=backend, **packed(flat_tensors))
+        return tuple(flat(list(out))) if isinstance(out, tuple) else out
+
+    def total(out):
+        return sum(o.sum() for o in flat(out if isinstance(out, tuple) else (out,)) if o.requires_grad)
+
     assert torch.autograd.gradcheck(fn, tuple(tensors), eps=1e-2, atol=2e-3, rtol=2e-3, fast_mode=True)
-    out = fn(*tensors)
-    grads = torch.autograd.grad(out.sum(), tensors)
+    grads = torch.autograd.grad(total(fn(*tensors)), tensors)
     ref_tensors = [t.detach().clone().requires_grad_() for t in tensors]
-    ref_out = op(backend="torch", **{**kwargs, **dict(zip(inputs, ref_tensors))})
-    ref_grads = torch.autograd.grad(ref_out.sum(), ref_tensors)
+    ref_grads = torch.autograd.grad(total(op(backend="torch", **packed(ref_tensors))), ref_tensors)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
 
