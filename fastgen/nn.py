@@ -162,7 +162,7 @@ class SpectralNorm:
     @classmethod
     def apply(cls, model: nn.Module, *, n_power_iterations: int = 1, eps: float = 1e-12,
               lipschitz: float | None = None, layers: tuple[type, ...] = LAYERS,
-              scale_inputs: bool = True) -> "SpectralNorm":
+              scale_inputs: bool = True) -> SpectralNorm:
         """Normalize the ``weight`` of every submodule of ``model`` that is an instance of ``layers`` (and
         not normalized already). Returns the group (its hooks live on ``model``)."""
         lipschitz = _checked_lipschitz(lipschitz)

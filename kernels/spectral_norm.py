@@ -79,7 +79,7 @@ def normalize_kernel(
         mask = i < n
         if chunks > 0:
             x = tl.zeros((BLOCK,), dtype=tl.float32)
-            for k in range(0, chunks):
+            for k in range(chunks):
                 x += tl.load(partial_ptr + k * n + i, mask=mask, other=0.0)
             tl.store(x_ptr + i, x, mask=mask)
         else:
