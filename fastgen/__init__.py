@@ -11,7 +11,7 @@ Quick start::
 __version__ = "0.1.0"
 
 from . import _ext  # noqa: F401, E402  (loads fastgen._C and the Triton kernels, warns once if missing)
-from . import k_sampling, metrics, ops, reference, rng, samplers, sde, targets, training
+from . import gan, k_sampling, metrics, nn, ops, reference, rng, samplers, sde, targets, training
 from ._backend import backends, use_backend
 from .rng import RNGState
 from .samplers import annealed_langevin, langevin, make_sampler, mala, sample
