@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -153,6 +154,7 @@ class SpectralNorm:
         self.model, self.layers, self.modules, self.scale_inputs = model, layers, modules, scale_inputs
         self._sigma: dict[int, torch.Tensor] | None = None  # id(layer) -> sigma, during a forward of the model
         self._scale: dict[int, torch.Tensor] = {}
+        self._frozen = False
         self._hooks = [model.register_forward_pre_hook(self._begin),
                        model.register_forward_hook(self._end, always_call=True)]
         if scale_inputs:
@@ -187,10 +189,21 @@ class SpectralNorm:
 
     def _begin(self, model, args) -> None:
         self._sigma = None
-        sigma = self.sigmas(step=model.training)
+        sigma = self.sigmas(step=model.training and not self._frozen)
         if self.scale_inputs:
             self._scale = {id(layer): 1.0 / _divisor(sigma[id(layer)], layer.lipschitz) for layer in self.layers}
         self._sigma = sigma
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Within this context the model's forwards run no power iteration (sigma at the current u, v, as in
+        eval mode) while the model stays in training mode: the normalized map stays fixed (fixed-point
+        inverses of residual flows iterate it)."""
+        previous, self._frozen = self._frozen, True
+        try:
+            yield self
+        finally:
+            self._frozen = previous
 
     def _end(self, model, args, output) -> None:
         self._sigma, self._scale = None, {}

@@ -106,3 +106,25 @@ def test_out_of_range_device_index_makes_that_sample_nan(namespace):
     op(y, torch.randn_like(x), coef, index, seed=0)
     torch.cuda.synchronize()
     assert torch.isnan(y[1:]).all() and torch.isfinite(y[0]).all()
+
+
+def test_spectral_norm_and_residual_flow_forward_have_no_host_sync():
+    """The grouped spectral norm (every backend) and a residual block's roulette log-det (its series length comes
+    from the counter-based stream evaluated on the host CPU, the probe from the device) never wait on the GPU."""
+    from fastgen.flows import ResidualFlow
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)]).cuda()
+    fastgen.nn.SpectralNorm.apply(model)
+    flow = ResidualFlow(2, blocks=2, hidden=32, seed=0).cuda()
+    x, data = torch.randn(64, 256, device="cuda"), torch.randn(128, 2, device="cuda")
+    model(x).sum().backward()  # warm-up
+    (-flow.log_prob(data).mean()).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for backend in ("cuda", "triton"):
+            with fastgen.use_backend(backend):
+                model(x).sum().backward()
+        (-flow.log_prob(data).mean()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,102 @@
+"""The flow convention: transforms map data to the base space; a flow is a distribution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+
+class Transform(nn.Module):
+    """An invertible map from data to the base space.
+
+    ``forward(x) -> (z, log_abs_det)``: z = f(x) and log|det df/dx| per sample, shape (B,).
+    ``inverse(z) -> x``: f^{-1}(z)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define forward(x) -> (z, log_abs_det)")
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define inverse(z)")
+
+
+class Flow(nn.Module, Distribution):
+    """The law of x = f^{-1}(z), z ~ base, for f the composition of ``transforms`` (applied in order to data):
+
+        log p(x) = log p_base(f(x)) + sum_t log|det df_t/dx_t|.
+
+    ``base`` defaults to the standard normal on ``event_shape`` (made on the data's device at each call).
+    ``sample`` / ``rsample`` run the inverses on base draws (from torch's RNG, or ``generator``)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, transforms, base: Distribution | None = None, event_shape: tuple[int, ...] | None = None):
+        nn.Module.__init__(self)
+        self.transforms = nn.ModuleList(transforms)
+        if base is None and event_shape is None:
+            raise ValueError("give base or event_shape (the standard normal on it is the base)")
+        self.base = base
+        shape = tuple(base.event_shape) if base is not None else tuple(int(s) for s in event_shape)
+        Distribution.__init__(self, batch_shape=torch.Size(), event_shape=torch.Size(shape), validate_args=False)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.event_shape)
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[x.dim() - n:]) != tuple(self.event_shape):
+            raise ValueError(f"x must have shape (..., {', '.join(map(str, self.event_shape))}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        return x
+
+    def _base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self.base is not None:
+            return self.base.log_prob(z)
+        dims = tuple(range(z.dim() - len(self.event_shape), z.dim()))
+        size = math.prod(self.event_shape)
+        return -0.5 * z.square().sum(dim=dims) - 0.5 * size * math.log(2 * math.pi)
+
+    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, log|det dz/dx|) of data x of shape (B, *event_shape)."""
+        x = self._check(x)
+        total = x.new_zeros(x.shape[0])
+        for t in self.transforms:
+            x, log_abs_det = t(x)
+            total = total + log_abs_det
+        return x, total
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, log_abs_det = self.transform(x)
+        return self._base_log_prob(z) + log_abs_det
+
+    def _parameter_device(self) -> torch.device:
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = torch.Size(sample_shape)
+        if self.base is not None:
+            z = self.base.rsample(shape)
+        else:
+            z = torch.randn(shape + self.event_shape, device=self._parameter_device(), generator=generator)
+        flat = z.reshape((-1,) + tuple(self.event_shape))
+        for t in reversed(self.transforms):
+            flat = t.inverse(flat)
+        return flat.reshape(shape + self.event_shape)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ~ the flow (reparametrized) and log p(x), through the forward transforms (where the log-dets are)."""
+        x = self.rsample(sample_shape)
+        flat = x.reshape((-1,) + tuple(self.event_shape))
+        return x, self.log_prob(flat).reshape(x.shape[:x.dim() - len(self.event_shape)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) (so a flow trains with ``-flow(x).mean()``)."""
+        return self.log_prob(x)
+
+    def __repr__(self) -> str:
+        return nn.Module.__repr__(self)
