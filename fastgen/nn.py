@@ -141,10 +141,11 @@ class SpectralNorm:
 
     Each layer gets the parametrization of :func:`spectral_norm` (same state dict keys as torch's). A
     forward pre-hook on the model computes every layer's sigma in one op (one power-iteration step per
-    layer in training, none in eval). During that forward each layer runs on its raw weight W and an
-    input scaled by s = 1 / sigma (or min(1, c / sigma)): a linear layer gives F(s x, W) = F(x, s W), and
-    scaling the input costs a pass over the activations instead of a new copy of every weight. This
-    assumes that each normalized weight is used by its own module's forward only; with tied weights pass
+    layer in training, none in eval). During that forward a layer whose input has fewer elements than its
+    weight (a Linear layer at a batch below its width) runs on its raw weight W and an input scaled by
+    s = 1 / sigma (or min(1, c / sigma)): a linear layer gives F(s x, W) = F(x, s W), and scaling the input
+    costs a pass over the activations instead of a new copy of the weight; other layers (convolutions, whose
+    activations outweigh their weights) read W / sigma. This assumes that each normalized weight is used by its own module's forward only; with tied weights pass
     ``scale_inputs=False`` (the layers then read W / sigma, as :func:`spectral_norm` makes them).
     A weight read outside the model's forward (``layer.weight``) is W / sigma as in :func:`spectral_norm`.
     ``group.sigmas()`` returns the current estimates; ``group.remove()`` takes the normalization away,
@@ -153,13 +154,14 @@ class SpectralNorm:
     def __init__(self, model: nn.Module, layers: list[_SpectralNorm], modules: list[nn.Module], scale_inputs: bool):
         self.model, self.layers, self.modules, self.scale_inputs = model, layers, modules, scale_inputs
         self._sigma: dict[int, torch.Tensor] | None = None  # id(layer) -> sigma, during a forward of the model
-        self._scale: dict[int, torch.Tensor] = {}
+        self._scale: dict[int, torch.Tensor] = {}  # id(layer) -> 1 / divisor, during a forward of the model
+        self._raw: set[int] = set()  # layers running on their raw weight and a scaled input right now
         self._frozen = False
         self._hooks = [model.register_forward_pre_hook(self._begin),
                        model.register_forward_hook(self._end, always_call=True)]
         if scale_inputs:
             for layer, module in zip(layers, modules):
-                self._hooks.append(module.register_forward_pre_hook(self._scaled_input(layer)))
+                self._hooks.append(module.register_forward_pre_hook(self._scaled_input(layer, module)))
 
     @classmethod
     def apply(cls, model: nn.Module, *, n_power_iterations: int = 1, eps: float = 1e-12,
@@ -207,17 +209,22 @@ class SpectralNorm:
 
     def _end(self, model, args, output) -> None:
         self._sigma, self._scale = None, {}
+        self._raw.clear()
 
-    def _scaled_input(self, layer: _SpectralNorm):
-        def hook(module, args):
+    def _scaled_input(self, layer: _SpectralNorm, module: nn.Module):
+        def hook(module_, args):
             scale = self._scale.get(id(layer))
-            return None if scale is None else (args[0] * scale,) + tuple(args[1:])
+            self._raw.discard(id(layer))
+            if scale is None or args[0].numel() > module.parametrizations.weight.original.numel():
+                return None  # a larger input than weight (convolutions): the layer reads W / sigma
+            self._raw.add(id(layer))
+            return (args[0] * scale,) + tuple(args[1:])
 
         return hook
 
     def raw_weight(self, layer: _SpectralNorm) -> bool:
         """Whether `layer` reads its raw weight now (its input is scaled instead)."""
-        return id(layer) in self._scale
+        return id(layer) in self._raw
 
     def cached(self, layer: _SpectralNorm) -> torch.Tensor | None:
         return None if self._sigma is None else self._sigma.get(id(layer))
