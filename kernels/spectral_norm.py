@@ -125,8 +125,9 @@ def spectral_norm_power(weights, us, vs, n_power_iterations, eps):
         u32, v32 = torch.empty(rows, dtype=torch.float32, device=device), v.float().clone()
         sigma = sigmas[t:t + 1]
         if n_power_iterations == 0:
-            matvec_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](weight, v32, u32, rows, cols, BLOCK_ROWS=BLOCK_ROWS,
-                                                           BLOCK_COLS=BLOCK_COLS)
+            if rows:  # no launch over an empty grid
+                matvec_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](weight, v32, u32, rows, cols, BLOCK_ROWS=BLOCK_ROWS,
+                                                               BLOCK_COLS=BLOCK_COLS)
             dot_kernel[(1,)](u, u32, sigma, rows, BLOCK=BLOCK)
             us_out.append(u.clone())
             vs_out.append(v.clone())
@@ -134,8 +135,9 @@ def spectral_norm_power(weights, us, vs, n_power_iterations, eps):
         chunks = _row_chunks(rows)
         partial = torch.empty((chunks, cols), dtype=torch.float32, device=device)
         for _ in range(n_power_iterations):
-            matvec_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](weight, v32, u32, rows, cols, BLOCK_ROWS=BLOCK_ROWS,
-                                                           BLOCK_COLS=BLOCK_COLS)
+            if rows:
+                matvec_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](weight, v32, u32, rows, cols, BLOCK_ROWS=BLOCK_ROWS,
+                                                               BLOCK_COLS=BLOCK_COLS)
             normalize_kernel[(1,)](u32, u32, sigma, rows, 0, eps, BLOCK=BLOCK)
             matvec_t_kernel[(max(1, triton.cdiv(cols, BLOCK_COLS)), chunks)](
                 weight, u32, partial, rows, cols, chunks, BLOCK_ROWS=BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS)

@@ -151,3 +151,23 @@ def test_spectrally_normalized_gan_covers_all_eight_modes():
     spec.loader.exec_module(example)
     weights = example.mode_weights(example.train(1500, spectral_norm=True, seed=0))
     assert weights.min() >= 0.05, f"mode weights {weights.tolist()}"
+
+
+def test_sngan_digits_example_step_and_grid(tmp_path):
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parents[1] / "examples" / "sngan_digits.py"
+    spec = importlib.util.spec_from_file_location("sngan_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    data = example.load_digits()
+    generator, discriminator = example.generator_net(hidden=32), example.discriminator_net(hidden=32)
+    fastgen.nn.SpectralNorm.apply(discriminator)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in generator.parameters()]
+    d, g = example.train_step(generator, discriminator, g_opt, d_opt, [data[:16], data[16:32]])
+    assert math.isfinite(d) and math.isfinite(g)
+    assert all(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    with torch.no_grad():
+        example.image_grid(generator(torch.randn(20, 32)), str(tmp_path / "grid.png"))
+    assert (tmp_path / "grid.png").stat().st_size > 0
