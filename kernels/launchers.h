@@ -146,5 +146,20 @@ inline int64_t spectral_norm_workspace(int64_t rows, int64_t cols) {
   return rows + cols + spectral_norm_row_chunks(rows) * cols;
 }
 
+// vae.cu: z = mean + exp(log_std) eps (eps the normals at offset + i), and per sample
+// log_prob = sum (-eps^2 / 2 - log_std) - dim log(2 pi) / 2; one block per sample.
+struct GaussianRsampleArgs {
+  const void* mean;        // (batch, dim), dtype
+  const void* log_std;     // (batch, dim), dtype
+  void* z;                 // (batch, dim) output, dtype
+  float* log_prob;         // (batch,) output
+  DType dtype;             // kFloat32, kFloat16 or kBFloat16
+  int64_t batch;
+  int64_t dim;
+  uint64_t seed;
+  uint64_t offset;         // stream position of element 0
+  float log_norm;          // dim log(2 pi) / 2
+};
+
 }  // namespace cuda
 }  // namespace fastgen

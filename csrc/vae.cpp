@@ -1,0 +1,106 @@
+// Fused Gaussian reparameterization, gaussian_rsample (schema: fastgen/ops/vae.py):
+//   eps_i = normal at stream position offset + i,  z = mean + exp(log_std) eps,
+//   log_prob_b = sum_i (-eps_i^2 / 2 - log_std_i) - D log(2 pi) / 2,   float32 arithmetic.
+// The backward (fastgen/ops/vae.py) redraws eps. CPU: samples split across threads; CUDA: kernels/vae.cu.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "cpu_math.h"
+
+#ifdef FASTGEN_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace fastgen {
+namespace cuda {
+// kernels/vae.cu
+cudaError_t gaussian_rsample(const GaussianRsampleArgs& args, cudaStream_t stream);
+}  // namespace cuda
+}  // namespace fastgen
+#endif
+
+namespace fastgen {
+namespace {
+
+using torch::Tensor;
+
+void check_rsample(const Tensor& mean, const Tensor& log_std, int64_t seed, int64_t offset) {
+  check_state_dtype(mean, "mean");
+  FASTGEN_CHECK(mean.dim() >= 1, "mean must have a leading batch dimension (shape (B, ...)), got a 0-d tensor");
+  FASTGEN_CHECK(mean.is_contiguous(), "mean must be contiguous (call .contiguous() first)");
+  FASTGEN_CHECK(log_std.device() == mean.device(), "log_std must be on the device of mean (", mean.device(),
+                "), got ", log_std.device());
+  FASTGEN_CHECK(log_std.sizes() == mean.sizes(), "log_std must have the shape of mean ", mean.sizes(), ", got ",
+                log_std.sizes());
+  FASTGEN_CHECK_TYPE(log_std.scalar_type() == mean.scalar_type(), "log_std must have dtype ", mean.scalar_type(),
+                     ", got ", log_std.scalar_type());
+  FASTGEN_CHECK(log_std.is_contiguous(), "log_std must be contiguous");
+  FASTGEN_CHECK(seed >= 0, "seed must be an int in [0, 2**63 - 1], got ", seed);
+  FASTGEN_CHECK(offset >= 0, "offset must be an int in [0, 2**63 - 1], got ", offset);
+}
+
+std::tuple<Tensor, Tensor> gaussian_rsample_cpu(const Tensor& mean, const Tensor& log_std, int64_t seed,
+                                                int64_t offset, bool path_derivative) {
+  check_rsample(mean, log_std, seed, offset);
+  Tensor z = at::empty_like(mean);
+  const int64_t batch = mean.size(0);
+  const int64_t dim = batch ? mean.numel() / batch : 0;
+  Tensor log_prob = at::empty({batch}, mean.options().dtype(at::kFloat));
+  const float log_norm = static_cast<float>(0.5 * static_cast<double>(dim) * std::log(2.0 * M_PI));
+  float* lp = log_prob.data_ptr<float>();
+  dispatch_float(mean.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* m = mean.data_ptr<T>();
+    const T* s = log_std.data_ptr<T>();
+    T* out = z.data_ptr<T>();
+    at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b0, int64_t b1) {
+      std::vector<float> eps(static_cast<size_t>(dim));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t first = b * dim;
+        cpu::fill_normals(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + first), dim, eps.data());
+        float total = 0.0f;
+        for (int64_t d = 0; d < dim; ++d) {
+          const float sd = static_cast<float>(s[first + d]);
+          out[first + d] = static_cast<T>(static_cast<float>(m[first + d]) + std::exp(sd) * eps[d]);
+          total += -0.5f * eps[d] * eps[d] - sd;
+        }
+        lp[b] = total - log_norm;
+      }
+    });
+  });
+  return {z, log_prob};
+}
+
+#ifdef FASTGEN_WITH_CUDA
+std::tuple<Tensor, Tensor> gaussian_rsample_cuda(const Tensor& mean, const Tensor& log_std, int64_t seed,
+                                                 int64_t offset, bool path_derivative) {
+  check_rsample(mean, log_std, seed, offset);
+  const c10::cuda::CUDAGuard guard(mean.device());
+  Tensor z = at::empty_like(mean);
+  const int64_t batch = mean.size(0);
+  const int64_t dim = batch ? mean.numel() / batch : 0;
+  Tensor log_prob = at::empty({batch}, mean.options().dtype(at::kFloat));
+  cuda::GaussianRsampleArgs args{mean.data_ptr(), log_std.data_ptr(), z.data_ptr(), log_prob.data_ptr<float>(),
+                                 cuda_dtype(mean), batch, dim, static_cast<uint64_t>(seed),
+                                 static_cast<uint64_t>(offset),
+                                 static_cast<float>(0.5 * static_cast<double>(dim) * std::log(2.0 * M_PI))};
+  C10_CUDA_CHECK(cuda::gaussian_rsample(args, c10::cuda::getCurrentCUDAStream()));
+  return {z, log_prob};
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("gaussian_rsample", &gaussian_rsample_cpu); }
+
+#ifdef FASTGEN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("gaussian_rsample", &gaussian_rsample_cuda); }
+#endif
+
+}  // namespace fastgen
