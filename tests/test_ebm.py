@@ -192,3 +192,19 @@ def test_bad_input_names_the_argument():
         ebm.contrastive_loss(lambda x: x, torch.zeros(4, 2), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="sigma"):
         ebm.dsm_loss(Quadratic(), torch.zeros(4, 2), 0.0)
+
+
+def test_ebm_digits_example_step(tmp_path):
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parents[1] / "examples" / "ebm_digits.py"
+    spec = importlib.util.spec_from_file_location("ebm_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    data = example.load_digits()
+    energy = example.Energy(hidden=32)
+    optimizer = torch.optim.Adam(energy.parameters(), lr=1e-3)
+    buffer = ebm.ReplayBuffer(256, (64,), seed=0)
+    before = buffer.samples.clone()
+    e_data, e_neg = example.train_step(energy, optimizer, buffer, data[:32], seed=1, n_steps=3)
+    assert math.isfinite(e_data) and math.isfinite(e_neg)
+    assert not torch.equal(buffer.samples, before) and float(buffer.samples.abs().max()) <= 1.0
