@@ -18,7 +18,6 @@ import time
 import torch
 from torch import nn
 
-import fastgen
 from fastgen import ebm
 
 
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
         if step % max(1, args.steps // 6) == 0:
             print(f"step {step:5d}  {time.perf_counter() - start:5.1f} s  U(data) {e_data:7.3f}  U(negatives) "
                   f"{e_neg:7.3f}  buffer reinitializations {buffer.reinit_fraction():.3f}")
-    x, index = buffer.sample(40)
+    x, _ = buffer.sample(40)
     x = ebm.langevin_negatives(lambda y: energy(y) / 1e-3, x, n_steps=60, step_size=1e-3, seed=1, clamp=(-1.0, 1.0))
     import matplotlib
 

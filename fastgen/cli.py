@@ -206,7 +206,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_int_range(0, 2**63 - 2), default=0)
     s.add_argument("--plot", default=None, help="write a density plot here")
     s.set_defaults(func=cmd_sample, usage=s)
+
+    t = sub.add_parser("toy", help="the seeds' toy experiments: 'ebm' runs the two-mode EBM under four methods")
+    t.add_argument("name", choices=["ebm"])
+    t.add_argument("--steps", type=_positive, default=400, help="gradient-flow updates")
+    t.add_argument("--lr", type=float, default=0.1, help="update size (flow time per update)")
+    t.add_argument("--out", default="ebm_toy.png", help="where to write the theta(t) plot")
+    t.set_defaults(func=cmd_toy)
     return p
+
+
+def cmd_toy(args) -> int:
+    from .toy_ebm import report
+
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    return report(args.steps, args.lr, args.out)
 
 
 def main(argv=None) -> int:

@@ -12,9 +12,7 @@ from scipy import stats
 import fastgen
 from fastgen import ebm
 
-spec = importlib.util.spec_from_file_location("ebm_toy", Path(__file__).resolve().parents[1] / "examples" / "ebm_toy.py")
-toy = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(toy)
+from fastgen import toy_ebm as toy
 
 P_NULL = 1e-6  # chi-square tests reject a correct sampler with this probability
 BATCH = 2048
@@ -183,7 +181,7 @@ def test_bad_input_names_the_argument():
     buffer = ebm.ReplayBuffer(10, (2,))
     with pytest.raises(ValueError, match="smaller than the batch"):
         buffer.sample(11)
-    x, index = buffer.sample(4)
+    _, index = buffer.sample(4)
     with pytest.raises(ValueError, match="x must have shape"):
         buffer.write_(index, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="negatives must have the sample shape"):
@@ -208,3 +206,11 @@ def test_ebm_digits_example_step(tmp_path):
     e_data, e_neg = example.train_step(energy, optimizer, buffer, data[:32], seed=1, n_steps=3)
     assert math.isfinite(e_data) and math.isfinite(e_neg)
     assert not torch.equal(buffer.samples, before) and float(buffer.samples.abs().max()) <= 1.0
+
+
+def test_toy_command_prints_the_table_and_plots(tmp_path, capsys):
+    from fastgen.cli import main
+
+    assert main(["toy", "ebm", "--steps", "3", "--out", str(tmp_path / "toy.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "NCE" in printed and "derived" in printed and (tmp_path / "toy.png").stat().st_size > 0

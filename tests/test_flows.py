@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen.flows import Flow, LipSwish, ResidualBlock, ResidualFlow
+from fastgen.flows import Flow, ResidualBlock, ResidualFlow
 from fastgen.flows.residual import kept_probability, roulette_length
 from fastgen.rng import reserve
 

@@ -19,7 +19,7 @@ def _gaussian_rsample_shapes(a):
 
 
 def _gaussian_rsample_setup(ctx, inputs, output) -> None:
-    mean, log_std, seed, offset, path_derivative = inputs
+    _, log_std, seed, offset, path_derivative = inputs
     ctx.save_for_backward(log_std)
     ctx.seed, ctx.offset, ctx.path_derivative = seed, offset, path_derivative
 
