@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import fastgen
+from fastgen.demo import image_grid
 from fastgen.sde import VPSDE
 from fastgen.training import EMA
 
@@ -53,23 +54,6 @@ def train_step(model: nn.Module, optimizer, data: torch.Tensor, sde: VPSDE, batc
     loss.backward()
     optimizer.step()
     return float(loss)
-
-
-def image_grid(x: torch.Tensor, path: str, columns: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = ((x.clamp(-1, 1) + 1) / 2).reshape(-1, 8, 8)
-    rows = math.ceil(len(images) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows))
-    for ax, img in zip(axes.flat, images):
-        ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

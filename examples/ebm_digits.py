@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from fastgen.demo import image_grid
 from fastgen import ebm
 
 
@@ -75,17 +76,8 @@ def main(argv=None) -> int:
                   f"{e_neg:7.3f}  buffer reinitializations {buffer.reinit_fraction():.3f}")
     x, _ = buffer.sample(40)
     x = ebm.langevin_negatives(lambda y: energy(y) / 1e-3, x, n_steps=60, step_size=1e-3, seed=1, clamp=(-1.0, 1.0))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(4, 10, figsize=(10, 4))
-    for ax, image in zip(axes.flat, x):
-        ax.imshow(image.reshape(8, 8).numpy(), cmap="gray_r", vmin=-1, vmax=1)
-        ax.axis("off")
-    fig.suptitle(f"EBM samples: replay buffer + 60 Langevin steps ({args.steps} training steps)")
-    fig.savefig(args.out, dpi=80, bbox_inches="tight")
+    image_grid(x, args.out, 10, f"EBM samples: replay buffer + 60 Langevin steps ({args.steps} "
+                                             f"training steps)")
     print(f"wrote {args.out}; fraction of buffer samples reinitialized over training: {buffer.reinit_fraction():.3f}")
     return 0
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import fastgen
+from fastgen.demo import image_grid
 from fastgen import gan
 
 
@@ -56,23 +57,6 @@ def train_step(generator: nn.Module, discriminator: nn.Module, g_opt, d_opt, bat
 
 def nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float(torch.cdist(x, reference).min(dim=1).values.mean())
-
-
-def image_grid(x: torch.Tensor, path: str, columns: int = 10, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = (len(x) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows))
-    for ax, image in zip(axes.flat, x):
-        ax.imshow(image.reshape(8, 8).numpy(), cmap="gray_r", vmin=-1, vmax=1)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from fastgen.demo import image_grid
 from fastgen import vae
 
 
@@ -58,23 +59,6 @@ def bounds(model: VAE, x: torch.Tensor, ks=(1, 10, 100), seed: int = 0) -> dict:
     return out
 
 
-def grid(images, path: str, columns: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = (len(images) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8))
-    for ax, image in zip(axes.flat, images):
-        ax.imshow(image.reshape(8, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -100,9 +84,9 @@ def main(argv=None) -> int:
         mean, _ = model.posterior(test[:20])
         recon = torch.sigmoid(model.decoder(mean))
     stem = args.out[:-4] if args.out.endswith(".png") else args.out
-    grid(samples, f"{stem}_samples.png", 10, "VAE samples (decoder means)")
-    grid(torch.cat([test[:20], recon]), f"{stem}_reconstructions.png", 20,
-         "held-out digits (top) and their reconstructions (bottom)")
+    image_grid(samples, f"{stem}_samples.png", 10, "VAE samples (decoder means)", (0, 1))
+    image_grid(torch.cat([test[:20], recon]), f"{stem}_reconstructions.png", 20,
+                            "held-out digits (top) and their reconstructions (bottom)", (0, 1))
     print(f"wrote {stem}_samples.png and {stem}_reconstructions.png")
     return 0
 

@@ -35,6 +35,27 @@ def density_plot(samples: torch.Tensor, exact: torch.Tensor, path: str, label: s
     plt.close(fig)
 
 
+def image_grid(images: torch.Tensor, path: str, columns: int = 10, title: str = "", value_range=(-1.0, 1.0),
+               side: int = 8) -> None:
+    """Write square grayscale images (N, side * side) or (N, side, side), values in ``value_range``, as a grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = images.detach().float().cpu().reshape(-1, side, side)
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8), squeeze=False)
+    for ax, image in zip(axes.flat, images):
+        ax.imshow(image.numpy(), cmap="gray_r", vmin=value_range[0], vmax=value_range[1])
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chains", type=int, default=1_000_000)

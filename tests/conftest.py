@@ -14,6 +14,17 @@ import fastgen  # noqa: E402
 from fastgen import _backend  # noqa: E402
 
 
+def load_example(name: str):
+    """examples/<name>.py as a module (the examples are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cpu_backends() -> list[str]:
     """Backends that run CPU tensors here (torch always; cpu when built; triton when interpreted)."""
     return [b for b in ("cpu", "triton", "torch") if _backend._usable(b, torch.device("cpu")) is None]

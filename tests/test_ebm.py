@@ -1,9 +1,7 @@
 """fastgen.ebm: the seeds' two-mode toy model (its four outcomes, against the gradient-flow predictions), the
 replay buffer (uniform draws by chi-square, checkpoints, resumption), and the losses against closed forms."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +11,8 @@ import fastgen
 from fastgen import ebm
 
 from fastgen import toy_ebm as toy
+
+from conftest import load_example
 
 P_NULL = 1e-6  # chi-square tests reject a correct sampler with this probability
 BATCH = 2048
@@ -194,10 +194,7 @@ def test_bad_input_names_the_argument():
 
 def test_ebm_digits_example_step(tmp_path):
     pytest.importorskip("sklearn")
-    path = Path(__file__).resolve().parents[1] / "examples" / "ebm_digits.py"
-    spec = importlib.util.spec_from_file_location("ebm_digits", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("ebm_digits")
     data = example.load_digits()
     energy = example.Energy(hidden=32)
     optimizer = torch.optim.Adam(energy.parameters(), lr=1e-3)

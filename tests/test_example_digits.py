@@ -1,15 +1,15 @@
 """The digits example (examples/digits.py): one training step, a short sampling run, the image grid."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
+from fastgen.demo import image_grid
+
+from conftest import load_example
+
 pytest.importorskip("sklearn")
-spec = importlib.util.spec_from_file_location("digits", Path(__file__).resolve().parents[1] / "examples" / "digits.py")
-digits = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(digits)
+digits = load_example("digits")
 
 
 def test_one_training_step_and_sampling(tmp_path):
@@ -24,5 +24,5 @@ def test_one_training_step_and_sampling(tmp_path):
         x = digits.fastgen.sample(model, (4, 64), sde=digits.VPSDE(), sampler="dpmpp_2m", steps=5, prediction="eps",
                                   seed=0, device="cpu")
     assert torch.isfinite(x).all()
-    digits.image_grid(x, str(tmp_path / "grid.png"))
+    image_grid(x, str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").stat().st_size > 0

@@ -2,9 +2,7 @@
 inverse, the Russian-roulette log-det estimator against the exact log-det (small D), the Neumann-series
 gradient against the gradient of the exact log-det, and the roulette length drawn from fastgen's stream."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +12,8 @@ import fastgen
 from fastgen.flows import Flow, ResidualBlock, ResidualFlow
 from fastgen.flows.residual import kept_probability, roulette_length
 from fastgen.rng import reserve
+
+from conftest import load_example
 
 Z_MAX = 5.0  # |mean - exact| / standard error: two-sided p < 6e-7 per coordinate under the null
 
@@ -151,10 +151,7 @@ def test_bad_options_name_the_argument():
 def test_residual_flow_example_learns_two_moons():
     """examples/residual_flow_2d.py, 300 steps (about 7 s): the exact test log-likelihood rises by more than
     0.3 nats from the initial flow (about -2.3 nats; a Gaussian fit of the data reaches -1.90)."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "residual_flow_2d.py"
-    spec = importlib.util.spec_from_file_location("residual_flow_2d", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("residual_flow_2d")
     start = example.test_log_likelihood(example.train("two_moons", 0, seed=0), "two_moons")
     trained = example.test_log_likelihood(example.train("two_moons", 300, seed=0), "two_moons")
     assert trained > start + 0.3, f"test log-likelihood {start:.3f} -> {trained:.3f}"

@@ -1,9 +1,7 @@
 """fastgen.gan: each loss against its textbook formula on fixed logits, the penalties against closed forms and
 gradcheck (float64, through the double backward), and the 8-Gaussian example's mode coverage with spectral norm."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +9,9 @@ from torch import nn
 
 import fastgen
 from fastgen import gan
+from fastgen.demo import image_grid
+
+from conftest import load_example
 
 REAL = torch.tensor([2.0, -0.5, 0.3, 4.0], dtype=torch.float64)
 FAKE = torch.tensor([-1.0, 0.7, -3.0, 0.1], dtype=torch.float64)
@@ -145,20 +146,14 @@ def test_bad_input_names_the_argument():
 def test_spectrally_normalized_gan_covers_all_eight_modes():
     """The example's GAN with a spectrally normalized discriminator, 1,500 steps (about 25 s on 2 cores):
     every mode of the 8-Gaussian ring gets at least 5% of 4,000 samples."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "gan_8gaussians.py"
-    spec = importlib.util.spec_from_file_location("gan_8gaussians", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("gan_8gaussians")
     weights = example.mode_weights(example.train(1500, spectral_norm=True, seed=0))
     assert weights.min() >= 0.05, f"mode weights {weights.tolist()}"
 
 
 def test_sngan_digits_example_step_and_grid(tmp_path):
     pytest.importorskip("sklearn")
-    path = Path(__file__).resolve().parents[1] / "examples" / "sngan_digits.py"
-    spec = importlib.util.spec_from_file_location("sngan_digits", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("sngan_digits")
     data = example.load_digits()
     generator, discriminator = example.generator_net(hidden=32), example.discriminator_net(hidden=32)
     fastgen.nn.SpectralNorm.apply(discriminator)
@@ -169,5 +164,5 @@ def test_sngan_digits_example_step_and_grid(tmp_path):
     assert math.isfinite(d) and math.isfinite(g)
     assert all(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
     with torch.no_grad():
-        example.image_grid(generator(torch.randn(20, 32)), str(tmp_path / "grid.png"))
+        image_grid(generator(torch.randn(20, 32)), str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").stat().st_size > 0

@@ -9,9 +9,10 @@ import torch
 
 import fastgen
 from fastgen import vae
+from fastgen.demo import image_grid
 from fastgen.ops import gaussian_rsample
 
-from conftest import Sample, cpu_backends
+from conftest import Sample, cpu_backends, load_example
 
 
 def _posterior(device, dtype, shape, seed=0):
@@ -150,13 +151,7 @@ def test_bad_input_names_the_argument():
 
 def test_vae_digits_example_step_bounds_and_grids(tmp_path):
     pytest.importorskip("sklearn")
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("vae_digits",
-                                                  Path(__file__).resolve().parents[1] / "examples" / "vae_digits.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("vae_digits")
     data = example.load_digits()
     assert data.shape == (1797, 64) and 0 <= float(data.min()) and float(data.max()) <= 1
     torch.manual_seed(0)
@@ -166,5 +161,5 @@ def test_vae_digits_example_step_bounds_and_grids(tmp_path):
     assert losses[-1] < losses[0]
     report = example.bounds(model, data[64:128], ks=(1, 20))
     assert report["IWAE-20"] > report["IWAE-1"]
-    example.grid(torch.rand(6, 64), str(tmp_path / "grid.png"), 3, "test")
+    image_grid(torch.rand(6, 64), str(tmp_path / "grid.png"), 3, "test", (0, 1))
     assert (tmp_path / "grid.png").stat().st_size > 0
