@@ -1,6 +1,5 @@
 """The digits example (examples/digits.py): one training step, a short sampling run, the image grid."""
 
-
 import pytest
 import torch
 
