@@ -161,5 +161,18 @@ struct GaussianRsampleArgs {
   float log_norm;          // dim log(2 pi) / 2
 };
 
+// hutchinson.cu: out_b = sum_i vjp[b, i] eps(offset + b dim + i), eps = sign(u - 1/2) of the stream's uniform
+// (+1 where u >= 1/2) or its normal; one warp per sample up to 2048 elements, else one block.
+struct HutchinsonDotArgs {
+  const void* vjp;         // (batch, dim), dtype
+  float* out;              // (batch,) output
+  DType dtype;             // kFloat32, kFloat16 or kBFloat16
+  int64_t batch;
+  int64_t dim;
+  uint64_t seed;
+  uint64_t offset;         // stream position of element 0
+  bool rademacher;         // signs instead of normals
+};
+
 }  // namespace cuda
 }  // namespace fastgen
