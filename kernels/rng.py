@@ -25,7 +25,7 @@ def load_rng(seed, offset, rng_state_ptr, HAS_STATE: tl.constexpr):
 @triton.jit
 def uniform_at(seed, n):
     """Uniforms at int64 stream positions n: lane n % 4 of tl.randint4x at counter n // 4."""
-    l0, l1, l2, l3 = tl.randint4x(seed, n >> 2)
+    l0, l1, l2, l3 = tl.randint4x(seed, (n >> 2) & 0x3FFFFFFFFFFFFFFF)  # uint64 counter: logical shift
     upper = (n & 2) != 0
     lane = tl.where((n & 1) != 0, tl.where(upper, l3, l1), tl.where(upper, l2, l0))
     return tl.uint_to_uniform_float(lane)
@@ -34,7 +34,7 @@ def uniform_at(seed, n):
 @triton.jit
 def normal_at(seed, n):
     """Normals at int64 stream positions n: Box-Muller of counter n // 4's lanes (0, 1) or (2, 3); cos at even n, sin at odd."""
-    l0, l1, l2, l3 = tl.randint4x(seed, n >> 2)
+    l0, l1, l2, l3 = tl.randint4x(seed, (n >> 2) & 0x3FFFFFFFFFFFFFFF)  # uint64 counter: logical shift
     upper = (n & 2) != 0
     u1 = tl.uint_to_uniform_float(tl.where(upper, l2, l0))
     u2 = tl.uint_to_uniform_float(tl.where(upper, l3, l1))

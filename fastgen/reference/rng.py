@@ -70,16 +70,22 @@ def uint_to_uniform(lane: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32) * _UNIFORM_SCALE
 
 
+def _counter(n: torch.Tensor) -> torch.Tensor:
+    """Philox counter n // 4 of stream positions n taken as unsigned 64-bit (positions past 2**63 - 1 wrap to
+    negative int64 here; a logical shift keeps the CPU and CUDA kernels' uint64 counter)."""
+    return (n >> 2) & ((1 << 62) - 1)
+
+
 def uniform_at(seed, n: torch.Tensor) -> torch.Tensor:
     """Uniforms at stream positions n: lane n % 4 of counter n // 4."""
-    l0, l1, l2, l3 = philox4x32(seed, n >> 2)
+    l0, l1, l2, l3 = philox4x32(seed, _counter(n))
     j = n & 3
     return uint_to_uniform(torch.where(j == 0, l0, torch.where(j == 1, l1, torch.where(j == 2, l2, l3))))
 
 
 def normal_at(seed, n: torch.Tensor) -> torch.Tensor:
     """Normals at stream positions n: Box-Muller of counter n // 4's lane pair (n % 4) // 2."""
-    l0, l1, l2, l3 = philox4x32(seed, n >> 2)
+    l0, l1, l2, l3 = philox4x32(seed, _counter(n))
     upper = (n & 2) != 0
     u1 = uint_to_uniform(torch.where(upper, l2, l0)).clamp_min(1.0e-7)
     theta = uint_to_uniform(torch.where(upper, l3, l1)) * _TWO_PI
