@@ -59,7 +59,7 @@ void check_step(const StepInputs& in) {
   FASTGEN_CHECK_TYPE(in.model_out.scalar_type() == x.scalar_type(), "model_out must have the dtype of x (", x.scalar_type(),
                 "), got ", in.model_out.scalar_type());
   FASTGEN_CHECK(in.coef.device() == x.device() && in.coef.scalar_type() == torch::kFloat32 && in.coef.is_contiguous() &&
-                    in.coef.dim() == 2 && in.coef.size(1) == kCoefWidth && in.coef.size(0) >= 1,
+                    in.coef.dim() == 2 && in.coef.size(1) == kCoefWidth && (in.coef.size(0) >= 1 || batch == 0),
                 "coef must be contiguous float32 of shape (rows, 8) on the device of x, got ", in.coef.scalar_type(), " ",
                 in.coef.sizes(), " on ", in.coef.device());
   if (in.index.has_value()) {
