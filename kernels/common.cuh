@@ -34,6 +34,45 @@ __device__ float block_sum(float v, float* shared /* kThreads / 32 floats */) {
   return total;
 }
 
+// Per-row sums over `batch` rows of `dim` elements: op.term(i) is element i's term (it may also store outputs),
+// op.finish(row, total) receives each row's sum. Rows of up to kWarpRow elements take one warp each (8 per
+// block), longer rows a block each.
+constexpr int64_t kWarpRow = 2048;
+
+template <typename Op>
+__global__ void row_sum_warp_kernel(Op op, int64_t batch, int64_t dim) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (row >= batch) return;  // the whole warp leaves together
+  const int lane = threadIdx.x & 31;
+  float total = 0.0f;
+  for (int64_t col = lane; col < dim; col += 32) total += op.term(row * dim + col);
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_down_sync(0xffffffffu, total, o);
+  if (lane == 0) op.finish(row, total);
+}
+
+template <typename Op>
+__global__ void row_sum_block_kernel(Op op, int64_t dim) {
+  __shared__ float shared[kThreads / 32];
+  const int64_t row = blockIdx.x;
+  float total = 0.0f;
+  for (int64_t col = threadIdx.x; col < dim; col += kThreads) total += op.term(row * dim + col);
+  total = block_sum(total, shared);
+  if (threadIdx.x == 0) op.finish(row, total);
+}
+
+template <typename Op>
+cudaError_t launch_row_sums(const Op& op, int64_t batch, int64_t dim, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  if (dim <= kWarpRow) {
+    const int64_t rows_per_block = kThreads / 32;
+    row_sum_warp_kernel<Op><<<static_cast<unsigned>((batch + rows_per_block - 1) / rows_per_block), kThreads, 0,
+                              stream>>>(op, batch, dim);
+  } else {
+    row_sum_block_kernel<Op><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(op, dim);
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace fastgen
