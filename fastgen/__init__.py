@@ -18,7 +18,8 @@ from .samplers import annealed_langevin, langevin, make_sampler, mala, sample
 from .sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE
 from .generation import generate  # noqa: E402
 from .divergence import divergence  # noqa: E402
-from . import ebm, flows, vae  # noqa: E402
+from . import cnf, ebm, flows, ode, vae  # noqa: E402
+from .likelihood import likelihood  # noqa: E402
 
 
 def build_info() -> dict:
@@ -27,7 +28,8 @@ def build_info() -> dict:
 
 
 __all__ = [
-    "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info",
-    "divergence", "ebm", "flows", "gan", "generate", "k_sampling", "langevin", "make_sampler", "mala", "metrics", "nn",
-    "ops", "reference", "rng", "sample", "samplers", "sde", "targets", "training", "use_backend", "vae",
+    "DDPMSchedule", "RNGState", "SubVPSDE", "VESDE", "VPSDE", "annealed_langevin", "backends", "build_info", "cnf",
+    "divergence", "ebm", "flows", "gan", "generate", "k_sampling", "langevin", "likelihood", "make_sampler", "mala",
+    "metrics", "nn", "ode", "ops", "reference", "rng", "sample", "samplers", "sde", "targets", "training",
+    "use_backend", "vae",
 ]

@@ -26,6 +26,16 @@ def divergence(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, me
     ``create_graph=True`` keeps the graph (for training through the divergence). With ``frobenius=True`` also
     returns |J|_F^2 per sample: |eps^T J|^2 averaged over the probes (exact with method="exact"), the
     regularizer of RNODE-style training, from the same products."""
+    _, div, frob = divergence_terms(f, x, method=method, probes=probes, noise=noise,
+                                    seed=resolve_seed(seed, generator) if method == "hutchinson" else 0,
+                                    create_graph=create_graph, frobenius=frobenius)
+    return (div, frob) if frobenius else div
+
+
+def divergence_terms(f, x: torch.Tensor, *, method: str, probes: int, noise: str, seed: int, create_graph: bool,
+                     frobenius: bool, offset: int = 0):
+    """(f(x), div f(x), |J|_F^2 or None) from one evaluation of f: :func:`divergence` with f's value kept (for
+    continuous flows and score matching, which need both); the probes start at stream position ``offset``."""
     if method not in ("hutchinson", "exact"):
         raise ValueError(f"method must be 'hutchinson' or 'exact', got {method!r}")
     if noise not in ("rademacher", "gaussian"):
@@ -48,17 +58,19 @@ def divergence(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, me
             for i in range(x.shape[1]):
                 row = torch.autograd.grad(y[:, i].sum(), xg, retain_graph=True, create_graph=create_graph)[0]
                 div = div + row[:, i]
-                frob = frob + row.square().sum(1)
-            return (div, frob) if frobenius else div
-        seed = resolve_seed(seed, generator)
+                if frobenius:
+                    frob = frob + row.square().sum(1)
+            return y, div, (frob if frobenius else None)
         rademacher = noise == "rademacher"
         div, frob = 0.0, 0.0
         for k in range(probes):
-            offset = k * reserve(x.numel())
-            eps = probe(x.shape, seed, offset, rademacher=rademacher, device=x.device, dtype=y.dtype)
+            at = offset + k * reserve(x.numel())
+            eps = probe(x.shape, seed, at, rademacher=rademacher, device=x.device, dtype=y.dtype)
             vjp = torch.autograd.grad(y, xg, eps, retain_graph=True, create_graph=create_graph)[0]
-            div = div + hutchinson_dot(vjp.contiguous(), seed, offset, rademacher=rademacher)
+            if vjp.dtype == torch.float64:  # beyond the fused op's dtypes: the probe is at hand anyway
+                div = div + (vjp * eps).reshape(batch, -1).sum(1)
+            else:
+                div = div + hutchinson_dot(vjp.contiguous(), seed, at, rademacher=rademacher).to(y.dtype)
             if frobenius:
-                frob = frob + vjp.float().square().reshape(batch, -1).sum(1)
-    div = div / probes
-    return (div, frob / probes) if frobenius else div
+                frob = frob + vjp.square().reshape(batch, -1).sum(1)
+    return y, div / probes, (frob / probes if frobenius else None)

@@ -98,6 +98,10 @@ class GaussianMixture:
         """log p(x), shape (B,)."""
         return torch.logsumexp(self._components(x)[0], dim=-1)
 
+    def noised_log_prob(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """log-density of the law of alpha x0 + sigma eps, x0 ~ p (alpha, sigma floats or (B,) tensors)."""
+        return torch.logsumexp(self._components(x, sigma, alpha)[0], dim=-1)
+
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) = -log p(x), shape (B,)."""
         return -self.log_prob(x)

@@ -1,6 +1,7 @@
 """Training pieces for score and diffusion models: the denoising score-matching
-loss with its weightings, the DDPM epsilon loss, and an exponential moving
-average of parameters updated in one multi-tensor pass."""
+loss with its weightings, sliced and implicit score matching, the DDPM epsilon
+loss, and an exponential moving average of parameters updated in one
+multi-tensor pass."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Iterable
 
 import torch
 
-from .ops import ema_update_
+from .divergence import divergence_terms
+from .ops import ema_update_, probe
+from .rng import reserve, resolve_seed
 from .ops._common import STATE_DTYPES
 from .sde import SDE, DDPMSchedule
 
@@ -44,6 +47,42 @@ def dsm_loss(model, x0: torch.Tensor, sde: SDE, *, weighting: str = "sigma2", ep
         g2 = sde.diffusion(t).square().to(x0.device, x0.dtype)
         losses = g2 * (score + z / _per_sample(sigma, x0)).square().sum(dims)
     return losses.mean()
+
+
+def ssm_loss(score, x: torch.Tensor, *, probes: int = 1, noise: str = "rademacher", variance_reduced: bool = False,
+             seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sliced score matching (Song et al. 2019), averaged over the batch, for a score model ``score(x)``
+    (B, ...) -> (B, ...) (wrap time-conditional models: ``lambda x: model(x, t)``):
+
+        SSM:    E_v[ v^T (ds/dx) v + (v^T s)^2 / 2 ]
+        SSM-VR: E_v[ v^T (ds/dx) v ] + |s|^2 / 2        (``variance_reduced=True``)
+
+    with ``probes`` probes v per sample (``noise`` "rademacher" or "gaussian", E[v v^T] = I) from the noise
+    stream at ``seed``: one vector-Jacobian product each, the product with v fused (:func:`fastgen.divergence`'s
+    machinery). Equals, up to a constant in the model, the Fisher divergence E |s - grad log p|^2 / 2."""
+    x = x.detach()
+    seed = resolve_seed(seed, generator)
+    s, trace, _ = divergence_terms(score, x, method="hutchinson", probes=probes, noise=noise, seed=seed,
+                                   create_graph=True, frobenius=False)
+    batch = x.shape[0]
+    if variance_reduced:
+        half_norm = 0.5 * s.square().reshape(batch, -1).sum(1)
+    else:
+        half_norm = 0.0
+        for k in range(probes):
+            v = probe(x.shape, seed, k * reserve(x.numel()), rademacher=noise == "rademacher", device=x.device,
+                      dtype=s.dtype)
+            half_norm = half_norm + 0.5 * (v * s).reshape(batch, -1).sum(1).square()
+        half_norm = half_norm / probes
+    return (trace + half_norm).mean()
+
+
+def ism_loss(score, x: torch.Tensor) -> torch.Tensor:
+    """Implicit score matching (Hyvarinen 2005) with the exact trace, for small D: E[ tr(ds/dx) + |s|^2 / 2 ]
+    over the batch, for a score model ``score(x)`` on flat (B, D) data (D vector-Jacobian products)."""
+    s, trace, _ = divergence_terms(score, x.detach(), method="exact", probes=1, noise="rademacher", seed=0,
+                                   create_graph=True, frobenius=False)
+    return (trace + 0.5 * s.square().sum(1)).mean()
 
 
 def ddpm_loss(model, x0: torch.Tensor, schedule: DDPMSchedule, *,

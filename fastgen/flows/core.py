@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
+from ..rng import resolve_seed
+
 
 class Transform(nn.Module):
     """An invertible map from data to the base space.
@@ -73,24 +75,39 @@ class Flow(nn.Module, Distribution):
     def _parameter_device(self) -> torch.device:
         return next((p.device for p in self.parameters()), torch.device("cpu"))
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = torch.Size(sample_shape)
+    def _base_draws(self, sample_shape, generator: torch.Generator | None, seed: int | None) -> torch.Tensor:
+        """Base draws of shape sample_shape + event_shape (an int n means (n,))."""
+        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("give seed or generator, not both")
+            generator = torch.Generator(self._parameter_device()).manual_seed(resolve_seed(seed))
         if self.base is not None:
-            z = self.base.rsample(shape)
-        else:
-            z = torch.randn(shape + self.event_shape, device=self._parameter_device(), generator=generator)
+            if generator is not None:
+                raise ValueError("seed and generator are for the default standard-normal base; a custom base "
+                                 "draws from torch's RNG")
+            return self.base.rsample(shape)
+        return torch.randn(shape + self.event_shape, device=self._parameter_device(), generator=generator)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
+                seed: int | None = None) -> torch.Tensor:
+        z = self._base_draws(sample_shape, generator, seed)
         flat = z.reshape((-1,) + tuple(self.event_shape))
         for t in reversed(self.transforms):
             flat = t.inverse(flat)
-        return flat.reshape(shape + self.event_shape)
+        return flat.reshape(z.shape)
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
+               seed: int | None = None) -> torch.Tensor:
+        """Draws without a graph; ``sample(n, seed=0)`` is reproducible (the base's normals from torch's
+        generator seeded with it)."""
         with torch.no_grad():
-            return self.rsample(sample_shape, generator)
+            return self.rsample(sample_shape, generator, seed)
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_and_log_prob(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
+                             seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x ~ the flow (reparametrized) and log p(x), through the forward transforms (where the log-dets are)."""
-        x = self.rsample(sample_shape)
+        x = self.rsample(sample_shape, generator, seed)
         flat = x.reshape((-1,) + tuple(self.event_shape))
         return x, self.log_prob(flat).reshape(x.shape[:x.dim() - len(self.event_shape)])
 
