@@ -89,6 +89,33 @@ def count_per_call(fn, device: str, calls: int = 3) -> dict:
     return {"ops": len(top) / calls, "host_syncs": 0.0}
 
 
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's value on the host (each a device synchronization on a GPU):
+    item, bool/int/float, tolist, nonzero, cpu, numpy, and indexing by a boolean mask."""
+
+    NAMES = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero", "masked_select", "cpu",
+             "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES or (name in ("__getitem__", "__setitem__") and len(args) > 1 and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] if isinstance(args[1], tuple) else (args[1],)))):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_host_reads(fn) -> int:
+    """Host reads of tensor values (device syncs on a GPU) during one call of fn(), counted on any device."""
+    with _HostReads() as mode:
+        fn()
+    return mode.count
+
+
 def environment(device: str) -> dict:
     info = {
         "date": datetime.date.today().isoformat(),

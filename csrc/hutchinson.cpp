@@ -28,6 +28,8 @@ namespace {
 
 using torch::Tensor;
 
+constexpr int64_t kLanes = 16;
+
 void check_hutchinson(const Tensor& vjp, int64_t seed, int64_t offset) {
   check_state_dtype(vjp, "vjp");
   FASTGEN_CHECK(vjp.dim() >= 1, "vjp must have a leading batch dimension (shape (B, ...)), got a 0-d tensor");
@@ -48,7 +50,7 @@ Tensor hutchinson_dot_cpu(const Tensor& vjp, int64_t seed, int64_t offset, bool 
     at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b0, int64_t b1) {
       float eps[cpu::kBlock];
       for (int64_t b = b0; b < b1; ++b) {
-        float total = 0.0f;
+        float lanes[kLanes] = {};  // independent partial sums, so that the products vectorize
         for (int64_t d0 = 0; d0 < dim; d0 += cpu::kBlock) {
           const int64_t n = std::min(cpu::kBlock, dim - d0);
           const uint64_t first = static_cast<uint64_t>(offset + b * dim + d0);
@@ -58,8 +60,14 @@ Tensor hutchinson_dot_cpu(const Tensor& vjp, int64_t seed, int64_t offset, bool 
           } else {
             cpu::fill_normals(static_cast<uint64_t>(seed), first, n, eps);
           }
-          for (int64_t i = 0; i < n; ++i) total += static_cast<float>(v[b * dim + d0 + i]) * eps[i];
+          const T* row = v + b * dim + d0;
+          int64_t i = 0;
+          for (; i + kLanes <= n; i += kLanes)
+            for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<float>(row[i + j]) * eps[i + j];
+          for (; i < n; ++i) lanes[i % kLanes] += static_cast<float>(row[i]) * eps[i];
         }
+        float total = 0.0f;
+        for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
         o[b] = total;
       }
     });

@@ -3,13 +3,11 @@ fused with regenerating the probe (it is never stored for the reduction or its b
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..reference.hutchinson import probe_values
 from ._common import check_rng_ints, check_state, rng_args
 from ._registry import Loop
+from .rng import philox_fill_
 
 loop = Loop("hutchinson")
 
@@ -28,7 +26,7 @@ def _hutchinson_dot_setup(ctx, inputs, output) -> None:
 
 def _hutchinson_dot_backward(ctx, grad):
     """out_b = sum_i vjp_bi eps_bi is linear in vjp: d out_b / d vjp_bi = eps_bi (redrawn from the stream)."""
-    eps = probe_values(math.prod(ctx.shape), ctx.seed, ctx.offset, ctx.rademacher, ctx.device).view(ctx.shape)
+    eps = probe(ctx.shape, ctx.seed, ctx.offset, rademacher=ctx.rademacher, device=ctx.device)
     return (grad.view((-1,) + (1,) * (len(ctx.shape) - 1)) * eps).to(ctx.dtype), None, None, None
 
 
@@ -40,9 +38,14 @@ _hutchinson_dot = loop.op("hutchinson_dot(Tensor vjp, int seed, int offset=0, bo
 def probe(shape, seed: int, offset: int = 0, *, rademacher: bool = True, device=None,
           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A Hutchinson probe of ``shape`` (E[eps eps^T] = I): Rademacher signs (+1 where the stream's uniform is
-    >= 1/2, else -1) or standard normals, at stream positions offset .. offset + numel - 1."""
+    >= 1/2, else -1) or standard normals, at stream positions offset .. offset + numel - 1 (drawn by the
+    noise-stream kernels of :func:`fastgen.ops.philox_fill_`)."""
     seed, offset, _ = rng_args(seed, offset, torch.empty(0, device=device))
-    return probe_values(math.prod(shape), seed, offset, bool(rademacher), device).view(tuple(shape)).to(dtype)
+    draws = philox_fill_(torch.empty(tuple(shape), dtype=torch.float32, device=device), seed, offset,
+                         normal=not rademacher)
+    if rademacher:
+        draws = draws.ge_(0.5).mul_(2.0).sub_(1.0)  # in place: +1 where u >= 1/2, else -1
+    return draws.to(dtype)
 
 
 def hutchinson_dot(
