@@ -61,6 +61,7 @@ def likelihood(
     steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    control: str = "sample",
     eps: float = 1e-5,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -73,8 +74,9 @@ def likelihood(
 
     method: "exact" (D vector-Jacobian products per evaluation; flat (B, D) data) or "hutchinson" (``probes``
         probes of ``noise``, fixed for the solve, from the noise stream at ``seed``): an unbiased estimate.
-    solver, steps, rtol, atol, check_finite, stats: :func:`fastgen.ode.odeint`'s method and options; the solve
-        runs from ``eps`` to sde.T with a step size per sample.
+    solver, steps, rtol, atol, control, check_finite, stats: :func:`fastgen.ode.odeint`'s method and options;
+        the solve runs from ``eps`` to sde.T (with control="sample", a step size per sample, so that a sample's
+        likelihood does not depend on the rest of its batch).
     dequantize: None for continuous data; K for data on K evenly spaced levels over [-1, 1] (K = 256 for 8-bit
         images): x + Delta (u - 1/2), u ~ U(0,1)^D from the noise stream, Delta = 2 / (K - 1), and
         log P(x) >= log p(x + Delta (u - 1/2)) + D log Delta, so bits/dim are those of the discrete data.
@@ -128,7 +130,8 @@ def likelihood(
 
     solve_stats = {} if stats is None else stats
     z, delta_logp = odeint(probability_flow, (x, x.new_zeros(batch)), eps, sde.T, method=solver, steps=steps,
-                           rtol=rtol, atol=atol, check_finite=check_finite, stats=solve_stats)
+                           rtol=rtol, atol=atol, control=control, check_finite=check_finite,
+                           stats=solve_stats)
     if prior is None:
         std = sde.prior_std()
         prior_logp = (-0.5 * z.reshape(batch, -1).square().sum(1) / std ** 2

@@ -113,11 +113,37 @@ def _initial_step(f: _Problem, y, f0, t0, direction, rtol, atol, n_err, control)
     return torch.minimum(100 * h0, h1)
 
 
+class _Poll:
+    """Whether the solve has finished, learnt without blocking: each attempt copies its "any sample running" flag
+    to pinned host memory behind an event; the host reads only flags whose event has completed (a few attempts
+    late, which costs masked no-op attempts, not synchronizations)."""
+
+    def __init__(self, depth: int = 64):
+        self.flags = [torch.empty((), dtype=torch.bool, pin_memory=True) for _ in range(depth)]
+        self.pending: list = []
+        self.next = 0
+
+    def finished(self, running: torch.Tensor) -> bool:
+        if len(self.pending) == len(self.flags):  # the device is a full ring behind: wait for the oldest
+            self.pending[0][0].synchronize()
+        flag = self.flags[self.next]
+        self.next = (self.next + 1) % len(self.flags)
+        flag.copy_(running, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((event, flag))
+        while self.pending and self.pending[0][0].query():
+            _, done_flag = self.pending.pop(0)
+            if not bool(done_flag):
+                return True
+        return False
+
+
 def _dopri5(f: _Problem, y, t0: float, t1: float, rtol, atol, max_steps, control, sync_every, check_finite,
             first_step, n_err, stats):
     """Masked per-sample (or shared) accept/reject: every attempt runs the six stages of a step on the whole batch,
-    samples that have reached t1 carry a zero step; the host looks at the state only every ``sync_every``
-    attempts (never with 0), to stop early."""
+    samples that have reached t1 carry a zero step. To stop early the host looks at the state every
+    ``sync_every`` attempts, never with 0, and with -1 (CUDA) through :class:`_Poll`, without blocking."""
     device = y[0].device
     direction = 1.0 if t1 >= t0 else -1.0
     per_sample = control == "sample"
@@ -136,6 +162,7 @@ def _dopri5(f: _Problem, y, t0: float, t1: float, rtol, atol, max_steps, control
     nonfinite = torch.zeros(shape, dtype=torch.bool, device=device)  # stopped: a non-finite state (check_finite)
     underflow = torch.zeros_like(nonfinite)  # stopped: the step size fell below 1e-14 of the span
     tiny = 1e-14 * abs(t1 - t0)
+    poll = _Poll() if sync_every == -1 else None
     attempts = 0
     for attempts in range(1, max_steps + 1):
         remaining = (t_end - t) * direction
@@ -169,13 +196,16 @@ def _dopri5(f: _Problem, y, t0: float, t1: float, rtol, atol, max_steps, control
         factor = torch.where(ratio == 0, torch.full_like(ratio, 10.0),
                              torch.minimum(torch.full_like(ratio, 10.0), torch.maximum(0.9 * ratio ** -0.2, low)))
         h = torch.where(active, step * factor, h)
-        if sync_every and attempts % sync_every == 0 and \
-                not bool((((t_end - t) * direction > 0) & ~nonfinite & ~underflow).any()):
+        running = ((t_end - t) * direction > 0) & ~nonfinite & ~underflow
+        if poll is not None:
+            if poll.finished(running.any()):
+                break
+        elif sync_every and attempts % sync_every == 0 and not bool(running.any()):
             break
     done = (t_end - t) * direction <= 0
     if stats is not None:
         stats.update(nfe=f.nfe, attempts=attempts, accepted=accepted, rejected=rejected, done=done)
-    if sync_every:
+    if sync_every:  # one synchronization, after the solve
         if check_finite and bool(nonfinite.any()):
             raise FloatingPointError(f"odeint: the state went non-finite for {int(nonfinite.sum())} sample(s)")
         if bool(underflow.any()):
@@ -273,10 +303,13 @@ def odeint(
     control: "sample" (each sample has its own step size, accept/reject and time; the solve ends when the last
         sample reaches t1), or "batch" (one step size for the batch, the norm taken over the whole batch as
         torchdiffeq does).
-    sync_every: the host checks whether every sample is done every this many attempts (default: every attempt on
-        the CPU, every 16 on a GPU); 0 never checks: the solve runs exactly ``max_steps`` attempts, makes no host
-        synchronization at all (it can be captured in a CUDA graph) and returns NaN for samples that did not
-        reach t1. Otherwise a sample that does not reach t1 within ``max_steps`` attempts is an error.
+    sync_every: None (default): on a GPU the host learns that every sample is done without blocking (a flag
+        copied to pinned memory behind an event each attempt, read once the event has completed), so the solve
+        makes no synchronization until its end; on the CPU it checks every attempt. k > 0: a blocking check
+        every k attempts. 0: no check: the solve runs exactly ``max_steps`` attempts, makes no synchronization
+        at all (it can be captured in a CUDA graph) and returns NaN for samples that did not reach t1.
+        Otherwise a sample that does not reach t1 within ``max_steps`` attempts is an error, raised after the
+        solve, as are ``check_finite``'s.
     check_finite: flag on the device the samples whose state went non-finite; an error at the end of the solve.
     adjoint: gradients by the adjoint method (memory independent of the number of steps) for the tensors in y0
         and ``adjoint_params`` (default: the parameters of f when f is an nn.Module); otherwise by
@@ -311,10 +344,11 @@ def odeint(
         raise ValueError("rtol and atol cannot both be 0")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
+                                   or sync_every < 0):
+        raise ValueError(f"sync_every must be None or an int >= 0, got {sync_every!r}")
     if sync_every is None:
-        sync_every = 16 if y[0].is_cuda else 1
-    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0:
-        raise ValueError(f"sync_every must be an int >= 0, got {sync_every!r}")
+        sync_every = -1 if y[0].is_cuda else 1
     if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
     if sync_every and not all(bool(torch.isfinite(v).all()) for v in y):
