@@ -13,7 +13,8 @@ Negatives: :func:`langevin_negatives` (ULA from any start: CD-k from the data, s
 :class:`PersistentChains` (PCD), :class:`ReplayBuffer` (Du & Mordatch 2019). Losses: :func:`contrastive_loss`
 (the maximum-likelihood gradient E_data[grad U] - E_model[grad U] as a surrogate, with energy-magnitude
 regularization), :func:`kl_loss` (improved CD's KL term through the last sampling step, Du et al. 2021),
-:func:`nce_loss` (noise-contrastive estimation), :func:`dsm_loss` (denoising score matching on energies).
+:func:`nce_loss` (noise-contrastive estimation), :func:`dsm_loss` and :func:`ssm_loss` (denoising and sliced
+score matching on energies).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import torch
 
 from .ops import normal, uniform
 from .rng import MAX_SEED, reserve, resolve_seed
+from . import training
 from .samplers import langevin
 
 __all__ = ["PersistentChains", "ReplayBuffer", "contrastive_loss", "dsm_loss", "kl_loss", "langevin_negatives",
-           "nce_loss"]
+           "nce_loss", "ssm_loss"]
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -242,3 +244,13 @@ def dsm_loss(energy: Energy, data: torch.Tensor, sigma: float, *, seed: int | No
     noisy = (data.detach() + sigma * z).requires_grad_(True)
     (grad,) = torch.autograd.grad(_energies(energy, noisy, "data").sum(), noisy, create_graph=True)
     return 0.5 * (sigma * -grad + z).square().reshape(data.shape[0], -1).sum(1).mean()
+
+
+def ssm_loss(energy: Energy, data: torch.Tensor, *, probes: int = 1, noise: str = "rademacher",
+             variance_reduced: bool = False, seed: int | None = None) -> torch.Tensor:
+    """Sliced score matching on an energy: :func:`fastgen.training.ssm_loss` with the model's score -grad U(x) by
+    autograd (so the loss back-propagates through a double backward of the energy)."""
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return -torch.autograd.grad(_energies(energy, x, "data").sum(), x, create_graph=True)[0]
+
+    return training.ssm_loss(score, data, probes=probes, noise=noise, variance_reduced=variance_reduced, seed=seed)

@@ -211,3 +211,16 @@ def test_toy_command_prints_the_table_and_plots(tmp_path, capsys):
     assert main(["toy", "ebm", "--steps", "3", "--out", str(tmp_path / "toy.png")]) == 0
     printed = capsys.readouterr().out
     assert "NCE" in printed and "derived" in printed and (tmp_path / "toy.png").stat().st_size > 0
+
+
+def test_sliced_score_matching_on_an_energy_is_the_score_models():
+    """ebm.ssm_loss differentiates the energy for the score: for U = |x|^2 / (2 c) it is training.ssm_loss of the
+    score -x / c with the same probes, and its gradient reaches the energy's parameters."""
+    c = torch.tensor(1.7, requires_grad=True)
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    for kwargs in ({}, {"variance_reduced": True}):
+        got = ebm.ssm_loss(lambda v: v.square().sum(1) / (2 * c), x, seed=4, **kwargs)
+        want = fastgen.training.ssm_loss(lambda v: -v / c, x, seed=4, **kwargs)
+        torch.testing.assert_close(got, want)
+        (grad,) = torch.autograd.grad(got, c)
+        assert torch.isfinite(grad) and grad != 0
