@@ -19,6 +19,7 @@ from torch import nn
 
 import fastgen
 from fastgen.cnf import CNF, MLPDynamics
+from fastgen.demo import flow_plot
 
 TARGETS = ("eight_gaussians", "two_moons", "checkerboard", "rings")
 
@@ -76,27 +77,9 @@ def main(argv=None) -> int:
     if entropy is not None:
         line += f"; exact -entropy {-entropy:.3f}, KL(data || model) ~ {-entropy - log_lik:.3f}"
     print(line)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lim = 4.0 if args.target == "rings" else 3.0
-    axis = torch.linspace(-lim, lim, 150)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        density = cnf.log_prob(grid).exp().reshape(150, 150)
-    samples = cnf.sample(3000, seed=args.seed)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
-    axes[0].scatter(*held_out[:3000].T, s=2, alpha=0.4)
-    axes[0].set_title(f"{args.target} (data)")
-    axes[1].imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
-    axes[1].set_title(f"FFJORD density, held-out log-lik {log_lik:.3f}")
-    axes[2].scatter(*samples.T, s=2, alpha=0.4, color="C1")
-    axes[2].set_title("FFJORD samples (dopri5 from the base)")
-    for ax in axes:
-        ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
-    fig.savefig(args.out, dpi=90, bbox_inches="tight")
+    flow_plot(cnf.log_prob, held_out[:3000], cnf.sample(3000, seed=args.seed), args.out,
+              (f"{args.target} (data)", f"FFJORD density, held-out log-lik {log_lik:.3f}",
+               "FFJORD samples (dopri5 from the base)"), lim=4.0 if args.target == "rings" else 3.0)
     print(f"wrote {args.out}")
     return 0
 

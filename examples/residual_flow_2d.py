@@ -15,6 +15,7 @@ import time
 import torch
 
 import fastgen
+from fastgen.demo import flow_plot
 from fastgen.flows import ResidualFlow
 
 
@@ -72,27 +73,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     flow = train(args.target, args.steps, seed=args.seed, log_every=max(1, args.steps // 10))
     flow.eval()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lim = 3.0 if args.target == "two_moons" else 2.0
-    axis = torch.linspace(-lim, lim, 200)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
-    density = exact_log_prob(flow, grid).exp().reshape(200, 200)
     truth = data(args.target, 3000, torch.Generator().manual_seed(0))
-    samples = flow.sample((3000,))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
-    axes[0].scatter(*truth.T, s=2, alpha=0.4)
-    axes[0].set_title(f"{args.target} (data)")
-    axes[1].imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
-    axes[1].set_title(f"residual flow density, test log-lik {test_log_likelihood(flow, args.target):.3f}")
-    axes[2].scatter(*samples.T, s=2, alpha=0.4, color="C1")
-    axes[2].set_title("residual flow samples (fixed-point inverse)")
-    for ax in axes:
-        ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
-    fig.savefig(args.out, dpi=90, bbox_inches="tight")
+    flow_plot(lambda x: exact_log_prob(flow, x), truth, flow.sample((3000,)), args.out,
+              (f"{args.target} (data)", f"residual flow density, test log-lik "
+               f"{test_log_likelihood(flow, args.target):.3f}", "residual flow samples (fixed-point inverse)"),
+              lim=3.0 if args.target == "two_moons" else 2.0, points=200)
     print(f"wrote {args.out}")
     return 0
 

@@ -35,6 +35,29 @@ def density_plot(samples: torch.Tensor, exact: torch.Tensor, path: str, label: s
     plt.close(fig)
 
 
+def flow_plot(log_prob, data: torch.Tensor, samples: torch.Tensor, path: str, titles, lim: float = 3.0,
+              points: int = 150) -> None:
+    """Three panels on [-lim, lim]^2: the data, the model's density exp(log_prob) on a grid, its samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = torch.linspace(-lim, lim, points)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = log_prob(grid).exp().reshape(points, points)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+    axes[0].scatter(*data.detach().T, s=2, alpha=0.4)
+    axes[1].imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
+    axes[2].scatter(*samples.detach().T, s=2, alpha=0.4, color="C1")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
 def image_grid(images: torch.Tensor, path: str, columns: int = 10, title: str = "", value_range=(-1.0, 1.0),
                side: int = 8) -> None:
     """Write square grayscale images (N, side * side) or (N, side, side), values in ``value_range``, as a grid."""

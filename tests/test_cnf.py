@@ -237,6 +237,18 @@ def test_ffjord_example_learns_eight_gaussians_to_within_a_third_of_a_nat():
     assert cross_entropy - example.exact_entropy("eight_gaussians", held_out) < 0.3
 
 
+def test_cnf_adjoint_gradients_match_backpropagation():
+    x = _data(32).float()
+    grads = []
+    for adjoint in (False, True):
+        cnf = _random_cnf(adjoint=adjoint, rtol=1e-7, atol=1e-7, kinetic=0.1)
+        log_prob, reg = cnf.log_prob_and_regularization(x)
+        (-(log_prob - reg).mean()).backward()
+        grads.append([p.grad for p in cnf.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
 def test_cnf_bad_input():
     with pytest.raises(TypeError, match="dynamics"):
         CNF(lambda t, x: x, event_shape=(2,))
