@@ -34,7 +34,7 @@ bench_rc=$?
   echo; echo '```'; cat "$OUT/env.txt"; echo '```'
   echo; echo "build rc=$build_rc, pytest rc=$test_rc, bench rc=$bench_rc"
   echo; echo '```'; tail -n 5 "$OUT/pytest.log"; echo '```'
-  for f in "$OUT"/langevin-cuda.md "$OUT"/diffusion-cuda.md "$OUT"/spectral_norm-cuda.md "$OUT"/gan-cuda.md; do [ -f "$f" ] && cat "$f"; done
+  for f in "$OUT"/*.md; do [ "$(basename "$f")" != summary.md ] && cat "$f"; done
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"
 exit $(( build_rc || test_rc || bench_rc ))
