@@ -123,17 +123,25 @@ class GaussianMixture:
         log_comp, pull = self._components(x, sigma, alpha)
         return (torch.softmax(log_comp, dim=-1)[..., None] * pull).sum(1).to(x.dtype)
 
-    def model(self, process, prediction: str = "score"):
+    def model(self, process, prediction: str = "score", conditional: bool = False):
         """The exact model of this target under `process` (an SDE or a DDPMSchedule): a callable
-        (x, t) -> score, eps, x0 or v of the marginal at time t, for fastgen.sample and the drop-ins."""
+        (x, t) -> score, eps, x0 or v of the marginal at time t, for fastgen.sample and the drop-ins.
+        With ``conditional=True`` the components are classes: (x, t, y) -> the prediction of the marginal of
+        component y_b for sample b (y a (B,) integer tensor; the model of p(x | y))."""
         if prediction not in ("score", "eps", "x0", "v"):
             raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
 
-        def exact(x: torch.Tensor, t) -> torch.Tensor:
+        def exact(x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
             alpha, sigma = process.marginal(t)
             alpha, sigma = alpha.to(x.device), sigma.to(x.device)
             xd = x.double()
-            score = self.noised_score(xd, alpha, sigma)
+            if conditional:
+                if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
+                    raise ValueError(f"y must be a ({x.shape[0]},) integer tensor of component labels, got {y!r}")
+                pull = self._components(xd, sigma, alpha)[1]  # (B, K, D)
+                score = pull[torch.arange(x.shape[0], device=x.device), y.to(x.device).long()]
+            else:
+                score = self.noised_score(xd, alpha, sigma)
             col = (lambda v: v.reshape(-1, 1) if v.dim() else v)
             a, s = col(alpha), col(sigma)
             eps = -s * score

@@ -142,6 +142,41 @@ class _Progress:
                   flush=True)
 
 
+def _own_kwargs(model_kwargs, batch: int, device) -> dict:
+    """The sampler's copy of ``model_kwargs``: tensors batched along dim 0 (first dimension = the batch) are copied
+    onto the device into buffers the loop owns; 0-d tensors, tensors with a first dimension of 1 (broadcast) and
+    other values are passed as given."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments, got {type(model_kwargs).__name__}")
+    own = {}
+    for key, value in model_kwargs.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            value = value.to(device, copy=True).contiguous()
+        elif isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != 1:
+            raise ValueError(f"model_kwargs[{key!r}] must be batched along dim 0 with the samples' batch size "
+                             f"{batch} (or have a first dimension of 1 to broadcast), got shape {tuple(value.shape)}")
+        own[key] = value
+    return own
+
+
+def _refill_kwargs(own: dict, new: dict, batch: int) -> None:
+    if not isinstance(new, dict) or set(new) != set(own):
+        raise ValueError(f"model_kwargs must have the keys the sampler was built with, {sorted(own)}, got "
+                         f"{sorted(new) if isinstance(new, dict) else type(new).__name__}")
+    for key, value in new.items():
+        mine = own[key]
+        if isinstance(mine, torch.Tensor) and mine.dim() > 0 and mine.shape[0] == batch:
+            if not isinstance(value, torch.Tensor) or value.shape != mine.shape:
+                raise ValueError(f"model_kwargs[{key!r}] must have shape {tuple(mine.shape)} as when the sampler was "
+                                 f"built, got {tuple(value.shape) if isinstance(value, torch.Tensor) else value!r}")
+            mine.copy_(value)
+        elif value is not mine:
+            raise ValueError(f"model_kwargs[{key!r}] is not batched: it was bound when the sampler was built and "
+                             "cannot change between draws (build another sampler)")
+
+
 class Sampler:
     """A planned sampling loop for a fixed model, shape and settings (see :func:`sample`).
 
@@ -152,8 +187,9 @@ class Sampler:
     """
 
     def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
-                 callback, progress: bool, check_finite: bool):
+                 callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None):
         self.model, self.shape, self.plan = model, tuple(shape), plan
+        self.model_kwargs = _own_kwargs(model_kwargs, shape[0], device)
         self.device, self.dtype, self.seed = torch.device(device), dtype, seed
         self.clip, self.snr, self.callback, self.check_finite = clip, snr, callback, check_finite
         self.progress = progress
@@ -208,7 +244,7 @@ class Sampler:
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
         progress = _Progress(len(self.stages), self.progress)
         for i, (t, scale, call, draw, uses_aux) in enumerate(self.stages):
-            out = self.model(x if scale == 1.0 else x * scale, t)
+            out = self.model(x if scale == 1.0 else x * scale, t, **self.model_kwargs)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.device != x.device:
                 got = f"{tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)} on {x.device}, "
@@ -275,9 +311,13 @@ class Sampler:
                 self.graph = None
         return self
 
-    def draw(self, per_sample_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    def draw(self, per_sample_seeds: torch.Tensor | None = None, model_kwargs: dict | None = None) -> torch.Tensor:
         """One run of the loop (a replay when captured) into a new tensor; with `per_sample_seeds` (B,)
-        those seeds replace the sampler's (it must have been built with per-sample seeds)."""
+        those seeds replace the sampler's (it must have been built with per-sample seeds); with `model_kwargs`
+        the per-sample conditioning tensors are copied into the sampler's (same keys and shapes), so a captured
+        loop replays with the new conditioning."""
+        if model_kwargs is not None:
+            _refill_kwargs(self.model_kwargs, model_kwargs, self.shape[0])
         if per_sample_seeds is not None:
             if self.sample_seeds is None or per_sample_seeds.shape != self.sample_seeds.shape:
                 raise ValueError(f"per_sample_seeds must have shape ({self.shape[0]},) and the sampler must be built "
@@ -312,6 +352,7 @@ def make_sampler(
     corrector: str | None = None,
     clip: float | None = None,
     check_finite: bool = False,
+    model_kwargs: dict | None = None,
 ) -> Sampler:
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
@@ -375,7 +416,7 @@ def make_sampler(
     clip = None if clip is None else positive_float(clip, "clip")
     plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
-                     callback, progress, check_finite)
+                     callback, progress, check_finite, model_kwargs)
     return runner.prepare(graph)
 
 
@@ -384,7 +425,7 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
     """Draw samples of `shape` by integrating a diffusion model's reverse process.
 
     Args:
-        model: callable (x, t) -> prediction, with t a (B,) tensor: continuous time for an SDE,
+        model: callable (x, t, **model_kwargs) -> prediction, with t a (B,) tensor: continuous time for an SDE,
             integer timesteps for a DDPMSchedule.
         shape: (B, ...) of the samples.
         sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
@@ -412,6 +453,10 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
             clip: clamp x0 to [-clip, clip].
         check_finite: find on the device the first stage whose state went non-finite, and raise
             FloatingPointError naming it (one host read after the loop).
+        model_kwargs: keyword arguments for every model call (class labels, embeddings, ...): tensors whose
+            first dimension is the batch size go with their samples (copied once into buffers the loop owns, so
+            a CUDA graph reads them; ``make_sampler(...).draw(model_kwargs=...)`` refills them), tensors with a
+            first dimension of 1, 0-d tensors and other values are passed as given.
     """
     return make_sampler(model, shape, **options).draw()
 
