@@ -44,6 +44,8 @@ struct StepInputs {
   const OptTensor& rng_state;
   const OptTensor& sample_seeds;
   int64_t sample_offset;
+  const OptTensor& uncond_out;  // classifier-free guidance: the step reads u + w (c - u)
+  const OptTensor& guidance;    // w, (1,) or (B,) float32
 };
 
 void check_step(const StepInputs& in) {
@@ -96,6 +98,19 @@ void check_step(const StepInputs& in) {
     FASTGEN_CHECK(s.device() == x.device() && s.scalar_type() == torch::kInt64 && s.is_contiguous() &&
                       s.dim() == 1 && s.size(0) == batch,
                   "sample_seeds must be contiguous int64 of shape (", batch, ",) on the device of x");
+  }
+  FASTGEN_CHECK(in.uncond_out.has_value() == in.guidance.has_value(),
+                "uncond_out and guidance go together (classifier-free guidance needs both)");
+  if (in.uncond_out.has_value()) {
+    const Tensor& u = *in.uncond_out;
+    const Tensor& g = *in.guidance;
+    FASTGEN_CHECK(u.device() == x.device() && u.sizes() == x.sizes() && u.is_contiguous(),
+                  "uncond_out must be contiguous with the shape of x on its device");
+    FASTGEN_CHECK_TYPE(u.scalar_type() == in.model_out.scalar_type(), "uncond_out must have model_out's dtype (",
+                       in.model_out.scalar_type(), "), got ", u.scalar_type());
+    FASTGEN_CHECK(g.device() == x.device() && g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.dim() == 1 &&
+                      (g.size(0) == 1 || g.size(0) == batch),
+                  "guidance must be contiguous float32 of shape (1,) or (", batch, ",) on the device of x");
   }
   FASTGEN_CHECK(in.seed >= 0 && in.offset >= 0 && in.sample_offset >= 0, "seed and offsets must be non-negative");
   if (in.clip.has_value()) FASTGEN_CHECK(*in.clip > 0.0, "clip must be > 0, got ", *in.clip);
@@ -251,11 +266,14 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
 void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                         int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
                         int64_t aux_store, const OptTensor& noise, int64_t seed, int64_t offset,
-                        const OptTensor& rng_state, const OptTensor& sample_seeds, int64_t sample_offset) {
+                        const OptTensor& rng_state, const OptTensor& sample_seeds, int64_t sample_offset,
+                        const OptTensor& uncond_out, const OptTensor& guidance) {
   const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-                      sample_seeds, sample_offset};
+                      sample_seeds, sample_offset, uncond_out, guidance};
   check_step(in);
   if (x.numel() == 0) return;
+  const float* guide = guidance.has_value() ? guidance->data_ptr<float>() : nullptr;
+  const bool guide_shared = guidance.has_value() && guidance->numel() == 1;
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
   const bool shared_row = v.index == nullptr ? v.coef_rows == 1 : v.index_size == 1;
@@ -267,6 +285,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
     using T = decltype(tag);
     T* xp = x.data_ptr<T>();
     const T* op = model_out.data_ptr<T>();
+    const T* up = uncond_out.has_value() ? uncond_out->data_ptr<T>() : nullptr;
     at::parallel_for(0, x.numel(), 1 << 13, [&](int64_t begin, int64_t end) {
       float xs[cpu::kBlock], outs[cpu::kBlock], noise_buf[cpu::kBlock], aux_buf[cpu::kBlock], next[cpu::kBlock],
           x0[cpu::kBlock];
@@ -298,6 +317,14 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
             xs[j] = static_cast<float>(xp[i + j]);
             outs[j] = static_cast<float>(op[i + j]);
           }
+        }
+        if (up != nullptr) {  // classifier-free guidance: the output read is u + w (c - u)
+          for (int64_t j = 0; j < n; ++j) {
+            const float w = guide[guide_shared ? 0 : (i + j) / size];
+            const float c = static_cast<float>(op[i + j]), u = static_cast<float>(up[i + j]);
+            outs[j] = u + w * (c - u);
+          }
+          out_in = outs;
         }
         const float* aux_in = aux_buf;
         if (aux_ptr != nullptr) {
@@ -335,7 +362,7 @@ StepInputs corrector_inputs(const Tensor& x, const Tensor& model_out, const Tens
                             int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                             const OptTensor& sample_seeds, int64_t sample_offset) {
   const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, kNone, 0, kNone, seed, offset,
-                      rng_state, sample_seeds, sample_offset};
+                      rng_state, sample_seeds, sample_offset, kNone, kNone};
   check_step(in);
   FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
   return in;
@@ -419,6 +446,9 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
   a.rng = RngArgs{static_cast<uint64_t>(in.seed), static_cast<uint64_t>(in.offset), rng_state_ptr(in.rng_state, in.x)};
   a.sample_seeds = in.sample_seeds.has_value() ? in.sample_seeds->data_ptr<int64_t>() : nullptr;
   a.sample_offset = static_cast<uint64_t>(in.sample_offset);
+  a.uncond_out = in.uncond_out.has_value() ? in.uncond_out->data_ptr() : nullptr;
+  a.guidance = in.guidance.has_value() ? in.guidance->data_ptr<float>() : nullptr;
+  a.guidance_size = in.guidance.has_value() ? in.guidance->numel() : 0;
   return a;
 }
 
@@ -426,9 +456,10 @@ void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, 
                          int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
                         int64_t aux_store,
                          const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
-                         const OptTensor& sample_seeds, int64_t sample_offset) {
+                         const OptTensor& sample_seeds, int64_t sample_offset, const OptTensor& uncond_out,
+                         const OptTensor& guidance) {
   const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-                      sample_seeds, sample_offset};
+                      sample_seeds, sample_offset, uncond_out, guidance};
   check_step(in);
   const c10::cuda::CUDAGuard guard(x.device());
   C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), c10::cuda::getCurrentCUDAStream()));

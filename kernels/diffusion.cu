@@ -79,7 +79,12 @@ __global__ void diffusion_step_kernel(DiffusionStepArgs a) {
     const int64_t sample = i / a.sample_size;
     const float* c = coef_row(a, sample);
     const float xv = load(x, i);
-    const Conversion r = convert(load(out, i), xv, c, a.prediction, a.clip, a.clip_eps);
+    float o = load(out, i);
+    if (a.uncond_out != nullptr) {  // classifier-free guidance: u + w (c - u)
+      const float u = load(static_cast<const T*>(a.uncond_out), i);
+      o = u + a.guidance[a.guidance_size == 1 ? 0 : sample] * (o - u);
+    }
+    const Conversion r = convert(o, xv, c, a.prediction, a.clip, a.clip_eps);
     float next = term(c[kCX], xv) + term(c[kCX0], r.x0) + term(c[kCEps], r.eps);
     if (a.aux != nullptr) next += term(c[kCAux], a.aux[i]);
     if (c[kCNoise] != 0.0f) next += c[kCNoise] * noise_at(a, i, sample, seed, offset);

@@ -84,6 +84,8 @@ def diffusion_step_kernel(
     aux_ptr,  # (B * D,) float32 when HAS_AUX
     noise_ptr,  # (B * D,) float32 when NOISE_MODE == 1
     seeds_ptr,  # (B,) int64 when NOISE_MODE == 2
+    uncond_ptr,  # (B * D,) unconditional model output when GUIDE_MODE > 0
+    guidance_ptr,  # (1,) or (B,) float32 guidance scales when GUIDE_MODE is 1 or 2
     numel,
     size,  # D
     clip,
@@ -100,6 +102,7 @@ def diffusion_step_kernel(
     AUX_STORE: tl.constexpr,
     NOISE_MODE: tl.constexpr,
     HAS_STATE: tl.constexpr,
+    GUIDE_MODE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -118,6 +121,13 @@ def diffusion_step_kernel(
     c_noise = tl.load(coef_ptr + row + C_NOISE, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if GUIDE_MODE > 0:  # classifier-free guidance: u + w (c - u)
+        uncond = tl.load(uncond_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if GUIDE_MODE == 2:
+            w = tl.load(guidance_ptr + sample, mask=mask, other=1.0)
+        else:
+            w = tl.load(guidance_ptr + sample * 0, mask=mask, other=1.0)
+        out = uncond + w * (out - uncond)
     x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
     xi = noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE)
     nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
@@ -138,22 +148,26 @@ def _modes(x, coef, index, noise, sample_seeds):
 
 def diffusion_step_(
     x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-    sample_seeds, sample_offset,
+    sample_seeds, sample_offset, uncond_out=None, guidance=None,
 ):
     """fastgen_triton::diffusion_step_ (declared in fastgen/ops/diffusion.py)."""
     numel = x.numel()
     if numel == 0:
         return
+    guide_mode = 0 if uncond_out is None else (1 if guidance.numel() == 1 else 2)
     diffusion_step_kernel[(triton.cdiv(numel, BLOCK),)](
         x, model_out, coef, coef.shape[0],
         index if index is not None else coef,
         aux if aux is not None else coef,
         noise if noise is not None else coef,
         sample_seeds if sample_seeds is not None else coef,
+        uncond_out if uncond_out is not None else model_out,
+        guidance if guidance is not None else coef,
         numel, numel // x.shape[0], clip or 0.0, seed, offset, sample_offset,
         rng_state if rng_state is not None else coef,
         PREDICTION=prediction, HAS_CLIP=clip is not None, CLIP_EPS=clip_eps, HAS_AUX=aux is not None, AUX_STORE=aux_store,
-        HAS_STATE=rng_state is not None, BLOCK=BLOCK, **_modes(x, coef, index, noise, sample_seeds),
+        HAS_STATE=rng_state is not None, GUIDE_MODE=guide_mode, BLOCK=BLOCK,
+        **_modes(x, coef, index, noise, sample_seeds),
     )  # fmt: skip
 
 

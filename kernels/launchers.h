@@ -111,6 +111,9 @@ struct DiffusionStepArgs {
   RngArgs rng;                    // element i draws position offset + i, unless sample_seeds is set
   const int64_t* sample_seeds;    // (B,): sample b draws key sample_seeds[b], position sample_offset + i % D
   uint64_t sample_offset;
+  const void* uncond_out;         // (B * D,) of dtype: classifier-free guidance reads u + w (c - u); or null
+  const float* guidance;          // (guidance_size,) w, one value or one per sample
+  int64_t guidance_size;          // 1 or B
 };
 cudaError_t diffusion_step(const DiffusionStepArgs& args, cudaStream_t stream);
 

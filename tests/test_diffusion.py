@@ -249,6 +249,15 @@ def _step_samples(device, dtype):
         sample_seeds=(torch.arange(37) * 3 + 1).to(device), sample_offset=10))
     out.append(Sample(x=x, model_out=model_out, coef=rows(37, g, True).to(device), prediction=2, clip_eps=False,
                       clip=0.5, noise=torch.randn(37, 5, generator=g).to(device)))
+    # classifier-free guidance: one scale for the batch, and one per sample
+    out.append(Sample(x=x, model_out=model_out, coef=rows(1, g, False).to(device), prediction=0, seed=2,
+                      uncond_out=torch.randn(37, 5, generator=g).to(device, dtype),
+                      guidance=torch.tensor([3.5], device=device)))
+    out.append(Sample(x=torch.randn(6, 3, 4, generator=g).to(device, dtype),
+                      model_out=torch.randn(6, 3, 4, generator=g).to(device, dtype),
+                      coef=rows(6, g, True).to(device), prediction=3, sample_seeds=torch.arange(6, device=device),
+                      uncond_out=torch.randn(6, 3, 4, generator=g).to(device, dtype),
+                      guidance=torch.linspace(0, 5, 6).to(device)))
     return out
 
 

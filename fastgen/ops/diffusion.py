@@ -83,6 +83,19 @@ def _diffusion_step_shapes(a) -> None:
     if a.noise is not None:
         check_like(a.noise, "noise", a.x, dtypes=(torch.float32,))
         require(a.noise.is_contiguous(), lambda: "noise must be contiguous")
+    require((a.uncond_out is None) == (a.guidance is None),
+            lambda: "uncond_out and guidance go together (classifier-free guidance needs both)")
+    if a.uncond_out is not None:
+        check_like(a.uncond_out, "uncond_out", a.x)
+        require(a.uncond_out.dtype == a.model_out.dtype and a.uncond_out.is_contiguous(),
+                lambda: f"uncond_out must be contiguous with model_out's dtype {a.model_out.dtype}")
+        g, batch = a.guidance, a.x.shape[0]
+        require(isinstance(g, torch.Tensor), lambda: f"guidance must be a torch.Tensor, got {type(g).__name__}",
+                TypeError)
+        require(g.dtype == torch.float32 and g.dim() == 1 and g.shape[0] in (1, batch) and g.device == a.x.device
+                and g.is_contiguous(),
+                lambda: f"guidance must be contiguous float32 of shape (1,) or ({batch},) on the device of x "
+                        f"({a.x.device}), got {g.dtype} {tuple(g.shape)} on {g.device}")
 
 
 def _langevin_correct_shapes(a) -> None:
@@ -93,7 +106,8 @@ def _langevin_correct_shapes(a) -> None:
 _diffusion_step = loop.op(
     "diffusion_step_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=0, "
     "float? clip=None, bool clip_eps=True, Tensor(b!)? aux=None, int aux_store=0, Tensor? noise=None, int seed=0, "
-    "int offset=0, Tensor? rng_state=None, Tensor? sample_seeds=None, int sample_offset=0) -> ()",
+    "int offset=0, Tensor? rng_state=None, Tensor? sample_seeds=None, int sample_offset=0, "
+    "Tensor? uncond_out=None, Tensor? guidance=None) -> ()",
     shapes=_diffusion_step_shapes)
 _langevin_correct = loop.op(
     "langevin_correct_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=3, "
@@ -320,8 +334,14 @@ def diffusion_step_(
     offset: int = 0,
     sample_seeds: torch.Tensor | None = None,  # (B,) int64: sample b's noise from its own seed
     sample_offset: int = 0,
+    uncond_out: torch.Tensor | None = None,  # (B, ...) the unconditional model output, for guidance
+    guidance: torch.Tensor | float | None = None,  # w: a number, or (1,) / (B,) float32 on x's device
 ) -> torch.Tensor:
     """One fused step x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring).
+
+    Classifier-free guidance: with ``uncond_out`` and ``guidance`` w the step reads the model output
+    u + w (c - u) (c = ``model_out``, the conditional output; diffusers' convention: w = 1 is c, w = 0 is u),
+    combined in the same pass.
 
     ``clip`` clamps x0 to [-clip, clip]; eps is then re-derived from the clamped x0 unless
     ``clip_eps`` is False (diffusers' DDIM with use_clipped_model_output=False).
@@ -345,10 +365,19 @@ def diffusion_step_(
     clip = None if clip is None else positive_float(clip, "clip")
     seed, offset, state = rng_args(seed, offset, x)
     seeds = _check_sample_seeds(sample_seeds, x)
+    if (uncond_out is None) != (guidance is None):
+        raise ValueError("uncond_out and guidance go together (classifier-free guidance needs both)")
+    if uncond_out is not None:
+        check_like(uncond_out, "uncond_out", x)
+        if not isinstance(guidance, torch.Tensor):
+            if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+                raise ValueError(f"guidance must be a finite number or a float32 tensor, got {guidance!r}")
+            guidance = torch.full((1,), float(guidance), device=x.device)
+        uncond_out = uncond_out.to(model_out.dtype).contiguous()
     _diffusion_step(x=x, model_out=model_out.contiguous(), coef=coef, index=index, prediction=pred, clip=clip,
                     clip_eps=bool(clip_eps), aux=aux, aux_store=int(AUX_STORE[aux_store]),
                     noise=None if noise is None else noise.contiguous(), seed=seed, offset=offset, rng_state=state,
-                    sample_seeds=seeds, sample_offset=int(sample_offset))
+                    sample_seeds=seeds, sample_offset=int(sample_offset), uncond_out=uncond_out, guidance=guidance)
     return x
 
 

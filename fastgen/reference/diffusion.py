@@ -17,7 +17,8 @@ x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip
 terms with a zero coefficient dropped (so an unset x may enter with c_x = 0). aux_store 1 keeps x0 in aux, 2 keeps the
 increment x_new - x. xi is ``noise`` if given; else with ``sample_seeds`` sample b
 draws key sample_seeds[b] at positions sample_offset + j (j its element index);
-else element i draws position offset + i.
+else element i draws position offset + i. Under classifier-free guidance the model output read is u + w (c - u), c the
+conditional output, u ``uncond_out`` and w ``guidance`` (one value, or one per sample).
 """
 
 from __future__ import annotations
@@ -74,14 +75,20 @@ def normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset) -> t
 
 
 def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset,
-                    rng_state, sample_seeds, sample_offset):
-    """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring)."""
+                    rng_state, sample_seeds, sample_offset, uncond_out=None, guidance=None):
+    """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring), the model output
+    u + w (c - u) under classifier-free guidance (u = uncond_out, w = guidance[b] or guidance[0])."""
     if x.numel() == 0:
         return
     alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
     work = torch.float64 if x.dtype == torch.float64 else torch.float32  # (float64: k_sampling's float64 path)
     xf = x.to(work)
-    x0, eps = convert(model_out.to(work), xf, alpha, sigma, k, prediction, clip, clip_eps)
+    out = model_out.to(work)
+    if uncond_out is not None:
+        w = guidance.to(work).reshape((-1,) + (1,) * (x.dim() - 1))
+        u = uncond_out.to(work)
+        out = u + w * (out - u)
+    x0, eps = convert(out, xf, alpha, sigma, k, prediction, clip, clip_eps)
     xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset).to(work)
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
     if aux is not None:
