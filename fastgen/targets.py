@@ -127,7 +127,8 @@ class GaussianMixture:
         """The exact model of this target under `process` (an SDE or a DDPMSchedule): a callable
         (x, t) -> score, eps, x0 or v of the marginal at time t, for fastgen.sample and the drop-ins.
         With ``conditional=True`` the components are classes: (x, t, y) -> the prediction of the marginal of
-        component y_b for sample b (y a (B,) integer tensor; the model of p(x | y))."""
+        component y_b for sample b (y a (B,) integer tensor; the model of p(x | y)); the null label y_b = -1 gives
+        the whole mixture's (the unconditional model, for classifier-free guidance)."""
         if prediction not in ("score", "eps", "x0", "v"):
             raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
 
@@ -138,8 +139,11 @@ class GaussianMixture:
             if conditional:
                 if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
                     raise ValueError(f"y must be a ({x.shape[0]},) integer tensor of component labels, got {y!r}")
-                pull = self._components(xd, sigma, alpha)[1]  # (B, K, D)
-                score = pull[torch.arange(x.shape[0], device=x.device), y.to(x.device).long()]
+                log_comp, pull = self._components(xd, sigma, alpha)  # (B, K), (B, K, D)
+                y = y.to(x.device).long()
+                own = pull[torch.arange(x.shape[0], device=x.device), y.clamp_min(0)]
+                whole = (torch.softmax(log_comp, dim=-1)[..., None] * pull).sum(1)
+                score = torch.where((y < 0)[:, None], whole, own)
             else:
                 score = self.noised_score(xd, alpha, sigma)
             col = (lambda v: v.reshape(-1, 1) if v.dim() else v)

@@ -84,3 +84,119 @@ def test_bad_model_kwargs_name_the_argument():
         runner.draw(model_kwargs={"label": torch.zeros(8).long()})
     with pytest.raises(ValueError, match=r"model_kwargs\['y'\] must have shape \(8,\)"):
         runner.draw(model_kwargs={"y": torch.zeros(4).long()})
+
+
+# ---------------------------------------------------------------- classifier-free guidance
+
+ALL_SAMPLERS = [("euler_maruyama", 100), ("pc", 50), ("ode_euler", 100), ("ode_heun", 40), ("ddpm", 100),
+                ("ddim", 50), ("euler_ancestral", 60), ("dpmpp_2m", 30)]
+
+
+def _process(sampler):
+    return dict(schedule=fastgen.DDPMSchedule()) if sampler in ("ddpm", "ddim") else dict(sde=fastgen.VPSDE())
+
+
+@pytest.mark.parametrize("sampler,steps", ALL_SAMPLERS)
+def test_guidance_scale_one_samples_each_class_and_zero_the_whole_mixture(sampler, steps):
+    gmm = _classes()
+    process = _process(sampler)
+    model = gmm.model(next(iter(process.values())), "eps", conditional=True)
+    labels = torch.arange(3).repeat_interleave(600)
+    null = torch.full((1,), -1)
+    common = dict(sampler=sampler, steps=steps, prediction="eps", device="cpu", seed=1,
+                  model_kwargs={"y": labels}, uncond_kwargs={"y": null}, **process)
+    x = fastgen.sample(model, (len(labels), 2), guidance_scale=1.0, **common).double()
+    for k in range(3):
+        mine = x[labels == k]
+        n, mean, std = len(mine), gmm.means[k], gmm.stds[k]
+        assert ((mine.mean(0) - mean).abs() < 4.5 * std / math.sqrt(n) + 0.03 * std).all(), (k, mine.mean(0))
+        ratio = mine.var(0) / std.square()
+        assert ((ratio - 1).abs() < 4.5 * math.sqrt(2 / (n - 1)) + 0.08).all(), (k, ratio)
+    x = fastgen.sample(model, (len(labels), 2), guidance_scale=0.0, **common)
+    weights = fastgen.metrics.mode_weights(x, gmm)  # the labels are ignored: every mode at 1/3
+    n = len(labels)
+    assert (weights[:3] - 1 / 3).abs().max() < 4.5 * math.sqrt(2 / 9 / n) + 0.01, weights
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+def test_the_guided_step_is_the_plain_step_on_the_combined_output(prediction):
+    from conftest import cpu_backends
+
+    g = torch.Generator().manual_seed(3)
+    x, c, u = (torch.randn(6, 5, generator=g) for _ in range(3))
+    coef = fastgen.ops.diffusion.ddim_coefficients(fastgen.DDPMSchedule(), 500, 480, eta=0.5).float()
+    for w in (torch.tensor([2.5]), torch.linspace(-1, 7, 6)):
+        for backend in cpu_backends():
+            with fastgen.use_backend(backend):
+                guided = fastgen.ops.diffusion.diffusion_step_(x.clone(), c, coef, prediction=prediction, uncond_out=u,
+                                                     guidance=w, seed=4)
+                plain = fastgen.ops.diffusion.diffusion_step_(x.clone(), u + w[:, None] * (c - u), coef,
+                                                    prediction=prediction, seed=4)
+            torch.testing.assert_close(guided, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps", ALL_SAMPLERS)
+def test_guided_runs_equal_runs_of_the_combined_model(sampler, steps):
+    """A guided run (one doubled-batch call per stage, the combination in the fused step) equals the same sampler
+    run on a model returning u + w (c - u) itself, computed in float64; per-sample scales and an interval."""
+    gmm = _classes()
+    process = _process(sampler)
+    model = gmm.model(next(iter(process.values())), "eps", conditional=True)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 1, 2])
+    w = torch.linspace(0.0, 4.0, 8)
+    seeds = torch.arange(8) * 11
+    interval = (0.2, 0.8) if "sde" in process else (200, 800)
+
+    def combined(x, t, y):
+        inside = (t.double() >= interval[0]) & (t.double() <= interval[1])
+        scale = torch.where(inside, w.double(), torch.ones_like(w, dtype=torch.float64))[:, None]
+        c = model(x.double(), t, y).double()
+        u = model(x.double(), t, torch.full_like(y, -1)).double()
+        return (u + scale * (c - u)).float()
+
+    common = dict(sampler=sampler, steps=steps // 4, prediction="eps", device="cpu", per_sample_seeds=seeds,
+                  **process)
+    guided = fastgen.sample(model, (8, 2), model_kwargs={"y": labels}, uncond_kwargs={"y": torch.tensor([-1])},
+                            guidance_scale=w, guidance_interval=interval, **common)
+    want = fastgen.sample(combined, (8, 2), model_kwargs={"y": labels}, **common)
+    torch.testing.assert_close(guided, want, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_calls_the_model_once_per_stage_on_the_doubled_batch_inside_the_interval_only():
+    gmm, sde = _classes(), fastgen.VPSDE()
+    model = gmm.model(sde, "eps", conditional=True)
+    batches = []
+
+    def counted(x, t, y):
+        batches.append((x.shape[0], float(t[0])))
+        return model(x, t, y)
+
+    fastgen.sample(counted, (4, 2), sde=sde, sampler="ode_euler", steps=10, prediction="eps", device="cpu",
+                   model_kwargs={"y": torch.zeros(4).long()}, uncond_kwargs={"y": torch.tensor([-1])},
+                   guidance_scale=3.0, guidance_interval=(0.3, 0.7))
+    assert len(batches) == 10
+    assert all((size == 8) == (0.3 <= t <= 0.7) for size, t in batches)
+
+
+def test_bad_guidance_input_names_the_argument():
+    gmm, sde = _classes(), fastgen.VPSDE()
+    model = gmm.model(sde, conditional=True)
+    kwargs = dict(sde=sde, steps=2, device="cpu", model_kwargs={"y": torch.zeros(8).long()})
+    with pytest.raises(ValueError, match=r"guidance_scale must be a number or a floating-point tensor of shape "
+                                         r"\(8,\)"):
+        fastgen.sample(model, (8, 2), guidance_scale=torch.ones(3), uncond_kwargs={"y": torch.tensor([-1])},
+                       **kwargs)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        fastgen.sample(model, (8, 2), guidance_scale=float("nan"), uncond_kwargs={"y": torch.tensor([-1])},
+                       **kwargs)
+    with pytest.raises(ValueError, match="guidance_scale needs model_kwargs"):
+        fastgen.sample(model, (8, 2), guidance_scale=2.0, **kwargs)
+    with pytest.raises(ValueError, match="uncond_kwargs must give the unconditional value of every model_kwargs"):
+        fastgen.sample(model, (8, 2), guidance_scale=2.0, uncond_kwargs={"label": torch.tensor([-1])}, **kwargs)
+    with pytest.raises(ValueError, match=r"uncond_kwargs\['y'\] must be a tensor batched"):
+        fastgen.sample(model, (8, 2), guidance_scale=2.0, uncond_kwargs={"y": torch.zeros(3).long()}, **kwargs)
+    with pytest.raises(ValueError, match="guidance_interval must be"):
+        fastgen.sample(model, (8, 2), guidance_scale=2.0, uncond_kwargs={"y": torch.tensor([-1])},
+                       guidance_interval=(0.8, 0.2), **kwargs)
+    with pytest.raises(ValueError, match="give guidance_scale"):
+        fastgen.sample(model, (8, 2), uncond_kwargs={"y": torch.tensor([-1])}, **kwargs)

@@ -161,6 +161,41 @@ def _own_kwargs(model_kwargs, batch: int, device) -> dict:
     return own
 
 
+def _guided_kwargs(own: dict, uncond_kwargs, batch: int, device) -> tuple[dict, dict]:
+    """The keyword arguments of the guided call on the doubled batch [x; x]: per key, the conditional and the
+    unconditional values as (B, ...) halves of one (2B, ...) buffer (broadcast values expanded), or one value the
+    two share; and the conditional kwargs as views of the first halves (so a refill reaches both calls)."""
+    if not isinstance(uncond_kwargs, dict) or set(uncond_kwargs) != set(own):
+        raise ValueError(f"uncond_kwargs must give the unconditional value of every model_kwargs key {sorted(own)} "
+                         f"(e.g. a null label), got "
+                         f"{sorted(uncond_kwargs) if isinstance(uncond_kwargs, dict) else type(uncond_kwargs).__name__}")
+    guided, cond = {}, {}
+    for key, c in own.items():
+        u = uncond_kwargs[key]
+        if not isinstance(c, torch.Tensor) and not isinstance(u, torch.Tensor):
+            if u is not c and u != c:
+                raise ValueError(f"uncond_kwargs[{key!r}] differs from model_kwargs[{key!r}] and is not a tensor: "
+                                 "the guided call takes one value for both halves")
+            guided[key] = cond[key] = c
+            continue
+        halves = []
+        for name, v in (("model_kwargs", c), ("uncond_kwargs", u)):
+            if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape[0] not in (1, batch)):
+                raise ValueError(f"{name}[{key!r}] must be a tensor batched along dim 0 ({batch}) or broadcast "
+                                 f"(first dimension 1, or 0-d), got "
+                                 f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+            v = v.to(device)
+            v = v.reshape(1, 1) if v.dim() == 0 else v
+            halves.append(v.expand(batch, *v.shape[1:]))
+        if halves[0].shape[1:] != halves[1].shape[1:] or halves[0].dtype != halves[1].dtype:
+            raise ValueError(f"model_kwargs[{key!r}] and uncond_kwargs[{key!r}] must agree in shape past the batch "
+                             f"dimension and in dtype, got {tuple(halves[0].shape)} {halves[0].dtype} and "
+                             f"{tuple(halves[1].shape)} {halves[1].dtype}")
+        guided[key] = torch.cat(halves).contiguous()
+        cond[key] = guided[key][:batch]
+    return guided, cond
+
+
 def _refill_kwargs(own: dict, new: dict, batch: int) -> None:
     if not isinstance(new, dict) or set(new) != set(own):
         raise ValueError(f"model_kwargs must have the keys the sampler was built with, {sorted(own)}, got "
@@ -187,9 +222,13 @@ class Sampler:
     """
 
     def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
-                 callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None):
+                 callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None,
+                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None):
         self.model, self.shape, self.plan = model, tuple(shape), plan
         self.model_kwargs = _own_kwargs(model_kwargs, shape[0], device)
+        self.guided_kwargs = None
+        if guidance_scale is not None:
+            self.guided_kwargs, self.model_kwargs = _guided_kwargs(self.model_kwargs, uncond_kwargs, shape[0], device)
         self.device, self.dtype, self.seed = torch.device(device), dtype, seed
         self.clip, self.snr, self.callback, self.check_finite = clip, snr, callback, check_finite
         self.progress = progress
@@ -206,7 +245,7 @@ class Sampler:
         self.backend = backend_for(torch.empty((1,), device=self.device, dtype=dtype))
         self.prediction = ops.prediction_code(plan.prediction)
         step_op = REGISTRY["diffusion_step_"].on(self.backend)
-        correct_op = REGISTRY["langevin_correct_"].on(self.backend)
+        correct_op = self.correct_op = REGISTRY["langevin_correct_"].on(self.backend)
         # Everything a stage passes that does not change between runs, bound once: (model times, input scale,
         # the op with its row and options, the stage's noise draw, whether it uses aux).
         self.stages = []
@@ -221,8 +260,39 @@ class Sampler:
                 call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
                                          aux_store=int(ops.AUX_STORE[stage.aux_store]))
             self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call, draw,
-                                stage.uses_aux))
+                                stage.uses_aux, self._guide(guidance_scale, guidance_interval, stage)))
             draw += stage.noise or stage.kind != "step"
+
+    def _guide(self, scale, interval, stage: Stage):
+        """The stage's guidance: (w as a (1,) or (B,) float32 device tensor, the doubled times), or None where the
+        conditional model alone runs (no guidance, or t outside ``interval``)."""
+        if scale is None:
+            return None
+        t = float(self.plan.times[stage.time])
+        if interval is not None and not interval[0] <= t <= interval[1]:
+            return None
+        w = scale.to(self.device, torch.float32).reshape(-1).contiguous() if isinstance(scale, torch.Tensor) else \
+            torch.full((1,), float(scale), device=self.device)
+        return w, self.times[stage.time].expand(2 * self.shape[0])
+
+    def _model(self, x: torch.Tensor, t: torch.Tensor, guide):
+        """The model output at x (the conditional one under guidance), and the unconditional one under guidance:
+        one call on the doubled batch [x; x]."""
+        if guide is None:
+            out = self.model(x, t, **self.model_kwargs)
+            expect = x.shape
+        else:
+            out = self.model(torch.cat([x, x]), guide[1], **self.guided_kwargs)
+            expect = (2 * x.shape[0],) + x.shape[1:]
+        if not isinstance(out, torch.Tensor) or out.shape != expect or out.device != x.device:
+            got = f"{tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+            what = "the state's shape" if guide is None else "shape"
+            doubled = "" if guide is None else " (the state's, doubled for the guided call)"
+            raise ValueError(f"model must return a tensor of {what} {tuple(expect)} on {x.device}{doubled}, got {got}")
+        out = out.to(x.dtype)
+        if guide is None:
+            return out.contiguous(), None
+        return out[:x.shape[0]].contiguous(), out[x.shape[0]:].contiguous()
 
     def counters(self) -> int:
         """Counters one run reserves from the stream (per sample with per-sample seeds)."""
@@ -243,17 +313,15 @@ class Sampler:
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
         progress = _Progress(len(self.stages), self.progress)
-        for i, (t, scale, call, draw, uses_aux) in enumerate(self.stages):
-            out = self.model(x if scale == 1.0 else x * scale, t, **self.model_kwargs)
-            if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.device != x.device:
-                got = f"{tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"model must return a tensor of the state's shape {tuple(x.shape)} on {x.device}, "
-                                 f"got {got}")
-            out = out.to(x.dtype).contiguous()
+        for i, (t, scale, call, draw, uses_aux, guide) in enumerate(self.stages):
+            out, uncond = self._model(x if scale == 1.0 else x * scale, t, guide)
+            extra = {} if guide is None else dict(uncond_out=uncond, guidance=guide[0])
+            if uncond is not None and call.func is self.correct_op:  # the corrector's op takes no guidance
+                out, extra = uncond + guide[0].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype) * (out - uncond), {}
             if uses_aux:
-                call(x=x, model_out=out, aux=aux, **self._noise(draw, rng_state))
+                call(x=x, model_out=out, aux=aux, **extra, **self._noise(draw, rng_state))
             else:
-                call(x=x, model_out=out, **self._noise(draw, rng_state))
+                call(x=x, model_out=out, **extra, **self._noise(draw, rng_state))
             if bad_step is not None:
                 bad = ~torch.isfinite(x).all()
                 bad_step = torch.where(bad & (bad_step < 0), torch.full_like(bad_step, i), bad_step)
@@ -328,6 +396,27 @@ class Sampler:
         return self.run()
 
 
+def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int) -> None:
+    if scale is None:
+        if uncond_kwargs is not None or interval is not None:
+            raise ValueError("uncond_kwargs and guidance_interval are for classifier-free guidance: give guidance_scale")
+        return
+    if isinstance(scale, torch.Tensor):
+        if not scale.is_floating_point() or scale.shape not in ((batch,), (1,), ()):
+            raise ValueError(f"guidance_scale must be a number or a floating-point tensor of shape ({batch},) (one "
+                             f"per sample), got {scale.dtype} {tuple(scale.shape)}")
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError("guidance_scale must be finite")
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"guidance_scale must be a finite number or a (B,) tensor, got {scale!r}")
+    if not model_kwargs or uncond_kwargs is None:
+        raise ValueError("guidance_scale needs model_kwargs (the conditioning) and uncond_kwargs (its unconditional "
+                         "values, e.g. a null label)")
+    if interval is not None and (not isinstance(interval, (tuple, list)) or len(interval) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval) or interval[0] > interval[1]):
+        raise ValueError(f"guidance_interval must be (low, high) model times with low <= high, got {interval!r}")
+
+
 def make_sampler(
     model: Callable,
     shape,
@@ -353,6 +442,9 @@ def make_sampler(
     clip: float | None = None,
     check_finite: bool = False,
     model_kwargs: dict | None = None,
+    guidance_scale=None,
+    uncond_kwargs: dict | None = None,
+    guidance_interval=None,
 ) -> Sampler:
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
@@ -414,9 +506,10 @@ def make_sampler(
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     snr = positive_float(0.16 if snr is None else snr, "snr")
     clip = None if clip is None else positive_float(clip, "clip")
+    _check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0])
     plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
-                     callback, progress, check_finite, model_kwargs)
+                     callback, progress, check_finite, model_kwargs, guidance_scale, uncond_kwargs, guidance_interval)
     return runner.prepare(graph)
 
 
@@ -457,6 +550,13 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
             first dimension is the batch size go with their samples (copied once into buffers the loop owns, so
             a CUDA graph reads them; ``make_sampler(...).draw(model_kwargs=...)`` refills them), tensors with a
             first dimension of 1, 0-d tensors and other values are passed as given.
+        guidance_scale: classifier-free guidance w (a number, or a (B,) tensor, one per sample; diffusers'
+            convention: 1 is the conditional model alone, 0 the unconditional one): the model runs once per stage
+            on the doubled batch [x; x] with model_kwargs then uncond_kwargs, and the step reads u + w (c - u),
+            combined inside the fused step (the pc corrector's stages combine it before their op).
+        uncond_kwargs: the unconditional values of model_kwargs' keys (a null label, an empty embedding).
+        guidance_interval: (low, high): guide only the stages whose model time t is in [low, high]; the others
+            run the conditional model alone, on the batch itself.
     """
     return make_sampler(model, shape, **options).draw()
 
