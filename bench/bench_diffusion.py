@@ -217,6 +217,53 @@ def bench_pipelines(device: str, steps: int = 50, batch: int = 16, size: int = 3
     return rows
 
 
+def bench_guided_step(device: str, shapes, scale: float = 7.5) -> list[dict]:
+    """One classifier-free-guided DDIM step with the model replaced by a fixed (2B, ...) output: the step's own
+    cost. diffusers' pipeline pattern (cat [x; x] for the model, chunk, u + w (c - u), scheduler.step) with
+    diffusers' DDIMScheduler and with fastgen's drop-in, against fastgen's loop (cat, then one fused op that
+    reads c and u and combines them)."""
+    try:
+        import diffusers
+
+        from fastgen.diffusers import DDIMScheduler as FusedDDIM
+    except ImportError:
+        return []
+    sched = DDPMSchedule()
+    coef = D.ddim_coefficients(sched, 501, 481, 0.0).float().to(device)
+    w = torch.full((1,), scale, device=device)
+    rows = []
+    for shape in shapes:
+        x = torch.randn(shape, device=device)
+        both = torch.randn((2 * shape[0],) + shape[1:], device=device)  # the model's output on [x; x]
+        cases = {}
+        for name, scheduler in (("diffusers pattern, diffusers DDIMScheduler", diffusers.DDIMScheduler()),
+                                ("diffusers pattern, fastgen drop-in", FusedDDIM())):
+            scheduler.set_timesteps(50, device)
+            t = scheduler.timesteps[25]
+
+            def pattern(scheduler=scheduler, t=t):
+                torch.cat([x] * 2)  # the model's input
+                uncond, cond = both.chunk(2)
+                guided = uncond + scale * (cond - uncond)
+                return scheduler.step(guided, t, x).prev_sample
+
+            cases[name] = pattern
+
+        def fused():
+            torch.cat([x, x])
+            cond, uncond = both[:shape[0]], both[shape[0]:]
+            return D.diffusion_step_(x, cond, coef, uncond_out=uncond, guidance=w, seed=0)
+
+        cases["fastgen (fused guided step)"] = fused
+        times = time_interleaved_us(cases, device)
+        base = times["diffusers pattern, diffusers DDIMScheduler"]
+        for name, us in times.items():
+            rows.append({"shape": "x".join(map(str, shape)), "candidate": name, "µs": us,
+                         "diffusers ÷ this": f"{base / us:.2f}", **count_per_call(cases[name], device)})
+            print("  guided", rows[-1], flush=True)
+    return rows
+
+
 def bench_counts(device: str) -> list[dict]:
     x = torch.randn(16, 4, 64, 64, device=device)
     out = torch.randn_like(x)
@@ -239,6 +286,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     step = bench_ddpm_step(device, shapes)
     loops = bench_loops(device)
     pipelines = bench_pipelines(device)
+    guided = bench_guided_step(device, [(16, 4, 64, 64), (256, 4, 64, 64)])
     counts = bench_counts(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
@@ -252,9 +300,14 @@ def run(device: str, out: str, max_log2: int) -> str:
         "diffusers pipelines, batch 16, 3x32x32, 50 steps (µs per step)": markdown_table(pipelines, [
             ("pipeline", "pipeline"), ("diffusers", "diffusers scheduler"), ("fastgen", "fastgen drop-in"),
             ("ratio", "diffusers ÷ fastgen")]),
+        "Classifier-free-guided DDIM step, w = 7.5, the model replaced by a fixed output (µs)": markdown_table(
+            guided, [("shape", "shape"), ("candidate", "candidate"), ("µs", "µs"),
+                     ("diffusers ÷ this", "diffusers ÷ this"), (count_key, "kernels" if device == "cuda" else "ops"),
+                     ("host_syncs", "host syncs")]),
         "Launches and host syncs per step": markdown_table(counts, [
             ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
             ("host_syncs", "host syncs")]),
     }
     return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
-                                                                      "pipelines": pipelines, "counts": counts})
+                                                                      "pipelines": pipelines, "guided": guided,
+                                                                      "counts": counts})

@@ -23,8 +23,27 @@ from .reference import diffusion as reference
 from .rng import resolve_seed
 from .sde import get_sigmas_karras
 
-__all__ = ["get_sigmas_karras", "sample_dpm_2", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler",
-           "sample_euler_ancestral", "sample_heun"]
+__all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpmpp_2m", "sample_dpmpp_2m_sde",
+           "sample_euler", "sample_euler_ancestral", "sample_heun"]
+
+
+class CFGDenoiser(torch.nn.Module):
+    """Classifier-free guidance for the samplers here, as k-diffusion's Stable Diffusion scripts wrap a denoiser:
+    ``CFGDenoiser(model)(x, sigma, uncond=..., cond=..., cond_scale=w)`` runs ``model(x, sigma, cond=...)`` once on
+    the doubled batch [x; x] with [uncond; cond] and returns u + w (c - u). Pass ``uncond``, ``cond`` and
+    ``cond_scale`` in ``extra_args``; ``cond_key`` names the model's conditioning argument."""
+
+    def __init__(self, model, cond_key: str = "cond"):
+        super().__init__()
+        self.inner_model, self.cond_key = model, cond_key
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond, cond, cond_scale):
+        if isinstance(uncond, torch.Tensor) and isinstance(cond, torch.Tensor) and uncond.shape[0] != cond.shape[0]:
+            uncond = uncond.expand(cond.shape[0], *uncond.shape[1:])
+        both = self.inner_model(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                **{self.cond_key: torch.cat([uncond, cond])})
+        uncond_out, cond_out = both.chunk(2)
+        return uncond_out + (cond_out - uncond_out) * cond_scale
 
 
 def _steps(n: int, disable):

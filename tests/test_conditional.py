@@ -200,3 +200,30 @@ def test_bad_guidance_input_names_the_argument():
                        guidance_interval=(0.8, 0.2), **kwargs)
     with pytest.raises(ValueError, match="give guidance_scale"):
         fastgen.sample(model, (8, 2), uncond_kwargs={"y": torch.tensor([-1])}, **kwargs)
+
+
+def test_k_sampling_cfg_denoiser_is_k_diffusions_guidance_through_extra_args():
+    """k-diffusion's samplers pass extra_args to the model; CFGDenoiser makes one call on the doubled batch and
+    returns u + w (c - u), so sample_euler with it equals sample_euler on that combination computed directly."""
+    gmm = _classes()
+    calls = []
+
+    def denoiser(x, sigma, cond):  # the exact x0 of the class (or of the mixture for the null label -1)
+        calls.append(x.shape[0])
+        score = gmm.model(fastgen.VESDE(sigma_min=0.002, sigma_max=80.0), "score", conditional=True)
+        t = torch.log(sigma.double() / 0.002) / math.log(80.0 / 0.002)  # the VESDE time of sigma
+        return (x.double() + sigma.double()[:, None] ** 2 * score(x.double(), t, cond)).float()
+
+    sigmas = fastgen.k_sampling.get_sigmas_karras(12, 0.002, 80.0)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * 80.0
+    cond, uncond = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([-1])
+    guided = fastgen.k_sampling.sample_euler(fastgen.k_sampling.CFGDenoiser(denoiser), x, sigmas, disable=True,
+                                             extra_args={"cond": cond, "uncond": uncond, "cond_scale": 3.0})
+    assert set(calls) == {12}
+
+    def combined(x, sigma, cond):
+        u = denoiser(x, sigma, torch.full_like(cond, -1))
+        return u + 3.0 * (denoiser(x, sigma, cond) - u)
+
+    want = fastgen.k_sampling.sample_euler(combined, x, sigmas, disable=True, extra_args={"cond": cond})
+    torch.testing.assert_close(guided, want, rtol=1e-5, atol=1e-4)
