@@ -232,11 +232,13 @@ def test_load_memory_maps_and_indexes_like_the_whole_array(tmp_path):
 # 9. one-line errors, SIGINT ---------------------------------------------------------------------------------------
 
 def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
-    args = ["generate", "gen_models:slow", "--shape", "2", "-n", "3000", "--steps", "10", "--shard-size", "250",
+    # 48 shards of 0.2 s or more: still running when the second is finished, however loaded the machine
+    args = ["generate", "gen_models:slow", "--shape", "2", "-n", "12000", "--steps", "10", "--shard-size", "250",
             "--chunk-size", "250", "--quiet"]
     out = tmp_path / "g"
     proc = start(*args, out=out)
     wait_for_shards(out, 2, proc)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -245,7 +247,7 @@ def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
     kept = len(list(out.glob("*.npy.json")))
     assert kept >= 2
     assert cli(*args, "--out", str(out)).returncode == 0
-    assert verify(str(out))["settings"]["n"] == 3000
+    assert verify(str(out))["settings"]["n"] == 12000
 
 
 def test_runtime_errors_are_one_line(tmp_path):
