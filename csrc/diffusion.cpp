@@ -318,11 +318,16 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
             outs[j] = static_cast<float>(op[i + j]);
           }
         }
-        if (up != nullptr) {  // classifier-free guidance: the output read is u + w (c - u)
-          for (int64_t j = 0; j < n; ++j) {
-            const float w = guide[guide_shared ? 0 : (i + j) / size];
-            const float c = static_cast<float>(op[i + j]), u = static_cast<float>(up[i + j]);
-            outs[j] = u + w * (c - u);
+        if (up != nullptr) {  // classifier-free guidance: the output read is u + w (c - u), one w per run of a sample
+          for (int64_t j = 0; j < n;) {
+            const int64_t b = (i + j) / size;
+            const int64_t stop = guide_shared ? n : std::min(n, (b + 1) * size - i);
+            const float w = guide[guide_shared ? 0 : b];
+            for (int64_t k = j; k < stop; ++k) {
+              const float c = static_cast<float>(op[i + k]), u = static_cast<float>(up[i + k]);
+              outs[k] = u + w * (c - u);
+            }
+            j = stop;
           }
           out_in = outs;
         }
