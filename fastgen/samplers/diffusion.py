@@ -50,6 +50,7 @@ class Plan:
     stages: list[Stage]
     prior_std: float
     prediction: str
+    start: tuple[float, float] | None = None  # img2img: the first state is keep * data + std * xi
 
 
 def spacings(sampler: str, process) -> tuple[str, ...]:
@@ -70,10 +71,35 @@ def _time_grid(sde: SDE, steps: int, spacing: str) -> torch.Tensor:
 
 
 def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta: float, denoise: bool,
-          corrector: str = "noise_level", snr: float = 0.16) -> Plan:
-    """Model times, input scales, all coefficient rows (computed at once) and the stage list."""
+          corrector: str = "noise_level", snr: float = 0.16, skip: int = 0) -> Plan:
+    """Model times, input scales, all coefficient rows (computed at once) and the stage list. ``skip`` > 0 drops
+    the first ``skip`` steps of the time grid (img2img) and records where the remaining run starts."""
+    plan = _full_plan(process, sampler, steps - skip, prediction, spacing, eta, denoise, corrector, snr,
+                      _grid_of(process, sampler, steps, spacing)[skip:] if skip else None)
+    if skip:
+        t0 = plan.times[0]
+        alpha, sigma = (float(v) for v in process.marginal(t0))
+        plan.start = (1.0, sigma / alpha) if sampler in SIGMA_SAMPLERS else (alpha, sigma)
+    return plan
+
+
+def _grid_of(process, sampler: str, steps: int, spacing: str) -> torch.Tensor:
+    """The step times of a full run: DDPM timesteps, the sigma samplers' model times, or the SDE time grid (with
+    its end point)."""
+    if sampler in DISCRETE_SAMPLERS or (sampler in SIGMA_SAMPLERS and isinstance(process, DDPMSchedule)):
+        return torch.tensor(process.timesteps(steps, spacing))
+    if sampler in SIGMA_SAMPLERS:
+        if spacing == "karras":
+            lo, hi = float(process.sigma_ratio(process.eps)), float(process.sigma_ratio(process.T))
+            return process.time_of_sigma_ratio(get_sigmas_karras(steps, lo, hi).double()[:-1])
+        return _time_grid(process, steps, spacing)[:-1]
+    return _time_grid(process, steps, spacing)
+
+
+def _full_plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta: float, denoise: bool,
+               corrector: str, snr: float, grid: torch.Tensor | None) -> Plan:
     if sampler in DISCRETE_SAMPLERS:
-        ts = torch.tensor(process.timesteps(steps, spacing))
+        ts = torch.tensor(process.timesteps(steps, spacing)) if grid is None else grid
         prev = torch.cat([ts[1:], torch.tensor([-1])])
         coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
             ops.ddim_coefficients(process, ts, prev, eta)
@@ -82,13 +108,7 @@ def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta:
         return Plan(ts, [1.0] * steps, coef, stages, 1.0, prediction)
 
     if sampler in SIGMA_SAMPLERS:
-        if isinstance(process, DDPMSchedule):
-            ts = torch.tensor(process.timesteps(steps, spacing))
-        elif spacing == "karras":
-            lo, hi = float(process.sigma_ratio(process.eps)), float(process.sigma_ratio(process.T))
-            ts = process.time_of_sigma_ratio(get_sigmas_karras(steps, lo, hi).double()[:-1])
-        else:
-            ts = _time_grid(process, steps, spacing)[:-1]
+        ts = _grid_of(process, sampler, steps, spacing) if grid is None else grid
         alphas, sigmas = process.marginal(ts)
         ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
         if sampler == "euler_ancestral":
@@ -100,7 +120,7 @@ def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta:
         prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
         return Plan(ts, alphas.tolist(), coef, stages, prior, prediction)
 
-    grid = _time_grid(process, steps, spacing)
+    grid = _time_grid(process, steps, spacing) if grid is None else grid
     t, t_next = grid[:-1], grid[1:]
     times = t.tolist()
     if sampler == "ode_heun":  # stage 2i: Euler at t_i (keeps its increment); 2i + 1: Heun's correction at t_{i+1}
@@ -223,8 +243,9 @@ class Sampler:
 
     def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
                  callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None,
-                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None):
+                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None, init=None):
         self.model, self.shape, self.plan = model, tuple(shape), plan
+        self.init = None if init is None else init.to(device, dtype, copy=True).contiguous()
         self.model_kwargs = _own_kwargs(model_kwargs, shape[0], device)
         self.guided_kwargs = None
         if guidance_scale is not None:
@@ -238,7 +259,8 @@ class Sampler:
         self.times = plan.times.to(self.device, torch.float32 if plan.times.is_floating_point() else torch.int64)
         self.numel = math.prod(self.shape)
         self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
-        self.prior_row = ops.noise_row(plan.prior_std, device=self.device)
+        self.prior_row = ops.noise_row(plan.prior_std, device=self.device) if plan.start is None else \
+            ops.noise_row(plan.start[1], keep=plan.start[0], device=self.device)
         self.graph = None
         # Arguments are checked once here; the loop calls the registered ops' keyword calls directly,
         # on the backend chosen here.
@@ -308,6 +330,8 @@ class Sampler:
     def run(self, x: torch.Tensor | None = None, rng_state=None) -> torch.Tensor:
         """The loop, into x (allocated if None); noise from rng_state (a device state) or the seed."""
         x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
+        if self.init is not None:
+            x.copy_(self.init)  # img2img: x <- alpha(t_start) init + sigma(t_start) xi (in the sampler's space)
         ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state))  # x <- prior_std xi
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
@@ -417,6 +441,26 @@ def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int) ->
         raise ValueError(f"guidance_interval must be (low, high) model times with low <= high, got {interval!r}")
 
 
+def _check_init(init, strength, shape, steps: int) -> int:
+    """The steps an img2img run skips (diffusers' rule: it runs int(steps * strength) of the steps' schedule)."""
+    if init is None:
+        if strength is not None:
+            raise ValueError("strength is for img2img: give init (the data to start from)")
+        return 0
+    if not isinstance(init, torch.Tensor) or tuple(init.shape) != tuple(shape) or not init.is_floating_point():
+        raise ValueError(f"init must be a floating-point tensor of the samples' shape {tuple(shape)}, got "
+                         f"{tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__}")
+    if not bool(torch.isfinite(init).all()):
+        raise ValueError("init must be finite")
+    if strength is None or isinstance(strength, bool) or not isinstance(strength, (int, float)) or \
+            not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise ValueError(f"strength={strength} runs int(steps * strength) = 0 of steps={steps}: raise one of them")
+    return steps - run
+
+
 def make_sampler(
     model: Callable,
     shape,
@@ -445,6 +489,8 @@ def make_sampler(
     guidance_scale=None,
     uncond_kwargs: dict | None = None,
     guidance_interval=None,
+    init: torch.Tensor | None = None,
+    strength: float | None = None,
 ) -> Sampler:
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
@@ -507,9 +553,11 @@ def make_sampler(
     snr = positive_float(0.16 if snr is None else snr, "snr")
     clip = None if clip is None else positive_float(clip, "clip")
     _check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0])
-    plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr)
+    skip = _check_init(init, strength, shape, steps)
+    plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr, skip)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
-                     callback, progress, check_finite, model_kwargs, guidance_scale, uncond_kwargs, guidance_interval)
+                     callback, progress, check_finite, model_kwargs, guidance_scale, uncond_kwargs, guidance_interval,
+                     init)
     return runner.prepare(graph)
 
 
@@ -557,6 +605,11 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
         uncond_kwargs: the unconditional values of model_kwargs' keys (a null label, an empty embedding).
         guidance_interval: (low, high): guide only the stages whose model time t is in [low, high]; the others
             run the conditional model alone, on the batch itself.
+        init, strength: img2img / SDEdit (Meng et al. 2022): start from the data ``init`` (the samples' shape)
+            noised to the time where the last int(steps * strength) steps of the schedule begin,
+            x = alpha(t) init + sigma(t) xi with xi from the stream (as the prior draw), and run those steps;
+            strength 1 runs the whole schedule from the noised data. Every sampler (each is a schedule of
+            steps; for dpmpp_2m the first kept step is its first-order one).
     """
     return make_sampler(model, shape, **options).draw()
 
