@@ -65,7 +65,8 @@ def cmd_generate(args) -> int:
         generate(args.source, args.n, args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
                  shard_size=args.shard_size, chunk_size=args.chunk_size, memory_budget=args.memory_budget,
                  shape=args.shape, prediction=args.prediction, device=args.device, quiet=args.quiet,
-                 allow_nonfinite=args.allow_nonfinite)
+                 allow_nonfinite=args.allow_nonfinite, labels=args.labels, label_key=args.label_key,
+                 guidance_scale=args.guidance_scale, null_label=args.null_label)
     except SettingsError as err:
         args.usage.error(str(err))
     except KeyboardInterrupt:
@@ -186,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--allow-nonfinite", action="store_true", help="keep samples with NaN or inf (default: an error)")
+    g.add_argument("--labels", default=None, help="class labels: balanced:K (sample i gets i %% K) or a .npy file "
+                                                  "of N integers; recorded in the settings and manifest")
+    g.add_argument("--label-key", default="y", help="the model's keyword for the label (default y)")
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale "
+                                                                      "(needs --labels and --null-label)")
+    g.add_argument("--null-label", type=int, default=None, help="the unconditional label, for guidance")
     g.set_defaults(func=cmd_generate, usage=g)
 
     b = sub.add_parser("bench", help="run bench/'s suites: markdown, JSON and a PNG plot")

@@ -399,13 +399,46 @@ def _agree(distributed: bool, ok: bool) -> None:
         raise GenerateError("rank 0 could not claim the output folder (its error says why)")
 
 
+def _labels(labels, n: int) -> tuple[np.ndarray | None, object]:
+    """Sample i's class label, and how the settings record them: "balanced:K" (label i % K) or a .npy file of n
+    integers (recorded with its SHA-256)."""
+    if labels is None:
+        return None, None
+    if isinstance(labels, str) and labels.startswith("balanced:"):
+        try:
+            classes = int(labels.split(":", 1)[1])
+        except ValueError:
+            classes = 0
+        if classes < 1:
+            raise SettingsError(f"labels 'balanced:K' needs an int K >= 1 (the number of classes), got {labels!r}")
+        return np.arange(n, dtype=np.int64) % classes, labels
+    if isinstance(labels, str):
+        try:
+            values = np.load(labels, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"labels must be 'balanced:K' or a .npy file of {n} integers; {labels!r}: "
+                                f"{err}") from None
+        with open(labels, "rb") as f:
+            record = {"file": os.path.abspath(labels), "sha256": hashlib.sha256(f.read()).hexdigest()}
+    else:
+        raise SettingsError(f"labels must be 'balanced:K' or the path of a .npy file, got {labels!r}")
+    if values.shape != (n,) or values.dtype.kind not in "iu":
+        raise SettingsError(f"labels must hold {n} integers (one per sample), got {values.dtype} {values.shape}")
+    return values.astype(np.int64), record
+
+
 def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
              shard_size: int = 65536, chunk_size: int | None = None, memory_budget="256MB", shape=None,
-             prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False) -> dict:
+             prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False,
+             labels=None, label_key: str = "y", guidance_scale: float | None = None,
+             null_label: int | None = None) -> dict:
     """Generate n samples into folder `out` (see the module docstring); returns the manifest.
 
     The chunk size (samples per sampling call) is chunk_size, or the most samples whose working set
     (WORKING_SET_COPIES float32 copies of the state) fits in memory_budget; the model's own activations come on top.
+    ``labels`` ("balanced:K" or a .npy file of n integers) gives sample i the class label labels[i], passed to the
+    model as the keyword ``label_key``; with ``guidance_scale`` the model is guided against ``null_label``.
+    Labels, key and guidance are part of the settings a resumed run must repeat.
     """
     if sampler not in SAMPLERS:
         raise SettingsError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -420,6 +453,15 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     if shards > MAX_SHARDS:
         raise SettingsError(f"n={n:,} in shards of {shard_size:,} makes {shards:,} shards, more than {MAX_SHARDS:,}: "
                             f"raise shard_size (--shard-size)")
+    label_values, label_record = _labels(labels, n)
+    if guidance_scale is not None:
+        if label_values is None or null_label is None:
+            raise SettingsError("guidance_scale needs labels and null_label (the unconditional label)")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or \
+                not math.isfinite(guidance_scale):
+            raise SettingsError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    elif null_label is not None:
+        raise SettingsError("null_label is for guidance: give guidance_scale")
     src = load_source(source, sampler, shape, prediction)
     per_sample = math.prod(src.shape) * 4
     if chunk_size is None:
@@ -439,6 +481,10 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "seed": seed,
                 "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
                 "dtype": "float32"}
+    if label_values is not None:
+        settings.update(labels=label_record, label_key=label_key)
+    if guidance_scale is not None:
+        settings.update(guidance_scale=float(guidance_scale), null_label=int(null_label))
     ranges = [(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(shards)]
     file_bytes = {count: count * per_sample + len(_npy_header((count,) + src.shape))
                   for count in {hi - lo for _, lo, hi in (ranges[0], ranges[-1])}}
@@ -455,13 +501,14 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     _agree(distributed, True)
     try:
         return _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet,
-                    allow_nonfinite)
+                    allow_nonfinite, label_values)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet, allow_nonfinite):
+def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet, allow_nonfinite,
+         labels=None):
     n, seed, sampler, steps, spacing = (settings[k] for k in ("n", "seed", "sampler", "steps", "spacing"))
     for name in os.listdir(out):  # a killed run's partial files of this rank's shards never count
         owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % world == rank
@@ -486,15 +533,28 @@ def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, ch
     start = time.perf_counter()
     samplers = []  # the loop, planned (on CUDA: captured) once and drawn for every chunk
 
+    def chunk_kwargs(lo: int):
+        """The chunk's labels (its padding past n takes label 0: those samples are cut)."""
+        if labels is None:
+            return None
+        chunk = np.zeros(chunk_size, dtype=np.int64)
+        part = labels[lo:lo + chunk_size]
+        chunk[:len(part)] = part
+        return {settings["label_key"]: torch.from_numpy(chunk)}
+
     def draw(lo: int, hi: int) -> np.ndarray:
         seeds = sample_seeds(seed, lo, lo + chunk_size)
+        kwargs = chunk_kwargs(lo)
         try:
             if not samplers:
+                guided = {} if "guidance_scale" not in settings else dict(
+                    guidance_scale=settings["guidance_scale"],
+                    uncond_kwargs={settings["label_key"]: torch.tensor([settings["null_label"]])})
                 samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
                                              spacing=spacing, prediction=src.prediction, per_sample_seeds=seeds,
-                                             device=device))
+                                             device=device, model_kwargs=kwargs, **guided))
             with torch.no_grad():
-                x = samplers[0].draw(per_sample_seeds=seeds.to(device))[: hi - lo]
+                x = samplers[0].draw(per_sample_seeds=seeds.to(device), model_kwargs=kwargs)[: hi - lo]
         except Exception as err:
             hint = (" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
                     "a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")

@@ -31,3 +31,8 @@ def slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def missing_key(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return {"sample": x}["eps"]
+
+
+def labelled(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A class-conditional eps model (class k pulls towards k, the null label -1 towards 0), row-wise."""
+    return 0.5 * x - 0.3 * y.to(x.dtype).reshape(-1, *[1] * (x.dim() - 1)).clamp_min(0)

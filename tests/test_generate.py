@@ -187,3 +187,47 @@ def test_a_model_returning_another_device_is_an_error():
 
     with pytest.raises(ValueError, match="model must return a tensor of the state's shape .* on cpu, got .* on meta"):
         fastgen.sample(meta, (4, 2), steps=2, prediction="eps", device="cpu")
+
+
+def test_labels_follow_their_samples_and_are_recorded(tmp_path):
+    """Sample i gets label i % 3 (balanced:3) or labels[i] from a file, at any chunk size; the labels and the
+    guidance settings are in the manifest; guided runs differ from unguided ones and repeat exactly."""
+    common = dict(shape=(2,), prediction="eps", steps=8, shard_size=50, quiet=True)
+    a = generate("gen_models:labelled", 120, str(tmp_path / "a"), labels="balanced:3", chunk_size=50, **common)
+    generate("gen_models:labelled", 120, str(tmp_path / "b"), labels="balanced:3", chunk_size=17, **common)
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    assert a["settings"]["labels"] == "balanced:3" and a["settings"]["label_key"] == "y"
+    path = tmp_path / "labels.npy"
+    np.save(path, np.arange(120) % 3)
+    c = generate("gen_models:labelled", 120, str(tmp_path / "c"), labels=str(path), chunk_size=50, **common)
+    assert np.array_equal(load(str(tmp_path / "c")), load(str(tmp_path / "a")))
+    assert c["settings"]["labels"]["sha256"] and c["settings"]["labels"]["file"].endswith("labels.npy")
+    x = load(str(tmp_path / "a"))
+    means = [x[np.arange(120) % 3 == k].mean() for k in range(3)]
+    assert means[0] < means[1] < means[2]  # the label moved the samples
+    g = generate("gen_models:labelled", 120, str(tmp_path / "g"), labels="balanced:3", guidance_scale=3.0,
+                 null_label=-1, chunk_size=50, **common)
+    assert g["settings"]["guidance_scale"] == 3.0 and g["settings"]["null_label"] == -1
+    guided = load(str(tmp_path / "g"))
+    assert not np.array_equal(guided, x)
+    generate("gen_models:labelled", 120, str(tmp_path / "h"), labels="balanced:3", guidance_scale=3.0,
+             null_label=-1, chunk_size=33, **common)
+    assert np.array_equal(load(str(tmp_path / "h")), guided)
+
+
+def test_bad_labels_are_settings_errors(tmp_path):
+    common = dict(shape=(2,), prediction="eps", steps=2, quiet=True)
+    np.save(tmp_path / "short.npy", np.arange(5))
+    with pytest.raises(generation.SettingsError, match="labels must hold 10 integers"):
+        generate("gen_models:labelled", 10, str(tmp_path / "a"), labels=str(tmp_path / "short.npy"), **common)
+    with pytest.raises(generation.SettingsError, match="balanced:K"):
+        generate("gen_models:labelled", 10, str(tmp_path / "a"), labels="balanced:x", **common)
+    with pytest.raises(generation.SettingsError, match="guidance_scale needs labels and null_label"):
+        generate("gen_models:labelled", 10, str(tmp_path / "a"), labels="balanced:2", guidance_scale=2.0, **common)
+    with pytest.raises(generation.SettingsError, match="null_label is for guidance"):
+        generate("gen_models:labelled", 10, str(tmp_path / "a"), labels="balanced:2", null_label=0, **common)
+    result = cli("generate", "gen_models:labelled", "-n", "6", "--out", str(tmp_path / "cli"), "--shape", "2",
+                 "--prediction", "eps", "--steps", "2", "--labels", "balanced:2", "--guidance-scale", "2",
+                 "--null-label", "-1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert verify(str(tmp_path / "cli"))["settings"]["labels"] == "balanced:2"
