@@ -236,7 +236,12 @@ def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
     args = ["generate", "gen_models:slow", "--shape", "2", "-n", "12000", "--steps", "10", "--shard-size", "250",
             "--chunk-size", "250", "--quiet"]
     out = tmp_path / "g"
-    proc = start(*args, out=out)
+
+    def as_from_a_terminal():  # SIGINT handled by default and not blocked, whatever the test runner left
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    proc = start(*args, out=out, preexec_fn=as_from_a_terminal)
     wait_for_shards(out, 2, proc)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
