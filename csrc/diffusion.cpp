@@ -46,6 +46,11 @@ struct StepInputs {
   int64_t sample_offset;
   const OptTensor& uncond_out;  // classifier-free guidance: the step reads u + w (c - u)
   const OptTensor& guidance;    // w, (1,) or (B,) float32
+  double guidance_rescale;      // phi: the guided output times phi std(c_b) / std(g_b) + 1 - phi
+  const OptTensor& known;       // inpainting: where known_mask, x <- known_keep known + known_std xi
+  const OptTensor& known_mask;  // bool, the shape of x or of one sample
+  double known_keep;
+  double known_std;
 };
 
 void check_step(const StepInputs& in) {
@@ -111,6 +116,25 @@ void check_step(const StepInputs& in) {
     FASTGEN_CHECK(g.device() == x.device() && g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.dim() == 1 &&
                       (g.size(0) == 1 || g.size(0) == batch),
                   "guidance must be contiguous float32 of shape (1,) or (", batch, ",) on the device of x");
+  }
+  FASTGEN_CHECK(std::isfinite(in.guidance_rescale) && in.guidance_rescale >= 0.0 && in.guidance_rescale <= 1.0 &&
+                    (in.guidance_rescale == 0.0 || in.uncond_out.has_value()),
+                "guidance_rescale must be in [0, 1] and needs uncond_out and guidance, got ", in.guidance_rescale);
+  FASTGEN_CHECK(in.known.has_value() == in.known_mask.has_value(),
+                "known and known_mask go together (inpainting needs both)");
+  if (in.known.has_value()) {
+    const Tensor& k = *in.known;
+    const Tensor& m = *in.known_mask;
+    FASTGEN_CHECK(k.device() == x.device() && k.sizes() == x.sizes() && k.is_contiguous(),
+                  "known must be contiguous with the shape of x on its device");
+    FASTGEN_CHECK_TYPE(k.scalar_type() == torch::kFloat32, "known must have dtype float32, got ", k.scalar_type());
+    FASTGEN_CHECK_TYPE(m.scalar_type() == torch::kBool, "known_mask must have dtype bool, got ", m.scalar_type());
+    FASTGEN_CHECK(m.device() == x.device() && m.is_contiguous() &&
+                      (m.sizes() == x.sizes() || m.sizes() == x.sizes().slice(1)),
+                  "known_mask must be contiguous with the shape of x or of one sample on the device of x, got ",
+                  m.sizes());
+    FASTGEN_CHECK(std::isfinite(in.known_keep) && std::isfinite(in.known_std) && in.known_std >= 0.0,
+                  "known_keep must be finite and known_std finite and >= 0");
   }
   FASTGEN_CHECK(in.seed >= 0 && in.offset >= 0 && in.sample_offset >= 0, "seed and offsets must be non-negative");
   if (in.clip.has_value()) FASTGEN_CHECK(*in.clip > 0.0, "clip must be > 0, got ", *in.clip);
@@ -263,17 +287,56 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
   });
 }
 
+// Guidance rescale: per sample, phi std(c) / std(g) + 1 - phi with g = u + w (c - u) (1 where g is constant);
+// sums in double, shifted by the sample's first element.
+template <typename T>
+std::vector<float> rescale_factors(const T* c, const T* u, const float* guide, bool guide_shared, double phi,
+                                   int64_t batch, int64_t size) {
+  std::vector<float> scales(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const double w = guide[guide_shared ? 0 : b];
+      const T* cb = c + b * size;
+      const T* ub = u + b * size;
+      auto guided = [&](int64_t j) {
+        const double cv = static_cast<float>(cb[j]), uv = static_cast<float>(ub[j]);
+        return uv + w * (cv - uv);
+      };
+      const double c0 = static_cast<float>(cb[0]), g0 = guided(0);
+      double sum_c = 0.0, sq_c = 0.0, sum_g = 0.0, sq_g = 0.0;
+      for (int64_t j = 0; j < size; ++j) {
+        const double dc = static_cast<float>(cb[j]) - c0, dg = guided(j) - g0;
+        sum_c += dc;
+        sq_c += dc * dc;
+        sum_g += dg;
+        sq_g += dg * dg;
+      }
+      const double ss_c = std::max(sq_c - sum_c * sum_c / size, 0.0), ss_g = std::max(sq_g - sum_g * sum_g / size, 0.0);
+      const double ratio = ss_g > 0.0 ? std::sqrt(ss_c / ss_g) : 1.0;
+      scales[b] = static_cast<float>(phi * ratio + 1.0 - phi);
+    }
+  });
+  return scales;
+}
+
 void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                         int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
                         int64_t aux_store, const OptTensor& noise, int64_t seed, int64_t offset,
                         const OptTensor& rng_state, const OptTensor& sample_seeds, int64_t sample_offset,
-                        const OptTensor& uncond_out, const OptTensor& guidance) {
-  const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-                      sample_seeds, sample_offset, uncond_out, guidance};
+                        const OptTensor& uncond_out, const OptTensor& guidance, double guidance_rescale,
+                        const OptTensor& known, const OptTensor& known_mask, double known_keep, double known_std) {
+  const StepInputs in{x,      model_out,    coef,          index,    prediction,       clip,  clip_eps,
+                      aux,    aux_store,    noise,         seed,     offset,           rng_state,
+                      sample_seeds, sample_offset, uncond_out, guidance, guidance_rescale, known, known_mask,
+                      known_keep, known_std};
   check_step(in);
   if (x.numel() == 0) return;
   const float* guide = guidance.has_value() ? guidance->data_ptr<float>() : nullptr;
   const bool guide_shared = guidance.has_value() && guidance->numel() == 1;
+  const float* known_p = known.has_value() ? known->data_ptr<float>() : nullptr;
+  const bool* mask_p = known.has_value() ? known_mask->data_ptr<bool>() : nullptr;
+  const bool mask_shared = known.has_value() && known_mask->numel() != x.numel();
+  const float keep = static_cast<float>(known_keep), known_scale = static_cast<float>(known_std);
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
   const bool shared_row = v.index == nullptr ? v.coef_rows == 1 : v.index_size == 1;
@@ -286,6 +349,9 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
     T* xp = x.data_ptr<T>();
     const T* op = model_out.data_ptr<T>();
     const T* up = uncond_out.has_value() ? uncond_out->data_ptr<T>() : nullptr;
+    const std::vector<float> scales = guidance_rescale > 0.0 ? rescale_factors(op, up, guide, guide_shared,
+                                                                               guidance_rescale, x.size(0), size)
+                                                             : std::vector<float>();
     at::parallel_for(0, x.numel(), 1 << 13, [&](int64_t begin, int64_t end) {
       float xs[cpu::kBlock], outs[cpu::kBlock], noise_buf[cpu::kBlock], aux_buf[cpu::kBlock], next[cpu::kBlock],
           x0[cpu::kBlock];
@@ -294,6 +360,7 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         const int64_t first_sample = i / size, last_sample = (i + n - 1) / size;
         bool noisy = false;
         for (int64_t b = first_sample; b <= last_sample && !noisy; ++b) noisy = v.row(b)[kCNoise] != 0.0f;
+        noisy = noisy || known_p != nullptr;  // the known region is re-noised from the element's noise
         if (!noisy) {
           std::fill(noise_buf, noise_buf + n, 0.0f);
         } else if (src.sample_seeds == nullptr) {
@@ -321,11 +388,11 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         if (up != nullptr) {  // classifier-free guidance: the output read is u + w (c - u), one w per run of a sample
           for (int64_t j = 0; j < n;) {
             const int64_t b = (i + j) / size;
-            const int64_t stop = guide_shared ? n : std::min(n, (b + 1) * size - i);
-            const float w = guide[guide_shared ? 0 : b];
+            const int64_t stop = guide_shared && scales.empty() ? n : std::min(n, (b + 1) * size - i);
+            const float w = guide[guide_shared ? 0 : b], scale = scales.empty() ? 1.0f : scales[b];
             for (int64_t k = j; k < stop; ++k) {
               const float c = static_cast<float>(op[i + k]), u = static_cast<float>(up[i + k]);
-              outs[k] = u + w * (c - u);
+              outs[k] = (u + w * (c - u)) * scale;
             }
             j = stop;
           }
@@ -355,6 +422,13 @@ void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, c
         if (!direct || aux_store == kAuxIncrement) {
           for (int64_t j = 0; j < n; ++j) xp[i + j] = static_cast<T>(next[j]);
         }
+        if (known_p != nullptr) {  // inpainting: the known region re-noised to the level the step lands on
+          for (int64_t j = 0; j < n; ++j) {
+            if (mask_p[mask_shared ? (i + j) % size : i + j]) {
+              xp[i + j] = static_cast<T>(keep * known_p[i + j] + known_scale * noise_buf[j]);
+            }
+          }
+        }
       }
     });
   });
@@ -366,8 +440,10 @@ const OptTensor kNone;
 StepInputs corrector_inputs(const Tensor& x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
                             int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
                             const OptTensor& sample_seeds, int64_t sample_offset) {
-  const StepInputs in{x, model_out, coef, index, prediction, c10::nullopt, false, kNone, 0, kNone, seed, offset,
-                      rng_state, sample_seeds, sample_offset, kNone, kNone};
+  const StepInputs in{x,         model_out,    coef,          index, prediction, c10::nullopt, false,
+                      kNone,     0,            kNone,         seed,  offset,     rng_state,    sample_seeds,
+                      sample_offset, kNone, kNone,         0.0,   kNone,      kNone,        1.0,
+                      0.0};
   check_step(in);
   FASTGEN_CHECK(std::isfinite(snr) && snr > 0.0, "snr must be finite and > 0, got ", snr);
   return in;
@@ -454,6 +530,12 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
   a.uncond_out = in.uncond_out.has_value() ? in.uncond_out->data_ptr() : nullptr;
   a.guidance = in.guidance.has_value() ? in.guidance->data_ptr<float>() : nullptr;
   a.guidance_size = in.guidance.has_value() ? in.guidance->numel() : 0;
+  a.guidance_rescale = static_cast<float>(in.guidance_rescale);
+  a.known = in.known.has_value() ? in.known->data_ptr<float>() : nullptr;
+  a.known_mask = in.known.has_value() ? in.known_mask->data_ptr<bool>() : nullptr;
+  a.known_mask_shared = in.known.has_value() && in.known_mask->numel() != in.x.numel();
+  a.known_keep = static_cast<float>(in.known_keep);
+  a.known_std = static_cast<float>(in.known_std);
   return a;
 }
 
@@ -462,9 +544,12 @@ void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, 
                         int64_t aux_store,
                          const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
                          const OptTensor& sample_seeds, int64_t sample_offset, const OptTensor& uncond_out,
-                         const OptTensor& guidance) {
-  const StepInputs in{x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-                      sample_seeds, sample_offset, uncond_out, guidance};
+                         const OptTensor& guidance, double guidance_rescale, const OptTensor& known,
+                         const OptTensor& known_mask, double known_keep, double known_std) {
+  const StepInputs in{x,      model_out,    coef,          index,    prediction,       clip,  clip_eps,
+                      aux,    aux_store,    noise,         seed,     offset,           rng_state,
+                      sample_seeds, sample_offset, uncond_out, guidance, guidance_rescale, known, known_mask,
+                      known_keep, known_std};
   check_step(in);
   const c10::cuda::CUDAGuard guard(x.device());
   C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), c10::cuda::getCurrentCUDAStream()));

@@ -94,6 +94,25 @@ class GaussianMixture:
                     - 0.5 * self.dim * math.log(2 * math.pi))  # fmt: skip
         return log_comp, diff / var
 
+    def conditional(self, known_mask, values) -> GaussianMixture:
+        """The law of the unknown coordinates given the known ones, exactly: the components restricted to the
+        coordinates where ``known_mask`` (bool, (D,)) is False, weighted by w_k N(values; mu_k, sigma_k^2) on the
+        known ones (``values``: (D,) or the known coordinates alone; the components are diagonal, so each keeps
+        its mean and standard deviations)."""
+        mask = torch.as_tensor(known_mask)
+        if mask.dtype != torch.bool or mask.shape != (self.dim,) or bool(mask.all()) or not bool(mask.any()):
+            raise ValueError(f"known_mask must be a ({self.dim},) bool tensor with known and unknown coordinates, "
+                             f"got {known_mask!r}")
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if values.shape[0] == self.dim:
+            values = values[mask]
+        if values.shape[0] != int(mask.sum()):
+            raise ValueError(f"values must give the {int(mask.sum())} known coordinates (or all {self.dim}), got "
+                             f"{values.shape[0]}")
+        mu, sd = self.means[:, mask], self.stds[:, mask]
+        log_w = self.weights.log() + torch.distributions.Normal(mu, sd).log_prob(values).sum(-1)
+        return GaussianMixture(self.means[:, ~mask], self.stds[:, ~mask], torch.softmax(log_w, 0))
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x), shape (B,)."""
         return torch.logsumexp(self._components(x)[0], dim=-1)

@@ -65,33 +65,79 @@ __device__ __forceinline__ float noise_at(const DiffusionStepArgs& a, int64_t i,
 }
 
 template <typename T>
+__device__ __forceinline__ float guided(const DiffusionStepArgs& a, int64_t i, int64_t sample) {
+  const float c = load(static_cast<const T*>(a.model_out), i), u = load(static_cast<const T*>(a.uncond_out), i);
+  return u + a.guidance[a.guidance_size == 1 ? 0 : sample] * (c - u);
+}
+
+// The step on element i of `sample`; a guided output is multiplied by `scale` (guidance rescale).
+template <typename T>
+__device__ __forceinline__ void step_element(const DiffusionStepArgs& a, int64_t i, int64_t sample, uint64_t seed,
+                                             uint64_t offset, float scale) {
+  T* x = static_cast<T*>(a.x);
+  const float* c = coef_row(a, sample);
+  const float xv = load(x, i);
+  // classifier-free guidance: (u + w (c - u)) scale
+  const float o = a.uncond_out != nullptr ? guided<T>(a, i, sample) * scale : load(static_cast<const T*>(a.model_out), i);
+  const Conversion r = convert(o, xv, c, a.prediction, a.clip, a.clip_eps);
+  float next = term(c[kCX], xv) + term(c[kCX0], r.x0) + term(c[kCEps], r.eps);
+  if (a.aux != nullptr) next += term(c[kCAux], a.aux[i]);
+  const bool known = a.known != nullptr && a.known_mask[a.known_mask_shared ? i - sample * a.sample_size : i];
+  const float xi = c[kCNoise] != 0.0f || known ? noise_at(a, i, sample, seed, offset) : 0.0f;
+  if (c[kCNoise] != 0.0f) next += c[kCNoise] * xi;
+  if (a.aux_store == kAuxX0) a.aux[i] = r.x0;
+  if (a.aux_store == kAuxIncrement) a.aux[i] = next - xv;
+  // inpainting: the known region re-noised to the level the step lands on
+  if (known) next = a.known_keep * a.known[i] + a.known_std * xi;
+  store(x, i, next);
+}
+
+template <typename T>
 __global__ void diffusion_step_kernel(DiffusionStepArgs a) {
   uint64_t seed, offset;
   resolve_rng(a.rng, &seed, &offset);
-  T* x = static_cast<T*>(a.x);
-  const T* out = static_cast<const T*>(a.model_out);
   const int64_t tile = static_cast<int64_t>(kThreads) * kItemsPerThread;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * tile + threadIdx.x;
 #pragma unroll
   for (int it = 0; it < kItemsPerThread; ++it) {
     const int64_t i = base + static_cast<int64_t>(it) * kThreads;
     if (i >= a.numel) break;
-    const int64_t sample = i / a.sample_size;
-    const float* c = coef_row(a, sample);
-    const float xv = load(x, i);
-    float o = load(out, i);
-    if (a.uncond_out != nullptr) {  // classifier-free guidance: u + w (c - u)
-      const float u = load(static_cast<const T*>(a.uncond_out), i);
-      o = u + a.guidance[a.guidance_size == 1 ? 0 : sample] * (o - u);
-    }
-    const Conversion r = convert(o, xv, c, a.prediction, a.clip, a.clip_eps);
-    float next = term(c[kCX], xv) + term(c[kCX0], r.x0) + term(c[kCEps], r.eps);
-    if (a.aux != nullptr) next += term(c[kCAux], a.aux[i]);
-    if (c[kCNoise] != 0.0f) next += c[kCNoise] * noise_at(a, i, sample, seed, offset);
-    if (a.aux_store == kAuxX0) a.aux[i] = r.x0;
-    if (a.aux_store == kAuxIncrement) a.aux[i] = next - xv;
-    store(x, i, next);
+    step_element<T>(a, i, i / a.sample_size, seed, offset, 1.0f);
   }
+}
+
+// Guidance rescale: one block per sample; the sums of c, c^2, g, g^2 (shifted by the sample's first element),
+// then the step with g scaled by phi std(c) / std(g) + 1 - phi (1 where g is constant).
+template <typename T>
+__global__ void rescaled_step_kernel(DiffusionStepArgs a) {
+  __shared__ float partial[kThreads / 32];
+  __shared__ float scale;
+  uint64_t seed, offset;
+  resolve_rng(a.rng, &seed, &offset);
+  const int64_t sample = blockIdx.x;
+  const int64_t first = sample * a.sample_size;
+  const T* out = static_cast<const T*>(a.model_out);
+  const float c0 = load(out, first), g0 = guided<T>(a, first, sample);
+  float sum_c = 0.0f, sq_c = 0.0f, sum_g = 0.0f, sq_g = 0.0f;
+  for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) {
+    const float dc = load(out, first + d) - c0, dg = guided<T>(a, first + d, sample) - g0;
+    sum_c += dc;
+    sq_c += dc * dc;
+    sum_g += dg;
+    sq_g += dg * dg;
+  }
+  sum_c = block_sum(sum_c, partial);
+  sq_c = block_sum(sq_c, partial);
+  sum_g = block_sum(sum_g, partial);
+  sq_g = block_sum(sq_g, partial);
+  if (threadIdx.x == 0) {
+    const float n = static_cast<float>(a.sample_size);
+    const float ss_c = fmaxf(sq_c - sum_c * sum_c / n, 0.0f), ss_g = fmaxf(sq_g - sum_g * sum_g / n, 0.0f);
+    const float ratio = ss_g > 0.0f ? sqrtf(ss_c / ss_g) : 1.0f;
+    scale = a.guidance_rescale * ratio + 1.0f - a.guidance_rescale;
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < a.sample_size; d += kThreads) step_element<T>(a, first + d, sample, seed, offset, scale);
 }
 
 // One block per sample: |s_b| and |xi_b|, then the corrector update.
@@ -131,6 +177,20 @@ __global__ void langevin_correct_kernel(DiffusionStepArgs a, float snr) {
 
 cudaError_t diffusion_step(const DiffusionStepArgs& a, cudaStream_t stream) {
   if (a.numel == 0) return cudaSuccess;
+  if (a.guidance_rescale > 0.0f && a.uncond_out != nullptr) {
+    const unsigned samples = static_cast<unsigned>(a.numel / a.sample_size);
+    switch (a.dtype) {
+      case kFloat16:
+        rescaled_step_kernel<__half><<<samples, kThreads, 0, stream>>>(a);
+        break;
+      case kBFloat16:
+        rescaled_step_kernel<__nv_bfloat16><<<samples, kThreads, 0, stream>>>(a);
+        break;
+      default:
+        rescaled_step_kernel<float><<<samples, kThreads, 0, stream>>>(a);
+    }
+    return cudaGetLastError();
+  }
   const int64_t tile = static_cast<int64_t>(kThreads) * kItemsPerThread;
   const unsigned blocks = static_cast<unsigned>((a.numel + tile - 1) / tile);
   switch (a.dtype) {

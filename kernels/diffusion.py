@@ -75,41 +75,14 @@ def noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample
 
 
 @triton.jit
-def diffusion_step_kernel(
-    x_ptr,  # (B * D,) state, in place
-    out_ptr,  # (B * D,) model output
-    coef_ptr,  # (rows, 8) float32
-    n_rows,  # rows of coef
-    index_ptr,  # (1,) or (B,) int64 rows when INDEX_MODE > 0
-    aux_ptr,  # (B * D,) float32 when HAS_AUX
-    noise_ptr,  # (B * D,) float32 when NOISE_MODE == 1
-    seeds_ptr,  # (B,) int64 when NOISE_MODE == 2
-    uncond_ptr,  # (B * D,) unconditional model output when GUIDE_MODE > 0
-    guidance_ptr,  # (1,) or (B,) float32 guidance scales when GUIDE_MODE is 1 or 2
-    numel,
-    size,  # D
-    clip,
-    seed,
-    offset,
-    sample_offset,
-    rng_state_ptr,
-    PREDICTION: tl.constexpr,
-    HAS_CLIP: tl.constexpr,
-    CLIP_EPS: tl.constexpr,
-    COEF_PER_SAMPLE: tl.constexpr,
-    INDEX_MODE: tl.constexpr,
-    HAS_AUX: tl.constexpr,
-    AUX_STORE: tl.constexpr,
-    NOISE_MODE: tl.constexpr,
-    HAS_STATE: tl.constexpr,
-    GUIDE_MODE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    idx = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < numel
-    seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
-    sample = idx // size
+def step_elements(
+    x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, aux_ptr, noise_ptr, seeds_ptr, uncond_ptr, guidance_ptr, known_ptr,
+    known_mask_ptr, idx, mask, sample, size, clip, seed, offset, sample_offset, scale, known_keep, known_std,
+    PREDICTION: tl.constexpr, HAS_CLIP: tl.constexpr, CLIP_EPS: tl.constexpr, COEF_PER_SAMPLE: tl.constexpr,
+    INDEX_MODE: tl.constexpr, HAS_AUX: tl.constexpr, AUX_STORE: tl.constexpr, NOISE_MODE: tl.constexpr,
+    GUIDE_MODE: tl.constexpr, KNOWN_MODE: tl.constexpr,
+):  # fmt: skip
+    """The step on elements idx (of samples `sample`); the guided output is multiplied by `scale` (rescale)."""
     row, bad = coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE, INDEX_MODE)
     alpha = tl.load(coef_ptr + row + ALPHA, mask=mask, other=1.0)
     sigma = tl.load(coef_ptr + row + SIGMA, mask=mask, other=1.0)
@@ -121,13 +94,8 @@ def diffusion_step_kernel(
     c_noise = tl.load(coef_ptr + row + C_NOISE, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    if GUIDE_MODE > 0:  # classifier-free guidance: u + w (c - u)
-        uncond = tl.load(uncond_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if GUIDE_MODE == 2:
-            w = tl.load(guidance_ptr + sample, mask=mask, other=1.0)
-        else:
-            w = tl.load(guidance_ptr + sample * 0, mask=mask, other=1.0)
-        out = uncond + w * (out - uncond)
+    if GUIDE_MODE > 0:  # classifier-free guidance: (u + w (c - u)) scale
+        out = guided(out_ptr, uncond_ptr, guidance_ptr, idx, sample, mask, GUIDE_MODE) * scale
     x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
     xi = noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE)
     nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
@@ -137,7 +105,119 @@ def diffusion_step_kernel(
             tl.store(aux_ptr + idx, x0, mask=mask)
         if AUX_STORE == AUX_INCREMENT:
             tl.store(aux_ptr + idx, nxt - x, mask=mask)
+    if KNOWN_MODE > 0:  # inpainting: the known region re-noised to the level the step lands on
+        where = idx
+        if KNOWN_MODE == 2:
+            where = idx - sample * size
+        keep = tl.load(known_mask_ptr + where, mask=mask, other=0) != 0
+        nxt = tl.where(keep, known_keep * tl.load(known_ptr + idx, mask=mask, other=0.0) + known_std * xi, nxt)
     tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def guided(out_ptr, uncond_ptr, guidance_ptr, idx, sample, mask, GUIDE_MODE: tl.constexpr):
+    """u + w (c - u): w one value (GUIDE_MODE 1) or one per sample (2)."""
+    c = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(uncond_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if GUIDE_MODE == 2:
+        w = tl.load(guidance_ptr + sample, mask=mask, other=1.0)
+    else:
+        w = tl.load(guidance_ptr + sample * 0, mask=mask, other=1.0)
+    return u + w * (c - u)
+
+
+@triton.jit
+def diffusion_step_kernel(
+    x_ptr,  # (B * D,) state, in place
+    out_ptr,  # (B * D,) model output
+    coef_ptr,  # (rows, 8) float32
+    n_rows,  # rows of coef
+    index_ptr,  # (1,) or (B,) int64 rows when INDEX_MODE > 0
+    aux_ptr,  # (B * D,) float32 when HAS_AUX
+    noise_ptr,  # (B * D,) float32 when NOISE_MODE == 1
+    seeds_ptr,  # (B,) int64 when NOISE_MODE == 2
+    uncond_ptr,  # (B * D,) unconditional model output when GUIDE_MODE > 0
+    guidance_ptr,  # (1,) or (B,) float32 guidance scales when GUIDE_MODE is 1 or 2
+    known_ptr,  # (B * D,) float32 known data when KNOWN_MODE > 0
+    known_mask_ptr,  # (B * D,) (KNOWN_MODE 1) or (D,) (2) bool
+    numel,
+    size,  # D
+    clip,
+    seed,
+    offset,
+    sample_offset,
+    rng_state_ptr,
+    known_keep,
+    known_std,
+    PREDICTION: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    CLIP_EPS: tl.constexpr,
+    COEF_PER_SAMPLE: tl.constexpr,
+    INDEX_MODE: tl.constexpr,
+    HAS_AUX: tl.constexpr,
+    AUX_STORE: tl.constexpr,
+    NOISE_MODE: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    GUIDE_MODE: tl.constexpr,
+    KNOWN_MODE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < numel
+    seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
+    step_elements(
+        x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, aux_ptr, noise_ptr, seeds_ptr, uncond_ptr, guidance_ptr,
+        known_ptr, known_mask_ptr, idx, mask, idx // size, size, clip, seed, offset, sample_offset, 1.0, known_keep,
+        known_std, PREDICTION, HAS_CLIP, CLIP_EPS, COEF_PER_SAMPLE, INDEX_MODE, HAS_AUX, AUX_STORE, NOISE_MODE,
+        GUIDE_MODE, KNOWN_MODE,
+    )  # fmt: skip
+
+
+@triton.jit
+def rescaled_step_kernel(
+    x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, aux_ptr, noise_ptr, seeds_ptr, uncond_ptr, guidance_ptr, known_ptr,
+    known_mask_ptr, size, clip, seed, offset, sample_offset, rng_state_ptr, known_keep, known_std, rescale,
+    PREDICTION: tl.constexpr, HAS_CLIP: tl.constexpr, CLIP_EPS: tl.constexpr, COEF_PER_SAMPLE: tl.constexpr,
+    INDEX_MODE: tl.constexpr, HAS_AUX: tl.constexpr, AUX_STORE: tl.constexpr, NOISE_MODE: tl.constexpr,
+    HAS_STATE: tl.constexpr, GUIDE_MODE: tl.constexpr, KNOWN_MODE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Guidance rescale: one program per sample; the sums of c, c^2, g, g^2 over the sample (shifted by the first
+    element, for accuracy), then the step with g scaled by phi std(c) / std(g) + 1 - phi."""
+    sample = tl.program_id(0).to(tl.int64)
+    seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
+    lanes = tl.arange(0, BLOCK)
+    samples = sample + lanes * 0
+    first = sample * size
+    shift_c = tl.load(out_ptr + first + lanes * 0).to(tl.float32)
+    shift_g = guided(out_ptr, uncond_ptr, guidance_ptr, first + lanes * 0, samples, lanes >= 0, GUIDE_MODE)
+    sum_c = tl.zeros([BLOCK], dtype=tl.float32)
+    sq_c = tl.zeros([BLOCK], dtype=tl.float32)
+    sum_g = tl.zeros([BLOCK], dtype=tl.float32)
+    sq_g = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, size, BLOCK):
+        idx = first + start + lanes
+        mask = start + lanes < size
+        c = tl.where(mask, tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32) - shift_c, 0.0)
+        g = tl.where(mask, guided(out_ptr, uncond_ptr, guidance_ptr, idx, samples, mask, GUIDE_MODE) - shift_g, 0.0)
+        sum_c += c
+        sq_c += c * c
+        sum_g += g
+        sq_g += g * g
+    sc, sg = tl.sum(sum_c, axis=0), tl.sum(sum_g, axis=0)
+    ss_c = tl.maximum(tl.sum(sq_c, axis=0) - sc * sc / size, 0.0)
+    ss_g = tl.maximum(tl.sum(sq_g, axis=0) - sg * sg / size, 0.0)
+    ratio = tl.where(ss_g > 0, tl.sqrt(ss_c / tl.where(ss_g > 0, ss_g, 1.0)), 1.0)
+    scale = rescale * ratio + 1.0 - rescale
+    for start in range(0, size, BLOCK):
+        idx = first + start + lanes
+        mask = start + lanes < size
+        step_elements(
+            x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, aux_ptr, noise_ptr, seeds_ptr, uncond_ptr, guidance_ptr,
+            known_ptr, known_mask_ptr, idx, mask, samples, size, clip, seed, offset, sample_offset, scale, known_keep,
+            known_std, PREDICTION, HAS_CLIP, CLIP_EPS, COEF_PER_SAMPLE, INDEX_MODE, HAS_AUX, AUX_STORE, NOISE_MODE,
+            GUIDE_MODE, KNOWN_MODE,
+        )  # fmt: skip
 
 
 def _modes(x, coef, index, noise, sample_seeds):
@@ -148,14 +228,16 @@ def _modes(x, coef, index, noise, sample_seeds):
 
 def diffusion_step_(
     x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset, rng_state,
-    sample_seeds, sample_offset, uncond_out=None, guidance=None,
+    sample_seeds, sample_offset, uncond_out=None, guidance=None, guidance_rescale=0.0, known=None, known_mask=None,
+    known_keep=1.0, known_std=0.0,
 ):
     """fastgen_triton::diffusion_step_ (declared in fastgen/ops/diffusion.py)."""
     numel = x.numel()
     if numel == 0:
         return
     guide_mode = 0 if uncond_out is None else (1 if guidance.numel() == 1 else 2)
-    diffusion_step_kernel[(triton.cdiv(numel, BLOCK),)](
+    known_mode = 0 if known is None else (1 if known_mask.numel() == numel else 2)
+    pointers = (
         x, model_out, coef, coef.shape[0],
         index if index is not None else coef,
         aux if aux is not None else coef,
@@ -163,13 +245,26 @@ def diffusion_step_(
         sample_seeds if sample_seeds is not None else coef,
         uncond_out if uncond_out is not None else model_out,
         guidance if guidance is not None else coef,
-        numel, numel // x.shape[0], clip or 0.0, seed, offset, sample_offset,
-        rng_state if rng_state is not None else coef,
-        PREDICTION=prediction, HAS_CLIP=clip is not None, CLIP_EPS=clip_eps, HAS_AUX=aux is not None, AUX_STORE=aux_store,
-        HAS_STATE=rng_state is not None, GUIDE_MODE=guide_mode, BLOCK=BLOCK,
+        known if known is not None else coef,
+        known_mask if known_mask is not None else coef,
+    )  # fmt: skip
+    constants = dict(
+        PREDICTION=prediction, HAS_CLIP=clip is not None, CLIP_EPS=clip_eps, HAS_AUX=aux is not None,
+        AUX_STORE=aux_store, HAS_STATE=rng_state is not None, GUIDE_MODE=guide_mode, KNOWN_MODE=known_mode,
         **_modes(x, coef, index, noise, sample_seeds),
     )  # fmt: skip
-
+    state = rng_state if rng_state is not None else coef
+    size = numel // x.shape[0]
+    if guidance_rescale:
+        rescaled_step_kernel[(x.shape[0],)](
+            *pointers, size, clip or 0.0, seed, offset, sample_offset, state, known_keep, known_std,
+            guidance_rescale, BLOCK=CHAIN_BLOCK, **constants,
+        )  # fmt: skip
+        return
+    diffusion_step_kernel[(triton.cdiv(numel, BLOCK),)](
+        *pointers, numel, size, clip or 0.0, seed, offset, sample_offset, state, known_keep, known_std, BLOCK=BLOCK,
+        **constants,
+    )  # fmt: skip
 
 
 @triton.jit

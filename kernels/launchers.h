@@ -91,6 +91,8 @@ namespace cuda {
 // (eps then re-derived from it when clip_eps), and
 //   x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi   (terms with a zero coefficient dropped).
 // aux_store (enum AuxStore): none, aux <- x0, or aux <- x_new - x (a step's increment).
+// Classifier-free guidance reads g = u + w (c - u) for the model output (rescaled per sample when
+// guidance_rescale > 0); inpainting replaces the new state by known_keep known + known_std xi where known_mask.
 
 struct DiffusionStepArgs {
   void* x;                        // (B * D,) state, updated in place
@@ -114,6 +116,12 @@ struct DiffusionStepArgs {
   const void* uncond_out;         // (B * D,) of dtype: classifier-free guidance reads u + w (c - u); or null
   const float* guidance;          // (guidance_size,) w, one value or one per sample
   int64_t guidance_size;          // 1 or B
+  float guidance_rescale;         // phi > 0: g times phi std(c_b) / std(g_b) + 1 - phi (one block per sample)
+  const float* known;             // (B * D,) inpainting: where known_mask, x <- known_keep known + known_std xi
+  const bool* known_mask;         // (B * D,) or (D,) when known_mask_shared; null without inpainting
+  bool known_mask_shared;
+  float known_keep;
+  float known_std;
 };
 cudaError_t diffusion_step(const DiffusionStepArgs& args, cudaStream_t stream);
 

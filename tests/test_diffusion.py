@@ -258,6 +258,29 @@ def _step_samples(device, dtype):
                       coef=rows(6, g, True).to(device), prediction=3, sample_seeds=torch.arange(6, device=device),
                       uncond_out=torch.randn(6, 3, 4, generator=g).to(device, dtype),
                       guidance=torch.linspace(0, 5, 6).to(device)))
+    # guidance rescale (per-sample standard deviations; a sample longer than one reduction block, one of length 1)
+    for shape, w in [((4, 3, 700), [7.5]), ((3, 1), [2.0, 0.5, 4.0])]:
+        out.append(Sample(x=torch.randn(shape, generator=g).to(device, dtype),
+                          model_out=torch.randn(shape, generator=g).to(device, dtype) + 0.3,
+                          coef=rows(1, g, False).to(device), prediction=2, seed=4, offset=7,
+                          uncond_out=(0.5 * torch.randn(shape, generator=g)).to(device, dtype),
+                          guidance=torch.tensor(w, device=device), guidance_rescale=0.7))
+    # inpainting: a per-element mask on a noisy step with per-sample seeds; one mask for every sample on a step
+    # without noise of its own (the known region still draws it), with guidance and rescale
+    known = torch.randn(5, 2, 9, generator=g).to(device)
+    out.append(Sample(x=torch.randn(5, 2, 9, generator=g).to(device, dtype),
+                      model_out=torch.randn(5, 2, 9, generator=g).to(device, dtype), coef=rows(5, g, True).to(device),
+                      prediction=0, sample_seeds=torch.arange(5, device=device) + 11, sample_offset=3, known=known,
+                      known_mask=(torch.rand(5, 2, 9, generator=g) < 0.4).to(device), known_keep=0.8,
+                      known_std=0.6))
+    ode = rows(1, g, False)
+    ode[:, 7] = 0.0
+    out.append(Sample(x=torch.randn(5, 2, 9, generator=g).to(device, dtype),
+                      model_out=torch.randn(5, 2, 9, generator=g).to(device, dtype), coef=ode.to(device), prediction=1,
+                      seed=6, offset=2, known=known, known_mask=(torch.rand(2, 9, generator=g) < 0.5).to(device),
+                      known_keep=0.3, known_std=0.95,
+                      uncond_out=torch.randn(5, 2, 9, generator=g).to(device, dtype),
+                      guidance=torch.tensor([3.0], device=device), guidance_rescale=1.0))
     return out
 
 

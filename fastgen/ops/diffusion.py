@@ -96,6 +96,23 @@ def _diffusion_step_shapes(a) -> None:
                 and g.is_contiguous(),
                 lambda: f"guidance must be contiguous float32 of shape (1,) or ({batch},) on the device of x "
                         f"({a.x.device}), got {g.dtype} {tuple(g.shape)} on {g.device}")
+    require(math.isfinite(a.guidance_rescale) and 0 <= a.guidance_rescale <= 1 and
+            (a.guidance_rescale == 0 or a.uncond_out is not None),
+            lambda: f"guidance_rescale must be in [0, 1] and needs uncond_out and guidance, got {a.guidance_rescale}")
+    require((a.known is None) == (a.known_mask is None),
+            lambda: "known and known_mask go together (inpainting needs both)")
+    if a.known is not None:
+        check_like(a.known, "known", a.x, dtypes=(torch.float32,))
+        require(a.known.is_contiguous(), lambda: "known must be contiguous")
+        m = a.known_mask
+        require(isinstance(m, torch.Tensor) and m.dtype == torch.bool and m.device == a.x.device and
+                m.is_contiguous() and tuple(m.shape) in (tuple(a.x.shape), tuple(a.x.shape[1:])),
+                lambda: f"known_mask must be a contiguous bool tensor of shape {tuple(a.x.shape)} or "
+                        f"{tuple(a.x.shape[1:])} (one mask for every sample) on the device of x, got "
+                        f"{getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+        require(math.isfinite(a.known_keep) and math.isfinite(a.known_std) and a.known_std >= 0,
+                lambda: f"known_keep must be finite and known_std finite and >= 0, got {a.known_keep}, "
+                        f"{a.known_std}")
 
 
 def _langevin_correct_shapes(a) -> None:
@@ -107,7 +124,8 @@ _diffusion_step = loop.op(
     "diffusion_step_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=0, "
     "float? clip=None, bool clip_eps=True, Tensor(b!)? aux=None, int aux_store=0, Tensor? noise=None, int seed=0, "
     "int offset=0, Tensor? rng_state=None, Tensor? sample_seeds=None, int sample_offset=0, "
-    "Tensor? uncond_out=None, Tensor? guidance=None) -> ()",
+    "Tensor? uncond_out=None, Tensor? guidance=None, float guidance_rescale=0., Tensor? known=None, "
+    "Tensor? known_mask=None, float known_keep=1., float known_std=0.) -> ()",
     shapes=_diffusion_step_shapes)
 _langevin_correct = loop.op(
     "langevin_correct_(Tensor(a!) x, Tensor model_out, Tensor coef, Tensor? index=None, int prediction=3, "
@@ -336,12 +354,22 @@ def diffusion_step_(
     sample_offset: int = 0,
     uncond_out: torch.Tensor | None = None,  # (B, ...) the unconditional model output, for guidance
     guidance: torch.Tensor | float | None = None,  # w: a number, or (1,) / (B,) float32 on x's device
+    guidance_rescale: float = 0.0,  # phi in [0, 1]
+    known: torch.Tensor | None = None,  # (B, ...) data kept where known_mask (inpainting)
+    known_mask: torch.Tensor | None = None,  # bool, (B, ...) or one (...) mask for every sample
+    known_keep: float = 1.0,
+    known_std: float = 0.0,
 ) -> torch.Tensor:
     """One fused step x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring).
 
     Classifier-free guidance: with ``uncond_out`` and ``guidance`` w the step reads the model output
-    u + w (c - u) (c = ``model_out``, the conditional output; diffusers' convention: w = 1 is c, w = 0 is u),
-    combined in the same pass.
+    g = u + w (c - u) (c = ``model_out``, the conditional output; diffusers' convention: w = 1 is c, w = 0 is u),
+    combined in the same pass; ``guidance_rescale`` phi (Lin et al. 2024, diffusers' ``guidance_rescale``) reads
+    g (phi std(c_b) / std(g_b) + 1 - phi) instead, the standard deviations over each sample's elements.
+
+    Inpainting by replacement: where ``known_mask`` is True the new state is known_keep known + known_std xi
+    (the known data re-noised to the level the step lands on, xi the element's noise, drawn even when the step
+    itself has none), elsewhere the step's.
 
     ``clip`` clamps x0 to [-clip, clip]; eps is then re-derived from the clamped x0 unless
     ``clip_eps`` is False (diffusers' DDIM with use_clipped_model_output=False).
@@ -374,10 +402,15 @@ def diffusion_step_(
                 raise ValueError(f"guidance must be a finite number or a float32 tensor, got {guidance!r}")
             guidance = torch.full((1,), float(guidance), device=x.device)
         uncond_out = uncond_out.to(model_out.dtype).contiguous()
+    if known is not None:
+        check_like(known, "known", x)
+        known = known.to(torch.float32).contiguous()
     _diffusion_step(x=x, model_out=model_out.contiguous(), coef=coef, index=index, prediction=pred, clip=clip,
                     clip_eps=bool(clip_eps), aux=aux, aux_store=int(AUX_STORE[aux_store]),
                     noise=None if noise is None else noise.contiguous(), seed=seed, offset=offset, rng_state=state,
-                    sample_seeds=seeds, sample_offset=int(sample_offset), uncond_out=uncond_out, guidance=guidance)
+                    sample_seeds=seeds, sample_offset=int(sample_offset), uncond_out=uncond_out, guidance=guidance,
+                    guidance_rescale=float(guidance_rescale), known=known, known_mask=known_mask,
+                    known_keep=float(known_keep), known_std=float(known_std))
     return x
 
 
@@ -422,14 +455,15 @@ def noise_row(std: float, keep: float = 0.0, device=None) -> torch.Tensor:
 
 
 def add_noise_(x: torch.Tensor, row: torch.Tensor, *, noise=None, seed: int = 0, offset: int = 0, rng_state=None,
-               sample_seeds=None, sample_offset: int = 0, backend: str | None = None) -> torch.Tensor:
+               sample_seeds=None, sample_offset: int = 0, backend: str | None = None, **known) -> torch.Tensor:
     """x <- keep x + std xi, ``row = noise_row(std, keep)``, in one fused pass: a sampling loop's prior
-    draw (keep = 0: x is only written) or Karras et al.'s churn (keep = 1).
+    draw (keep = 0: x is only written) or Karras et al.'s churn (keep = 1); ``known`` arguments of the op
+    (known, known_mask, known_keep, known_std) draw the known region of an inpainting run instead.
 
     Arguments as the op's, passed on unconverted (callers convert once, before their loop; the op
     itself still checks them). Returns x."""
     _diffusion_step(x=x, model_out=x, coef=row, noise=noise, seed=seed, offset=offset, rng_state=rng_state,
-                    sample_seeds=sample_seeds, sample_offset=sample_offset, backend=backend)
+                    sample_seeds=sample_seeds, sample_offset=sample_offset, backend=backend, **known)
     return x
 
 

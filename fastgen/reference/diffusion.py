@@ -17,8 +17,11 @@ x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip
 terms with a zero coefficient dropped (so an unset x may enter with c_x = 0). aux_store 1 keeps x0 in aux, 2 keeps the
 increment x_new - x. xi is ``noise`` if given; else with ``sample_seeds`` sample b
 draws key sample_seeds[b] at positions sample_offset + j (j its element index);
-else element i draws position offset + i. Under classifier-free guidance the model output read is u + w (c - u), c the
-conditional output, u ``uncond_out`` and w ``guidance`` (one value, or one per sample).
+else element i draws position offset + i. Under classifier-free guidance the model output read is g = u + w (c - u), c
+the conditional output, u ``uncond_out`` and w ``guidance`` (one value, or one per sample); with guidance_rescale
+phi > 0 it is g (phi std(c_b) / std(g_b) + 1 - phi), the standard deviations over each sample's elements (Lin et al.
+2024; a sample whose g is constant is not rescaled). Inpainting: where ``known_mask`` is set (per element, or one
+mask for every sample) the new state is known_keep known + known_std xi instead, xi the element's noise.
 """
 
 from __future__ import annotations
@@ -58,6 +61,18 @@ def convert(out, x, alpha, sigma, k, prediction: int, clip, clip_eps: bool = Tru
     return x0, eps
 
 
+def guided(c, u, w, rescale: float = 0.0):
+    """u + w (c - u) per sample (w: one value or one per sample), times phi std(c_b) / std(g_b) + 1 - phi when
+    rescale = phi > 0 (std over each sample's elements; 1 where std(g_b) = 0)."""
+    g = u + w.reshape((-1,) + (1,) * (c.dim() - 1)) * (c - u)
+    if rescale:
+        dims = tuple(range(1, c.dim()))
+        std_c, std_g = c.double().std(dims, keepdim=True), g.double().std(dims, keepdim=True)
+        ratio = torch.where(std_g > 0, std_c / std_g, torch.ones_like(std_g))
+        g = (g.double() * (rescale * ratio + 1 - rescale)).to(g.dtype)
+    return g
+
+
 def _term(c, v):
     return torch.where(c != 0, c * v, torch.zeros_like(v))
 
@@ -75,9 +90,10 @@ def normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset) -> t
 
 
 def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, aux_store, noise, seed, offset,
-                    rng_state, sample_seeds, sample_offset, uncond_out=None, guidance=None):
+                    rng_state, sample_seeds, sample_offset, uncond_out=None, guidance=None, guidance_rescale=0.0,
+                    known=None, known_mask=None, known_keep=1.0, known_std=0.0):
     """x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi (see the module docstring), the model output
-    u + w (c - u) under classifier-free guidance (u = uncond_out, w = guidance[b] or guidance[0])."""
+    guided(c, u, w, phi) under classifier-free guidance, and known_keep known + known_std xi where known_mask."""
     if x.numel() == 0:
         return
     alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
@@ -85,9 +101,7 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
     xf = x.to(work)
     out = model_out.to(work)
     if uncond_out is not None:
-        w = guidance.to(work).reshape((-1,) + (1,) * (x.dim() - 1))
-        u = uncond_out.to(work)
-        out = u + w * (out - u)
+        out = guided(out, uncond_out.to(work), guidance.to(work), guidance_rescale)
     x0, eps = convert(out, xf, alpha, sigma, k, prediction, clip, clip_eps)
     xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset).to(work)
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
@@ -97,6 +111,8 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
             aux.copy_(x0)
         elif aux_store == AuxStore.INCREMENT:
             aux.copy_(nxt - xf)
+    if known is not None:
+        nxt = torch.where(known_mask, known_keep * known.to(work) + known_std * xi, nxt)
     x.copy_(nxt)
 
 

@@ -24,6 +24,7 @@ from ..constants import Coef
 from ..ops import REGISTRY
 from ..ops import diffusion as ops
 from ..ops._common import STATE_DTYPES, backend_for, positive_float
+from ..reference.diffusion import guided
 from ..rng import RNGState, resolve_seed
 from ..sde import SDE, DDPMSchedule, VESDE, VPSDE, get_sigmas_karras
 
@@ -40,6 +41,7 @@ class Stage:
     aux_store: str | None = None
     uses_aux: bool = False
     noise: bool = True  # whether the stage draws noise (reserves stream positions)
+    lands: tuple[float, float] | None = None  # (keep, std) of the level a step's result is at (inpainting)
 
 
 @dataclasses.dataclass
@@ -51,6 +53,20 @@ class Plan:
     prior_std: float
     prediction: str
     start: tuple[float, float] | None = None  # img2img: the first state is keep * data + std * xi
+    level: tuple[float, float] = (0.0, 1.0)  # (keep, std) of the first state's level
+
+
+DATA = (1.0, 0.0)  # the level of a finished sample: the data itself
+
+
+def _level(process, sampler: str, t) -> tuple[float, float]:
+    """(keep, std) of the sampler's state at model time t: x = keep x0 + std xi in the sampler's space (x_m / alpha
+    for the sigma samplers), DATA past the last timestep (t = -1)."""
+    t = torch.as_tensor(t)
+    if not t.is_floating_point() and int(t) < 0:
+        return DATA
+    alpha, sigma = (float(v) for v in process.marginal(t))
+    return (1.0, sigma / alpha) if sampler in SIGMA_SAMPLERS else (alpha, sigma)
 
 
 def spacings(sampler: str, process) -> tuple[str, ...]:
@@ -76,10 +92,9 @@ def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta:
     the first ``skip`` steps of the time grid (img2img) and records where the remaining run starts."""
     plan = _full_plan(process, sampler, steps - skip, prediction, spacing, eta, denoise, corrector, snr,
                       _grid_of(process, sampler, steps, spacing)[skip:] if skip else None)
+    plan.level = _level(process, sampler, plan.times[0])
     if skip:
-        t0 = plan.times[0]
-        alpha, sigma = (float(v) for v in process.marginal(t0))
-        plan.start = (1.0, sigma / alpha) if sampler in SIGMA_SAMPLERS else (alpha, sigma)
+        plan.start = plan.level
     return plan
 
 
@@ -104,31 +119,34 @@ def _full_plan(process, sampler: str, steps: int, prediction: str, spacing: str,
         coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
             ops.ddim_coefficients(process, ts, prev, eta)
         noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
-        stages = [Stage(i, i, noise=noisy[i]) for i in range(steps)]
+        stages = [Stage(i, i, noise=noisy[i], lands=_level(process, sampler, prev[i])) for i in range(steps)]
         return Plan(ts, [1.0] * steps, coef, stages, 1.0, prediction)
 
     if sampler in SIGMA_SAMPLERS:
         ts = _grid_of(process, sampler, steps, spacing) if grid is None else grid
+        lands = [_level(process, sampler, t) for t in ts[1:]] + [DATA]
         alphas, sigmas = process.marginal(ts)
         ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
         if sampler == "euler_ancestral":
             coef = ops.euler_ancestral_coefficients(ratios[:-1], ratios[1:], eta=1.0, alpha=alphas)
-            stages = [Stage(i, i, noise=bool(ratios[i + 1] > 0)) for i in range(len(ts))]
+            stages = [Stage(i, i, noise=bool(ratios[i + 1] > 0), lands=lands[i]) for i in range(len(ts))]
         else:
             coef = ops.dpmpp_2m_coefficients(ratios, alphas)
-            stages = [Stage(i, i, aux_store="x0", uses_aux=True, noise=False) for i in range(len(ts))]
+            stages = [Stage(i, i, aux_store="x0", uses_aux=True, noise=False, lands=lands[i]) for i in range(len(ts))]
         prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
         return Plan(ts, alphas.tolist(), coef, stages, prior, prediction)
 
     grid = _time_grid(process, steps, spacing) if grid is None else grid
     t, t_next = grid[:-1], grid[1:]
     times = t.tolist()
+    lands = [_level(process, sampler, tn) for tn in t_next[:-1]] + [DATA]
     if sampler == "ode_heun":  # stage 2i: Euler at t_i (keeps its increment); 2i + 1: Heun's correction at t_{i+1}
         coef = torch.stack([ops.ode_euler_coefficients(process, t, t_next),
                             ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, 8)
         model_times = torch.stack([t, t_next], dim=1).reshape(-1)
         stages = [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False) if j == 0 else
-                  Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False) for i in range(steps) for j in (0, 1)]
+                  Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False, lands=lands[i])
+                  for i in range(steps) for j in (0, 1)]
         return Plan(model_times, [1.0] * (2 * steps), coef, stages, process.prior_std(), prediction)
     rule = {"euler_maruyama": ops.euler_maruyama_coefficients, "pc": ops.reverse_diffusion_coefficients,
             "ode_euler": ops.ode_euler_coefficients}[sampler]
@@ -137,14 +155,14 @@ def _full_plan(process, sampler: str, steps: int, prediction: str, spacing: str,
         coef[-1, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
     noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
     if sampler != "pc":
-        return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i]) for i in range(steps)], process.prior_std(),
-                    prediction)
+        return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i], lands=lands[i]) for i in range(steps)],
+                    process.prior_std(), prediction)
     # PC: stage 2i is the Langevin corrector at t_i (rows steps + i), 2i + 1 the predictor from t_i.
     if corrector == "noise_level":
         coef = torch.cat([coef, ops.langevin_noise_level_coefficients(process, t, t_next, snr)])
     else:
         coef = torch.cat([coef, ops.langevin_corrector_coefficients(process, t, t_next)])
-    stages = [Stage(i, steps + i, kind=corrector) if j == 0 else Stage(i, i, noise=noisy[i])
+    stages = [Stage(i, steps + i, kind=corrector) if j == 0 else Stage(i, i, noise=noisy[i], lands=lands[i])
               for i in range(steps) for j in (0, 1)]
     return Plan(torch.tensor(times, dtype=torch.float64), [1.0] * steps, coef, stages, process.prior_std(), prediction)
 
@@ -243,9 +261,13 @@ class Sampler:
 
     def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
                  callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None,
-                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None, init=None):
+                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None, init=None,
+                 guidance_rescale: float = 0.0, known=None, known_mask=None):
         self.model, self.shape, self.plan = model, tuple(shape), plan
         self.init = None if init is None else init.to(device, dtype, copy=True).contiguous()
+        self.guidance_rescale = guidance_rescale
+        self.known = None if known is None else known.to(device, torch.float32, copy=True).contiguous()
+        self.known_mask = None if known is None else known_mask.to(device, copy=True).contiguous()
         self.model_kwargs = _own_kwargs(model_kwargs, shape[0], device)
         self.guided_kwargs = None
         if guidance_scale is not None:
@@ -280,10 +302,20 @@ class Sampler:
                 call = functools.partial(step_op, coef=row, prediction=self.prediction)
             else:
                 call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
-                                         aux_store=int(ops.AUX_STORE[stage.aux_store]))
-            self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call, draw,
-                                stage.uses_aux, self._guide(guidance_scale, guidance_interval, stage)))
-            draw += stage.noise or stage.kind != "step"
+                                         aux_store=int(ops.AUX_STORE[stage.aux_store]), **self._known(stage.lands))
+            # A stage without noise of its own re-noises a known region with the prior draw's noise (the same
+            # xi at every step: the data's deterministic path); a noisy stage with its own (fresh xi every step).
+            own = stage.noise or stage.kind != "step"
+            self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call,
+                                draw if own else 0, stage.uses_aux, self._guide(guidance_scale, guidance_interval,
+                                                                                stage)))
+            draw += own
+
+    def _known(self, level) -> dict:
+        """The op's inpainting arguments for a state at `level` (none without inpainting or off a step's end)."""
+        if self.known is None or level is None:
+            return {}
+        return dict(known=self.known, known_mask=self.known_mask, known_keep=level[0], known_std=level[1])
 
     def _guide(self, scale, interval, stage: Stage):
         """The stage's guidance: (w as a (1,) or (B,) float32 device tensor, the doubled times), or None where the
@@ -332,16 +364,18 @@ class Sampler:
         x = torch.empty(self.shape, device=self.device, dtype=self.dtype) if x is None else x
         if self.init is not None:
             x.copy_(self.init)  # img2img: x <- alpha(t_start) init + sigma(t_start) xi (in the sampler's space)
-        ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state))  # x <- prior_std xi
+        ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state),
+                       **self._known(self.plan.level))  # x <- prior_std xi (the known region: at its level)
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
         progress = _Progress(len(self.stages), self.progress)
         for i, (t, scale, call, draw, uses_aux, guide) in enumerate(self.stages):
             out, uncond = self._model(x if scale == 1.0 else x * scale, t, guide)
-            extra = {} if guide is None else dict(uncond_out=uncond, guidance=guide[0])
+            extra = {} if guide is None else dict(uncond_out=uncond, guidance=guide[0],
+                                                  guidance_rescale=self.guidance_rescale)
             if uncond is not None and call.func is self.correct_op:  # the corrector's op takes no guidance
-                out, extra = uncond + guide[0].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype) * (out - uncond), {}
+                out, extra = guided(out, uncond, guide[0].to(x.dtype), self.guidance_rescale), {}
             if uses_aux:
                 call(x=x, model_out=out, aux=aux, **extra, **self._noise(draw, rng_state))
             else:
@@ -403,11 +437,17 @@ class Sampler:
                 self.graph = None
         return self
 
-    def draw(self, per_sample_seeds: torch.Tensor | None = None, model_kwargs: dict | None = None) -> torch.Tensor:
+    def draw(self, per_sample_seeds: torch.Tensor | None = None, model_kwargs: dict | None = None,
+             known: torch.Tensor | None = None) -> torch.Tensor:
         """One run of the loop (a replay when captured) into a new tensor; with `per_sample_seeds` (B,)
         those seeds replace the sampler's (it must have been built with per-sample seeds); with `model_kwargs`
-        the per-sample conditioning tensors are copied into the sampler's (same keys and shapes), so a captured
-        loop replays with the new conditioning."""
+        the per-sample conditioning tensors are copied into the sampler's (same keys and shapes), and with
+        `known` the inpainting data (the mask stays), so a captured loop replays with the new conditioning."""
+        if known is not None:
+            if self.known is None:
+                raise ValueError("known: this sampler was built without inpainting (known=, known_mask=)")
+            _check_known(known, self.known_mask, self.shape)
+            self.known.copy_(known)
         if model_kwargs is not None:
             _refill_kwargs(self.model_kwargs, model_kwargs, self.shape[0])
         if per_sample_seeds is not None:
@@ -420,11 +460,16 @@ class Sampler:
         return self.run()
 
 
-def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int) -> None:
+def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int, rescale) -> float:
+    """The guidance rescale phi, checked with the other guidance options."""
     if scale is None:
-        if uncond_kwargs is not None or interval is not None:
-            raise ValueError("uncond_kwargs and guidance_interval are for classifier-free guidance: give guidance_scale")
-        return
+        if uncond_kwargs is not None or interval is not None or rescale is not None:
+            raise ValueError("uncond_kwargs, guidance_interval and guidance_rescale are for classifier-free guidance: "
+                             "give guidance_scale")
+        return 0.0
+    if rescale is not None and (isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or
+                                not 0 <= rescale <= 1):
+        raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
     if isinstance(scale, torch.Tensor):
         if not scale.is_floating_point() or scale.shape not in ((batch,), (1,), ()):
             raise ValueError(f"guidance_scale must be a number or a floating-point tensor of shape ({batch},) (one "
@@ -439,6 +484,25 @@ def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int) ->
     if interval is not None and (not isinstance(interval, (tuple, list)) or len(interval) != 2 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval) or interval[0] > interval[1]):
         raise ValueError(f"guidance_interval must be (low, high) model times with low <= high, got {interval!r}")
+    return float(rescale or 0.0)
+
+
+def _check_known(known, known_mask, shape) -> None:
+    if known is None and known_mask is None:
+        return
+    if known is None or known_mask is None:
+        raise ValueError("known and known_mask go together: inpainting needs the data and where it is known")
+    if not isinstance(known, torch.Tensor) or tuple(known.shape) != tuple(shape) or not known.is_floating_point():
+        raise ValueError(f"known must be a floating-point tensor of the samples' shape {tuple(shape)}, got "
+                         f"{tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__}")
+    if not bool(torch.isfinite(known).all()):
+        raise ValueError("known must be finite")
+    if not isinstance(known_mask, torch.Tensor) or known_mask.dtype != torch.bool or \
+            tuple(known_mask.shape) not in (tuple(shape), tuple(shape[1:])):
+        raise ValueError(f"known_mask must be a bool tensor (True where the data is known) of shape {tuple(shape)} or "
+                         f"{tuple(shape[1:])} (one mask for every sample), got "
+                         f"{known_mask.dtype if isinstance(known_mask, torch.Tensor) else type(known_mask).__name__} "
+                         f"{tuple(known_mask.shape) if isinstance(known_mask, torch.Tensor) else ''}")
 
 
 def _check_init(init, strength, shape, steps: int) -> int:
@@ -491,6 +555,9 @@ def make_sampler(
     guidance_interval=None,
     init: torch.Tensor | None = None,
     strength: float | None = None,
+    guidance_rescale: float | None = None,
+    known: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
 ) -> Sampler:
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
@@ -552,12 +619,14 @@ def make_sampler(
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     snr = positive_float(0.16 if snr is None else snr, "snr")
     clip = None if clip is None else positive_float(clip, "clip")
-    _check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0])
+    rescale = _check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0],
+                              guidance_rescale)
     skip = _check_init(init, strength, shape, steps)
+    _check_known(known, known_mask, shape)
     plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr, skip)
     runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
                      callback, progress, check_finite, model_kwargs, guidance_scale, uncond_kwargs, guidance_interval,
-                     init)
+                     init, rescale, known, known_mask)
     return runner.prepare(graph)
 
 
@@ -605,11 +674,24 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
         uncond_kwargs: the unconditional values of model_kwargs' keys (a null label, an empty embedding).
         guidance_interval: (low, high): guide only the stages whose model time t is in [low, high]; the others
             run the conditional model alone, on the batch itself.
+        guidance_rescale: phi in [0, 1] (Lin et al. 2024; diffusers' ``guidance_rescale``): the guided output g is
+            read as g (phi std(c) / std(g) + 1 - phi), standard deviations over each sample, in the same fused pass.
         init, strength: img2img / SDEdit (Meng et al. 2022): start from the data ``init`` (the samples' shape)
             noised to the time where the last int(steps * strength) steps of the schedule begin,
             x = alpha(t) init + sigma(t) xi with xi from the stream (as the prior draw), and run those steps;
             strength 1 runs the whole schedule from the noised data. Every sampler (each is a schedule of
             steps; for dpmpp_2m the first kept step is its first-order one).
+        known, known_mask: inpainting by replacement (score_sde's imputation; RePaint without resampling): where
+            ``known_mask`` (bool, the samples' shape or one sample's) is True, the state after every step is the
+            data ``known`` re-noised to the level the step lands on, keep(t) known + std(t) xi, inside the fused
+            step; the prior draw starts it at its level, and the returned samples equal ``known`` there exactly.
+            xi is fresh at every step for the stochastic samplers (the stream's, as RePaint) and the prior draw's
+            at every step for the deterministic ones (the data's noised path, as diffusers' inpainting pipelines).
+            Every sampler (Heun and pc replace after a whole step). Replacement is an approximation: the model
+            sees the known region noised, not the data. The unknown region follows the exact conditional law when
+            it is independent of the known one; when the known coordinates decide before the unknown ones (in
+            noise level), the stochastic samplers come close, while the deterministic ones keep what the noised
+            data misled at high noise (tests/test_conditional.py measures both).
     """
     return make_sampler(model, shape, **options).draw()
 
