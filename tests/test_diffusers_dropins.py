@@ -144,3 +144,39 @@ def test_diffusers_pipelines_give_the_same_images(pipeline, scheduler, call):
     assert images[0].shape == (2, 8, 8, 3)
     np = pytest.importorskip("numpy")
     assert np.abs(images[0] - images[1]).max() < 1e-4
+
+
+def tiny_dit():
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+        out_channels=8, num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
+        activation_fn="gelu-approximate").eval()
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                                  norm_num_groups=8, sample_size=8).eval()
+    return transformer, vae
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
+    """diffusers' class-conditional DiTPipeline, classifier-free guidance included (it concatenates the batch, splits
+    the output, combines and steps on the doubled latents), with a small random DiT and VAE and fastgen's scheduler
+    swapped in with from_config. DDIM (deterministic) gives diffusers' images; DDPM and Euler ancestral, whose step
+    the pipeline calls without a generator, draw fastgen's stream (module docstring of fastgen.diffusers), so their
+    runs repeat under torch.manual_seed as diffusers' do."""
+    transformer, vae = tiny_dit()
+    theirs = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=getattr(diffusers, scheduler)())
+    ours = diffusers.DiTPipeline(transformer=transformer, vae=vae,
+                                 scheduler=getattr(fast, scheduler).from_config(theirs.scheduler.config))
+
+    def run(pipe, seed=11):
+        torch.manual_seed(seed)
+        return pipe(class_labels=[1, 7, 3], guidance_scale=4.0, num_inference_steps=20,
+                    generator=torch.Generator().manual_seed(3), output_type="np").images
+
+    images = run(ours)
+    assert images.shape == (3, 8, 8, 3) and (images >= 0).all() and (images <= 1).all()
+    if scheduler == "DDIMScheduler":
+        assert abs(run(theirs) - images).max() < 1e-4
+    else:
+        assert (run(ours) == images).all() and (run(ours, seed=12) != images).any()
