@@ -255,12 +255,121 @@ def bench_guided_step(device: str, shapes, scale: float = 7.5) -> list[dict]:
             return D.diffusion_step_(x, cond, coef, uncond_out=uncond, guidance=w, seed=0)
 
         cases["fastgen (fused guided step)"] = fused
+        rescale_pattern, fused_rescale = _rescaled(x, both, coef, w, scale, device)
+        cases["diffusers pattern + rescale_noise_cfg 0.7, diffusers DDIMScheduler"] = rescale_pattern
+        cases["fastgen, guidance_rescale 0.7 (fused)"] = fused_rescale
+        inpaint_pattern, fused_stored, fused_stream = _inpainting(x, both, coef, w, scale, device)
+        cases["diffusers pattern + inpainting replacement, diffusers DDIMScheduler"] = inpaint_pattern
+        cases["fastgen, inpainting (fused, stored noise as diffusers)"] = fused_stored
+        cases["fastgen, inpainting (fused, noise drawn from the stream)"] = fused_stream
         times = time_interleaved_us(cases, device)
         base = times["diffusers pattern, diffusers DDIMScheduler"]
         for name, us in times.items():
             rows.append({"shape": "x".join(map(str, shape)), "candidate": name, "µs": us,
                          "diffusers ÷ this": f"{base / us:.2f}", **count_per_call(cases[name], device)})
             print("  guided", rows[-1], flush=True)
+    return rows
+
+
+def _rescaled(x, both, coef, w, scale: float, device: str):
+    """Guidance rescale (phi 0.7): diffusers' pattern (combine, rescale_noise_cfg, step) and the fused step."""
+    import diffusers
+    from diffusers.guiders.guider_utils import rescale_noise_cfg
+
+    scheduler = diffusers.DDIMScheduler()
+    scheduler.set_timesteps(50, device)
+    t, batch = scheduler.timesteps[25], x.shape[0]
+
+    def pattern():
+        torch.cat([x] * 2)
+        uncond, cond = both.chunk(2)
+        guided = rescale_noise_cfg(uncond + scale * (cond - uncond), cond, guidance_rescale=0.7)
+        return scheduler.step(guided, t, x).prev_sample
+
+    def fused():
+        torch.cat([x, x])
+        return D.diffusion_step_(x, both[:batch], coef, uncond_out=both[batch:], guidance=w, guidance_rescale=0.7,
+                                 seed=0)
+
+    return pattern, fused
+
+
+def _inpainting(x, both, coef, w, scale: float, device: str):
+    """Inpainting by replacement after a guided step: diffusers' inpainting pipelines' pattern (step, add_noise of
+    the known latents to the next timestep, blend with the mask) and the fused step with known / known_mask, reading
+    the same stored noise or drawing it."""
+    import diffusers
+
+    scheduler = diffusers.DDIMScheduler()
+    scheduler.set_timesteps(50, device)
+    t, t_next, batch = scheduler.timesteps[25], scheduler.timesteps[26:27], x.shape[0]
+    known = torch.randn_like(x)
+    noise = torch.randn_like(x)
+    mask = torch.rand(x.shape[1:], device=device) < 0.5
+    unknown = (~mask).to(x.dtype)
+    abar = float(scheduler.alphas_cumprod[int(t_next)])
+
+    def pattern():
+        torch.cat([x] * 2)
+        uncond, cond = both.chunk(2)
+        latents = scheduler.step(uncond + scale * (cond - uncond), t, x).prev_sample
+        proper = scheduler.add_noise(known, noise, t_next)
+        return (1 - unknown) * proper + unknown * latents
+
+    def fused(stored: bool):
+        torch.cat([x, x])
+        noise_args = dict(noise=noise) if stored else dict(seed=0)
+        return D.diffusion_step_(x, both[:batch], coef, uncond_out=both[batch:], guidance=w, known=known,
+                                 known_mask=mask, known_keep=abar ** 0.5, known_std=(1 - abar) ** 0.5, **noise_args)
+
+    return pattern, lambda: fused(True), lambda: fused(False)
+
+
+def bench_guided_loop(device: str, steps: int = 20, batch: int = 16, size: int = 32, scale: float = 4.0
+                      ) -> list[dict]:
+    """A whole classifier-free-guided DDIM loop with a small class-conditional UNet2DModel (and with a network that
+    returns zeros, to show the loop's own cost): diffusers' pipeline pattern with diffusers' scheduler and with the
+    drop-in, against fastgen.sample (labels in model_kwargs, the guided combination in the fused step). µs and
+    kernels (CUDA) or ops (CPU) per step."""
+    try:
+        import diffusers
+
+        from fastgen.diffusers import DDIMScheduler as FusedDDIM
+    except ImportError:
+        return []
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                 num_class_embeds=11).to(device).eval()
+    shape = (batch, 3, size, size)
+    labels = torch.arange(batch, device=device) % 10
+    null = torch.full((batch,), 10, device=device)
+    rows = []
+    for net_name, net in (("class-conditional UNet2DModel", lambda x, t, y: unet(x, t, class_labels=y).sample),
+                          ("zero network", lambda x, t, y: torch.zeros_like(x))):
+        def pattern(scheduler, net=net):
+            scheduler.set_timesteps(steps, device)
+            x = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0))
+            for t in scheduler.timesteps:
+                out = net(torch.cat([x] * 2), t.expand(2 * batch), torch.cat([labels, null]))
+                cond, uncond = out.chunk(2)
+                x = scheduler.step(uncond + scale * (cond - uncond), t, x).prev_sample
+            return x
+
+        fns = {"diffusers pattern, diffusers DDIMScheduler": lambda: pattern(diffusers.DDIMScheduler()),
+               "diffusers pattern, fastgen drop-in": lambda: pattern(FusedDDIM()),
+               "fastgen.sample": lambda net=net: fastgen.sample(
+                   net, shape, sampler="ddim", schedule=DDPMSchedule(), steps=steps, prediction="eps", seed=0,
+                   device=device, model_kwargs={"y": labels}, uncond_kwargs={"y": null[:1]}, guidance_scale=scale)}
+        with torch.no_grad():
+            times = time_interleaved_us(fns, device, rounds=3, min_run_time=0.5)
+            base = times["diffusers pattern, diffusers DDIMScheduler"]
+            for name, fn in fns.items():
+                counts = {k: v / steps for k, v in count_per_call(fn, device, calls=1).items()}
+                rows.append({"network": net_name, "candidate": name, "µs/step": times[name] / steps,
+                             "diffusers ÷ this": f"{base / times[name]:.2f}", **counts})
+                print("  guided loop", rows[-1], flush=True)
     return rows
 
 
@@ -287,6 +396,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     loops = bench_loops(device)
     pipelines = bench_pipelines(device)
     guided = bench_guided_step(device, [(16, 4, 64, 64), (256, 4, 64, 64)])
+    guided_loop = bench_guided_loop(device)
     counts = bench_counts(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
@@ -304,10 +414,15 @@ def run(device: str, out: str, max_log2: int) -> str:
             guided, [("shape", "shape"), ("candidate", "candidate"), ("µs", "µs"),
                      ("diffusers ÷ this", "diffusers ÷ this"), (count_key, "kernels" if device == "cuda" else "ops"),
                      ("host_syncs", "host syncs")]),
+        "Classifier-free-guided DDIM loop, w = 4, batch 16, 3x32x32, 20 steps (per step)": markdown_table(
+            guided_loop, [("network", "network"), ("candidate", "candidate"), ("µs/step", "µs per step"),
+                          ("diffusers ÷ this", "diffusers ÷ this"),
+                          (count_key, "kernels per step" if device == "cuda" else "ops per step"),
+                          ("host_syncs", "host syncs per step")]),
         "Launches and host syncs per step": markdown_table(counts, [
             ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
             ("host_syncs", "host syncs")]),
     }
     return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
                                                                       "pipelines": pipelines, "guided": guided,
-                                                                      "counts": counts})
+                                                                      "guided_loop": guided_loop, "counts": counts})

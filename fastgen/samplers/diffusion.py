@@ -281,6 +281,7 @@ class Sampler:
         self.times = plan.times.to(self.device, torch.float32 if plan.times.is_floating_point() else torch.int64)
         self.numel = math.prod(self.shape)
         self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
+        self.unit_row = ops.noise_row(1.0, device=self.device)
         self.prior_row = ops.noise_row(plan.prior_std, device=self.device) if plan.start is None else \
             ops.noise_row(plan.start[1], keep=plan.start[0], device=self.device)
         self.graph = None
@@ -294,6 +295,10 @@ class Sampler:
         # the op with its row and options, the stage's noise draw, whether it uses aux).
         self.stages = []
         draw = 1
+        stored = self.known is not None and self.device.type == "cpu" and any(
+            s.lands is not None and not s.noise for s in plan.stages)
+        self.prior_noise = torch.empty(self.shape, device=self.device) if stored else None
+        self.prior_draw = None if stored else 0  # None: the stored prior noise
         for stage in plan.stages:
             row = self.coef[stage.row:stage.row + 1]
             if stage.kind == "per_sample":
@@ -304,11 +309,12 @@ class Sampler:
                 call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
                                          aux_store=int(ops.AUX_STORE[stage.aux_store]), **self._known(stage.lands))
             # A stage without noise of its own re-noises a known region with the prior draw's noise (the same
-            # xi at every step: the data's deterministic path); a noisy stage with its own (fresh xi every step).
+            # xi at every step: the data's deterministic path; on the CPU read from a buffer filled once per run,
+            # cheaper there than drawing it again); a noisy stage with its own (fresh xi every step).
             own = stage.noise or stage.kind != "step"
             self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call,
-                                draw if own else 0, stage.uses_aux, self._guide(guidance_scale, guidance_interval,
-                                                                                stage)))
+                                draw if own else self.prior_draw, stage.uses_aux,
+                                self._guide(guidance_scale, guidance_interval, stage)))
             draw += own
 
     def _known(self, level) -> dict:
@@ -353,8 +359,10 @@ class Sampler:
         draws = 1 + sum(s.noise or s.kind != "step" for s in self.plan.stages)
         return draws * (self.sample_size if self.sample_seeds is not None else self.numel)
 
-    def _noise(self, draw: int, rng_state) -> dict:
-        """The op's noise arguments for noise draw `draw`."""
+    def _noise(self, draw: int | None, rng_state) -> dict:
+        """The op's noise arguments for noise draw `draw` (None: the stored prior noise)."""
+        if draw is None:
+            return dict(noise=self.prior_noise)
         if self.sample_seeds is not None:
             return dict(sample_seeds=self.sample_seeds, sample_offset=draw * self.sample_size)
         return dict(seed=self.seed, offset=draw * self.numel, rng_state=rng_state)
@@ -366,6 +374,8 @@ class Sampler:
             x.copy_(self.init)  # img2img: x <- alpha(t_start) init + sigma(t_start) xi (in the sampler's space)
         ops.add_noise_(x, self.prior_row, backend=self.backend, **self._noise(0, rng_state),
                        **self._known(self.plan.level))  # x <- prior_std xi (the known region: at its level)
+        if self.prior_noise is not None:  # the prior draw's xi, for the known region of the deterministic stages
+            ops.add_noise_(self.prior_noise, self.unit_row, backend=self.backend, **self._noise(0, rng_state))
         aux = torch.zeros(self.shape, device=self.device, dtype=torch.float32) if any(
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
