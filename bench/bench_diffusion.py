@@ -263,8 +263,9 @@ def bench_guided_step(device: str, shapes, scale: float = 7.5) -> list[dict]:
         cases["fastgen, inpainting (fused, stored noise as diffusers)"] = fused_stored
         cases["fastgen, inpainting (fused, noise drawn from the stream)"] = fused_stream
         times = time_interleaved_us(cases, device)
-        base = times["diffusers pattern, diffusers DDIMScheduler"]
-        for name, us in times.items():
+        base = None
+        for name, us in times.items():  # each variant against its own diffusers pattern (the row before it)
+            base = us if name.startswith("diffusers pattern") and "drop-in" not in name else base
             rows.append({"shape": "x".join(map(str, shape)), "candidate": name, "µs": us,
                          "diffusers ÷ this": f"{base / us:.2f}", **count_per_call(cases[name], device)})
             print("  guided", rows[-1], flush=True)

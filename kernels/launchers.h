@@ -185,5 +185,29 @@ struct HutchinsonDotArgs {
   bool rademacher;         // signs instead of normals
 };
 
+// coupling.cu: affine coupling (fastgen/reference/coupling.py): per sample of dim elements the first split are
+// copied, the rest y = x exp(s) + t (inverse: (x - t) exp(-s)) with s from h by scale_mode (0: clamp tanh(h /
+// clamp), 1: log sigmoid(h + 2)), and log_det = +-sum s; one warp per sample up to 2048 elements, else one block.
+// The backward: grad_in = [g_a, g_b exp(+-s)], grad_h = (g_b x_b exp(s) + g_ld) s' (inverse: -(g_b x_b + g_ld) s').
+struct AffineCouplingArgs {
+  const void* x;           // (batch, dim): the forward's input, or the backward's data-side tensor
+  const void* h;           // (batch, dim - split) log-scale logits
+  const void* t;           // (batch, dim - split) shifts (forward only)
+  void* out;               // (batch, dim) output (the backward: grad_in)
+  float* log_det;          // (batch,) output (forward only)
+  const void* grad_out;    // (batch, dim) (backward only)
+  const float* grad_log_det;  // (batch,) (backward only)
+  void* grad_h;            // (batch, dim - split) output (backward only)
+  DType dtype;             // of every tensor but log_det and grad_log_det
+  int64_t batch;
+  int64_t dim;
+  int64_t split;
+  bool inverse;
+  int scale_mode;
+  float clamp;
+};
+cudaError_t affine_coupling(const AffineCouplingArgs& args, cudaStream_t stream);
+cudaError_t affine_coupling_backward(const AffineCouplingArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastgen

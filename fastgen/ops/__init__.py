@@ -6,6 +6,7 @@ below check user input once and call it.
 """
 
 from ._registry import REGISTRY
+from .coupling import affine_coupling
 from .ema import ema_update_
 from .hutchinson import hutchinson_dot, probe
 from .langevin import gmm_langevin_, mala_accept_, mala_propose, ula_step_
@@ -14,6 +15,6 @@ from .spectral_norm import spectral_norm_power
 from .vae import gaussian_rsample
 from . import diffusion  # noqa: E402  (declares its ops; functions under fastgen.ops.diffusion)
 
-__all__ = ["REGISTRY", "diffusion", "ema_update_", "gaussian_rsample", "gmm_langevin_", "hutchinson_dot",
+__all__ = ["REGISTRY", "affine_coupling", "diffusion", "ema_update_", "gaussian_rsample", "gmm_langevin_", "hutchinson_dot",
            "mala_accept_", "mala_propose", "normal", "philox_fill_", "probe", "spectral_norm_power", "ula_step_",
            "uniform"]
