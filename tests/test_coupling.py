@@ -136,3 +136,81 @@ def test_bad_input_names_the_argument():
         affine_coupling(x, h, t, 2, scale="exp")
     with pytest.raises(ValueError, match="clamp must be finite and > 0"):
         affine_coupling(x, h, t, 2, clamp=0.0)
+
+
+# ---------------------------------------------------------------- fastgen.flows layers and models
+
+
+def test_coupling_layer_inverts_and_its_log_det_is_the_jacobians():
+    """AffineCoupling with a random (not zero-started) conditioner, D = 5 and D = 8, both scales: inverse(forward)
+    within 1e-5 on inputs up to 1e2 (larger ones make t large, and (y - t) loses float32 digits to it), log|det| of autograd's Jacobian within 1e-4, and gradcheck in float64."""
+    from fastgen.flows import AffineCoupling
+
+    torch.manual_seed(1)
+    for features, scale in ((5, "soft_clamp"), (8, "sigmoid")):
+        layer = AffineCoupling(features, scale=scale)
+        for p in layer.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        x = torch.randn(32, features) * torch.logspace(-1, 2, 32)[:, None]
+        z, log_det = layer(x)
+        torch.testing.assert_close(layer.inverse(z), x, rtol=1e-5, atol=1e-5)
+        for v in x[:4]:
+            jac = torch.autograd.functional.jacobian(lambda u: layer(u[None])[0][0], v)
+            torch.testing.assert_close(layer(v[None])[1][0], torch.linalg.slogdet(jac)[1], rtol=1e-4, atol=1e-4)
+        double = layer.double()
+        assert torch.autograd.gradcheck(lambda u: double(u), (torch.randn(3, features, dtype=torch.float64,
+                                                                        requires_grad=True),))
+        layer.float()
+
+
+def test_realnvp_learns_eight_gaussians_and_its_density_integrates_to_one():
+    """An 8-layer RealNVP trained by maximum likelihood on the 8-Gaussian target (fixed seed, about 30 s): held-out
+    NLL within 0.3 nats of the target's exact entropy, and its density integrates to 1 within 1% on a grid."""
+    from fastgen.flows import RealNVP
+    from fastgen.targets import eight_gaussians
+
+    torch.manual_seed(0)
+    target = eight_gaussians()
+    flow = RealNVP(2, layers=8, hidden=(64, 64))
+    steps = 2000
+    opt = torch.optim.Adam(flow.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for step in range(steps):
+        loss = -flow.log_prob(target.sample(512, seed=step + 10)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    held_out = target.sample(20000, seed=1)
+    with torch.no_grad():
+        nll = -flow.log_prob(held_out).double().mean()
+        entropy = -target.log_prob(held_out.double()).mean()
+        assert nll - entropy < 0.3, (float(nll), float(entropy))
+        side = torch.linspace(-4.5, 4.5, 451)
+        grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
+        mass = flow.log_prob(grid).double().exp().sum() * (side[1] - side[0]) ** 2
+    assert abs(float(mass) - 1) < 0.01, float(mass)
+    x = flow.sample(4000, seed=3)
+    assert (fastgen.metrics.mode_weights(x, target)[:8] - 1 / 8).abs().max() < 0.03
+
+
+def test_bad_flow_input_names_the_argument():
+    from fastgen.flows import AffineCoupling, RealNVP
+
+    with pytest.raises(ValueError, match="split must keep at least one feature and transform at least one"):
+        AffineCoupling(4, split=4)
+    with pytest.raises(ValueError, match="split must keep"):
+        AffineCoupling(4, split=0)
+    with pytest.raises(ValueError, match="features must be an int >= 2"):
+        AffineCoupling(1)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        AffineCoupling(4, scale="exp")
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 4\)"):
+        AffineCoupling(4)(torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"conditioner must return \(B, 4\)"):
+        AffineCoupling(4, conditioner=torch.nn.Linear(2, 3))(torch.randn(3, 4))
+    flow = RealNVP(3, layers=2)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\)"):
+        flow.log_prob(torch.randn(5, 4))
+    with pytest.raises(ValueError, match="x must be finite"):
+        flow.log_prob(torch.tensor([[0.0, float("nan"), 1.0]]))

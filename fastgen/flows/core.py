@@ -50,6 +50,8 @@ class Flow(nn.Module, Distribution):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[x.dim() - n:]) != tuple(self.event_shape):
             raise ValueError(f"x must have shape (..., {', '.join(map(str, self.event_shape))}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not bool(torch.isfinite(x).all()):  # (one host read per call: a NaN would otherwise come back as a density)
+            raise ValueError("x must be finite: it has NaN or infinite values")
         return x
 
     def _base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
