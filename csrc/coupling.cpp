@@ -67,30 +67,34 @@ void check_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Te
                 "grad_log_det must be contiguous float32 of shape (", grad_out.size(0), ",) on the device of x");
 }
 
-// s and ds/dh of one logit (vectorizable: tanh and log-sigmoid through exp of a non-positive argument).
+// s and ds/dh of one logit, and exp(s), exp(-s): vectorizable (tanh and log-sigmoid through exp of a non-positive
+// argument; always inlined, since a call in the loop stops vectorization).
+struct Scale {
+  float s;
+  float ds;  // ds / dh
+  float up;  // exp(s)
+  float down;  // exp(-s)
+};
+
 template <int Mode>
-inline void log_scale(float h, float clamp, float* s, float* ds) {
+__attribute__((always_inline)) inline Scale scale_of(float h, float clamp) {
+  Scale r;
   if (Mode == 0) {  // s = clamp tanh(h / clamp), tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2 |u|)
     const float e = cpu::exp_nonpositive(-2.0f * std::fabs(h) / clamp);
-    const float mag = (1.0f - e) / (1.0f + e);
-    const float th = h < 0.0f ? -mag : mag;
-    *s = clamp * th;
-    *ds = 1.0f - th * th;
+    const float th = std::copysign((1.0f - e) / (1.0f + e), h);
+    r.s = clamp * th;
+    r.ds = 1.0f - th * th;
   } else {  // s = log sigmoid(a) = min(a, 0) + log(1 / (1 + e)), e = exp(-|a|); ds/da = sigmoid(-a)
     const float a = h + 2.0f;
     const float e = cpu::exp_nonpositive(-std::fabs(a));
     const float inv = 1.0f / (1.0f + e);
-    *s = std::min(a, 0.0f) + cpu::log_unit(inv);
-    *ds = a >= 0.0f ? e * inv : inv;
+    r.s = std::min(a, 0.0f) + cpu::log_unit(inv);
+    r.ds = a >= 0.0f ? e * inv : inv;
   }
-}
-
-// exp(s) and exp(-s) from exp(-|s|).
-inline void exp_pair(float s, float* up, float* down) {
-  const float e = cpu::exp_nonpositive(-std::fabs(s));
-  const float r = 1.0f / e;
-  *up = s > 0.0f ? r : e;
-  *down = s > 0.0f ? e : r;
+  const float e = cpu::exp_nonpositive(-std::fabs(r.s)), big = 1.0f / e;  // exp(-|s|) and exp(|s|)
+  r.up = r.s > 0.0f ? big : e;
+  r.down = r.s > 0.0f ? e : big;
+  return r;
 }
 
 template <int Mode, bool Inverse>
@@ -101,11 +105,9 @@ __attribute__((always_inline)) inline float forward_floats(const float* x, const
     const int64_t m = std::min(kLanes, n - j0);
     for (int64_t k = 0; k < m; ++k) {
       const int64_t j = j0 + k;
-      float s, ds, up, down;
-      log_scale<Mode>(h[j], clamp, &s, &ds);
-      exp_pair(s, &up, &down);
-      out[j] = Inverse ? (x[j] - t[j]) * down : x[j] * up + t[j];
-      lanes[k] += s;
+      const Scale c = scale_of<Mode>(h[j], clamp);
+      out[j] = Inverse ? (x[j] - t[j]) * c.down : x[j] * c.up + t[j];
+      lanes[k] += c.s;
     }
   }
   float total = 0.0f;
@@ -114,18 +116,19 @@ __attribute__((always_inline)) inline float forward_floats(const float* x, const
 }
 
 template <int Mode, bool Inverse>
-__attribute__((always_inline)) inline void backward_floats(const float* g, const float* x, const float* h, float gl,
-                                                           float* grad_in, float* grad_h, int64_t n, float clamp) {
+__attribute__((always_inline)) inline void backward_floats(const float* __restrict g, const float* __restrict x,
+                                                           const float* __restrict h, float gl,
+                                                           float* __restrict grad_in, float* __restrict grad_h,
+                                                           int64_t n, float clamp) {
   for (int64_t j = 0; j < n; ++j) {
-    float s, ds, up, down;
-    log_scale<Mode>(h[j], clamp, &s, &ds);
-    exp_pair(s, &up, &down);
+    const Scale c = scale_of<Mode>(h[j], clamp);
     if (Inverse) {
-      grad_in[j] = g[j] * down;
-      grad_h[j] = -(g[j] * x[j] + gl) * ds;
+      grad_in[j] = g[j] * c.down;
+      grad_h[j] = -(g[j] * x[j] + gl) * c.ds;
     } else {
-      grad_in[j] = g[j] * up;
-      grad_h[j] = (grad_in[j] * x[j] + gl) * ds;
+      const float gin = g[j] * c.up;  // (a local: reading grad_in back would stop vectorization)
+      grad_in[j] = gin;
+      grad_h[j] = (gin * x[j] + gl) * c.ds;
     }
   }
 }

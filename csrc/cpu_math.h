@@ -24,7 +24,7 @@ inline uint32_t float_to_bits(float f) {
 }
 
 // Natural log for x in [1e-7, 1] (the Box-Muller range): no special cases.
-inline float log_unit(float x) {
+__attribute__((always_inline)) inline float log_unit(float x) {
   const uint32_t bits = float_to_bits(x);
   float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 126);
   float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F000000u);  // [0.5, 1)
@@ -70,7 +70,7 @@ inline SinCos sincos_twopi_range(float x) {
 }
 
 // exp(x) for x <= 0 (softmax weights); inputs below -87 flush to exp(-87).
-inline float exp_nonpositive(float x) {
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float n = static_cast<float>(static_cast<int32_t>(x * 1.44269504088896341f - 0.5f));  // floor for x<=0
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;

@@ -1,0 +1,157 @@
+"""Affine coupling: the fused op's arithmetic (forward + log-det, and forward + backward) against the rule in eager
+PyTorch and under torch.compile, with the copy-bandwidth limit measured in the same run; a whole RealNVP coupling
+layer (conditioner included, and the conditioner alone) against nflows, zuko and normflows where installed
+(``pip install --no-deps nflows zuko normflows``; not dependencies of fastgen). Ops (CPU) / kernels (GPU) per call.
+
+    python -m bench coupling [--device cpu|cuda] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastgen.flows import AffineCoupling
+from fastgen.flows.coupling import mlp
+from fastgen.ops import affine_coupling
+
+from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+
+CLAMP = 2.0
+
+
+def eager_coupling(x, h, t, split: int):
+    """The rule as usually written: soft-clamped log-scale, exp, affine, cat, per-sample sum."""
+    s = CLAMP * torch.tanh(h / CLAMP)
+    return torch.cat([x[:, :split], x[:, split:] * torch.exp(s) + t], dim=1), s.sum(1)
+
+
+def arithmetic_rows(device: str, batch: int, dim: int) -> list[dict]:
+    split = dim // 2
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, dim, device=device, generator=g)
+    h = torch.randn(batch, dim - split, device=device, generator=g)
+    t = torch.randn(batch, dim - split, device=device, generator=g)
+    compiled = torch.compile(eager_coupling)
+    forward = {
+        "fastgen fused op": lambda: affine_coupling(x, h, t, split, clamp=CLAMP),
+        "eager PyTorch": lambda: eager_coupling(x, h, t, split),
+        "torch.compile(eager)": lambda: compiled(x, h, t, split),
+    }
+    leaves = [v.clone().requires_grad_() for v in (x, h, t)]
+
+    def both(fn):
+        def run():
+            out, log_det = fn(*leaves)
+            (out.sum() + log_det.sum()).backward()
+        return run
+
+    backward = {
+        "fastgen fused op": both(lambda a, b, c: affine_coupling(a, b, c, split, clamp=CLAMP)),
+        "eager PyTorch": both(lambda a, b, c: eager_coupling(a, b, c, split)),
+        "torch.compile(eager)": both(lambda a, b, c: compiled(a, b, c, split)),
+    }
+    # bytes: forward reads x, h, t and writes out and log_det; forward + backward adds reading the gradient, x,
+    # h and writing grad_x and grad_h
+    elements = batch * dim
+    copies = {"forward + log-det": copy_fn(4 * (elements + elements) * 1 + 4 * batch, device),
+              "forward + backward": copy_fn(4 * (2 * elements + 4 * elements), device)}
+    rows = []
+    for what, cases in (("forward + log-det", forward), ("forward + backward", backward)):
+        cases = dict(cases, **{"copy of the same bytes": copies[what]})
+        for fn in cases.values():  # compile and warm up outside the timing
+            fn()
+        times = time_interleaved_us(cases, device)
+        ours = times["fastgen fused op"]
+        for name, us in times.items():
+            counts = count_per_call(cases[name], device) if name != "copy of the same bytes" else {}
+            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}", **counts})
+            print("  coupling", rows[-1], flush=True)
+    return rows
+
+
+class _Contextless(nn.Module):
+    """nflows calls its conditioner with (inputs, context)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, context=None):
+        return self.net(x)
+
+
+def layer_rows(device: str, batch: int, dim: int, hidden: int = 64) -> list[dict]:
+    """A whole coupling layer with a ReLU MLP conditioner (split dim / 2, two hidden layers) on each library."""
+    split = dim // 2
+    torch.manual_seed(0)
+    x = torch.randn(batch, dim, device=device)
+    layers = {"fastgen AffineCoupling": AffineCoupling(dim, hidden=(hidden, hidden)).to(device)}
+    conditioner = mlp(split, 2 * (dim - split), (hidden, hidden)).to(device)
+    try:
+        from nflows.transforms.coupling import AffineCouplingTransform
+
+        mask = torch.zeros(dim)
+        mask[split:] = 1  # nflows: 1 marks the transformed features
+        layers["nflows AffineCouplingTransform"] = AffineCouplingTransform(
+            mask, lambda a, b: _Contextless(mlp(a, b, (hidden, hidden), zero_last=False))).to(device)
+    except ImportError:
+        pass
+    try:
+        import zuko
+
+        layers["zuko GeneralCouplingTransform"] = zuko.flows.GeneralCouplingTransform(
+            dim, mask=torch.arange(dim) < split, hidden_features=(hidden, hidden)).to(device)
+    except ImportError:
+        pass
+    try:
+        import normflows
+
+        layers["normflows AffineCouplingBlock"] = normflows.flows.AffineCouplingBlock(
+            mlp(split, 2 * (dim - split), (hidden, hidden), zero_last=False)).to(device)
+    except ImportError:
+        pass
+
+    def call(name, layer):
+        if name.startswith("zuko"):
+            return lambda: layer().call_and_ladj(x)
+        return lambda: layer(x)
+
+    def train(fn):
+        def run():
+            out, log_det = fn()
+            (out.sum() + log_det.sum()).backward()
+        return run
+
+    rows = []
+    for what in ("forward + log-det", "forward + backward"):
+        cases = {name: call(name, layer) for name, layer in layers.items()}
+        cases["the conditioner alone"] = lambda: (conditioner(x[:, :split]), torch.zeros(()))
+        if what == "forward + backward":
+            cases = {name: train(fn) for name, fn in cases.items()}
+        if what == "forward + log-det":
+            cases = {name: (lambda fn=fn: torch.no_grad()(fn)()) for name, fn in cases.items()}
+        times = time_interleaved_us(cases, device)
+        ours = times["fastgen AffineCoupling"]
+        for name, us in times.items():
+            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}",
+                         **count_per_call(cases[name], device)})
+            print("  layer", rows[-1], flush=True)
+    return rows
+
+
+def run(device: str, out: str, max_log2: int) -> str:
+    batch, dim = 65536, 64
+    arithmetic = arithmetic_rows(device, batch, dim)
+    layer = layer_rows(device, 8192, dim)
+    count = "kernels" if device == "cuda" else "ops"
+    columns = [("pass", "pass"), ("candidate", "candidate"), ("µs", "µs"), ("time / fastgen's", "time / fastgen's"),
+               (count, f"{count} per call"), ("host_syncs", "host syncs")]
+    sections = {
+        f"Coupling arithmetic, batch {batch} x D {dim} (split {dim // 2}), float32, soft-clamped scale":
+            markdown_table(arithmetic, columns),
+        f"Whole coupling layer, batch 8192 x D {dim}, ReLU MLP conditioner {dim // 2}-64-64-{dim}":
+            markdown_table(layer, columns),
+    }
+    return write_report(out, f"coupling-{device}", environment(device), sections,
+                        {"arithmetic": arithmetic, "layer": layer})
