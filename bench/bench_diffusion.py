@@ -177,6 +177,17 @@ def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) 
     return rows
 
 
+def small_unet(device: str, size: int, **extra):
+    """A small random diffusers UNet2DModel (3 channels, widths 32 and 64, one attention level), seeded."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                 **extra).to(device).eval()
+
+
 def bench_pipelines(device: str, steps: int = 50, batch: int = 16, size: int = 32) -> list[dict]:
     """diffusers' own DDPMPipeline and DDIMPipeline with a small random UNet2DModel, run with diffusers' scheduler
     and with fastgen's drop-in (from_config), interleaved: µs per step, and the scheduler's share (the pipeline
@@ -187,10 +198,7 @@ def bench_pipelines(device: str, steps: int = 50, batch: int = 16, size: int = 3
         import fastgen.diffusers as fast
     except ImportError:
         return []
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).to(device).eval()
+    unet = small_unet(device, size)
 
     class ZeroUNet(nn.Module):  # the pipeline's own loop and the scheduler, without the network
         config, dtype, device = unet.config, unet.dtype, unet.device
@@ -338,11 +346,7 @@ def bench_guided_loop(device: str, steps: int = 20, batch: int = 16, size: int =
         from fastgen.diffusers import DDIMScheduler as FusedDDIM
     except ImportError:
         return []
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                                 num_class_embeds=11).to(device).eval()
+    unet = small_unet(device, size, num_class_embeds=11)
     shape = (batch, 3, size, size)
     labels = torch.arange(batch, device=device) % 10
     null = torch.full((batch,), 10, device=device)

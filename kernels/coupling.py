@@ -27,19 +27,24 @@ def log_scale(h, SCALE_MODE: tl.constexpr, clamp):
 
 
 @triton.jit
+def tile(rows, start, batch, dim, split, BLOCK_D: tl.constexpr):
+    """Columns start..start + BLOCK_D of `rows`: (in range, in the transformed part, index into x, index into
+    h and t)."""
+    cols = start + tl.arange(0, BLOCK_D)
+    inside = (rows[:, None] < batch) & (cols[None, :] < dim)
+    moved = inside & (cols[None, :] >= split)
+    return inside, moved, rows[:, None] * dim + cols[None, :], rows[:, None] * (dim - split) + (cols[None, :] - split)
+
+
+@triton.jit
 def affine_coupling_kernel(
     x_ptr, h_ptr, t_ptr, out_ptr, log_det_ptr, batch, dim, split, clamp,
     INVERSE: tl.constexpr, SCALE_MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    part = dim - split
     total = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        inside = (rows[:, None] < batch) & (cols[None, :] < dim)
-        moved = inside & (cols[None, :] >= split)
-        idx = rows[:, None] * dim + cols[None, :]
-        pidx = rows[:, None] * part + (cols[None, :] - split)
+        inside, moved, idx, pidx = tile(rows, start, batch, dim, split, BLOCK_D)
         x = tl.load(x_ptr + idx, mask=inside, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
         t = tl.load(t_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
@@ -62,14 +67,9 @@ def affine_coupling_backward_kernel(
     INVERSE: tl.constexpr, SCALE_MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    part = dim - split
     gl = tl.load(gl_ptr + rows, mask=rows < batch, other=0.0)[:, None]
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        inside = (rows[:, None] < batch) & (cols[None, :] < dim)
-        moved = inside & (cols[None, :] >= split)
-        idx = rows[:, None] * dim + cols[None, :]
-        pidx = rows[:, None] * part + (cols[None, :] - split)
+        inside, moved, idx, pidx = tile(rows, start, batch, dim, split, BLOCK_D)
         g = tl.load(g_ptr + idx, mask=inside, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + idx, mask=moved, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
