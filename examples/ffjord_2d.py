@@ -21,25 +21,9 @@ import fastgen
 from fastgen.cnf import CNF, MLPDynamics
 from fastgen.demo import flow_plot
 
-TARGETS = ("eight_gaussians", "two_moons", "checkerboard", "rings")
-
-
-def data(target: str, n: int, seed: int) -> torch.Tensor:
-    if target == "eight_gaussians":
-        return fastgen.targets.eight_gaussians().sample(n, seed=seed)
-    if target == "rings":
-        return fastgen.targets.rings().sample(n, seed=seed)
-    if target == "two_moons":
-        return fastgen.targets.two_moons(n, seed=seed)
-    if target == "checkerboard":
-        return fastgen.targets.checkerboard(n, seed=seed)
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-
-
-def exact_entropy(target: str, held_out: torch.Tensor) -> float | None:
-    """-E log p on the held-out points where the density is known in closed form."""
-    mixture = {"eight_gaussians": fastgen.targets.eight_gaussians, "rings": fastgen.targets.rings}.get(target)
-    return None if mixture is None else float(-mixture().log_prob(held_out.double()).mean())
+TARGETS = fastgen.targets.TOY_2D
+data = fastgen.targets.toy_2d
+exact_entropy = fastgen.targets.toy_2d_entropy
 
 
 def train(target: str = "eight_gaussians", steps: int = 1000, *, hidden=(64, 64, 64), batch: int = 256,

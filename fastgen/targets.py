@@ -229,3 +229,26 @@ def checkerboard(n: int, squares: int = 4, seed: int | None = None, generator=No
     j = (torch.randint(0, squares // 2, (n,), generator=g) * 2 + i % 2) % squares
     u = torch.rand(n, 2, generator=g)
     return torch.stack([i, j], dim=1).float() * side - 2.0 + u * side
+
+
+TOY_2D = ("eight_gaussians", "two_moons", "checkerboard", "rings")
+
+
+def toy_2d(name: str, n: int, seed: int | None = None) -> torch.Tensor:
+    """n samples (float32, (n, 2)) of the 2-D toy target ``name``: one of TOY_2D."""
+    if name == "eight_gaussians":
+        return eight_gaussians().sample(n, seed=seed)
+    if name == "rings":
+        return rings().sample(n, seed=seed)
+    if name == "two_moons":
+        return two_moons(n, seed=seed)
+    if name == "checkerboard":
+        return checkerboard(n, seed=seed)
+    raise ValueError(f"target must be one of {', '.join(TOY_2D)}, got {name!r}")
+
+
+def toy_2d_entropy(name: str, held_out: torch.Tensor) -> float | None:
+    """-mean log p(held_out) where the toy target's density is known in closed form (the mixtures), else None:
+    a model's held-out cross-entropy minus this is its KL(data || model)."""
+    mixture = {"eight_gaussians": eight_gaussians, "rings": rings}.get(name)
+    return None if mixture is None else float(-mixture().log_prob(held_out.double()).mean())
