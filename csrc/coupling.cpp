@@ -1,7 +1,7 @@
-// Affine coupling ops, affine_coupling and affine_coupling_backward (schemas: fastgen/ops/coupling.py; rule:
-// fastgen/reference/coupling.py). Checks, the CPU kernels (samples split across threads, each sample's
-// transformed part in blocks of float32 through vectorized exp / tanh / log), and the calls into
-// kernels/coupling.cu.
+// Coupling ops: affine_coupling, spline_coupling and their backwards (schemas: fastgen/ops/coupling.py; rules:
+// fastgen/reference/coupling.py). Checks, the CPU kernels (samples split across threads; the affine one on each
+// sample's transformed part in blocks of float32 through vectorized exp / tanh / log, the spline one element by
+// element), and the calls into kernels/coupling.cu.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -55,9 +55,8 @@ void check_params(const Tensor& first, const char* first_name, const Tensor& h, 
   FASTGEN_CHECK(std::isfinite(clamp) && clamp > 0.0, "clamp must be finite and > 0, got ", clamp);
 }
 
-void check_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& h,
-                    int64_t split, int64_t scale_mode, double clamp) {
-  check_params(grad_out, "grad_out", h, nullptr, split, scale_mode, clamp);
+// The backward's data-side x and log-det gradient against its output gradient.
+void check_data_side(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x) {
   FASTGEN_CHECK(x.sizes() == grad_out.sizes() && x.scalar_type() == grad_out.scalar_type() &&
                     x.device() == grad_out.device() && x.is_contiguous(),
                 "x must be contiguous with the shape, dtype and device of grad_out");
@@ -65,6 +64,12 @@ void check_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Te
                     grad_log_det.size(0) == grad_out.size(0) && grad_log_det.device() == grad_out.device() &&
                     grad_log_det.is_contiguous(),
                 "grad_log_det must be contiguous float32 of shape (", grad_out.size(0), ",) on the device of x");
+}
+
+void check_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& h,
+                    int64_t split, int64_t scale_mode, double clamp) {
+  check_params(grad_out, "grad_out", h, nullptr, split, scale_mode, clamp);
+  check_data_side(grad_out, grad_log_det, x);
 }
 
 // s and ds/dh of one logit, and exp(s), exp(-s): vectorizable (tanh and log-sigmoid through exp of a non-positive
@@ -246,6 +251,243 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
   return {grad_in, grad_h};
 }
 
+// ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py). One element at a time: its
+// 3 bins - 1 parameters are read straight from params (width logits, height logits, interior derivative logits).
+// The arithmetic is double: scalar code costs about the same in either precision on the CPU, and near flat, narrow
+// bins the rule is ill-conditioned enough that float32 loses 1e-4 of the gradient.
+
+struct SplineOptions {
+  int64_t bins;
+  double bound, min_width, min_height, min_derivative;
+};
+
+inline double softplus(double u) { return std::max(u, 0.0) + std::log1p(std::exp(-std::fabs(u))); }
+
+template <typename T>
+struct Softmax {  // of K logits: exp(u_j - max) / sum
+  double max = -INFINITY, inv_sum = 0.0;
+  Softmax(const T* u, int64_t K) {
+    for (int64_t j = 0; j < K; ++j) max = std::max(max, static_cast<double>(u[j]));
+    double sum = 0.0;
+    for (int64_t j = 0; j < K; ++j) sum += std::exp(static_cast<double>(u[j]) - max);
+    inv_sum = 1.0 / sum;
+  }
+  double operator()(const T* u, int64_t j) const { return std::exp(static_cast<double>(u[j]) - max) * inv_sum; }
+};
+
+template <typename T>
+struct SplineBin {
+  int64_t k;
+  double x0, w, y0, h, d0, d1;
+  double smw, smh, smw_before, smh_before;  // softmax at k, and summed over the bins before k
+
+  // The bin holding v: on the x knots, or on the y knots for the inverse.
+  SplineBin(const T* p, double v, const SplineOptions& o, bool on_y) {
+    const int64_t K = o.bins;
+    const Softmax<T> sw(p, K), sh(p + K, K);
+    const double cw = 1.0 - K * o.min_width, ch = 1.0 - K * o.min_height, span = 2.0 * o.bound;
+    double sx = 0.0, sy = 0.0;
+    smw_before = smh_before = 0.0;
+    for (k = 0;; ++k) {
+      smw = sw(p, k);
+      smh = sh(p + K, k);
+      w = span * (o.min_width + cw * smw);
+      h = span * (o.min_height + ch * smh);
+      if (k == K - 1 || (on_y ? v < sy + h - o.bound : v < sx + w - o.bound)) break;
+      sx += w;
+      sy += h;
+      smw_before += smw;
+      smh_before += smh;
+    }
+    x0 = sx - o.bound;
+    y0 = sy - o.bound;
+    d0 = k == 0 ? 1.0 : o.min_derivative + softplus(static_cast<double>(p[2 * K + k - 1]));
+    d1 = k == K - 1 ? 1.0 : o.min_derivative + softplus(static_cast<double>(p[2 * K + k]));
+  }
+};
+
+// out of one element; adds log dy/dx (negated for the inverse) to log_det.
+template <typename T>
+double spline_element(double v, const T* p, const SplineOptions& o, bool inverse, double& log_det) {
+  if (!(v >= -o.bound && v <= o.bound)) return v;
+  const SplineBin<T> b(p, v, o, inverse);
+  const double s = b.h / b.w, bend = b.d0 + b.d1 - 2.0 * s;
+  double theta, out;
+  if (inverse) {
+    const double r = v - b.y0;
+    const double qa = r * bend + b.h * (s - b.d0), qb = b.h * b.d0 - r * bend, qc = -s * r;
+    theta = 2.0 * qc / (-qb - std::sqrt(std::max(qb * qb - 4.0 * qa * qc, 0.0)));
+    out = theta * b.w + b.x0;
+  } else {
+    theta = (v - b.x0) / b.w;
+    const double u = theta * (1.0 - theta);
+    out = b.y0 + b.h * (s * theta * theta + b.d0 * u) / (s + bend * u);
+  }
+  const double u = theta * (1.0 - theta);
+  const double m = b.d1 * theta * theta + 2.0 * s * u + b.d0 * (1.0 - theta) * (1.0 - theta);
+  const double log_slope = 2.0 * std::log(s) + std::log(m) - 2.0 * std::log(s + bend * u);
+  log_det += inverse ? -log_slope : log_slope;
+  return out;
+}
+
+// Backward of one element at its data-side value x: writes the 3 bins - 1 parameter gradients, returns the input
+// gradient. g is the output gradient (of y forward, of x inverse), gl the log-det's.
+template <typename T>
+double spline_element_backward(double g, double gl, double x, const T* p, T* gp, const SplineOptions& o, bool inverse) {
+  const int64_t K = o.bins;
+  if (!(x >= -o.bound && x <= o.bound)) {
+    for (int64_t j = 0; j < 3 * K - 1; ++j) gp[j] = static_cast<T>(0.0);
+    return g;
+  }
+  const SplineBin<T> b(p, x, o, false);
+  const double s = b.h / b.w, theta = (x - b.x0) / b.w, u = theta * (1.0 - theta);
+  const double bend = b.d0 + b.d1 - 2.0 * s, den = s + bend * u, num = s * theta * theta + b.d0 * u;
+  const double m = b.d1 * theta * theta + 2.0 * s * u + b.d0 * (1.0 - theta) * (1.0 - theta);
+  const double dden = bend * (1.0 - 2.0 * theta), inv2 = 1.0 / (den * den);
+  // y = y0 + h R, R = num / den; L = log dy/dx = 2 log s + log m - 2 log den: partials in theta, s, d0, d1
+  const double r_theta = ((2.0 * s * theta + b.d0 * (1.0 - 2.0 * theta)) * den - num * dden) * inv2;
+  const double r_s = (theta * theta * den - num * (1.0 - 2.0 * u)) * inv2;
+  const double r_d0 = u * (den - num) * inv2, r_d1 = -num * u * inv2;
+  const double l_theta =
+      (2.0 * b.d1 * theta - 2.0 * b.d0 * (1.0 - theta) + 2.0 * s * (1.0 - 2.0 * theta)) / m - 2.0 * dden / den;
+  const double l_s = 2.0 / s + 2.0 * u / m - 2.0 * (1.0 - 2.0 * u) / den;
+  const double l_d0 = (1.0 - theta) * (1.0 - theta) / m - 2.0 * u / den, l_d1 = theta * theta / m - 2.0 * u / den;
+  const double slope = s * s * m * inv2, l_x = l_theta / b.w;
+  double a_f, a_l, grad_in;
+  if (inverse) {  // g: gradient of x = f^-1(y); gl: of -log f'(x)
+    grad_in = (g - gl * l_x) / slope;
+    a_f = -grad_in;
+    a_l = -gl;
+  } else {
+    a_f = g;
+    a_l = gl;
+    grad_in = g * slope + gl * l_x;
+  }
+  const double g_theta = a_f * b.h * r_theta + a_l * l_theta, g_s = a_f * b.h * r_s + a_l * l_s;
+  const double g_x0 = -g_theta / b.w, g_w = -(g_theta * theta + g_s * s) / b.w;
+  const double g_y0 = a_f, g_h = a_f * num / den + g_s / b.w;
+  // through size_j = 2 bound (min + (1 - K min) softmax_j) and knot_k = sum_{j<k} size_j - bound
+  const double cw = 2.0 * o.bound * (1.0 - K * o.min_width), ch = 2.0 * o.bound * (1.0 - K * o.min_height);
+  const double dot_w = cw * (g_w * b.smw + g_x0 * b.smw_before), dot_h = ch * (g_h * b.smh + g_y0 * b.smh_before);
+  const Softmax<T> sw(p, K), sh(p + K, K);
+  for (int64_t j = 0; j < K; ++j) {
+    const double gw = j < b.k ? cw * g_x0 : (j == b.k ? cw * g_w : 0.0);
+    const double gh = j < b.k ? ch * g_y0 : (j == b.k ? ch * g_h : 0.0);
+    gp[j] = static_cast<T>(sw(p, j) * (gw - dot_w));
+    gp[K + j] = static_cast<T>(sh(p + K, j) * (gh - dot_h));
+  }
+  for (int64_t j = 0; j < K - 1; ++j) gp[2 * K + j] = static_cast<T>(0.0);
+  const auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+  if (b.k >= 1) {
+    const double ud = static_cast<double>(p[2 * K + b.k - 1]);
+    gp[2 * K + b.k - 1] = static_cast<T>((a_f * b.h * r_d0 + a_l * l_d0) * sigmoid(ud));
+  }
+  if (b.k <= K - 2) {
+    const double ud = static_cast<double>(p[2 * K + b.k]);
+    gp[2 * K + b.k] = static_cast<T>((a_f * b.h * r_d1 + a_l * l_d1) * sigmoid(ud));
+  }
+  return grad_in;
+}
+
+void check_spline(const Tensor& first, const char* first_name, const Tensor& params, int64_t split, int64_t bins,
+                  double bound, double min_width, double min_height, double min_derivative) {
+  check_state_dtype(first, first_name);
+  FASTGEN_CHECK(first.dim() >= 1 && first.is_contiguous(), first_name,
+                " must be contiguous with a leading batch dimension");
+  const int64_t batch = first.size(0);
+  const int64_t dim = batch ? first.numel() / batch : 0;
+  FASTGEN_CHECK(split >= 0 && (split < dim || batch == 0), "split must leave elements to transform: 0 <= split < ",
+                dim, " (the elements of one sample), got ", split);
+  FASTGEN_CHECK(bins >= 1 && bins <= 64, "bins must be in [1, 64], got ", bins);
+  FASTGEN_CHECK(std::isfinite(bound) && bound > 0.0, "bound must be finite and > 0, got ", bound);
+  FASTGEN_CHECK(min_width >= 0.0 && min_width * bins < 1.0, "min_width must be >= 0 with bins * min_width < 1, got ",
+                min_width);
+  FASTGEN_CHECK(min_height >= 0.0 && min_height * bins < 1.0,
+                "min_height must be >= 0 with bins * min_height < 1, got ", min_height);
+  FASTGEN_CHECK(min_derivative >= 0.0 && min_derivative < 1.0, "min_derivative must be in [0, 1), got ",
+                min_derivative);
+  FASTGEN_CHECK_TYPE(params.scalar_type() == first.scalar_type(), "params must have the dtype of ", first_name, " (",
+                     first.scalar_type(), "), got ", params.scalar_type());
+  FASTGEN_CHECK(params.device() == first.device() && params.is_contiguous() && params.dim() >= 1 &&
+                    params.size(0) == batch && params.numel() == batch * (dim - split) * (3 * bins - 1),
+                "params must be contiguous on the device of ", first_name, " with (D - split) * (3 bins - 1) = ",
+                dim - split, " * ", 3 * bins - 1, " elements per sample, batch first, got ", params.sizes());
+}
+
+SplineOptions spline_options(int64_t bins, double bound, double min_width, double min_height, double min_derivative) {
+  return {bins, bound, min_width, min_height, min_derivative};
+}
+
+int64_t spline_rows_per_task(int64_t dim, int64_t bins) {
+  return std::max<int64_t>(1, 2048 / std::max<int64_t>(dim * bins, 1));
+}
+
+std::tuple<Tensor, Tensor> spline_coupling_cpu(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
+                                               double bound, bool inverse, double min_width, double min_height,
+                                               double min_derivative) {
+  check_spline(x, "x", params, split, bins, bound, min_width, min_height, min_derivative);
+  Tensor out = at::empty_like(x);
+  const int64_t batch = x.size(0);
+  Tensor log_det = at::empty({batch}, x.options().dtype(at::kFloat));
+  if (batch == 0) return {out, log_det};
+  const int64_t dim = x.numel() / batch, part = dim - split, per = 3 * bins - 1;
+  const SplineOptions o = spline_options(bins, bound, min_width, min_height, min_derivative);
+  float* ld = log_det.data_ptr<float>();
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data_ptr<T>();
+    const T* pp = params.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, batch, spline_rows_per_task(dim, bins), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        std::memcpy(op + b * dim, xp + b * dim, sizeof(T) * split);
+        double total = 0.0;
+        for (int64_t j = 0; j < part; ++j) {
+          const int64_t i = b * dim + split + j;
+          op[i] = static_cast<T>(
+              spline_element(static_cast<double>(xp[i]), pp + (b * part + j) * per, o, inverse, total));
+        }
+        ld[b] = static_cast<float>(total);
+      }
+    });
+  });
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor> spline_coupling_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                        const Tensor& x, const Tensor& params, int64_t split,
+                                                        int64_t bins, double bound, bool inverse, double min_width,
+                                                        double min_height, double min_derivative) {
+  check_spline(grad_out, "grad_out", params, split, bins, bound, min_width, min_height, min_derivative);
+  check_data_side(grad_out, grad_log_det, x);
+  Tensor grad_in = at::empty_like(grad_out);
+  Tensor grad_params = at::empty_like(params);
+  const int64_t batch = x.size(0);
+  if (batch == 0) return {grad_in, grad_params};
+  const int64_t dim = x.numel() / batch, part = dim - split, per = 3 * bins - 1;
+  const SplineOptions o = spline_options(bins, bound, min_width, min_height, min_derivative);
+  const float* gl = grad_log_det.data_ptr<float>();
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = grad_out.data_ptr<T>();
+    const T* xp = x.data_ptr<T>();
+    const T* pp = params.data_ptr<T>();
+    T* gin = grad_in.data_ptr<T>();
+    T* gpp = grad_params.data_ptr<T>();
+    at::parallel_for(0, batch, spline_rows_per_task(dim, bins), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        std::memcpy(gin + b * dim, gp + b * dim, sizeof(T) * split);
+        for (int64_t j = 0; j < part; ++j) {
+          const int64_t i = b * dim + split + j, q = (b * part + j) * per;
+          gin[i] = static_cast<T>(spline_element_backward(static_cast<double>(gp[i]), gl[b],
+                                                          static_cast<double>(xp[i]), pp + q, gpp + q, o, inverse));
+        }
+      }
+    });
+  });
+  return {grad_in, grad_params};
+}
+
 #ifdef FASTGEN_WITH_CUDA
 cuda::AffineCouplingArgs cuda_args(const Tensor& x, const Tensor& h, int64_t split, bool inverse, int64_t scale_mode,
                                    double clamp) {
@@ -291,6 +533,59 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cuda(const Tensor& grad_out,
   C10_CUDA_CHECK(cuda::affine_coupling_backward(a, c10::cuda::getCurrentCUDAStream()));
   return {grad_in, grad_h};
 }
+
+cuda::SplineCouplingArgs spline_cuda_args(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
+                                          double bound, bool inverse, double min_width, double min_height,
+                                          double min_derivative) {
+  cuda::SplineCouplingArgs a{};
+  a.x = x.data_ptr();
+  a.params = params.data_ptr();
+  a.dtype = cuda_dtype(x);
+  a.batch = x.size(0);
+  a.dim = a.batch ? x.numel() / a.batch : 0;
+  a.split = split;
+  a.bins = static_cast<int>(bins);
+  a.inverse = inverse;
+  a.bound = static_cast<float>(bound);
+  a.min_width = static_cast<float>(min_width);
+  a.min_height = static_cast<float>(min_height);
+  a.min_derivative = static_cast<float>(min_derivative);
+  return a;
+}
+
+std::tuple<Tensor, Tensor> spline_coupling_cuda(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
+                                                double bound, bool inverse, double min_width, double min_height,
+                                                double min_derivative) {
+  check_spline(x, "x", params, split, bins, bound, min_width, min_height, min_derivative);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  cuda::SplineCouplingArgs a =
+      spline_cuda_args(x, params, split, bins, bound, inverse, min_width, min_height, min_derivative);
+  a.out = out.data_ptr();
+  a.log_det = log_det.data_ptr<float>();
+  C10_CUDA_CHECK(cuda::spline_coupling(a, c10::cuda::getCurrentCUDAStream()));
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor> spline_coupling_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                         const Tensor& x, const Tensor& params, int64_t split,
+                                                         int64_t bins, double bound, bool inverse, double min_width,
+                                                         double min_height, double min_derivative) {
+  check_spline(grad_out, "grad_out", params, split, bins, bound, min_width, min_height, min_derivative);
+  check_data_side(grad_out, grad_log_det, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor grad_in = at::empty_like(grad_out);
+  Tensor grad_params = at::empty_like(params);
+  cuda::SplineCouplingArgs a =
+      spline_cuda_args(x, params, split, bins, bound, inverse, min_width, min_height, min_derivative);
+  a.grad_out = grad_out.data_ptr();
+  a.grad_log_det = grad_log_det.data_ptr<float>();
+  a.out = grad_in.data_ptr();
+  a.grad_params = grad_params.data_ptr();
+  C10_CUDA_CHECK(cuda::spline_coupling_backward(a, c10::cuda::getCurrentCUDAStream()));
+  return {grad_in, grad_params};
+}
 #endif
 
 }  // namespace
@@ -298,12 +593,16 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cuda(const Tensor& grad_out,
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("affine_coupling", &affine_coupling_cpu);
   m.impl("affine_coupling_backward", &affine_coupling_backward_cpu);
+  m.impl("spline_coupling", &spline_coupling_cpu);
+  m.impl("spline_coupling_backward", &spline_coupling_backward_cpu);
 }
 
 #ifdef FASTGEN_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
   m.impl("affine_coupling", &affine_coupling_cuda);
   m.impl("affine_coupling_backward", &affine_coupling_backward_cuda);
+  m.impl("spline_coupling", &spline_coupling_cuda);
+  m.impl("spline_coupling_backward", &spline_coupling_backward_cuda);
 }
 #endif
 

@@ -209,5 +209,28 @@ struct AffineCouplingArgs {
 cudaError_t affine_coupling(const AffineCouplingArgs& args, cudaStream_t stream);
 cudaError_t affine_coupling_backward(const AffineCouplingArgs& args, cudaStream_t stream);
 
+// Rational-quadratic spline coupling (kernels/coupling.cu; rule in fastgen/reference/coupling.py).
+struct SplineCouplingArgs {
+  const void* x;           // (batch, dim): the forward's input, or the backward's data-side tensor
+  const void* params;      // (batch, dim - split, 3 bins - 1) raw spline parameters
+  void* out;               // (batch, dim) output (the backward: grad_in)
+  float* log_det;          // (batch,) output (forward only)
+  const void* grad_out;    // (batch, dim) (backward only)
+  const float* grad_log_det;  // (batch,) (backward only)
+  void* grad_params;       // like params, output (backward only)
+  DType dtype;             // of every tensor but log_det and grad_log_det
+  int64_t batch;
+  int64_t dim;
+  int64_t split;
+  int bins;
+  bool inverse;
+  float bound;
+  float min_width;
+  float min_height;
+  float min_derivative;
+};
+cudaError_t spline_coupling(const SplineCouplingArgs& args, cudaStream_t stream);
+cudaError_t spline_coupling_backward(const SplineCouplingArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastgen

@@ -1,5 +1,7 @@
-"""Affine coupling: the fused op on every backend against the reference (registry harness, SAMPLES), its exact
-inverse, its log-determinant against autograd Jacobians, and its gradients against float64 autograd of the rule."""
+"""Coupling ops, affine and rational-quadratic spline: the fused ops on every backend against the reference (registry
+harness, SAMPLES), their exact inverses, log-determinants against autograd Jacobians, gradients against float64
+autograd of the rule; the spline against its defining properties (it interpolates its knots with the given
+derivatives), against nflows' spline where installed, and far outside its bound."""
 
 import math
 
@@ -7,7 +9,7 @@ import pytest
 import torch
 
 import fastgen
-from fastgen.ops import REGISTRY, affine_coupling
+from fastgen.ops import REGISTRY, affine_coupling, spline_coupling
 from fastgen.reference import coupling as R
 
 from conftest import Sample, cpu_backends
@@ -46,7 +48,44 @@ def _backward_samples(device, dtype):
     return out
 
 
-SAMPLES = {"affine_coupling": _forward_samples, "affine_coupling_backward": _backward_samples}
+def _spline_inputs(device, dtype, shape, split, bins, seed=0, scale=2.0, spread=1.0):
+    """x ~ N(0, scale^2) and raw parameters ~ N(0, spread^2). The registry samples take spread 0.5: with wider
+    logits some bins get flat enough (slope ~ min_derivative) that float32 arithmetic, any of it, loses more than
+    the harness's 1e-4 on a few elements in 10^5; the spline tests below go there with tolerances that say so."""
+    g = torch.Generator().manual_seed(seed)
+    batch, size = shape[0], math.prod(shape[1:])
+    x = (scale * torch.randn(shape, generator=g)).to(device, dtype)
+    params = (spread * torch.randn(batch, size - split, 3 * bins - 1, generator=g)).to(device, dtype)
+    return x, params
+
+
+def _spline_samples(device, dtype):
+    out = []
+    for shape, split, bins, inverse in [((3, 3), 1, 3, False), ((4, 5), 2, 8, True), ((0, 4), 2, 4, False),
+                                        ((2, 4, 3, 3), 18, 5, False), ((6, 2), 1, 1, True), ((5, 4), 0, 2, False),
+                                        ((2, 30001), 1, 4, True), ((300, 6), 3, 33, False)]:
+        x, params = _spline_inputs(device, dtype, shape, split, bins, scale=4.0, spread=0.5)
+        out.append(Sample(x=x, params=params, split=split, bins=bins, bound=3.0, inverse=inverse, min_width=1e-3,
+                          min_height=2e-3, min_derivative=1e-2, grad=("x", "params")))
+    return out
+
+
+def _spline_backward_samples(device, dtype):
+    out = []
+    for shape, split, bins, inverse in [((3, 3), 1, 3, False), ((4, 5), 2, 8, True), ((0, 4), 2, 4, False),
+                                        ((2, 4, 3, 3), 18, 5, True), ((6, 2), 1, 1, False),
+                                        ((2, 30001), 1, 4, False), ((300, 6), 3, 33, True)]:
+        x, params = _spline_inputs(device, dtype, shape, split, bins, seed=1, scale=4.0, spread=0.5)
+        g = torch.Generator().manual_seed(2)
+        grad_out = torch.randn(shape, generator=g).to(device, dtype)
+        grad_log_det = torch.randn(shape[0], generator=g).to(device)
+        out.append(Sample(grad_out=grad_out, grad_log_det=grad_log_det, x=x, params=params, split=split, bins=bins,
+                          bound=3.0, inverse=inverse, min_width=1e-3, min_height=2e-3, min_derivative=1e-2))
+    return out
+
+
+SAMPLES = {"affine_coupling": _forward_samples, "affine_coupling_backward": _backward_samples,
+           "spline_coupling": _spline_samples, "spline_coupling_backward": _spline_backward_samples}
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -136,6 +175,139 @@ def test_bad_input_names_the_argument():
         affine_coupling(x, h, t, 2, scale="exp")
     with pytest.raises(ValueError, match="clamp must be finite and > 0"):
         affine_coupling(x, h, t, 2, clamp=0.0)
+
+
+# ---------------------------------------------------------------- rational-quadratic spline
+
+
+def _knots(params, bins, bound=3.0):
+    return R.spline_knots(params.reshape(-1, 3 * bins - 1).double(), bins, bound, 1e-3, 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_spline_interpolates_its_knots_with_their_derivatives(backend):
+    """The defining property (Durkan et al. 2019, eq. 4-5): at each knot x_k the spline equals y_k and its slope
+    (the exp of its log-det, one element per sample) is d_k, from the bins on both sides (at x_k itself and one
+    float32 step below it), with slope 1 at the bound where the identity tails continue it: continuous, with a
+    continuous derivative, across bins and into the tails."""
+    bins, n = 5, 40
+    params = torch.randn(n, 1, 3 * bins - 1, generator=torch.Generator().manual_seed(5))
+    xk, _, yk, _, d = _knots(params, bins)
+    for k in range(bins + 1):
+        at = xk[:, k].float()[:, None]
+        below = torch.nextafter(at, torch.tensor(-math.inf))
+        with fastgen.use_backend(backend):
+            y, ld = spline_coupling(at, params, 0, bins, bound=3.0)
+            _, ld_below = spline_coupling(below, params, 0, bins, bound=3.0)
+        torch.testing.assert_close(y[:, 0].double(), yk[:, k], rtol=0, atol=2e-6)
+        torch.testing.assert_close(ld.exp().double(), d[:, k], rtol=1e-3, atol=0)
+        torch.testing.assert_close(ld_below.exp().double(), d[:, k], rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_spline_is_monotone_finite_and_invertible_everywhere(backend):
+    """Each element's map on a sorted grid from -1e4 to 1e4 (through the bound, the knots and the tails): finite,
+    increasing, inverse(forward) within 1e-5 (relative for large values) plus what float32 rounding of y costs
+    where the spline is flat (its slope reaches 2e-4 with these parameters: an error of one float32 step in y is
+    one step / slope in x; the float64 inverse of the same y is off by as much), log-dets cancelling where x is
+    well conditioned, and finite gradients at +-1e4 and at the knots."""
+    bins = 6
+    params = 1.5 * torch.randn(1, 8, 3 * bins - 1, generator=torch.Generator().manual_seed(6))
+    xk = _knots(params, bins)[0].float()
+    grid = torch.cat([torch.tensor([-1e4, -50.0, -3.0001]), torch.linspace(-3, 3, 2001), torch.tensor([3.0001, 1e4])])
+    x = grid[:, None].expand(-1, 8).contiguous()
+    x = torch.cat([x, xk.T.contiguous()])  # every knot of every element
+    p = params.expand(x.shape[0], -1, -1).contiguous()
+    with fastgen.use_backend(backend):
+        y, ld = spline_coupling(x, p, 0, bins, bound=3.0)
+        back, ld_back = spline_coupling(y, p, 0, bins, bound=3.0, inverse=True)
+        xg, pg = x.clone().requires_grad_(), p.clone().requires_grad_()
+        out, log_det = spline_coupling(xg, pg, 0, bins, bound=3.0)
+        gx, gp = torch.autograd.grad(out.sum() + log_det.sum(), (xg, pg))
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all() and torch.isfinite(gx).all() and \
+        torch.isfinite(gp).all()
+    assert (y[1:len(grid)] > y[:len(grid) - 1]).all()
+    slope = R._spline(x.reshape(-1).double(), p.reshape(-1, 3 * bins - 1).double(), bins, 3.0, False, 1e-3, 1e-3,
+                      1e-3)[1].exp().reshape(x.shape)
+    allowed = 1e-5 * (1 + x.abs()) + 2 * torch.finfo(torch.float32).eps * (1 + y.abs()) / slope
+    assert ((back - x).abs() <= allowed).all(), float(((back - x).abs() / allowed).max())
+    assert ((back - x).abs() <= 1e-5 * (1 + x.abs()))[slope > 0.05].all()
+    # Where x is well determined by y (and off the knots, where the log-slope of a narrow bin moves by 1e-2 per
+    # 1e-6 in x) the log-dets cancel within 1e-3.
+    steady = (slope > 0.05).all(1) & (torch.arange(len(x)) < len(grid))
+    torch.testing.assert_close((ld + ld_back)[steady], torch.zeros_like(ld)[steady], rtol=0, atol=1e-3)
+    assert torch.equal(y[[0, 1, len(grid) - 1]], x[[0, 1, len(grid) - 1]])  # the tails are the identity
+
+
+def test_spline_log_det_is_the_log_determinant_of_the_jacobian():
+    """A whole spline coupling (conditioner on the kept part, D = 6 and D = 8): log_det = log|det J| of autograd's
+    Jacobian within 1e-4, forward and inverse."""
+    torch.manual_seed(0)
+    bins = 4
+    for dim, split in ((6, 2), (8, 5)):
+        net = torch.nn.Sequential(torch.nn.Linear(split, 16), torch.nn.Tanh(),
+                                  torch.nn.Linear(16, (dim - split) * (3 * bins - 1)))
+
+        def layer(v, inverse=False):
+            out, log_det = spline_coupling(v[None], net(v[:split])[None].contiguous(), split, bins, bound=3.0,
+                                           inverse=inverse)
+            return out[0], log_det[0]
+
+        for inverse in (False, True):
+            for seed in range(3):
+                v = torch.randn(dim, generator=torch.Generator().manual_seed(seed)) * 1.5
+                jac = torch.autograd.functional.jacobian(lambda u: layer(u, inverse)[0], v)
+                torch.testing.assert_close(layer(v, inverse)[1], torch.linalg.slogdet(jac)[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_spline_fused_gradients_equal_float64_autograd_of_the_rule(inverse):
+    """Every backend's fused backward against autograd of the reference rule in float64 (relative: the inverse's
+    gradients reach 1e3 where a bin is steep)."""
+    bins = 7
+    x, params = _spline_inputs("cpu", torch.float32, (9, 6), 2, bins, seed=7, scale=2.0)
+    w_out, w_ld = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    options = (2, bins, 3.0, inverse, 1e-3, 1e-3, 1e-3)
+    leaves = [v.double().requires_grad_() for v in (x, params)]
+    out, ld = R.spline_coupling(*leaves, *options)
+    want = torch.autograd.grad((out * w_out).sum() + (ld * w_ld).sum(), leaves)
+    for backend in cpu_backends():
+        leaves = [v.clone().requires_grad_() for v in (x, params)]
+        with fastgen.use_backend(backend):
+            out, ld = spline_coupling(*leaves, 2, bins, bound=3.0, inverse=inverse)
+            got = torch.autograd.grad((out.double() * w_out).sum() + (ld.double() * w_ld).sum(), leaves)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()), msg=backend)
+
+
+def test_spline_equals_nflows_spline():
+    """nflows' own unconstrained_rational_quadratic_spline (linear tails) on the same inputs and parameters."""
+    splines = pytest.importorskip("nflows.transforms.splines.rational_quadratic")
+    bins = 6
+    x, params = _spline_inputs("cpu", torch.float32, (64, 5), 0, bins, seed=8, scale=3.0)
+    for inverse in (False, True):
+        y, ld = spline_coupling(x, params, 0, bins, bound=4.0, inverse=inverse)
+        want, want_ld = splines.unconstrained_rational_quadratic_spline(
+            x, params[..., :bins], params[..., bins:2 * bins], params[..., 2 * bins:], inverse=inverse,
+            tails="linear", tail_bound=4.0)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ld, want_ld.sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_spline_bad_input_names_the_argument():
+    x, params = _spline_inputs("cpu", torch.float32, (3, 4), 2, 4)
+    with pytest.raises(ValueError, match="split must leave elements to transform"):
+        spline_coupling(x, params, 4, 4)
+    with pytest.raises(ValueError, match=r"params must be contiguous .* 2 \* 14 elements per sample"):
+        spline_coupling(x, params, 2, 5)
+    with pytest.raises(ValueError, match="bins must be in"):
+        spline_coupling(x, params, 2, 0)
+    with pytest.raises(ValueError, match="bound must be finite and > 0"):
+        spline_coupling(x, params, 2, 4, bound=-1.0)
+    with pytest.raises(ValueError, match="min_width must be >= 0 with bins"):
+        spline_coupling(x, params, 2, 4, min_width=0.3)
+    with pytest.raises(TypeError, match="params must have the dtype of x"):
+        spline_coupling(x, params.double(), 2, 4)
 
 
 # ---------------------------------------------------------------- fastgen.flows layers and models

@@ -23,6 +23,12 @@ class Transform(nn.Module):
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define inverse(z)")
 
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x = f^{-1}(z), log|det df/dx| at x): the forward log-det, from the sampling direction. This default
+        runs the forward on x; transforms whose inverse yields it (couplings, IAF) override it."""
+        x = self.inverse(z)
+        return x, self(x)[1]
+
 
 class Flow(nn.Module, Distribution):
     """The law of x = f^{-1}(z), z ~ base, for f the composition of ``transforms`` (applied in order to data):
@@ -108,10 +114,15 @@ class Flow(nn.Module, Distribution):
 
     def rsample_and_log_prob(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
                              seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ~ the flow (reparametrized) and log p(x), through the forward transforms (where the log-dets are)."""
-        x = self.rsample(sample_shape, generator, seed)
-        flat = x.reshape((-1,) + tuple(self.event_shape))
-        return x, self.log_prob(flat).reshape(x.shape[:x.dim() - len(self.event_shape)])
+        """x ~ the flow (reparametrized) and log p(x) = log p_base(z) + sum of the forward log-dets, taken on the
+        sampling pass (``Transform.inverse_and_log_det``: one pass for couplings and IAF)."""
+        z = self._base_draws(sample_shape, generator, seed)
+        flat = z.reshape((-1,) + tuple(self.event_shape))
+        log_prob = self._base_log_prob(flat)
+        for t in reversed(self.transforms):
+            flat, log_abs_det = t.inverse_and_log_det(flat)
+            log_prob = log_prob + log_abs_det
+        return flat.reshape(z.shape), log_prob.reshape(z.shape[:z.dim() - len(self.event_shape)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) (so a flow trains with ``-flow(x).mean()``)."""

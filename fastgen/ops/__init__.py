@@ -6,7 +6,7 @@ below check user input once and call it.
 """
 
 from ._registry import REGISTRY
-from .coupling import affine_coupling
+from .coupling import affine_coupling, spline_coupling
 from .ema import ema_update_
 from .hutchinson import hutchinson_dot, probe
 from .langevin import gmm_langevin_, mala_accept_, mala_propose, ula_step_
@@ -16,5 +16,5 @@ from .vae import gaussian_rsample
 from . import diffusion  # noqa: E402  (declares its ops; functions under fastgen.ops.diffusion)
 
 __all__ = ["REGISTRY", "affine_coupling", "diffusion", "ema_update_", "gaussian_rsample", "gmm_langevin_", "hutchinson_dot",
-           "mala_accept_", "mala_propose", "normal", "philox_fill_", "probe", "spectral_norm_power", "ula_step_",
-           "uniform"]
+           "mala_accept_", "mala_propose", "normal", "philox_fill_", "probe", "spectral_norm_power", "spline_coupling",
+           "ula_step_", "uniform"]

@@ -1,5 +1,6 @@
-"""Affine coupling (RealNVP, Glow): the transformed part of a sample, its log-determinant and their backward,
-one pass each. The rule and the scale parametrizations are in fastgen/reference/coupling.py."""
+"""Coupling transforms: affine (RealNVP, Glow) and rational-quadratic spline (neural spline flows). The transformed
+part of a sample, its log-determinant and their backward, one pass each. The rules are in
+fastgen/reference/coupling.py."""
 
 from __future__ import annotations
 
@@ -114,3 +115,114 @@ def affine_coupling(
         raise TypeError(f"clamp must be a number, got {type(clamp).__name__}")
     return _affine_coupling(x=x.contiguous(), h=h.contiguous(), t=t.contiguous(), split=split, inverse=bool(inverse),
                             scale_mode=SCALES[scale], clamp=float(clamp))
+
+
+MAX_BINS = 64
+
+
+def _spline_params(a, first: torch.Tensor, first_name: str) -> None:
+    check_state(first, first_name)
+    batch = first.shape[0]
+    size = first.numel() // batch if batch else 0
+    require(0 <= a.split < size or (batch == 0 and a.split >= 0),
+            lambda: f"split must leave elements to transform: 0 <= split < {size} (the elements of one sample), got "
+                    f"{a.split}")
+    require(1 <= a.bins <= MAX_BINS, lambda: f"bins must be in [1, {MAX_BINS}], got {a.bins}")
+    require(math.isfinite(a.bound) and a.bound > 0, lambda: f"bound must be finite and > 0, got {a.bound}")
+    for name in ("min_width", "min_height"):
+        v = getattr(a, name)
+        require(0 <= v and v * a.bins < 1, lambda: f"{name} must be >= 0 with bins * {name} < 1, got {v}")
+    require(0 <= a.min_derivative < 1 and math.isfinite(a.min_derivative),
+            lambda: f"min_derivative must be in [0, 1), got {a.min_derivative}")
+    p = a.params
+    require(isinstance(p, torch.Tensor), lambda: f"params must be a torch.Tensor, got {type(p).__name__}", TypeError)
+    require(p.dtype == first.dtype, lambda: f"params must have the dtype of {first_name} ({first.dtype}), got "
+                                            f"{p.dtype}", TypeError)
+    per = 3 * a.bins - 1
+    require(p.device == first.device and p.is_contiguous() and p.dim() >= 1 and p.shape[0] == batch and
+            p.numel() == batch * (size - a.split) * per,
+            lambda: f"params must be contiguous on the device of {first_name} with (D - split) * (3 bins - 1) = "
+                    f"{size - a.split} * {per} elements per sample, batch {batch} first, got {tuple(p.shape)} on "
+                    f"{p.device}")
+
+
+def _spline_coupling_shapes(a):
+    _spline_params(a, a.x, "x")
+    return torch.empty_like(a.x), a.x.new_empty((a.x.shape[0],), dtype=torch.float32)
+
+
+def _spline_coupling_backward_shapes(a):
+    _spline_params(a, a.grad_out, "grad_out")
+    require(a.x.shape == a.grad_out.shape and a.x.dtype == a.grad_out.dtype and a.x.device == a.grad_out.device
+            and a.x.is_contiguous(), lambda: "x must be contiguous with the shape, dtype and device of grad_out")
+    require(a.grad_log_det.dtype == torch.float32 and a.grad_log_det.shape == (a.x.shape[0],) and
+            a.grad_log_det.device == a.x.device and a.grad_log_det.is_contiguous(),
+            lambda: f"grad_log_det must be contiguous float32 of shape ({a.x.shape[0]},) on the device of x")
+    return torch.empty_like(a.grad_out), torch.empty_like(a.params)
+
+
+_SPLINE_OPTIONS = ("split", "bins", "bound", "inverse", "min_width", "min_height", "min_derivative")
+
+
+def _spline_coupling_setup(ctx, inputs, output) -> None:
+    x, params, *options = inputs
+    ctx.save_for_backward(output[0] if options[3] else x, params)  # the data side, as the affine op
+    ctx.options = dict(zip(_SPLINE_OPTIONS, options))
+
+
+def _spline_coupling_autograd(ctx, grad_out, grad_log_det):
+    x, params = ctx.saved_tensors
+    grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
+    grad_log_det = x.new_zeros((x.shape[0],), dtype=torch.float32) if grad_log_det is None else \
+        grad_log_det.float().contiguous()
+    grad_in, grad_params = _spline_coupling_backward(grad_out=grad_out, grad_log_det=grad_log_det, x=x,
+                                                     params=params, **ctx.options)
+    return grad_in, grad_params, *([None] * len(_SPLINE_OPTIONS))
+
+
+_spline_coupling = loop.op(
+    "spline_coupling(Tensor x, Tensor params, int split, int bins, float bound=5., bool inverse=False, "
+    "float min_width=1e-3, float min_height=1e-3, float min_derivative=1e-3) -> (Tensor out, Tensor log_det)",
+    shapes=_spline_coupling_shapes, backward=_spline_coupling_autograd, setup_context=_spline_coupling_setup)
+_spline_coupling_backward = loop.op(
+    "spline_coupling_backward(Tensor grad_out, Tensor grad_log_det, Tensor x, Tensor params, int split, int bins, "
+    "float bound=5., bool inverse=False, float min_width=1e-3, float min_height=1e-3, float min_derivative=1e-3) "
+    "-> (Tensor grad_in, Tensor grad_params)",
+    shapes=_spline_coupling_backward_shapes)
+
+
+def spline_coupling(
+    x: torch.Tensor,  # (B, ...) input (data side forward, base side inverse)
+    params: torch.Tensor,  # (B, ...) raw spline parameters: 3 bins - 1 per transformed element, element-major
+    split: int,  # elements of each (flattened) sample that pass unchanged
+    bins: int = 8,
+    *,
+    bound: float = 5.0,
+    inverse: bool = False,
+    min_width: float = 1e-3,
+    min_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rational-quadratic spline coupling (Durkan et al. 2019) in one pass: the first ``split`` elements of each
+    flattened sample pass unchanged; each other element x goes through its own monotone spline of ``bins`` bins on
+    [-bound, bound] (identity outside: linear tails, log-det 0), whose 3 bins - 1 raw parameters (bins width
+    logits, bins height logits, bins - 1 interior-knot derivative logits, in this order; nflows' layout) follow
+    each other in ``params`` (any shape with (D - split)(3 bins - 1) elements per sample). In bin k, theta =
+    (x - x_k) / w_k, s = h_k / w_k:
+
+        y = y_k + h_k (s theta^2 + d_k theta (1 - theta)) / (s + (d_k + d_{k+1} - 2 s) theta (1 - theta))
+
+    with widths and heights softmax-normalized (each at least ``min_width`` / ``min_height`` of 2 bound) and
+    derivatives min_derivative + softplus (1 at -bound and bound). Returns (out in x's dtype, log_det (B,) float32:
+    the sum of log dy/dx, negated for the inverse), differentiable in x and params (one fused backward pass). The
+    inverse solves each bin's quadratic; every finite input gives a finite output, however far outside the
+    bound."""
+    for name, v in (("split", split), ("bins", bins)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    floats = dict(bound=bound, min_width=min_width, min_height=min_height, min_derivative=min_derivative)
+    for name, v in floats.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    return _spline_coupling(x=x.contiguous(), params=params.contiguous(), split=split, bins=bins,
+                            inverse=bool(inverse), **{k: float(v) for k, v in floats.items()})
