@@ -336,14 +336,14 @@ def test_coupling_layer_inverts_and_its_log_det_is_the_jacobians():
 
 
 def test_realnvp_example_learns_eight_gaussians_and_its_density_integrates_to_one():
-    """examples/realnvp_2d.py: an 8-layer RealNVP trained by maximum likelihood on the 8-Gaussian target for 2,000
+    """examples/flows_2d.py: an 8-layer RealNVP trained by maximum likelihood on the 8-Gaussian target for 2,000
     steps (fixed seed, about 30 s): held-out cross-entropy within 0.3 nats of the target's exact entropy (the gap
     is KL(data || model) >= 0), its density integrates to 1 within 1% on a grid, and its samples put 1/8 on each
     mode within 0.03."""
     from conftest import load_example
     from fastgen.targets import eight_gaussians, toy_2d, toy_2d_entropy
 
-    flow = load_example("realnvp_2d").train("eight_gaussians", 2000, seed=0)
+    flow = load_example("flows_2d").train("eight_gaussians", 2000, flow="realnvp", seed=0)
     held_out = toy_2d("eight_gaussians", 20000, seed=1)
     with torch.no_grad():
         nll = -float(flow.log_prob(held_out).double().mean())

@@ -2,13 +2,18 @@
 the base space and returns ``(z, log_abs_det)`` of that map, per sample; ``inverse`` maps back. A
 :class:`Flow` is a ``torch.distributions.Distribution`` (and an ``nn.Module`` holding its parameters).
 
-Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :class:`Reverse`,
-:class:`ResidualBlock` (i-ResNet / residual flows). Models: :class:`RealNVP`, :class:`NSF`, :class:`ResidualFlow`.
+Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :class:`MaskedAutoregressive`,
+:class:`InverseAutoregressive` (with :class:`MADE`; the fused affine op), :class:`Planar`, :class:`Radial`,
+:class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows). Models: :class:`RealNVP`, :class:`NSF`,
+:class:`MAF`, :class:`IAF`, :class:`ResidualFlow`.
 """
 
+from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoregressive
 from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
+from .planar import Planar, Radial
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
-__all__ = ["NSF", "AffineCoupling", "Flow", "LipSwish", "RealNVP", "ResidualBlock", "ResidualFlow", "Reverse",
+__all__ = ["IAF", "MADE", "MAF", "NSF", "AffineCoupling", "Flow", "InverseAutoregressive", "LipSwish",
+           "MaskedAutoregressive", "Planar", "Radial", "RealNVP", "ResidualBlock", "ResidualFlow", "Reverse",
            "SplineCoupling", "Transform"]

@@ -134,7 +134,7 @@ class Radial(Transform):
         q = alpha + beta - rho
         root = torch.sqrt(q * q + 4 * alpha * rho)  # the positive root, each form where it does not cancel
         r = torch.where(q > 0, 2 * alpha * rho / (root + q).clamp_min(torch.finfo(x.dtype).tiny), (root - q) / 2)
-        return d / (1 + beta / (alpha + r))[:, None] + self.z0.to(x.dtype), self._log_det(r, alpha, beta)
+        return d / (1 + beta / (alpha + r))[:, None] + self.z0.to(x.dtype), -self._log_det(r, alpha, beta)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, reparametrize={self.reparametrize}"
