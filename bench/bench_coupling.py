@@ -1,7 +1,8 @@
-"""Affine coupling: the fused op's arithmetic (forward + log-det, and forward + backward) against the rule in eager
-PyTorch and under torch.compile, with the copy-bandwidth limit measured in the same run; a whole RealNVP coupling
-layer (conditioner included, and the conditioner alone) against nflows, zuko and normflows where installed
-(``pip install --no-deps nflows zuko normflows``; not dependencies of fastgen). Ops (CPU) / kernels (GPU) per call.
+"""Coupling ops: the fused affine op's arithmetic (forward + log-det, and forward + backward) against the rule in
+eager PyTorch and under torch.compile, with the copy-bandwidth limit measured in the same run; a whole RealNVP
+coupling layer (conditioner included, and the conditioner alone) against nflows, zuko and normflows where installed
+(``pip install --no-deps nflows zuko normflows``; not dependencies of fastgen); the fused rational-quadratic spline
+op against nflows' spline (eager and under torch.compile). Ops (CPU) / kernels (GPU) per call.
 
     python -m bench coupling [--device cpu|cuda] [--out DIR]
 """
@@ -13,7 +14,7 @@ from torch import nn
 
 from fastgen.flows import AffineCoupling
 from fastgen.flows.coupling import mlp
-from fastgen.ops import affine_coupling
+from fastgen.ops import affine_coupling, spline_coupling
 
 from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 
@@ -140,10 +141,58 @@ def layer_rows(device: str, batch: int, dim: int, hidden: int = 64) -> list[dict
     return rows
 
 
+def spline_rows(device: str, batch: int, dim: int, bins: int = 8, bound: float = 4.0) -> list[dict]:
+    """The spline arithmetic (no conditioner): fastgen's op against nflows' unconstrained_rational_quadratic_spline
+    with linear tails (the usual eager implementation), eager and compiled, where nflows is installed."""
+    split = dim // 2
+    g = torch.Generator(device).manual_seed(0)
+    x = 2 * torch.randn(batch, dim, device=device, generator=g)
+    params = torch.randn(batch, dim - split, 3 * bins - 1, device=device, generator=g)
+    cases = {"fastgen fused op": lambda a, p: spline_coupling(a, p, split, bins, bound=bound)}
+    try:
+        from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline as rqs
+
+        def nflows_spline(a, p):
+            y, log_det = rqs(a[:, split:], p[..., :bins], p[..., bins:2 * bins], p[..., 2 * bins:], tails="linear",
+                             tail_bound=bound)
+            return torch.cat([a[:, :split], y], dim=1), log_det.sum(1)
+
+        cases["nflows (eager)"] = nflows_spline
+        cases["torch.compile(nflows)"] = torch.compile(nflows_spline)
+    except ImportError:
+        pass
+    leaves = [x.clone().requires_grad_(), params.clone().requires_grad_()]
+
+    def both(fn):
+        def run():
+            out, log_det = fn(*leaves)
+            (out.sum() + log_det.sum()).backward()
+        return run
+
+    rows = []
+    for what in ("forward + log-det", "forward + backward"):
+        timed = {name: (lambda fn=fn: fn(x, params)) if what == "forward + log-det" else both(fn)
+                 for name, fn in cases.items()}
+        for name, fn in list(timed.items()):
+            try:  # compile and warm up outside the timing
+                fn()
+            except Exception as error:  # noqa: BLE001 - a peer that does not compile is reported, not fatal
+                print(f"  spline: {name} failed: {type(error).__name__}: {error}"[:300], flush=True)
+                del timed[name]
+        times = time_interleaved_us(timed, device)
+        ours = times["fastgen fused op"]
+        for name, us in times.items():
+            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}",
+                         **count_per_call(timed[name], device)})
+            print("  spline", rows[-1], flush=True)
+    return rows
+
+
 def run(device: str, out: str, max_log2: int) -> str:
     batch, dim = 65536, 64
     arithmetic = arithmetic_rows(device, batch, dim)
     layer = layer_rows(device, 8192, dim)
+    spline = spline_rows(device, 16384, dim)
     count = "kernels" if device == "cuda" else "ops"
     columns = [("pass", "pass"), ("candidate", "candidate"), ("µs", "µs"), ("time / fastgen's", "time / fastgen's"),
                (count, f"{count} per call"), ("host_syncs", "host syncs")]
@@ -152,6 +201,8 @@ def run(device: str, out: str, max_log2: int) -> str:
             markdown_table(arithmetic, columns),
         f"Whole coupling layer, batch 8192 x D {dim}, ReLU MLP conditioner {dim // 2}-64-64-{dim}":
             markdown_table(layer, columns),
+        f"Rational-quadratic spline arithmetic, batch 16384 x D {dim} (split {dim // 2}), 8 bins, float32":
+            markdown_table(spline, columns),
     }
     return write_report(out, f"coupling-{device}", environment(device), sections,
-                        {"arithmetic": arithmetic, "layer": layer})
+                        {"arithmetic": arithmetic, "layer": layer, "spline": spline})

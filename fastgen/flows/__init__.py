@@ -4,16 +4,18 @@ the base space and returns ``(z, log_abs_det)`` of that map, per sample; ``inver
 
 Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :class:`MaskedAutoregressive`,
 :class:`InverseAutoregressive` (with :class:`MADE`; the fused affine op), :class:`Planar`, :class:`Radial`,
-:class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows). Models: :class:`RealNVP`, :class:`NSF`,
-:class:`MAF`, :class:`IAF`, :class:`ResidualFlow`.
+:class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows); for images :class:`ActNorm`,
+:class:`InvConv1x1LU`, :class:`ChannelCoupling`, :class:`Squeeze`, :class:`Unsqueeze`, :class:`Split`. Models:
+:class:`RealNVP`, :class:`NSF`, :class:`MAF`, :class:`IAF`, :class:`Glow`, :class:`ResidualFlow`.
 """
 
 from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoregressive
 from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
+from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze
 from .planar import Planar, Radial
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
-__all__ = ["IAF", "MADE", "MAF", "NSF", "AffineCoupling", "Flow", "InverseAutoregressive", "LipSwish",
-           "MaskedAutoregressive", "Planar", "Radial", "RealNVP", "ResidualBlock", "ResidualFlow", "Reverse",
-           "SplineCoupling", "Transform"]
+__all__ = ["IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "ChannelCoupling", "Flow", "Glow",
+           "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
+           "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Transform", "Unsqueeze"]

@@ -1,0 +1,255 @@
+"""Glow (Kingma & Dhariwal 2018) on (B, C, H, W) data: ActNorm, invertible 1x1 convolutions with the LU
+parametrization, affine couplings over channels (the fused coupling op), squeeze and the multiscale split.
+
+Every layer keeps the flow convention (forward: data to base, ``(z, log|det dz/dx|)``). The multiscale split
+keeps each sample's shape: :class:`Split` runs its inner transforms on the first half of the channels and passes
+the other half to the base unchanged (Glow's factored-out variables, here with a standard normal prior rather than
+Glow's learned one), and :class:`Squeeze` / :class:`Unsqueeze` trade space for channels around it, so the base of a
+:class:`Glow` is the standard normal on the data's own shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .core import Flow, Transform
+from .coupling import affine, check_scale
+
+
+def _zeros(x: torch.Tensor) -> torch.Tensor:
+    return x.new_zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def _check_image(x: torch.Tensor, channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"x must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
+
+
+class ActNorm(Transform):
+    """z = x exp(log_scale) + bias per channel (dim 1; any trailing dims), log|det| = (elements per channel)
+    sum log_scale. On its first forward call in training mode the parameters are set from that batch so that z has
+    zero mean and unit variance per channel (data-dependent initialization)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        self.channels = channels
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _shaped(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.to(x.dtype).reshape((1, self.channels) + (1,) * (x.dim() - 2))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"x must have shape (B, {self.channels}, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        if self.training and not bool(self.initialized):
+            with torch.no_grad():
+                flat = x.transpose(0, 1).reshape(self.channels, -1).to(self.log_scale.dtype)
+                self.log_scale.copy_(-torch.log(flat.std(dim=1, unbiased=False) + 1e-6))
+                self.bias.copy_(-flat.mean(dim=1) * self.log_scale.exp())
+                self.initialized.fill_(True)
+        z = x * self._shaped(self.log_scale.exp(), x) + self._shaped(self.bias, x)
+        per_channel = x[0, 0].numel()
+        return z, (per_channel * self.log_scale.sum()).to(_zeros(x).dtype).expand(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        self._check(z)
+        return (z - self._shaped(self.bias, z)) * self._shaped((-self.log_scale).exp(), z)
+
+
+class InvConv1x1LU(Transform):
+    """z = W x at every pixel, W = P L (U + diag(sign exp(log_s))) with P a fixed permutation, L unit lower
+    triangular, U strictly upper triangular (Kingma & Dhariwal 2018, LU parametrization): log|det| = H W sum
+    log_s, no determinant computed. Starts at a random rotation."""
+
+    def __init__(self, channels: int, seed: int = 0):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        self.channels = channels
+        g = torch.Generator().manual_seed(seed)
+        q = torch.linalg.qr(torch.randn(channels, channels, generator=g, dtype=torch.float64))[0]
+        p, lower, upper = torch.linalg.lu(q)
+        diag = torch.diagonal(upper)
+        self.register_buffer("permutation", p.float())
+        self.register_buffer("sign", torch.sign(diag).float())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.lower = nn.Parameter(lower.float())
+        self.upper = nn.Parameter(torch.triu(upper, 1).float())
+        self.log_s = nn.Parameter(diag.abs().log().float())
+
+    def weight(self) -> torch.Tensor:
+        eye = torch.eye(self.channels, device=self.lower.device, dtype=self.lower.dtype)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign * self.log_s.exp())
+        return self.permutation @ lower @ upper
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_image(x, self.channels)
+        z = nn.functional.conv2d(x, self.weight().to(x.dtype)[:, :, None, None])
+        return z, (x.shape[2] * x.shape[3] * self.log_s.sum()).to(_zeros(x).dtype).expand(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        _check_image(z, self.channels)
+        w = self.weight().double()
+        return nn.functional.conv2d(z, torch.linalg.inv(w).to(z.dtype)[:, :, None, None])
+
+
+class Squeeze(Transform):
+    """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block of pixels becomes 4 channels (log|det| = 0)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"x must have shape (B, C, H, W) with H and W even, got {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        z = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
+        return z, _zeros(x)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 4 or z.shape[1] % 4:
+            raise ValueError(f"z must have shape (B, 4C, H, W), got {tuple(z.shape)}")
+        b, c4, h, w = z.shape
+        return z.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inverse(z), _zeros(z)
+
+
+class Unsqueeze(Squeeze):
+    """The inverse of :class:`Squeeze`: (B, 4C, H, W) -> (B, C, 2H, 2W)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return Squeeze.inverse(self, x), _zeros(x)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return Squeeze.forward(self, z)[0]
+
+
+class Split(Transform):
+    """Glow's multiscale split: ``transforms`` act on the first ``channels`` channels; the rest go to the base
+    unchanged (factored out)."""
+
+    def __init__(self, channels: int, transforms):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+        self.channels = channels
+        self.transforms = nn.ModuleList(transforms)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] <= self.channels:
+            raise ValueError(f"x must have more than {self.channels} channels (dim 1), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        kept, rest = x[:, :self.channels], x[:, self.channels:]
+        total = _zeros(x)
+        for t in self.transforms:
+            kept, log_det = t(kept)
+            total = total + log_det
+        return torch.cat([kept, rest], dim=1), total
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(z)
+        kept, rest = z[:, :self.channels], z[:, self.channels:]
+        total = _zeros(z)
+        for t in reversed(self.transforms):
+            kept, log_det = t.inverse_and_log_det(kept)
+            total = total + log_det
+        return torch.cat([kept, rest], dim=1), total
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        self._check(z)
+        kept, rest = z[:, :self.channels], z[:, self.channels:]
+        for t in reversed(self.transforms):
+            kept = t.inverse(kept)
+        return torch.cat([kept, rest], dim=1)
+
+
+def conv_conditioner(channels_in: int, channels_out: int, hidden: int = 64) -> nn.Sequential:
+    """Glow's coupling network: 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 conv started at zero (the layer starts as the
+    identity)."""
+    last = nn.Conv2d(hidden, channels_out, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Conv2d(channels_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1),
+                         nn.ReLU(), last)
+
+
+class ChannelCoupling(Transform):
+    """Affine coupling over channels of (B, C, H, W): the first C // 2 channels pass, (h, t) = conditioner(x_a)
+    as (B, 2 (C - C // 2), H, W), h first; z_b = x_b exp(s(h)) + t on the fused op. Glow's sigmoid scale by
+    default."""
+
+    def __init__(self, channels: int, conditioner: nn.Module | None = None, hidden: int = 64,
+                 scale: str = "sigmoid", clamp: float = 2.0):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2:
+            raise ValueError(f"channels must be an int >= 2, got {channels!r}")
+        check_scale(scale, clamp)
+        self.channels, self.kept, self.scale, self.clamp = channels, channels // 2, scale, float(clamp)
+        moved = channels - self.kept
+        self.conditioner = conditioner if conditioner is not None else conv_conditioner(self.kept, 2 * moved, hidden)
+
+    def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_image(x, self.channels)
+        moved = self.channels - self.kept
+        out = self.conditioner(x[:, :self.kept])
+        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], 2 * moved) + tuple(x.shape[2:]):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"conditioner must return (B, {2 * moved}, H, W) (h then t), got {got}")
+        out = out.to(x.dtype)
+        h, t = out[:, :moved].contiguous(), out[:, moved:].contiguous()
+        return affine(x.contiguous(), h, t, self.kept * x.shape[2] * x.shape[3], inverse, self.scale, self.clamp)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, False)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self._couple(z, True)[0]
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._couple(z, True)
+        return x, -log_det
+
+
+def glow_step(channels: int, hidden: int = 64, seed: int = 0) -> list[Transform]:
+    """One step of flow: ActNorm, invertible 1x1 convolution, affine coupling."""
+    return [ActNorm(channels), InvConv1x1LU(channels, seed=seed), ChannelCoupling(channels, hidden=hidden)]
+
+
+class Glow(Flow):
+    """Glow on (C, H, W) data: ``levels`` levels, each a squeeze, ``depth`` steps of flow (ActNorm, 1x1
+    convolution, channel coupling) and, but for the last, a split whose first half goes on to the next level; then
+    the unsqueeze back. H and W must be divisible by 2^levels."""
+
+    def __init__(self, shape, levels: int = 2, depth: int = 4, hidden: int = 64):
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape must be (C, H, W), got {shape}")
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        c, h, w = shape
+        if h % 2 ** levels or w % 2 ** levels:
+            raise ValueError(f"H and W must be divisible by 2^levels = {2 ** levels}, got shape {shape}")
+
+        def level(channels: int, index: int) -> list[Transform]:
+            channels *= 4
+            steps = [t for k in range(depth) for t in glow_step(channels, hidden, seed=index * depth + k)]
+            if index + 1 < levels:
+                steps.append(Split(channels // 2, level(channels // 2, index + 1)))
+            return [Squeeze(), *steps, Unsqueeze()]
+
+        super().__init__(level(c, 0), event_shape=shape)
+        self.levels, self.depth = levels, depth
