@@ -264,40 +264,38 @@ struct SplineOptions {
 inline double softplus(double u) { return std::max(u, 0.0) + std::log1p(std::exp(-std::fabs(u))); }
 
 template <typename T>
-struct Softmax {  // of K logits: exp(u_j - max) / sum
-  double max = -INFINITY, inv_sum = 0.0;
+struct Softmax {  // of K <= 64 logits, each exp computed once
+  double v[64];
   Softmax(const T* u, int64_t K) {
+    double max = -INFINITY, sum = 0.0;
     for (int64_t j = 0; j < K; ++j) max = std::max(max, static_cast<double>(u[j]));
-    double sum = 0.0;
-    for (int64_t j = 0; j < K; ++j) sum += std::exp(static_cast<double>(u[j]) - max);
-    inv_sum = 1.0 / sum;
+    for (int64_t j = 0; j < K; ++j) sum += (v[j] = std::exp(static_cast<double>(u[j]) - max));
+    const double inv = 1.0 / sum;
+    for (int64_t j = 0; j < K; ++j) v[j] *= inv;
   }
-  double operator()(const T* u, int64_t j) const { return std::exp(static_cast<double>(u[j]) - max) * inv_sum; }
 };
 
 template <typename T>
 struct SplineBin {
+  Softmax<T> sw, sh;  // of the width and height logits
   int64_t k;
   double x0, w, y0, h, d0, d1;
-  double smw, smh, smw_before, smh_before;  // softmax at k, and summed over the bins before k
+  double smw_before, smh_before;  // the softmaxes summed over the bins before k
 
   // The bin holding v: on the x knots, or on the y knots for the inverse.
-  SplineBin(const T* p, double v, const SplineOptions& o, bool on_y) {
+  SplineBin(const T* p, double v, const SplineOptions& o, bool on_y) : sw(p, o.bins), sh(p + o.bins, o.bins) {
     const int64_t K = o.bins;
-    const Softmax<T> sw(p, K), sh(p + K, K);
     const double cw = 1.0 - K * o.min_width, ch = 1.0 - K * o.min_height, span = 2.0 * o.bound;
     double sx = 0.0, sy = 0.0;
     smw_before = smh_before = 0.0;
     for (k = 0;; ++k) {
-      smw = sw(p, k);
-      smh = sh(p + K, k);
-      w = span * (o.min_width + cw * smw);
-      h = span * (o.min_height + ch * smh);
+      w = span * (o.min_width + cw * sw.v[k]);
+      h = span * (o.min_height + ch * sh.v[k]);
       if (k == K - 1 || (on_y ? v < sy + h - o.bound : v < sx + w - o.bound)) break;
       sx += w;
       sy += h;
-      smw_before += smw;
-      smh_before += smh;
+      smw_before += sw.v[k];
+      smh_before += sh.v[k];
     }
     x0 = sx - o.bound;
     y0 = sy - o.bound;
@@ -368,13 +366,13 @@ double spline_element_backward(double g, double gl, double x, const T* p, T* gp,
   const double g_y0 = a_f, g_h = a_f * num / den + g_s / b.w;
   // through size_j = 2 bound (min + (1 - K min) softmax_j) and knot_k = sum_{j<k} size_j - bound
   const double cw = 2.0 * o.bound * (1.0 - K * o.min_width), ch = 2.0 * o.bound * (1.0 - K * o.min_height);
-  const double dot_w = cw * (g_w * b.smw + g_x0 * b.smw_before), dot_h = ch * (g_h * b.smh + g_y0 * b.smh_before);
-  const Softmax<T> sw(p, K), sh(p + K, K);
+  const double dot_w = cw * (g_w * b.sw.v[b.k] + g_x0 * b.smw_before);
+  const double dot_h = ch * (g_h * b.sh.v[b.k] + g_y0 * b.smh_before);
   for (int64_t j = 0; j < K; ++j) {
     const double gw = j < b.k ? cw * g_x0 : (j == b.k ? cw * g_w : 0.0);
     const double gh = j < b.k ? ch * g_y0 : (j == b.k ? ch * g_h : 0.0);
-    gp[j] = static_cast<T>(sw(p, j) * (gw - dot_w));
-    gp[K + j] = static_cast<T>(sh(p + K, j) * (gh - dot_h));
+    gp[j] = static_cast<T>(b.sw.v[j] * (gw - dot_w));
+    gp[K + j] = static_cast<T>(b.sh.v[j] * (gh - dot_h));
   }
   for (int64_t j = 0; j < K - 1; ++j) gp[2 * K + j] = static_cast<T>(0.0);
   const auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };

@@ -171,7 +171,7 @@ def _randomized(transform: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Mod
 
 def _transforms(features: int):
     from fastgen.flows import (AffineCoupling, InverseAutoregressive, MaskedAutoregressive, Planar, Radial, Reverse,
-                               SplineCoupling)
+                               SplineCoupling, Sylvester)
     return {
         "affine": AffineCoupling(features, hidden=(16,)),
         "affine_sigmoid": AffineCoupling(features, hidden=(16,), scale="sigmoid"),
@@ -180,6 +180,8 @@ def _transforms(features: int):
         "iaf": InverseAutoregressive(features, hidden=(16, 16)),
         "planar": Planar(features),
         "radial": Radial(features),
+        "sylvester_householder": Sylvester(features),
+        "sylvester_triangular": Sylvester(features, kind="triangular", reverse=True),
         "reverse": Reverse(),
     }
 
@@ -414,3 +416,62 @@ def test_bad_glow_input_names_the_argument():
         Squeeze()(torch.randn(2, 1, 3, 4))
     with pytest.raises(ValueError, match=r"conditioner must return \(B, 4, H, W\)"):
         ChannelCoupling(4, conditioner=torch.nn.Conv2d(2, 3, 1))(torch.randn(2, 4, 2, 2))
+
+
+# ---------------------------------------------------------------- conditional flows
+
+
+def _conditional_target(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, c, log p(x | c)): c ~ U(-1, 1), x | c ~ N((2c, -c), diag((0.3 + 0.5 |c|)^2, 0.5^2))."""
+    g = torch.Generator().manual_seed(seed)
+    c = 2 * torch.rand(n, 1, generator=g) - 1
+    mean = torch.cat([2 * c, -c], dim=1)
+    std = torch.cat([0.3 + 0.5 * c.abs(), torch.full_like(c, 0.5)], dim=1)
+    x = mean + std * torch.randn(n, 2, generator=g)
+    return x, c, torch.distributions.Normal(mean.double(), std.double()).log_prob(x.double()).sum(1)
+
+
+@pytest.mark.parametrize("kind", ["nsf", "maf"])
+def test_conditional_flow_learns_a_conditional_law(kind):
+    """A conditional NSF / MAF (context_features=1) trained by maximum likelihood on (x, c) pairs for 400 steps:
+    its held-out cross-entropy -E log q(x | c) comes within 0.1 nats of the exact conditional entropy, and
+    samples drawn at c = 0.8 and c = -0.8 have the conditional mean within 0.15 (of +-1.6, -+0.8) and the
+    conditional spread within 15% (a trained model's error; the sampling noise is 0.01)."""
+    from fastgen.flows import MAF, NSF
+
+    torch.manual_seed(0)
+    flow = (NSF(2, layers=2, hidden=(32, 32), bins=6, bound=4.0, context_features=1) if kind == "nsf" else
+            MAF(2, layers=4, hidden=(32, 32), context_features=1))
+    optimizer = torch.optim.Adam(flow.parameters(), lr=3e-3)
+    for step in range(400):
+        x, c, _ = _conditional_target(256, seed=step)
+        loss = -flow.log_prob(x, c).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, c, exact = _conditional_target(10000, seed=10_000)
+    with torch.no_grad():
+        gap = float(-flow.log_prob(x, c).double().mean() + exact.mean())
+    assert 0 <= gap + 0.02 and gap < 0.1, gap  # (the gap is a KL, >= 0 up to the held-out noise)
+    for c, mean, std in ((0.8, [1.6, -0.8], [0.7, 0.5]), (-0.8, [-1.6, 0.8], [0.7, 0.5])):
+        draws = flow.sample(4000, seed=1, context=torch.tensor([c]))
+        assert ((draws.mean(0) - torch.tensor(mean)).abs() < 0.15).all(), draws.mean(0)
+        assert ((draws.std(0) / torch.tensor(std) - 1).abs() < 0.15).all(), draws.std(0)
+
+
+def test_context_is_checked():
+    from fastgen.flows import NSF, AffineCoupling, RealNVP
+
+    flow = NSF(2, layers=1, context_features=3)
+    with pytest.raises(ValueError, match=r"this flow is conditional: give context"):
+        flow.log_prob(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"context must have shape \(C,\) or \(4, C\)"):
+        flow.log_prob(torch.randn(4, 2), torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"context must have shape \(4, 3\)"):
+        flow.log_prob(torch.randn(4, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="context given to a flow with no conditional transform"):
+        RealNVP(2, layers=1).log_prob(torch.randn(4, 2), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="context_features must be an int >= 0"):
+        AffineCoupling(2, context_features=-1)
+    with pytest.raises(ValueError, match=r"AffineCoupling was built without context"):
+        AffineCoupling(2)(torch.randn(4, 2), torch.randn(4, 1))

@@ -4,7 +4,7 @@ the base space and returns ``(z, log_abs_det)`` of that map, per sample; ``inver
 
 Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :class:`MaskedAutoregressive`,
 :class:`InverseAutoregressive` (with :class:`MADE`; the fused affine op), :class:`Planar`, :class:`Radial`,
-:class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows); for images :class:`ActNorm`,
+:class:`Sylvester`, :class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows); for images :class:`ActNorm`,
 :class:`InvConv1x1LU`, :class:`ChannelCoupling`, :class:`Squeeze`, :class:`Unsqueeze`, :class:`Split`. Models:
 :class:`RealNVP`, :class:`NSF`, :class:`MAF`, :class:`IAF`, :class:`Glow`, :class:`ResidualFlow`.
 """
@@ -13,9 +13,10 @@ from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoreg
 from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
 from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze
-from .planar import Planar, Radial
+from .planar import Planar, Radial, Sylvester
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
 __all__ = ["IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "ChannelCoupling", "Flow", "Glow",
            "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
-           "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Transform", "Unsqueeze"]
+           "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Sylvester", "Transform",
+           "Unsqueeze"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .core import Flow, Transform
-from .coupling import Reverse, affine, check_scale
+from .coupling import Reverse, affine, check_context, check_context_features, check_scale
 
 
 class MaskedLinear(nn.Linear):
@@ -32,10 +32,13 @@ class MADE(nn.Module):
     """Masked autoencoder for distribution estimation: (B, D) -> (B, outputs D), output block p (features
     p D .. p D + D - 1) depending on x_<i for feature i (feature 0 on nothing but the biases). Hidden units get
     degrees 1..D-1 in turn; a unit of degree m sees inputs of degree <= m, an output of feature i (degree i + 1)
-    units of degree <= i. ReLU between layers; the last layer starts at zero (the flow starts as the identity)."""
+    units of degree <= i. ReLU between layers; the last layer starts at zero (the flow starts as the identity).
+    With ``context_features`` C > 0, ``forward(x, context)`` adds an unmasked linear map of the context (B, C) to
+    the first hidden layer (every output may depend on it)."""
 
-    def __init__(self, features: int, hidden=(64, 64), outputs: int = 2):
+    def __init__(self, features: int, hidden=(64, 64), outputs: int = 2, context_features: int = 0):
         super().__init__()
+        self.context_features = check_context_features(context_features)
         if isinstance(features, bool) or not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be an int >= 1, got {features!r}")
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
@@ -52,39 +55,46 @@ class MADE(nn.Module):
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
         self.net = nn.Sequential(*layers)
+        self.context = nn.Linear(context_features, hidden[0], bias=False) if context_features else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"x must have shape (B, {self.features}), got {tuple(x.shape)}")
-        return self.net(x)
+        context = check_context(self, x, context)
+        if context is None:
+            return self.net(x)
+        v = self.net[0](x) + self.context(context)
+        return self.net[1:](v)
 
 
 class _Autoregressive(Transform):
     def __init__(self, features: int, hidden=(64, 64), scale: str = "soft_clamp", clamp: float = 2.0,
-                 made: nn.Module | None = None):
+                 made: nn.Module | None = None, context_features: int = 0):
         super().__init__()
         check_scale(scale, clamp)
         self.features, self.scale, self.clamp = features, scale, float(clamp)
-        self.made = made if made is not None else MADE(features, hidden, outputs=2)
+        self.context_features = check_context_features(context_features)
+        self.conditional = context_features > 0
+        self.made = made if made is not None else MADE(features, hidden, outputs=2, context_features=context_features)
 
-    def _params(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.made(v)
+    def _params(self, v: torch.Tensor, context) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.made(v) if context is None else self.made(v, context)
         if not isinstance(out, torch.Tensor) or out.shape != (v.shape[0], 2 * self.features):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"made must return (B, {2 * self.features}) (h then t per feature), got {got}")
         out = out.to(v.dtype)
         return out[:, :self.features].contiguous(), out[:, self.features:].contiguous()
 
-    def _one_pass(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_pass(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
         """The map whose parameters come from its own input v."""
-        h, t = self._params(v)
+        h, t = self._params(v, context)
         return affine(v, h, t, 0, inverse, self.scale, self.clamp)
 
-    def _solve(self, target: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _solve(self, target: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
         """The map whose parameters come from its output: D passes, feature i exact after pass i + 1."""
         out = torch.zeros_like(target)
         for _ in range(self.features):
-            h, t = self._params(out)
+            h, t = self._params(out, context)
             out, log_det = affine(target, h, t, 0, inverse, self.scale, self.clamp)
         return out, log_det
 
@@ -96,36 +106,37 @@ class MaskedAutoregressive(_Autoregressive):
     """MAF's layer, the masked autoregressive transform, data to base: z = (x - t) exp(-s(h)), (h, t) = made(x), log|det| = -sum s.
     forward (density) is one pass of the MADE; inverse (sampling) takes D."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._one_pass(x, True)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._one_pass(x, True, context)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self._solve(z, False)[0]
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._solve(z, False, context)[0]
 
 
 class InverseAutoregressive(_Autoregressive):
     """IAF's layer, the inverse autoregressive transform: base to data x = z exp(s(h)) + t, (h, t) = made(z) — sampling (inverse)
     is one pass of the MADE; forward (data to base, the density of a given x) takes D, log|det dz/dx| = -sum s."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._solve(x, True)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._solve(x, True, context)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self._one_pass(z, False)[0]
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._one_pass(z, False, context)[0]
 
-    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._one_pass(z, False)
+    def inverse_and_log_det(self, z: torch.Tensor,
+                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._one_pass(z, False, context)
         return x, -log_det
 
 
-def _stack(layer, features, layers, hidden, scale, clamp) -> list[Transform]:
+def _stack(layer, features, layers, hidden, scale, clamp, context_features) -> list[Transform]:
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise ValueError(f"layers must be an int >= 1, got {layers!r}")
     transforms = []
     for i in range(layers):
         if i:
             transforms.append(Reverse())
-        transforms.append(layer(features, hidden, scale, clamp))
+        transforms.append(layer(features, hidden, scale, clamp, context_features=context_features))
     return transforms
 
 
@@ -134,8 +145,8 @@ class MAF(Flow):
     feature order reversed between them, on a standard normal base. Density in one pass per layer, sampling in D."""
 
     def __init__(self, features: int, layers: int = 5, hidden=(64, 64), scale: str = "soft_clamp",
-                 clamp: float = 2.0):
-        super().__init__(_stack(MaskedAutoregressive, features, layers, hidden, scale, clamp),
+                 clamp: float = 2.0, context_features: int = 0):
+        super().__init__(_stack(MaskedAutoregressive, features, layers, hidden, scale, clamp, context_features),
                          event_shape=(features,))
 
 
@@ -145,6 +156,6 @@ class IAF(Flow):
     log-density of the draws) in one pass per layer; the density of a given x in D."""
 
     def __init__(self, features: int, layers: int = 5, hidden=(64, 64), scale: str = "soft_clamp",
-                 clamp: float = 2.0):
-        super().__init__(_stack(InverseAutoregressive, features, layers, hidden, scale, clamp),
+                 clamp: float = 2.0, context_features: int = 0):
+        super().__init__(_stack(InverseAutoregressive, features, layers, hidden, scale, clamp, context_features),
                          event_shape=(features,))

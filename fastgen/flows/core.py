@@ -15,7 +15,12 @@ class Transform(nn.Module):
     """An invertible map from data to the base space.
 
     ``forward(x) -> (z, log_abs_det)``: z = f(x) and log|det df/dx| per sample, shape (B,).
-    ``inverse(z) -> x``: f^{-1}(z)."""
+    ``inverse(z) -> x``: f^{-1}(z).
+
+    A transform with ``conditional = True`` takes a ``context`` (B, C) as a second argument of all three methods
+    (conditional flows); a :class:`Flow` passes its context to those only."""
+
+    conditional = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must define forward(x) -> (z, log_abs_det)")
@@ -23,11 +28,15 @@ class Transform(nn.Module):
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define inverse(z)")
 
-    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, z: torch.Tensor, *context) -> tuple[torch.Tensor, torch.Tensor]:
         """(x = f^{-1}(z), log|det df/dx| at x): the forward log-det, from the sampling direction. This default
         runs the forward on x; transforms whose inverse yields it (couplings, IAF) override it."""
-        x = self.inverse(z)
-        return x, self(x)[1]
+        x = self.inverse(z, *context)
+        return x, self(x, *context)[1]
+
+
+def _with(t: Transform, context) -> tuple:
+    return (context,) if t.conditional else ()
 
 
 class Flow(nn.Module, Distribution):
@@ -67,17 +76,36 @@ class Flow(nn.Module, Distribution):
         size = math.prod(self.event_shape)
         return -0.5 * z.square().sum(dim=dims) - 0.5 * size * math.log(2 * math.pi)
 
-    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _context(self, context, batch: int, device) -> torch.Tensor | None:
+        """Context rows for a batch: None for an unconditional flow; (C,) (the same for every sample) or (batch, C)
+        for a conditional one."""
+        conditional = any(t.conditional for t in self.transforms)
+        if context is None:
+            if conditional:
+                raise ValueError("this flow is conditional: give context, (C,) or (B, C)")
+            return None
+        if not conditional:
+            raise ValueError("context given to a flow with no conditional transform")
+        if not isinstance(context, torch.Tensor) or context.dim() not in (1, 2) or (
+                context.dim() == 2 and context.shape[0] != batch):
+            got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"context must have shape (C,) or ({batch}, C), got {got}")
+        context = context.to(device)
+        return context.expand(batch, -1) if context.dim() == 1 else context
+
+    def transform(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, log|det dz/dx|) of data x of shape (B, *event_shape)."""
         x = self._check(x)
+        context = self._context(context, x.shape[0], x.device)
         total = x.new_zeros(x.shape[0])
         for t in self.transforms:
-            x, log_abs_det = t(x)
+            x, log_abs_det = t(x, *_with(t, context))
             total = total + log_abs_det
         return x, total
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        z, log_abs_det = self.transform(x)
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) (log p(x | context) for a conditional flow), x of shape (B, *event_shape)."""
+        z, log_abs_det = self.transform(x, context)
         return self._base_log_prob(z) + log_abs_det
 
     def _parameter_device(self) -> torch.device:
@@ -98,35 +126,40 @@ class Flow(nn.Module, Distribution):
         return torch.randn(shape + self.event_shape, device=self._parameter_device(), generator=generator)
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
-                seed: int | None = None) -> torch.Tensor:
+                seed: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Reparametrized draws of shape sample_shape + event_shape (given ``context``, (C,) or one row per
+        draw, for a conditional flow)."""
         z = self._base_draws(sample_shape, generator, seed)
         flat = z.reshape((-1,) + tuple(self.event_shape))
+        context = self._context(context, flat.shape[0], flat.device)
         for t in reversed(self.transforms):
-            flat = t.inverse(flat)
+            flat = t.inverse(flat, *_with(t, context))
         return flat.reshape(z.shape)
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
-               seed: int | None = None) -> torch.Tensor:
+               seed: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """Draws without a graph; ``sample(n, seed=0)`` is reproducible (the base's normals from torch's
         generator seeded with it)."""
         with torch.no_grad():
-            return self.rsample(sample_shape, generator, seed)
+            return self.rsample(sample_shape, generator, seed, context)
 
     def rsample_and_log_prob(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
-                             seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             seed: int | None = None,
+                             context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x ~ the flow (reparametrized) and log p(x) = log p_base(z) + sum of the forward log-dets, taken on the
         sampling pass (``Transform.inverse_and_log_det``: one pass for couplings and IAF)."""
         z = self._base_draws(sample_shape, generator, seed)
         flat = z.reshape((-1,) + tuple(self.event_shape))
+        context = self._context(context, flat.shape[0], flat.device)
         log_prob = self._base_log_prob(flat)
         for t in reversed(self.transforms):
-            flat, log_abs_det = t.inverse_and_log_det(flat)
+            flat, log_abs_det = t.inverse_and_log_det(flat, *_with(t, context))
             log_prob = log_prob + log_abs_det
         return flat.reshape(z.shape), log_prob.reshape(z.shape[:z.dim() - len(self.event_shape)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) (so a flow trains with ``-flow(x).mean()``)."""
-        return self.log_prob(x)
+        return self.log_prob(x, context)
 
     def __repr__(self) -> str:
         return nn.Module.__repr__(self)

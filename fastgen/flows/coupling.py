@@ -63,11 +63,32 @@ def _check_split(features, split) -> int:
     return split
 
 
-def _conditioned(layer, x: torch.Tensor, width: int) -> torch.Tensor:
-    """The conditioner's output on the kept part of x, checked to be (B, width), in x's dtype."""
+def check_context(layer, x: torch.Tensor, context) -> torch.Tensor | None:
+    """context (B, context_features) for a conditional layer, None for the others; checked."""
+    if layer.context_features == 0:
+        if context is not None:
+            raise ValueError(f"{type(layer).__name__} was built without context (context_features=0)")
+        return None
+    if not isinstance(context, torch.Tensor) or context.shape != (x.shape[0], layer.context_features):
+        got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+        raise ValueError(f"context must have shape ({x.shape[0]}, {layer.context_features}), got {got}")
+    return context.to(x.dtype)
+
+
+def check_context_features(context_features) -> int:
+    if isinstance(context_features, bool) or not isinstance(context_features, int) or context_features < 0:
+        raise ValueError(f"context_features must be an int >= 0, got {context_features!r}")
+    return context_features
+
+
+def _conditioned(layer, x: torch.Tensor, width: int, context=None) -> torch.Tensor:
+    """The conditioner's output on the kept part of x (and the context, concatenated after it), checked to be
+    (B, width), in x's dtype."""
     if x.dim() != 2 or x.shape[1] != layer.features:
         raise ValueError(f"x must have shape (B, {layer.features}), got {tuple(x.shape)}")
-    out = layer.conditioner(x[:, :layer.split])
+    context = check_context(layer, x, context)
+    kept = x[:, :layer.split]
+    out = layer.conditioner(kept if context is None else torch.cat([kept, context], dim=1))
     if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], width):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"conditioner must return (B, {width}) ({layer._layout}), got {got}")
@@ -82,39 +103,43 @@ class AffineCoupling(Transform):
     Args:
         features: the event size D of (B, D) data.
         split: how many leading features pass unchanged (default D // 2); 1 <= split < D.
-        conditioner: a module mapping (B, split) to (B, 2 (D - split)), the h half first; default a ReLU MLP
-            with ``hidden`` widths whose last layer starts at zero (the layer starts as the identity).
+        conditioner: a module mapping (B, split + context_features) to (B, 2 (D - split)), the h half first;
+            default a ReLU MLP with ``hidden`` widths whose last layer starts at zero (the layer starts as the
+            identity).
+        context_features: C > 0 makes the layer conditional: every call takes a context (B, C), concatenated to
+            the kept features as the conditioner's input.
     """
 
     def __init__(self, features: int, split: int | None = None, conditioner: nn.Module | None = None,
-                 hidden=(64, 64), scale: str = "soft_clamp", clamp: float = 2.0):
+                 hidden=(64, 64), scale: str = "soft_clamp", clamp: float = 2.0, context_features: int = 0):
         super().__init__()
         split = _check_split(features, split)
         check_scale(scale, clamp)
         self.features, self.split, self.scale, self.clamp = features, split, scale, float(clamp)
-        self.conditioner = conditioner if conditioner is not None else mlp(split, 2 * (features - split), hidden)
+        self.context_features = check_context_features(context_features)
+        self.conditional = context_features > 0
+        self.conditioner = conditioner if conditioner is not None else mlp(split + context_features,
+                                                                           2 * (features - split), hidden)
 
     @property
     def _layout(self) -> str:
         return f"h then t for the {self.features - self.split} transformed features"
 
-    def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _couple(self, x: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
         width = self.features - self.split
-        out = _conditioned(self, x, 2 * width)
-        return out[:, :width].contiguous(), out[:, width:].contiguous()
-
-    def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        h, t = self._params(x)
+        out = _conditioned(self, x, 2 * width, context)
+        h, t = out[:, :width].contiguous(), out[:, width:].contiguous()
         return affine(x, h, t, self.split, inverse, self.scale, self.clamp)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._couple(x, False)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, False, context)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self._couple(z, True)[0]
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._couple(z, True, context)[0]
 
-    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._couple(z, True)
+    def inverse_and_log_det(self, z: torch.Tensor,
+                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._couple(z, True, context)
         return x, -log_det
 
     def extra_repr(self) -> str:
@@ -130,16 +155,20 @@ class SplineCoupling(Transform):
     Args:
         features: the event size D of (B, D) data.
         split: how many leading features pass unchanged (default D // 2); 1 <= split < D.
-        conditioner: a module mapping (B, split) to (B, (D - split)(3 bins - 1)): per transformed feature, bins
-            width logits, bins height logits, bins - 1 interior-derivative logits. Default a ReLU MLP with
-            ``hidden`` widths, started at the identity map (zero weights; derivative biases log(e^(1 - min) - 1)).
+        conditioner: a module mapping (B, split + context_features) to (B, (D - split)(3 bins - 1)): per
+            transformed feature, bins width logits, bins height logits, bins - 1 interior-derivative logits.
+            Default a ReLU MLP with ``hidden`` widths, started at the identity map (zero weights; derivative biases
+            log(e^(1 - min) - 1)).
+        context_features: C > 0 makes the layer conditional (as :class:`AffineCoupling`).
     """
 
     def __init__(self, features: int, split: int | None = None, conditioner: nn.Module | None = None,
                  hidden=(64, 64), bins: int = 8, bound: float = 5.0, min_width: float = 1e-3,
-                 min_height: float = 1e-3, min_derivative: float = 1e-3):
+                 min_height: float = 1e-3, min_derivative: float = 1e-3, context_features: int = 0):
         super().__init__()
         split = _check_split(features, split)
+        self.context_features = check_context_features(context_features)
+        self.conditional = context_features > 0
         if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 64:
             raise ValueError(f"bins must be an int in [1, 64], got {bins!r}")
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound <= 0:
@@ -154,7 +183,7 @@ class SplineCoupling(Transform):
                             min_derivative=float(min_derivative))
         per = 3 * bins - 1
         if conditioner is None:
-            conditioner = mlp(split, (features - split) * per, hidden)
+            conditioner = mlp(split + context_features, (features - split) * per, hidden)
             with torch.no_grad():  # derivative logits giving slope 1: the spline starts as the identity
                 conditioner[-1].bias.view(features - split, per)[:, 2 * bins:] = math.log(math.expm1(
                     1 - min_derivative))
@@ -165,22 +194,23 @@ class SplineCoupling(Transform):
         return (f"{3 * self.bins - 1} spline parameters for each of the {self.features - self.split} transformed "
                 f"features")
 
-    def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        params = _conditioned(self, x, (self.features - self.split) * (3 * self.bins - 1))
+    def _couple(self, x: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
+        params = _conditioned(self, x, (self.features - self.split) * (3 * self.bins - 1), context)
         if x.dtype == torch.float64:  # the rule in float64 torch (gradcheck, exact checks); the op is float32/16
             o = self.options
             return reference.spline_coupling(x, params, self.split, self.bins, self.bound, inverse, o["min_width"],
                                              o["min_height"], o["min_derivative"])
         return spline_coupling(x, params, self.split, self.bins, bound=self.bound, inverse=inverse, **self.options)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._couple(x, False)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, False, context)
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self._couple(z, True)[0]
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._couple(z, True, context)[0]
 
-    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._couple(z, True)
+    def inverse_and_log_det(self, z: torch.Tensor,
+                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._couple(z, True, context)
         return x, -log_det
 
     def extra_repr(self) -> str:
@@ -202,31 +232,35 @@ class Reverse(Transform):
 
 class RealNVP(Flow):
     """RealNVP on (B, D) data: ``layers`` affine couplings, the feature order reversed between them, on a
-    standard normal base. Options go to :class:`AffineCoupling` (hidden widths, scale, clamp)."""
+    standard normal base. Options go to :class:`AffineCoupling` (hidden widths, scale, clamp, context_features:
+    a conditional flow, ``log_prob(x, context)``, ``sample(n, context=c)``)."""
 
     def __init__(self, features: int, layers: int = 8, hidden=(64, 64), scale: str = "soft_clamp",
-                 clamp: float = 2.0):
+                 clamp: float = 2.0, context_features: int = 0):
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers must be an int >= 1, got {layers!r}")
         transforms = []
         for i in range(layers):
             if i:
                 transforms.append(Reverse())
-            transforms.append(AffineCoupling(features, hidden=hidden, scale=scale, clamp=clamp))
+            transforms.append(AffineCoupling(features, hidden=hidden, scale=scale, clamp=clamp,
+                                             context_features=context_features))
         super().__init__(transforms, event_shape=(features,))
 
 
 class NSF(Flow):
     """Neural spline flow (Durkan et al. 2019, coupling version) on (B, D) data: ``layers`` rational-quadratic
     spline couplings, the feature order reversed between them, on a standard normal base. Options go to
-    :class:`SplineCoupling` (hidden widths, bins, bound)."""
+    :class:`SplineCoupling` (hidden widths, bins, bound, context_features)."""
 
-    def __init__(self, features: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0):
+    def __init__(self, features: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0,
+                 context_features: int = 0):
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers must be an int >= 1, got {layers!r}")
         transforms = []
         for i in range(layers):
             if i:
                 transforms.append(Reverse())
-            transforms.append(SplineCoupling(features, hidden=hidden, bins=bins, bound=bound))
+            transforms.append(SplineCoupling(features, hidden=hidden, bins=bins, bound=bound,
+                                             context_features=context_features))
         super().__init__(transforms, event_shape=(features,))

@@ -138,3 +138,87 @@ class Radial(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, reparametrize={self.reparametrize}"
+
+
+class Sylvester(Transform):
+    """g(z) = z + Q R tanh(R~ Q^T z + b) with R, R~ upper triangular (D x D) and Q orthogonal: ``kind=
+    "householder"`` (a product of ``reflections`` Householder reflections, default D) or ``"triangular"`` (Q = I,
+    or the order reversal with ``reverse=True``). log|det dg/dz| = sum_i log|1 + (1 - tanh^2(a_i)) r~_ii r_ii|,
+    a = R~ Q^T z + b. With ``reparametrize=True`` (default) r_ii = tanh, r~_ii = tanh of free parameters, so
+    r_ii r~_ii > -1 and g is invertible; without it, a setting with r_ii r~_ii <= -1 is an error at call time. The
+    data-to-base direction solves the triangular system from the last coordinate up: D monotone scalar equations."""
+
+    def __init__(self, features: int, kind: str = "householder", reflections: int | None = None,
+                 reverse: bool = False, reparametrize: bool = True):
+        super().__init__()
+        _check_features(features)
+        if kind not in ("householder", "triangular"):
+            raise ValueError(f"kind must be 'householder' or 'triangular', got {kind!r}")
+        reflections = features if reflections is None else reflections
+        if isinstance(reflections, bool) or not isinstance(reflections, int) or reflections < 1:
+            raise ValueError(f"reflections must be an int >= 1, got {reflections!r}")
+        self.features, self.kind, self.reverse, self.reparametrize = features, kind, reverse, reparametrize
+        self.householder = nn.Parameter(torch.randn(reflections, features)) if kind == "householder" else None
+        self.r = nn.Parameter(torch.randn(features, features) * 0.1)
+        self.r_tilde = nn.Parameter(torch.randn(features, features) * 0.1)
+        self.b = nn.Parameter(torch.zeros(features))
+        self.register_buffer("upper", torch.triu(torch.ones(features, features), 1))
+
+    def _factors(self, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Q, R, R~) in dtype."""
+        d = self.features
+        r_diag, rt_diag = torch.diagonal(self.r), torch.diagonal(self.r_tilde)
+        if self.reparametrize:
+            r_diag, rt_diag = torch.tanh(r_diag), torch.tanh(rt_diag)
+        elif bool((r_diag * rt_diag <= -1).any()):
+            raise ValueError(f"Sylvester parameters are not invertible: r_ii r~_ii = "
+                             f"{float((r_diag * rt_diag).min()):.4g} <= -1 (use reparametrize=True)")
+        r = (self.r * self.upper + torch.diag(r_diag)).to(dtype)
+        r_tilde = (self.r_tilde * self.upper + torch.diag(rt_diag)).to(dtype)
+        if self.householder is not None:
+            q = torch.eye(d, dtype=dtype, device=self.r.device)
+            for v in self.householder.to(dtype):
+                q = q - 2 * torch.outer(q @ v, v) / v.square().sum().clamp_min(torch.finfo(dtype).tiny)
+        else:
+            q = torch.eye(d, dtype=dtype, device=self.r.device)
+            if self.reverse:
+                q = q.flip(1)
+        return q, r, r_tilde
+
+    def _log_det(self, a: torch.Tensor, r: torch.Tensor, r_tilde: torch.Tensor) -> torch.Tensor:
+        th = torch.tanh(a)
+        return torch.log((1 + (1 - th * th) * torch.diagonal(r_tilde) * torch.diagonal(r)).abs()).sum(1)
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_x(z, self.features)
+        q, r, r_tilde = self._factors(z.dtype)
+        a = z @ q @ r_tilde.T + self.b.to(z.dtype)
+        return z + torch.tanh(a) @ r.T @ q.T, -self._log_det(a, r, r_tilde)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inverse_and_log_det(z)[0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z with g(z) = x: with y = Q^T x and v = Q^T z, y = v + R tanh(R~ v + b) is upper triangular in v; solve
+        v_i from i = D - 1 down (bisection, then a Newton step that carries the implicit gradient)."""
+        _check_x(x, self.features)
+        q, r, r_tilde = self._factors(x.dtype)
+        y = x @ q
+        b = self.b.to(x.dtype)
+        v = [None] * self.features
+        th = [None] * self.features
+        for i in reversed(range(self.features)):
+            c = b[i] + sum((r_tilde[i, j] * v[j] for j in range(i + 1, self.features)), torch.zeros_like(y[:, i]))
+            rhs = y[:, i] - sum((r[i, j] * th[j] for j in range(i + 1, self.features)), torch.zeros_like(y[:, i]))
+            rii, rtii = r[i, i], r_tilde[i, i]
+            root = _solve_monotone(lambda u: u + rii * torch.tanh(rtii * u + c) - rhs, rhs - rii.abs() - 1,
+                                   rhs + rii.abs() + 1)
+            t = torch.tanh(rtii * root + c)
+            v[i] = root - (root + rii * t - rhs) / (1 + rii * rtii * (1 - t * t))
+            th[i] = torch.tanh(rtii * v[i] + c)
+        v = torch.stack(v, dim=1)
+        a = v @ r_tilde.T + b
+        return v @ q.T, -self._log_det(a, r, r_tilde)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, kind={self.kind!r}, reparametrize={self.reparametrize}"
