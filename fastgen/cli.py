@@ -170,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate N samples into shards and a manifest (resumable)")
     g.add_argument("source", help="a built-in target (gmm8, rings, grid), a TorchScript / torch.export file, "
-                                  "or module:callable")
+                                  "module:callable, or a fastgen.flows.Flow (a torch.save file or module:attribute; "
+                                  "exact draws, --sampler and --steps do not apply)")
     g.add_argument("-n", type=_positive, required=True, help="number of samples")
     g.add_argument("--out", required=True, help="output folder (shards, settings.json, manifest.json)")
     g.add_argument("--sampler", default="ddim", choices=SAMPLERS)

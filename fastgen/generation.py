@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import __version__, targets
+from .ops import diffusion as ops
 from .samplers.diffusion import SAMPLERS, make_sampler, spacings
 from .sde import VPSDE, DDPMSchedule
 
@@ -123,10 +124,37 @@ class Source:
     prediction: str
     target: targets.GaussianMixture | None = None
     exported: bool = False
+    flow: bool = False  # a fastgen.flows.Flow: exact samples in one pass from per-sample base draws
+
+
+def _pickled_module(path: str) -> bool:
+    """A torch.save archive (a zip with data.pkl and no torch.export archive_format record)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/data.pkl") for n in names) and not any(n.endswith("archive_format") for n in names)
+
+
+def _flow_source(source: str, flow, shape, prediction) -> Source:
+    event = tuple(flow.event_shape)
+    if shape is not None and check_shape(shape) != event:
+        raise SettingsError(f"shape: the flow {source!r} samples have shape {event}, got {tuple(shape)}")
+    if prediction is not None:
+        raise SettingsError("prediction is for diffusion models; a flow samples exactly")
+    if any(t.conditional for t in flow.transforms):
+        raise SettingsError(f"the flow {source!r} is conditional: generate draws unconditional flows only")
+    return Source(source, flow.eval(), event, "flow", flow=True)
 
 
 def load_source(source: str, sampler: str, shape=None, prediction: str | None = None) -> Source:
-    """A built-in target (its exact model), a TorchScript / torch.export file, or module:callable."""
+    """A built-in target (its exact model), a TorchScript / torch.export file, a fastgen.flows.Flow (saved with
+    torch.save, or module:attribute), or module:callable."""
+    from .flows import Flow
+
     process = DDPMSchedule() if sampler in ("ddpm", "ddim") else VPSDE()
     if source in TARGETS:
         target = TARGETS[source]()
@@ -134,9 +162,6 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
         if shape is not None and check_shape(shape) != (target.dim,):
             raise SettingsError(f"shape: {source} samples have shape ({target.dim},), got {tuple(shape)}")
         return Source(source, target.model(process, pred), (target.dim,), pred, target)
-    if shape is None:
-        raise SettingsError(f"--shape is needed for the model {source!r} (the shape of one sample, e.g. 3,32,32)")
-    shape = check_shape(shape)
     exported = False
     if ":" in source and not os.path.exists(source):
         module_name, _, attr = source.partition(":")
@@ -152,9 +177,18 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
             model = torch.jit.load(source, map_location="cpu")
         except Exception:
             try:
-                model, exported = torch.export.load(source).module(), True
+                if _pickled_module(source):  # torch.save of a whole module: unpickling runs its code (trust it)
+                    model = torch.load(source, map_location="cpu", weights_only=False)
+                else:
+                    model, exported = torch.export.load(source).module(), True
             except Exception as err:
-                raise GenerateError(f"{source!r} is neither a TorchScript nor a torch.export file: {err}") from None
+                raise GenerateError(f"{source!r} is neither a TorchScript, a torch.export nor a torch.save "
+                                    f"file: {err}") from None
+    if isinstance(model, Flow):
+        return _flow_source(source, model, shape, prediction)
+    if shape is None:
+        raise SettingsError(f"--shape is needed for the model {source!r} (the shape of one sample, e.g. 3,32,32)")
+    shape = check_shape(shape)
     if not callable(model):
         raise GenerateError(f"{source!r} is not callable as model(x, t)")
     return Source(source, model, shape, prediction or "eps", exported=exported)
@@ -481,6 +515,10 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "seed": seed,
                 "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
                 "dtype": "float32"}
+    if src.flow:  # exact draws: the sampler's settings do not apply
+        if label_values is not None or guidance_scale is not None:
+            raise SettingsError("labels and guidance are for diffusion models, not a flow source")
+        settings.update(sampler="flow", steps=None, spacing=None)
     if label_values is not None:
         settings.update(labels=label_record, label_key=label_key)
     if guidance_scale is not None:
@@ -546,15 +584,23 @@ def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, ch
         seeds = sample_seeds(seed, lo, lo + chunk_size)
         kwargs = chunk_kwargs(lo)
         try:
-            if not samplers:
-                guided = {} if "guidance_scale" not in settings else dict(
-                    guidance_scale=settings["guidance_scale"],
-                    uncond_kwargs={settings["label_key"]: torch.tensor([settings["null_label"]])})
-                samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
-                                             spacing=spacing, prediction=src.prediction, per_sample_seeds=seeds,
-                                             device=device, model_kwargs=kwargs, **guided))
-            with torch.no_grad():
-                x = samplers[0].draw(per_sample_seeds=seeds.to(device), model_kwargs=kwargs)[: hi - lo]
+            if src.flow:  # x = f^-1(z), z ~ N(0, I) from each sample's own seed (as a sampler's prior draw)
+                if not samplers:
+                    samplers.append(src.model.to(device))
+                z = torch.empty((chunk_size,) + src.shape, device=device)
+                ops.add_noise_(z, ops.noise_row(1.0, device=device), sample_seeds=seeds.to(device))
+                with torch.no_grad():
+                    x = samplers[0].from_base(z)[: hi - lo]
+            else:
+                if not samplers:
+                    guided = {} if "guidance_scale" not in settings else dict(
+                        guidance_scale=settings["guidance_scale"],
+                        uncond_kwargs={settings["label_key"]: torch.tensor([settings["null_label"]])})
+                    samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
+                                                 spacing=spacing, prediction=src.prediction, per_sample_seeds=seeds,
+                                                 device=device, model_kwargs=kwargs, **guided))
+                with torch.no_grad():
+                    x = samplers[0].draw(per_sample_seeds=seeds.to(device), model_kwargs=kwargs)[: hi - lo]
         except Exception as err:
             hint = (" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
                     "a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")

@@ -131,10 +131,14 @@ class Flow(nn.Module, Distribution):
         draw, for a conditional flow)."""
         z = self._base_draws(sample_shape, generator, seed)
         flat = z.reshape((-1,) + tuple(self.event_shape))
-        context = self._context(context, flat.shape[0], flat.device)
+        return self.from_base(flat, context).reshape(z.shape)
+
+    def from_base(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x = f^{-1}(z) of base points z (B, *event_shape): the sampling map, for base draws of your own."""
+        context = self._context(context, z.shape[0], z.device)
         for t in reversed(self.transforms):
-            flat = t.inverse(flat, *_with(t, context))
-        return flat.reshape(z.shape)
+            z = t.inverse(z, *_with(t, context))
+        return z
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None,
                seed: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
