@@ -111,20 +111,46 @@ def cmd_info(args) -> int:
 def cmd_sample(args) -> int:
     import fastgen
 
-    from .generation import TARGETS, sample_seeds
+    from .generation import TARGETS, GenerateError, SettingsError, load_source, sample_seeds
 
-    if args.source not in TARGETS:
-        args.usage.error(f"source must be one of {', '.join(TARGETS)}, got {args.source!r}")
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         args.usage.error(f"--plot: the folder of {args.plot!r} does not exist")
-    target = TARGETS[args.source]()
-    process = fastgen.DDPMSchedule() if args.sampler in ("ddpm", "ddim") else fastgen.VPSDE()
-    x = fastgen.sample(target.model(process, "eps"), (args.n, target.dim), sampler=args.sampler, steps=args.steps,
-                       prediction="eps", per_sample_seeds=sample_seeds(args.seed, 0, args.n)).float().cpu()
+    seeds = sample_seeds(args.seed, 0, args.n)
+    if args.source in TARGETS:
+        if args.target not in (None, args.source):
+            args.usage.error(f"--target is for a flow source; {args.source} is sampled against itself")
+        target, name = TARGETS[args.source](), args.source
+        process = fastgen.DDPMSchedule() if args.sampler in ("ddpm", "ddim") else fastgen.VPSDE()
+        x = fastgen.sample(target.model(process, "eps"), (args.n, target.dim), sampler=args.sampler,
+                           steps=args.steps, prediction="eps", per_sample_seeds=seeds).float().cpu()
+        label = f"{args.sampler}, {args.steps} steps, default spacing"
+    else:
+        try:
+            src = load_source(args.source, args.sampler)
+        except (GenerateError, SettingsError) as err:
+            args.usage.error(f"source must be one of {', '.join(TARGETS)}, or a trained flow: {err}")
+        if not src.flow:
+            args.usage.error(f"source {args.source!r} is a model, not a flow: sample it with fastgen generate")
+        if args.target not in TARGETS:
+            args.usage.error(f"--target: a flow is compared against a built-in target ({', '.join(TARGETS)}), got "
+                             f"{args.target!r}")
+        target, name = TARGETS[args.target](), f"{args.target} by the flow {args.source}"
+        if src.shape != (target.dim,):
+            args.usage.error(f"the flow's samples have shape {src.shape}, {args.target}'s ({target.dim},)")
+        z = torch.empty((args.n,) + src.shape)
+        fastgen.ops.diffusion.add_noise_(z, fastgen.ops.diffusion.noise_row(1.0), sample_seeds=seeds)
+        with torch.no_grad():
+            x = src.model.from_base(z).float()
+            held_out = target.sample(min(args.n, 20000), seed=args.seed + 3)
+            cross = -float(src.model.log_prob(held_out.float()).double().mean())
+        label = "the flow (exact draws)"
     exact = target.sample(args.n, seed=args.seed + 1)
     sub = min(args.n, 4000)
-    label = f"{args.sampler}, {args.steps} steps, default spacing"
-    print(f"{args.n:,} samples of {args.source} with {label}")
+    print(f"{args.n:,} samples of {name} with {label}")
+    if args.source not in TARGETS:
+        entropy = float(-target.log_prob(held_out.double()).mean())
+        print(f"cross-entropy on {len(held_out):,} exact samples {cross:.4f} nats, exact entropy {entropy:.4f}: "
+              f"KL(target || flow) ~ {cross - entropy:.4f}")
     metric = fastgen.metrics
     print(f"multi-scale MMD^2 to exact samples (n={sub}): {metric.mmd(x[:sub], exact[:sub], 'multiscale'):.2e}   "
           f"(exact vs exact: {metric.mmd(exact[:sub], target.sample(sub, seed=args.seed + 2), 'multiscale'):.2e})")
@@ -206,8 +232,10 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("sample", help="sample a built-in target, print metrics, save a plot")
-    s.add_argument("source", help="gmm8, rings or grid")
+    s = sub.add_parser("sample", help="sample a built-in target (or a trained flow), print metrics, save a plot")
+    s.add_argument("source", help="gmm8, rings or grid; or a fastgen.flows.Flow (torch.save file or "
+                                  "module:attribute), compared against --target")
+    s.add_argument("--target", default=None, help="for a flow source: the built-in target it was trained on")
     s.add_argument("-n", type=_int_range(2, 2**31), default=20000, help="at least 2: the metrics compare sample sets")
     s.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
     s.add_argument("--steps", type=_positive, default=50)

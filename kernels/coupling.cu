@@ -236,50 +236,44 @@ cudaError_t launch_spline_backward(const SplineCouplingArgs& a, cudaStream_t str
   return cudaGetLastError();
 }
 
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// f(Tag<T>{}) for the element type T of dtype.
+template <typename F>
+cudaError_t by_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case kFloat16:
+      return f(Tag<__half>{});
+    case kBFloat16:
+      return f(Tag<__nv_bfloat16>{});
+    default:
+      return f(Tag<float>{});
+  }
+}
+
 }  // namespace
 
 cudaError_t affine_coupling(const AffineCouplingArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case kFloat16:
-      return launch_row_sums(CouplingOp<__half>{a}, a.batch, a.dim, stream);
-    case kBFloat16:
-      return launch_row_sums(CouplingOp<__nv_bfloat16>{a}, a.batch, a.dim, stream);
-    default:
-      return launch_row_sums(CouplingOp<float>{a}, a.batch, a.dim, stream);
-  }
+  return by_dtype(a.dtype, [&](auto tag) {
+    return launch_row_sums(CouplingOp<typename decltype(tag)::type>{a}, a.batch, a.dim, stream);
+  });
 }
 
 cudaError_t affine_coupling_backward(const AffineCouplingArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case kFloat16:
-      return launch_backward<__half>(a, stream);
-    case kBFloat16:
-      return launch_backward<__nv_bfloat16>(a, stream);
-    default:
-      return launch_backward<float>(a, stream);
-  }
+  return by_dtype(a.dtype, [&](auto tag) { return launch_backward<typename decltype(tag)::type>(a, stream); });
 }
 
 cudaError_t spline_coupling(const SplineCouplingArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case kFloat16:
-      return launch_row_sums(SplineOp<__half>{a}, a.batch, a.dim, stream);
-    case kBFloat16:
-      return launch_row_sums(SplineOp<__nv_bfloat16>{a}, a.batch, a.dim, stream);
-    default:
-      return launch_row_sums(SplineOp<float>{a}, a.batch, a.dim, stream);
-  }
+  return by_dtype(a.dtype, [&](auto tag) {
+    return launch_row_sums(SplineOp<typename decltype(tag)::type>{a}, a.batch, a.dim, stream);
+  });
 }
 
 cudaError_t spline_coupling_backward(const SplineCouplingArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case kFloat16:
-      return launch_spline_backward<__half>(a, stream);
-    case kBFloat16:
-      return launch_spline_backward<__nv_bfloat16>(a, stream);
-    default:
-      return launch_spline_backward<float>(a, stream);
-  }
+  return by_dtype(a.dtype, [&](auto tag) { return launch_spline_backward<typename decltype(tag)::type>(a, stream); });
 }
 
 }  // namespace cuda

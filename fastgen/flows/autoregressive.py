@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .core import Flow, Transform
-from .coupling import Reverse, affine, check_context, check_context_features, check_scale
+from .coupling import Coupled, Reverse, affine, check_context, check_context_features, check_scale
 
 
 class MaskedLinear(nn.Linear):
@@ -67,7 +67,7 @@ class MADE(nn.Module):
         return self.net[1:](v)
 
 
-class _Autoregressive(Transform):
+class _Autoregressive(Coupled):
     def __init__(self, features: int, hidden=(64, 64), scale: str = "soft_clamp", clamp: float = 2.0,
                  made: nn.Module | None = None, context_features: int = 0):
         super().__init__()
@@ -106,27 +106,16 @@ class MaskedAutoregressive(_Autoregressive):
     """MAF's layer, the masked autoregressive transform, data to base: z = (x - t) exp(-s(h)), (h, t) = made(x), log|det| = -sum s.
     forward (density) is one pass of the MADE; inverse (sampling) takes D."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._one_pass(x, True, context)
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self._solve(z, False, context)[0]
+    def _couple(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._solve(v, False, context) if inverse else self._one_pass(v, True, context)
 
 
 class InverseAutoregressive(_Autoregressive):
     """IAF's layer, the inverse autoregressive transform: base to data x = z exp(s(h)) + t, (h, t) = made(z) — sampling (inverse)
     is one pass of the MADE; forward (data to base, the density of a given x) takes D, log|det dz/dx| = -sum s."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._solve(x, True, context)
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self._one_pass(z, False, context)[0]
-
-    def inverse_and_log_det(self, z: torch.Tensor,
-                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._one_pass(z, False, context)
-        return x, -log_det
+    def _couple(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._one_pass(v, False, context) if inverse else self._solve(v, True, context)
 
 
 def _stack(layer, features, layers, hidden, scale, clamp, context_features) -> list[Transform]:

@@ -36,6 +36,22 @@ def mlp(features_in: int, features_out: int, hidden=(64, 64), zero_last: bool = 
     return nn.Sequential(*layers)
 
 
+class Coupled(Transform):
+    """A transform given by one method, ``_couple(v, inverse, context) -> (out, log|det d out / d v|)`` in either
+    direction: forward, inverse and the sampling pass's forward log-det (minus the inverse's) all come from it."""
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, False, context)
+
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._couple(z, True, context)[0]
+
+    def inverse_and_log_det(self, z: torch.Tensor,
+                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._couple(z, True, context)
+        return x, -log_det
+
+
 def affine(x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, split: int, inverse: bool, scale: str,
            clamp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fastgen.ops.affine_coupling`, or its rule in float64 torch for float64 x (gradcheck, exact checks;
@@ -95,7 +111,7 @@ def _conditioned(layer, x: torch.Tensor, width: int, context=None) -> torch.Tens
     return out.to(x.dtype)
 
 
-class AffineCoupling(Transform):
+class AffineCoupling(Coupled):
     """z = [x_a, x_b exp(s) + t] with (h, t) = conditioner(x_a), s = clamp tanh(h / clamp) (``scale=
     "soft_clamp"``, default: the scale stays in (e^-clamp, e^clamp)) or Glow's s = log sigmoid(h + 2)
     (``scale="sigmoid"``), log|det dz/dx| = sum s.
@@ -131,22 +147,11 @@ class AffineCoupling(Transform):
         h, t = out[:, :width].contiguous(), out[:, width:].contiguous()
         return affine(x, h, t, self.split, inverse, self.scale, self.clamp)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._couple(x, False, context)
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self._couple(z, True, context)[0]
-
-    def inverse_and_log_det(self, z: torch.Tensor,
-                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._couple(z, True, context)
-        return x, -log_det
-
     def extra_repr(self) -> str:
         return f"features={self.features}, split={self.split}, scale={self.scale!r}, clamp={self.clamp}"
 
 
-class SplineCoupling(Transform):
+class SplineCoupling(Coupled):
     """Rational-quadratic spline coupling (Durkan et al. 2019): z = [x_a, spline(x_b; conditioner(x_a))], each
     transformed feature through its own monotone spline of ``bins`` bins on [-bound, bound], the identity outside
     (linear tails: finite for every input), log|det dz/dx| = sum of the splines' log-slopes. One fused op
@@ -201,17 +206,6 @@ class SplineCoupling(Transform):
             return reference.spline_coupling(x, params, self.split, self.bins, self.bound, inverse, o["min_width"],
                                              o["min_height"], o["min_derivative"])
         return spline_coupling(x, params, self.split, self.bins, bound=self.bound, inverse=inverse, **self.options)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._couple(x, False, context)
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self._couple(z, True, context)[0]
-
-    def inverse_and_log_det(self, z: torch.Tensor,
-                            context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._couple(z, True, context)
-        return x, -log_det
 
     def extra_repr(self) -> str:
         return f"features={self.features}, split={self.split}, bins={self.bins}, bound={self.bound}"

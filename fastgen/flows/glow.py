@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .core import Flow, Transform
-from .coupling import affine, check_scale
+from .coupling import Coupled, affine, check_context, check_scale
 
 
 def _zeros(x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +185,7 @@ def conv_conditioner(channels_in: int, channels_out: int, hidden: int = 64) -> n
                          nn.ReLU(), last)
 
 
-class ChannelCoupling(Transform):
+class ChannelCoupling(Coupled):
     """Affine coupling over channels of (B, C, H, W): the first C // 2 channels pass, (h, t) = conditioner(x_a)
     as (B, 2 (C - C // 2), H, W), h first; z_b = x_b exp(s(h)) + t on the fused op. Glow's sigmoid scale by
     default."""
@@ -200,8 +200,11 @@ class ChannelCoupling(Transform):
         moved = channels - self.kept
         self.conditioner = conditioner if conditioner is not None else conv_conditioner(self.kept, 2 * moved, hidden)
 
-    def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    context_features = 0
+
+    def _couple(self, x: torch.Tensor, inverse: bool, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         _check_image(x, self.channels)
+        check_context(self, x, context)
         moved = self.channels - self.kept
         out = self.conditioner(x[:, :self.kept])
         if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], 2 * moved) + tuple(x.shape[2:]):
@@ -211,15 +214,6 @@ class ChannelCoupling(Transform):
         h, t = out[:, :moved].contiguous(), out[:, moved:].contiguous()
         return affine(x.contiguous(), h, t, self.kept * x.shape[2] * x.shape[3], inverse, self.scale, self.clamp)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._couple(x, False)
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return self._couple(z, True)[0]
-
-    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, log_det = self._couple(z, True)
-        return x, -log_det
 
 
 def glow_step(channels: int, hidden: int = 64, seed: int = 0) -> list[Transform]:

@@ -16,14 +16,20 @@ loop = Loop("coupling")
 SCALES = {"soft_clamp": 0, "sigmoid": 1}
 
 
-def _params(a, first: torch.Tensor, first_name: str) -> None:
-    """What both ops share: split, the conditioner's outputs (h, and t where given), scale options."""
+def _split(a, first: torch.Tensor, first_name: str) -> tuple[int, int]:
+    """(batch, elements per sample) of the state, with split checked against them."""
     check_state(first, first_name)
     batch = first.shape[0]
     size = first.numel() // batch if batch else 0
     require(0 <= a.split < size or (batch == 0 and a.split >= 0),
             lambda: f"split must leave elements to transform: 0 <= split < {size} (the elements of one sample), got "
                     f"{a.split}")
+    return batch, size
+
+
+def _params(a, first: torch.Tensor, first_name: str) -> None:
+    """What both affine ops share: split, the conditioner's outputs (h, and t where given), scale options."""
+    batch, size = _split(a, first, first_name)
     names = (("h", a.h), ("t", a.t)) if hasattr(a, "t") else (("h", a.h),)
     for name, v in names:
         require(isinstance(v, torch.Tensor), lambda: f"{name} must be a torch.Tensor, got {type(v).__name__}",
@@ -45,13 +51,18 @@ def _affine_coupling_shapes(a):
     return torch.empty_like(a.x), a.x.new_empty((a.x.shape[0],), dtype=torch.float32)
 
 
-def _affine_coupling_backward_shapes(a):
-    _params(a, a.grad_out, "grad_out")
+def _data_side(a) -> None:
+    """A backward's data-side x and log-det gradient, against its output gradient."""
     require(a.x.shape == a.grad_out.shape and a.x.dtype == a.grad_out.dtype and a.x.device == a.grad_out.device
             and a.x.is_contiguous(), lambda: "x must be contiguous with the shape, dtype and device of grad_out")
     require(a.grad_log_det.dtype == torch.float32 and a.grad_log_det.shape == (a.x.shape[0],) and
             a.grad_log_det.device == a.x.device and a.grad_log_det.is_contiguous(),
             lambda: f"grad_log_det must be contiguous float32 of shape ({a.x.shape[0]},) on the device of x")
+
+
+def _affine_coupling_backward_shapes(a):
+    _params(a, a.grad_out, "grad_out")
+    _data_side(a)
     return torch.empty_like(a.grad_out), torch.empty_like(a.h)
 
 
@@ -121,12 +132,8 @@ MAX_BINS = 64
 
 
 def _spline_params(a, first: torch.Tensor, first_name: str) -> None:
-    check_state(first, first_name)
-    batch = first.shape[0]
-    size = first.numel() // batch if batch else 0
-    require(0 <= a.split < size or (batch == 0 and a.split >= 0),
-            lambda: f"split must leave elements to transform: 0 <= split < {size} (the elements of one sample), got "
-                    f"{a.split}")
+    """What both spline ops share: split, the spline's options, params."""
+    batch, size = _split(a, first, first_name)
     require(1 <= a.bins <= MAX_BINS, lambda: f"bins must be in [1, {MAX_BINS}], got {a.bins}")
     require(math.isfinite(a.bound) and a.bound > 0, lambda: f"bound must be finite and > 0, got {a.bound}")
     for name in ("min_width", "min_height"):
@@ -153,11 +160,7 @@ def _spline_coupling_shapes(a):
 
 def _spline_coupling_backward_shapes(a):
     _spline_params(a, a.grad_out, "grad_out")
-    require(a.x.shape == a.grad_out.shape and a.x.dtype == a.grad_out.dtype and a.x.device == a.grad_out.device
-            and a.x.is_contiguous(), lambda: "x must be contiguous with the shape, dtype and device of grad_out")
-    require(a.grad_log_det.dtype == torch.float32 and a.grad_log_det.shape == (a.x.shape[0],) and
-            a.grad_log_det.device == a.x.device and a.grad_log_det.is_contiguous(),
-            lambda: f"grad_log_det must be contiguous float32 of shape ({a.x.shape[0]},) on the device of x")
+    _data_side(a)
     return torch.empty_like(a.grad_out), torch.empty_like(a.params)
 
 
