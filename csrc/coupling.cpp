@@ -29,6 +29,22 @@ using torch::Tensor;
 
 constexpr int64_t kLanes = 16;
 
+// Each sample's elements contiguous (the dims after the first), samples at least that many elements apart: a
+// contiguous tensor, or a dim-1 slice of one (fastgen/ops/coupling.py's rows).
+bool rows(const Tensor& v) {
+  if (v.is_contiguous()) return true;
+  if (v.dim() < 2) return false;
+  int64_t expected = 1;
+  for (int64_t d = v.dim() - 1; d >= 1; --d) {
+    if (v.size(d) != 1 && v.stride(d) != expected) return false;
+    expected *= v.size(d);
+  }
+  return v.size(0) <= 1 || v.stride(0) >= expected;
+}
+
+// The distance between samples of a rows() tensor, in elements.
+int64_t row_stride(const Tensor& v, int64_t per_sample) { return v.size(0) <= 1 ? per_sample : v.stride(0); }
+
 void check_params(const Tensor& first, const char* first_name, const Tensor& h, const Tensor* t, int64_t split,
                   int64_t scale_mode, double clamp) {
   check_state_dtype(first, first_name);
@@ -45,10 +61,12 @@ void check_params(const Tensor& first, const char* first_name, const Tensor& h, 
     const Tensor& p = *params[k];
     FASTGEN_CHECK_TYPE(p.scalar_type() == first.scalar_type(), names[k], " must have the dtype of ", first_name, " (",
                        first.scalar_type(), "), got ", p.scalar_type());
-    FASTGEN_CHECK(p.device() == first.device() && p.is_contiguous() && p.dim() >= 1 && p.size(0) == batch &&
-                      p.numel() == batch * (dim - split),
-                  names[k], " must be contiguous on the device of ", first_name, " with ", dim - split,
-                  " elements per sample, batch first, got ", p.sizes());
+    FASTGEN_CHECK(p.device() == first.device() && p.dim() >= 1 && p.size(0) == batch &&
+                      p.numel() == batch * (dim - split) && rows(p),
+                  names[k], " must be on the device of ", first_name, " with ", dim - split,
+                  " elements per sample (the transformed part: ", dim, " - split), batch ", batch,
+                  " first, each sample's elements contiguous (a contiguous tensor or a dim-1 slice of one), got ",
+                  p.sizes(), " with strides ", p.strides(), " on ", p.device());
   }
   FASTGEN_CHECK(scale_mode == 0 || scale_mode == 1, "scale_mode must be 0 (soft clamp) or 1 (sigmoid), got ",
                 scale_mode);
@@ -186,6 +204,7 @@ std::tuple<Tensor, Tensor> affine_coupling_cpu(const Tensor& x, const Tensor& h,
   Tensor log_det = at::empty({batch}, x.options().dtype(at::kFloat));
   if (batch == 0) return {out, log_det};
   const int64_t dim = x.numel() / batch, part = dim - split;
+  const int64_t hs = row_stride(h, part), ts = row_stride(t, part);
   float* ld = log_det.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -200,9 +219,10 @@ std::tuple<Tensor, Tensor> affine_coupling_cpu(const Tensor& x, const Tensor& h,
         float total = 0.0f;
         for (int64_t j0 = 0; j0 < part; j0 += cpu::kBlock) {
           const int64_t n = std::min(cpu::kBlock, part - j0);
-          const int64_t i = b * dim + split + j0, p = b * part + j0;
+          const int64_t i = b * dim + split + j0;
           float* dst = std::is_same<T, float>::value ? reinterpret_cast<float*>(op + i) : ob;
-          total += forward_block(as_floats(xp + i, n, xb), as_floats(hp + p, n, hb), as_floats(tp + p, n, tb), dst,
+          total += forward_block(as_floats(xp + i, n, xb), as_floats(hp + b * hs + j0, n, hb),
+                                 as_floats(tp + b * ts + j0, n, tb), dst,
                                  n, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp));
           store_floats(ob, n, op + i);
         }
@@ -218,10 +238,10 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
                                                         int64_t scale_mode, double clamp) {
   check_backward(grad_out, grad_log_det, x, h, split, scale_mode, clamp);
   Tensor grad_in = at::empty_like(grad_out);
-  Tensor grad_h = at::empty_like(h);
+  Tensor grad_h = at::empty(h.sizes(), h.options());
   const int64_t batch = x.size(0);
   if (batch == 0) return {grad_in, grad_h};
-  const int64_t dim = x.numel() / batch, part = dim - split;
+  const int64_t dim = x.numel() / batch, part = dim - split, hs = row_stride(h, part);
   const float* gl = grad_log_det.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -240,7 +260,8 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
           constexpr bool direct = std::is_same<T, float>::value;
           float* in_dst = direct ? reinterpret_cast<float*>(gin + i) : ib;
           float* h_dst = direct ? reinterpret_cast<float*>(gh + p) : hgb;
-          backward_block(as_floats(gp + i, n, gb), as_floats(xp + i, n, xb), as_floats(hp + p, n, hb), gl[b], in_dst,
+          backward_block(as_floats(gp + i, n, gb), as_floats(xp + i, n, xb), as_floats(hp + b * hs + j0, n, hb), gl[b],
+                         in_dst,
                          h_dst, n, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp));
           store_floats(ib, n, gin + i);
           store_floats(hgb, n, gh + p);
@@ -499,6 +520,7 @@ cuda::AffineCouplingArgs cuda_args(const Tensor& x, const Tensor& h, int64_t spl
   a.inverse = inverse;
   a.scale_mode = static_cast<int>(scale_mode);
   a.clamp = static_cast<float>(clamp);
+  a.h_stride = row_stride(h, a.dim - split);
   return a;
 }
 
@@ -510,6 +532,7 @@ std::tuple<Tensor, Tensor> affine_coupling_cuda(const Tensor& x, const Tensor& h
   Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
   cuda::AffineCouplingArgs a = cuda_args(x, h, split, inverse, scale_mode, clamp);
   a.t = t.data_ptr();
+  a.t_stride = row_stride(t, a.dim - split);
   a.out = out.data_ptr();
   a.log_det = log_det.data_ptr<float>();
   C10_CUDA_CHECK(cuda::affine_coupling(a, c10::cuda::getCurrentCUDAStream()));
@@ -522,7 +545,7 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cuda(const Tensor& grad_out,
   check_backward(grad_out, grad_log_det, x, h, split, scale_mode, clamp);
   const c10::cuda::CUDAGuard guard(x.device());
   Tensor grad_in = at::empty_like(grad_out);
-  Tensor grad_h = at::empty_like(h);
+  Tensor grad_h = at::empty(h.sizes(), h.options());
   cuda::AffineCouplingArgs a = cuda_args(x, h, split, inverse, scale_mode, clamp);
   a.grad_out = grad_out.data_ptr();
   a.grad_log_det = grad_log_det.data_ptr<float>();

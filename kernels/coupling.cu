@@ -33,9 +33,9 @@ struct CouplingOp {
       store(static_cast<T*>(a.out), i, x);
       return 0.0f;
     }
-    const int64_t p = row * (a.dim - a.split) + (col - a.split);
-    const LogScale s = log_scale(load(static_cast<const T*>(a.h), p), a.scale_mode, a.clamp);
-    const float t = load(static_cast<const T*>(a.t), p);
+    const int64_t c = col - a.split;
+    const LogScale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
+    const float t = load(static_cast<const T*>(a.t), row * a.t_stride + c);
     store(static_cast<T*>(a.out), i, a.inverse ? (x - t) * expf(-s.s) : x * expf(s.s) + t);
     return s.s;
   }
@@ -53,8 +53,8 @@ __global__ void coupling_backward_kernel(AffineCouplingArgs a) {
       store(static_cast<T*>(a.out), i, g);
       continue;
     }
-    const int64_t p = row * (a.dim - a.split) + (col - a.split);
-    const LogScale s = log_scale(load(static_cast<const T*>(a.h), p), a.scale_mode, a.clamp);
+    const int64_t c = col - a.split, p = row * (a.dim - a.split) + c;  // grad_h is contiguous
+    const LogScale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
     const float x = load(static_cast<const T*>(a.x), i), gl = a.grad_log_det[row];
     if (a.inverse) {
       store(static_cast<T*>(a.out), i, g * expf(-s.s));

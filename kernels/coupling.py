@@ -28,26 +28,26 @@ def log_scale(h, SCALE_MODE: tl.constexpr, clamp):
 
 @triton.jit
 def tile(rows, start, batch, dim, split, BLOCK_D: tl.constexpr):
-    """Columns start..start + BLOCK_D of `rows`: (in range, in the transformed part, index into x, index into
-    h and t)."""
+    """Columns start..start + BLOCK_D of `rows`: (in range, in the transformed part, index into x, column of the
+    transformed part)."""
     cols = start + tl.arange(0, BLOCK_D)
     inside = (rows[:, None] < batch) & (cols[None, :] < dim)
     moved = inside & (cols[None, :] >= split)
-    return inside, moved, rows[:, None] * dim + cols[None, :], rows[:, None] * (dim - split) + (cols[None, :] - split)
+    return inside, moved, rows[:, None] * dim + cols[None, :], cols[None, :] - split
 
 
 @triton.jit
 def affine_coupling_kernel(
-    x_ptr, h_ptr, t_ptr, out_ptr, log_det_ptr, batch, dim, split, clamp,
+    x_ptr, h_ptr, t_ptr, out_ptr, log_det_ptr, batch, dim, split, h_stride, t_stride, clamp,
     INVERSE: tl.constexpr, SCALE_MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     total = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for start in range(0, dim, BLOCK_D):
-        inside, moved, idx, pidx = tile(rows, start, batch, dim, split, BLOCK_D)
+        inside, moved, idx, c = tile(rows, start, batch, dim, split, BLOCK_D)
         x = tl.load(x_ptr + idx, mask=inside, other=0.0).to(tl.float32)
-        h = tl.load(h_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
-        t = tl.load(t_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + rows[:, None] * h_stride + c, mask=moved, other=0.0).to(tl.float32)
+        t = tl.load(t_ptr + rows[:, None] * t_stride + c, mask=moved, other=0.0).to(tl.float32)
         s, _ = log_scale(h, SCALE_MODE, clamp)
         if INVERSE:
             y = (x - t) * tl.exp(-s)
@@ -63,16 +63,17 @@ def affine_coupling_kernel(
 
 @triton.jit
 def affine_coupling_backward_kernel(
-    g_ptr, gl_ptr, x_ptr, h_ptr, grad_in_ptr, grad_h_ptr, batch, dim, split, clamp,
+    g_ptr, gl_ptr, x_ptr, h_ptr, grad_in_ptr, grad_h_ptr, batch, dim, split, h_stride, clamp,
     INVERSE: tl.constexpr, SCALE_MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     gl = tl.load(gl_ptr + rows, mask=rows < batch, other=0.0)[:, None]
     for start in range(0, dim, BLOCK_D):
-        inside, moved, idx, pidx = tile(rows, start, batch, dim, split, BLOCK_D)
+        inside, moved, idx, c = tile(rows, start, batch, dim, split, BLOCK_D)
+        pidx = rows[:, None] * (dim - split) + c  # grad_h is contiguous
         g = tl.load(g_ptr + idx, mask=inside, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + idx, mask=moved, other=0.0).to(tl.float32)
-        h = tl.load(h_ptr + pidx, mask=moved, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + rows[:, None] * h_stride + c, mask=moved, other=0.0).to(tl.float32)
         s, ds = log_scale(h, SCALE_MODE, clamp)
         if INVERSE:
             gin = g * tl.exp(-s)
@@ -82,6 +83,11 @@ def affine_coupling_backward_kernel(
             gh = (gin * x + gl) * ds
         tl.store(grad_in_ptr + idx, tl.where(moved, gin, g).to(grad_in_ptr.dtype.element_ty), mask=inside)
         tl.store(grad_h_ptr + pidx, gh.to(grad_h_ptr.dtype.element_ty), mask=moved)
+
+
+def _row_stride(v: torch.Tensor, per_sample: int) -> int:
+    """Elements between samples of h or t (contiguous, or a dim-1 slice of a conditioner's output)."""
+    return v.stride(0) if v.shape[0] > 1 else per_sample
 
 
 def _grid(batch: int, dim: int) -> tuple[int, int, int]:
@@ -98,21 +104,22 @@ def affine_coupling(x, h, t, split, inverse, scale_mode, clamp):
     if batch:
         dim = x.numel() // batch
         programs, rows, block_d = _grid(batch, dim)
-        affine_coupling_kernel[(programs,)](x, h, t, out, log_det, batch, dim, split, clamp, INVERSE=inverse,
+        affine_coupling_kernel[(programs,)](x, h, t, out, log_det, batch, dim, split, _row_stride(h, dim - split),
+                                            _row_stride(t, dim - split), clamp, INVERSE=inverse,
                                             SCALE_MODE=scale_mode, ROWS=rows, BLOCK_D=block_d)
     return out, log_det
 
 
 def affine_coupling_backward(grad_out, grad_log_det, x, h, split, inverse, scale_mode, clamp):
     """fastgen_triton::affine_coupling_backward (declared in fastgen/ops/coupling.py)."""
-    grad_in, grad_h = torch.empty_like(grad_out), torch.empty_like(h)
+    grad_in, grad_h = torch.empty_like(grad_out), h.new_empty(h.shape)
     batch = x.shape[0]
     if batch:
         dim = x.numel() // batch
         programs, rows, block_d = _grid(batch, dim)
         affine_coupling_backward_kernel[(programs,)](grad_out, grad_log_det, x, h, grad_in, grad_h, batch, dim,
-                                                     split, clamp, INVERSE=inverse, SCALE_MODE=scale_mode, ROWS=rows,
-                                                     BLOCK_D=block_d)
+                                                     split, _row_stride(h, dim - split), clamp, INVERSE=inverse,
+                                                     SCALE_MODE=scale_mode, ROWS=rows, BLOCK_D=block_d)
     return grad_in, grad_h
 
 

@@ -191,8 +191,8 @@ struct HutchinsonDotArgs {
 // The backward: grad_in = [g_a, g_b exp(+-s)], grad_h = (g_b x_b exp(s) + g_ld) s' (inverse: -(g_b x_b + g_ld) s').
 struct AffineCouplingArgs {
   const void* x;           // (batch, dim): the forward's input, or the backward's data-side tensor
-  const void* h;           // (batch, dim - split) log-scale logits
-  const void* t;           // (batch, dim - split) shifts (forward only)
+  const void* h;           // (batch, dim - split) log-scale logits, samples h_stride apart
+  const void* t;           // (batch, dim - split) shifts (forward only), samples t_stride apart
   void* out;               // (batch, dim) output (the backward: grad_in)
   float* log_det;          // (batch,) output (forward only)
   const void* grad_out;    // (batch, dim) (backward only)
@@ -202,6 +202,8 @@ struct AffineCouplingArgs {
   int64_t batch;
   int64_t dim;
   int64_t split;
+  int64_t h_stride;        // elements between samples of h (and of t): dim - split, or a slice's row stride
+  int64_t t_stride;
   bool inverse;
   int scale_mode;
   float clamp;

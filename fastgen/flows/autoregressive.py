@@ -83,7 +83,7 @@ class _Autoregressive(Coupled):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"made must return (B, {2 * self.features}) (h then t per feature), got {got}")
         out = out.to(v.dtype)
-        return out[:, :self.features].contiguous(), out[:, self.features:].contiguous()
+        return out[:, :self.features], out[:, self.features:]  # views, read in place by the op
 
     def _one_pass(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
         """The map whose parameters come from its own input v."""

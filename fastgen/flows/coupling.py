@@ -144,7 +144,7 @@ class AffineCoupling(Coupled):
     def _couple(self, x: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
         width = self.features - self.split
         out = _conditioned(self, x, 2 * width, context)
-        h, t = out[:, :width].contiguous(), out[:, width:].contiguous()
+        h, t = out[:, :width], out[:, width:]  # views: the op reads rows of the conditioner output in place
         return affine(x, h, t, self.split, inverse, self.scale, self.clamp)
 
     def extra_repr(self) -> str:

@@ -211,7 +211,7 @@ class ChannelCoupling(Coupled):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"conditioner must return (B, {2 * moved}, H, W) (h then t), got {got}")
         out = out.to(x.dtype)
-        h, t = out[:, :moved].contiguous(), out[:, moved:].contiguous()
+        h, t = out[:, :moved], out[:, moved:]  # views, read in place by the op
         return affine(x.contiguous(), h, t, self.kept * x.shape[2] * x.shape[3], inverse, self.scale, self.clamp)
 
 

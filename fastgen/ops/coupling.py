@@ -27,6 +27,21 @@ def _split(a, first: torch.Tensor, first_name: str) -> tuple[int, int]:
     return batch, size
 
 
+def rows(v: torch.Tensor) -> bool:
+    """Each sample's elements contiguous (the dims after the first), samples at least that many elements apart:
+    a contiguous tensor, or a slice of one along dim 1 (h and t sliced out of a conditioner's output, no copy)."""
+    if v.is_contiguous():
+        return True
+    if v.dim() < 2:
+        return False
+    expected = 1
+    for size, stride in zip(reversed(v.shape[1:]), reversed(v.stride()[1:])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return v.shape[0] <= 1 or v.stride(0) >= expected
+
+
 def _params(a, first: torch.Tensor, first_name: str) -> None:
     """What both affine ops share: split, the conditioner's outputs (h, and t where given), scale options."""
     batch, size = _split(a, first, first_name)
@@ -36,11 +51,12 @@ def _params(a, first: torch.Tensor, first_name: str) -> None:
                 TypeError)
         require(v.dtype == first.dtype, lambda: f"{name} must have the dtype of {first_name} ({first.dtype}), got "
                                                 f"{v.dtype}", TypeError)
-        require(v.device == first.device and v.is_contiguous() and v.dim() >= 1 and v.shape[0] == batch and
-                v.numel() == batch * (size - a.split),
-                lambda: f"{name} must be contiguous on the device of {first_name} with {size - a.split} elements per "
-                        f"sample (the transformed part: {size} - split), batch {batch} first, got "
-                        f"{tuple(v.shape)} on {v.device}")
+        require(v.device == first.device and v.dim() >= 1 and v.shape[0] == batch and
+                v.numel() == batch * (size - a.split) and rows(v),
+                lambda: f"{name} must be on the device of {first_name} with {size - a.split} elements per sample "
+                        f"(the transformed part: {size} - split), batch {batch} first, each sample's elements "
+                        f"contiguous (a contiguous tensor or a dim-1 slice of one), got {tuple(v.shape)} with "
+                        f"strides {tuple(v.stride())} on {v.device}")
     require(a.scale_mode in SCALES.values(), lambda: f"scale_mode must be 0 (soft clamp) or 1 (sigmoid), got "
                                                      f"{a.scale_mode}")
     require(math.isfinite(a.clamp) and a.clamp > 0, lambda: f"clamp must be finite and > 0, got {a.clamp}")
@@ -63,7 +79,7 @@ def _data_side(a) -> None:
 def _affine_coupling_backward_shapes(a):
     _params(a, a.grad_out, "grad_out")
     _data_side(a)
-    return torch.empty_like(a.grad_out), torch.empty_like(a.h)
+    return torch.empty_like(a.grad_out), a.h.new_empty(a.h.shape)
 
 
 def _affine_coupling_setup(ctx, inputs, output) -> None:
@@ -117,14 +133,16 @@ def affine_coupling(
     with x_a the first ``split`` elements of each flattened sample and x_b the rest. Returns (out in x's dtype,
     log_det (B,) float32), differentiable in x, h and t (the backward is one fused pass too). h and t hold the
     transformed part in element order, any shape with that many elements per sample (for (B, C, H, W) split at
-    channel c: split = c H W, h and t (B, C - c, H, W))."""
+    channel c: split = c H W, h and t (B, C - c, H, W)); slices of one conditioner output along dim 1 are read in
+    place, without a copy."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if isinstance(split, bool) or not isinstance(split, int):
         raise TypeError(f"split must be an int, got {type(split).__name__}")
     if isinstance(clamp, bool) or not isinstance(clamp, (int, float)):
         raise TypeError(f"clamp must be a number, got {type(clamp).__name__}")
-    return _affine_coupling(x=x.contiguous(), h=h.contiguous(), t=t.contiguous(), split=split, inverse=bool(inverse),
+    h, t = (v if not isinstance(v, torch.Tensor) or rows(v) else v.contiguous() for v in (h, t))
+    return _affine_coupling(x=x.contiguous(), h=h, t=t, split=split, inverse=bool(inverse),
                             scale_mode=SCALES[scale], clamp=float(clamp))
 
 
