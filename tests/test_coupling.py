@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastgen
-from fastgen.ops import REGISTRY, affine_coupling, spline_coupling
+from fastgen.ops import affine_coupling, spline_coupling
 from fastgen.reference import coupling as R
 
 from conftest import Sample, cpu_backends

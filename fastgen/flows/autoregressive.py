@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .core import Flow, Transform
-from .coupling import Coupled, Reverse, affine, check_context, check_context_features, check_scale
+from .coupling import Coupled, affine, alternating, check_context, check_context_features, check_scale
 
 
 class MaskedLinear(nn.Linear):
@@ -119,14 +119,7 @@ class InverseAutoregressive(_Autoregressive):
 
 
 def _stack(layer, features, layers, hidden, scale, clamp, context_features) -> list[Transform]:
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be an int >= 1, got {layers!r}")
-    transforms = []
-    for i in range(layers):
-        if i:
-            transforms.append(Reverse())
-        transforms.append(layer(features, hidden, scale, clamp, context_features=context_features))
-    return transforms
+    return alternating(lambda: layer(features, hidden, scale, clamp, context_features=context_features), layers)
 
 
 class MAF(Flow):

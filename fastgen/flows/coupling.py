@@ -224,6 +224,19 @@ class Reverse(Transform):
         return self(z)
 
 
+def alternating(make, layers: int) -> list[Transform]:
+    """``layers`` transforms from ``make()``, the feature order reversed between them (so every feature gets
+    transformed)."""
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be an int >= 1, got {layers!r}")
+    transforms = []
+    for i in range(layers):
+        if i:
+            transforms.append(Reverse())
+        transforms.append(make())
+    return transforms
+
+
 class RealNVP(Flow):
     """RealNVP on (B, D) data: ``layers`` affine couplings, the feature order reversed between them, on a
     standard normal base. Options go to :class:`AffineCoupling` (hidden widths, scale, clamp, context_features:
@@ -231,15 +244,9 @@ class RealNVP(Flow):
 
     def __init__(self, features: int, layers: int = 8, hidden=(64, 64), scale: str = "soft_clamp",
                  clamp: float = 2.0, context_features: int = 0):
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers must be an int >= 1, got {layers!r}")
-        transforms = []
-        for i in range(layers):
-            if i:
-                transforms.append(Reverse())
-            transforms.append(AffineCoupling(features, hidden=hidden, scale=scale, clamp=clamp,
-                                             context_features=context_features))
-        super().__init__(transforms, event_shape=(features,))
+        super().__init__(alternating(lambda: AffineCoupling(features, hidden=hidden, scale=scale, clamp=clamp,
+                                                            context_features=context_features), layers),
+                         event_shape=(features,))
 
 
 class NSF(Flow):
@@ -249,12 +256,6 @@ class NSF(Flow):
 
     def __init__(self, features: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0,
                  context_features: int = 0):
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers must be an int >= 1, got {layers!r}")
-        transforms = []
-        for i in range(layers):
-            if i:
-                transforms.append(Reverse())
-            transforms.append(SplineCoupling(features, hidden=hidden, bins=bins, bound=bound,
-                                             context_features=context_features))
-        super().__init__(transforms, event_shape=(features,))
+        super().__init__(alternating(lambda: SplineCoupling(features, hidden=hidden, bins=bins, bound=bound,
+                                                            context_features=context_features), layers),
+                         event_shape=(features,))

@@ -10,8 +10,6 @@ Glow's learned one), and :class:`Squeeze` / :class:`Unsqueeze` trade space for c
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 

@@ -9,8 +9,6 @@ r_ii r~_ii >= -1 with tanh."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.functional import softplus
