@@ -67,13 +67,13 @@ __global__ void coupling_backward_kernel(AffineCouplingArgs a) {
   }
 }
 
-template <typename T>
-cudaError_t launch_backward(const AffineCouplingArgs& a, cudaStream_t stream) {
+// A grid-stride kernel over the batch * dim elements of a, at most `items` per thread (both backwards).
+template <typename Args>
+cudaError_t launch_elementwise(void (*kernel)(Args), const Args& a, int64_t items, cudaStream_t stream) {
   const int64_t numel = a.batch * a.dim;
   if (numel == 0) return cudaSuccess;
-  const int64_t blocks = (numel + kThreads * kItemsPerThread - 1) / (kThreads * kItemsPerThread);
-  coupling_backward_kernel<T><<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0,
-                                stream>>>(a);
+  const int64_t blocks = (numel + kThreads * items - 1) / (kThreads * items);
+  kernel<<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -227,16 +227,6 @@ __global__ void spline_backward_kernel(SplineCouplingArgs a) {
 }
 
 template <typename T>
-cudaError_t launch_spline_backward(const SplineCouplingArgs& a, cudaStream_t stream) {
-  const int64_t numel = a.batch * a.dim;
-  if (numel == 0) return cudaSuccess;
-  const int64_t blocks = (numel + kThreads - 1) / kThreads;
-  spline_backward_kernel<T><<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0,
-                              stream>>>(a);
-  return cudaGetLastError();
-}
-
-template <typename T>
 struct Tag {
   using type = T;
 };
@@ -263,7 +253,9 @@ cudaError_t affine_coupling(const AffineCouplingArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t affine_coupling_backward(const AffineCouplingArgs& a, cudaStream_t stream) {
-  return by_dtype(a.dtype, [&](auto tag) { return launch_backward<typename decltype(tag)::type>(a, stream); });
+  return by_dtype(a.dtype, [&](auto tag) {
+    return launch_elementwise(coupling_backward_kernel<typename decltype(tag)::type>, a, kItemsPerThread, stream);
+  });
 }
 
 cudaError_t spline_coupling(const SplineCouplingArgs& a, cudaStream_t stream) {
@@ -273,7 +265,9 @@ cudaError_t spline_coupling(const SplineCouplingArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t spline_coupling_backward(const SplineCouplingArgs& a, cudaStream_t stream) {
-  return by_dtype(a.dtype, [&](auto tag) { return launch_spline_backward<typename decltype(tag)::type>(a, stream); });
+  return by_dtype(a.dtype, [&](auto tag) {
+    return launch_elementwise(spline_backward_kernel<typename decltype(tag)::type>, a, 1, stream);
+  });
 }
 
 }  // namespace cuda
