@@ -1,5 +1,5 @@
-// Device helpers shared by the CUDA kernels: float32 loads/stores of every
-// state dtype, and a block-wide sum.
+// Device helpers shared by the CUDA kernels: float32 loads/stores of every state dtype, a block-wide sum, per-row
+// sums, a grid-stride launcher and the dispatch on dtype.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,6 +71,33 @@ cudaError_t launch_row_sums(const Op& op, int64_t batch, int64_t dim, cudaStream
     row_sum_block_kernel<Op><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(op, dim);
   }
   return cudaGetLastError();
+}
+
+// A grid-stride kernel over numel elements, at most `items` per thread.
+template <typename Args>
+cudaError_t launch_elementwise(void (*kernel)(Args), const Args& a, int64_t numel, int64_t items, cudaStream_t stream) {
+  if (numel == 0) return cudaSuccess;
+  const int64_t blocks = (numel + kThreads * items - 1) / (kThreads * items);
+  kernel<<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// f(Tag<T>{}) for the element type T of dtype.
+template <typename F>
+cudaError_t by_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case kFloat16:
+      return f(Tag<__half>{});
+    case kBFloat16:
+      return f(Tag<__nv_bfloat16>{});
+    default:
+      return f(Tag<float>{});
+  }
 }
 
 }  // namespace

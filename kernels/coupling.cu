@@ -67,16 +67,6 @@ __global__ void coupling_backward_kernel(AffineCouplingArgs a) {
   }
 }
 
-// A grid-stride kernel over the batch * dim elements of a, at most `items` per thread (both backwards).
-template <typename Args>
-cudaError_t launch_elementwise(void (*kernel)(Args), const Args& a, int64_t items, cudaStream_t stream) {
-  const int64_t numel = a.batch * a.dim;
-  if (numel == 0) return cudaSuccess;
-  const int64_t blocks = (numel + kThreads * items - 1) / (kThreads * items);
-  kernel<<<static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
-}
-
 // ---- Rational-quadratic spline: one thread per element, its 3 bins - 1 parameters read from global memory.
 
 __device__ __forceinline__ float softplus(float u) { return fmaxf(u, 0.0f) + log1pf(expf(-fabsf(u))); }
@@ -226,24 +216,6 @@ __global__ void spline_backward_kernel(SplineCouplingArgs a) {
   }
 }
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-// f(Tag<T>{}) for the element type T of dtype.
-template <typename F>
-cudaError_t by_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case kFloat16:
-      return f(Tag<__half>{});
-    case kBFloat16:
-      return f(Tag<__nv_bfloat16>{});
-    default:
-      return f(Tag<float>{});
-  }
-}
-
 }  // namespace
 
 cudaError_t affine_coupling(const AffineCouplingArgs& a, cudaStream_t stream) {
@@ -254,7 +226,8 @@ cudaError_t affine_coupling(const AffineCouplingArgs& a, cudaStream_t stream) {
 
 cudaError_t affine_coupling_backward(const AffineCouplingArgs& a, cudaStream_t stream) {
   return by_dtype(a.dtype, [&](auto tag) {
-    return launch_elementwise(coupling_backward_kernel<typename decltype(tag)::type>, a, kItemsPerThread, stream);
+    return launch_elementwise(coupling_backward_kernel<typename decltype(tag)::type>, a, a.batch * a.dim,
+                              kItemsPerThread, stream);
   });
 }
 
@@ -266,7 +239,7 @@ cudaError_t spline_coupling(const SplineCouplingArgs& a, cudaStream_t stream) {
 
 cudaError_t spline_coupling_backward(const SplineCouplingArgs& a, cudaStream_t stream) {
   return by_dtype(a.dtype, [&](auto tag) {
-    return launch_elementwise(spline_backward_kernel<typename decltype(tag)::type>, a, 1, stream);
+    return launch_elementwise(spline_backward_kernel<typename decltype(tag)::type>, a, a.batch * a.dim, 1, stream);
   });
 }
 

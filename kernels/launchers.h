@@ -234,5 +234,39 @@ struct SplineCouplingArgs {
 cudaError_t spline_coupling(const SplineCouplingArgs& args, cudaStream_t stream);
 cudaError_t spline_coupling_backward(const SplineCouplingArgs& args, cudaStream_t stream);
 
+// glow.cu: ActNorm (fastgen/reference/glow.py) on rows = batch * channels rows of `spatial` elements, channel
+// row % channels. Forward: out = x exp(s_c) + b_c (inverse: (x - b_c) exp(-s_c)), log_det = +-spatial sum s. The
+// backward: grad_in = g exp(+-s_c), and per row (sum g, sum g x) into partial; the caller sums them over the batch.
+struct ActNormArgs {
+  const void* x;           // (batch, channels, spatial): the forward's input, or the backward's data-side tensor
+  const float* log_scale;  // (channels,)
+  const float* bias;       // (channels,) (forward only)
+  void* out;               // like x, output (the backward: grad_in)
+  float* log_det;          // (batch,) output (forward only)
+  const void* grad_out;    // like x (backward only)
+  float* partial;          // (batch * channels, 2) output (backward only)
+  DType dtype;             // of x, out and grad_out
+  int64_t batch;
+  int64_t channels;
+  int64_t spatial;
+  bool inverse;
+};
+cudaError_t actnorm(const ActNormArgs& args, cudaStream_t stream);
+cudaError_t actnorm_backward(const ActNormArgs& args, cudaStream_t stream);
+
+// glow.cu: squeeze, (batch, channels, 2 height, 2 width) -> (batch, 4 channels, height, width) with out[b, 4c + 2i
+// + j, u, v] = x[b, c, 2u + i, 2v + j]; inverse: back. Moves elements of `element_size` bytes (2 or 4).
+struct SqueezeArgs {
+  const void* x;
+  void* out;
+  int64_t batch;
+  int64_t channels;        // of the unsqueezed tensor
+  int64_t height;          // of the squeezed tensor
+  int64_t width;
+  int element_size;
+  bool inverse;
+};
+cudaError_t squeeze2d(const SqueezeArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastgen

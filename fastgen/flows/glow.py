@@ -13,12 +13,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
+from ..reference import glow as reference
 from .core import Flow, Transform
 from .coupling import Coupled, affine, check_context, check_scale
 
 
 def _zeros(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def _params(x: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Per-channel parameters in the dtype the ops take (float32; float64 for the float64 rule)."""
+    return [v.to(torch.float64 if x.dtype == torch.float64 else torch.float32) for v in values]
 
 
 def _check_image(x: torch.Tensor, channels: int) -> None:
@@ -28,8 +35,9 @@ def _check_image(x: torch.Tensor, channels: int) -> None:
 
 class ActNorm(Transform):
     """z = x exp(log_scale) + bias per channel (dim 1; any trailing dims), log|det| = (elements per channel)
-    sum log_scale. On its first forward call in training mode the parameters are set from that batch so that z has
-    zero mean and unit variance per channel (data-dependent initialization)."""
+    sum log_scale, on the fused op (:func:`fastgen.ops.actnorm`). On its first forward call in training mode the
+    parameters are set from that batch so that z has zero mean and unit variance per channel (data-dependent
+    initialization)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -39,9 +47,6 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
-
-    def _shaped(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return v.to(x.dtype).reshape((1, self.channels) + (1,) * (x.dim() - 2))
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.channels:
@@ -55,19 +60,28 @@ class ActNorm(Transform):
                 self.log_scale.copy_(-torch.log(flat.std(dim=1, unbiased=False) + 1e-6))
                 self.bias.copy_(-flat.mean(dim=1) * self.log_scale.exp())
                 self.initialized.fill_(True)
-        z = x * self._shaped(self.log_scale.exp(), x) + self._shaped(self.bias, x)
-        per_channel = x[0, 0].numel()
-        return z, (per_channel * self.log_scale.sum()).to(_zeros(x).dtype).expand(x.shape[0])
+        return self._run(x.contiguous(), False)
+
+    def _run(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale, bias = _params(x, self.log_scale, self.bias)
+        if x.dtype == torch.float64:
+            return reference.actnorm(x, log_scale, bias, inverse)
+        return ops.actnorm(x, log_scale, bias, inverse=inverse)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inverse_and_log_det(z)[0]
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(z)
-        return (z - self._shaped(self.bias, z)) * self._shaped((-self.log_scale).exp(), z)
+        x, log_det = self._run(z.contiguous(), True)
+        return x, -log_det
 
 
 class InvConv1x1LU(Transform):
     """z = W x at every pixel, W = P L (U + diag(sign exp(log_s))) with P a fixed permutation, L unit lower
     triangular, U strictly upper triangular (Kingma & Dhariwal 2018, LU parametrization): log|det| = H W sum
-    log_s, no determinant computed. Starts at a random rotation."""
+    log_s, no determinant computed; the product and log-det on the fused op (:func:`fastgen.ops.invconv1x1`), the
+    inverse through W^-1 from triangular solves. Starts at a random rotation."""
 
     def __init__(self, channels: int, seed: int = 0):
         super().__init__()
@@ -91,32 +105,51 @@ class InvConv1x1LU(Transform):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign * self.log_s.exp())
         return self.permutation @ lower @ upper
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_weight(self) -> torch.Tensor:
+        """W^-1 = (U + diag)^-1 L^-1 P^T by two triangular solves (in float64)."""
+        eye = torch.eye(self.channels, dtype=torch.float64, device=self.lower.device)
+        lower = (self.lower * self.lower_mask).double() + eye
+        upper = (self.upper * self.lower_mask.T).double() + torch.diag((self.sign * self.log_s.exp()).double())
+        inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, inv_lower, upper=True) @ self.permutation.double().T
+
+    def _run(self, x: torch.Tensor, weight: torch.Tensor, log_s: torch.Tensor):
         _check_image(x, self.channels)
-        z = nn.functional.conv2d(x, self.weight().to(x.dtype)[:, :, None, None])
-        return z, (x.shape[2] * x.shape[3] * self.log_s.sum()).to(_zeros(x).dtype).expand(x.shape[0])
+        weight, log_s = _params(x, weight, log_s)
+        if x.dtype == torch.float64:
+            return reference.invconv1x1(x, weight, log_s)
+        return ops.invconv1x1(x.contiguous(), weight.contiguous(), log_s)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(x, self.weight(), self.log_s)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        _check_image(z, self.channels)
-        w = self.weight().double()
-        return nn.functional.conv2d(z, torch.linalg.inv(w).to(z.dtype)[:, :, None, None])
+        return self.inverse_and_log_det(z)[0]
+
+    def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_det = self._run(z, self.inverse_weight(), -self.log_s)
+        return x, -log_det
+
+
+def _squeeze(x: torch.Tensor, inverse: bool, name: str) -> torch.Tensor:
+    if inverse and (x.dim() != 4 or x.shape[1] % 4):
+        raise ValueError(f"{name} must have shape (B, 4C, H, W), got {tuple(x.shape)}")
+    if not inverse and (x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2):
+        raise ValueError(f"{name} must have shape (B, C, H, W) with H and W even, got {tuple(x.shape)}")
+    if x.dtype == torch.float64:
+        return reference.squeeze2d(x, inverse)
+    return ops.squeeze2d(x, inverse=inverse)
 
 
 class Squeeze(Transform):
-    """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block of pixels becomes 4 channels (log|det| = 0)."""
+    """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block of pixels becomes 4 channels (log|det| = 0), channel 4c +
+    2i + j holding pixel (2u + i, 2v + j) of channel c (:func:`fastgen.ops.squeeze2d`)."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
-            raise ValueError(f"x must have shape (B, C, H, W) with H and W even, got {tuple(x.shape)}")
-        b, c, h, w = x.shape
-        z = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
-        return z, _zeros(x)
+        return _squeeze(x, False, "x"), _zeros(x)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() != 4 or z.shape[1] % 4:
-            raise ValueError(f"z must have shape (B, 4C, H, W), got {tuple(z.shape)}")
-        b, c4, h, w = z.shape
-        return z.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)
+        return _squeeze(z, True, "z")
 
     def inverse_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inverse(z), _zeros(z)
@@ -126,10 +159,10 @@ class Unsqueeze(Squeeze):
     """The inverse of :class:`Squeeze`: (B, 4C, H, W) -> (B, C, 2H, 2W)."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return Squeeze.inverse(self, x), _zeros(x)
+        return _squeeze(x, True, "x"), _zeros(x)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        return Squeeze.forward(self, z)[0]
+        return _squeeze(z, False, "z")
 
 
 class Split(Transform):

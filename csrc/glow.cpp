@@ -1,0 +1,299 @@
+// Glow's layer ops: actnorm, invconv1x1, squeeze2d and the backwards (schemas: fastgen/ops/glow.py; rules:
+// fastgen/reference/glow.py). A tensor (B, C, ...) is B C rows of S elements. ActNorm and the squeeze: CPU rows
+// split across threads, CUDA kernels in kernels/glow.cu; the backward's per-row sums are finished here over the
+// batch. The 1x1 convolution is a (C, C) matrix times each sample's (C, S) matrix: a batched GEMM (MKL / cuBLAS
+// through at::matmul), in float32.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+#ifdef FASTGEN_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../kernels/launchers.h"
+#endif
+
+namespace fastgen {
+namespace {
+
+using torch::Tensor;
+
+constexpr int64_t kLanes = 16;
+
+int64_t spatial_of(const Tensor& x) {
+  int64_t s = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) s *= x.size(d);
+  return s;
+}
+
+void check_input(const Tensor& x, const char* name) {
+  check_state_dtype(x, name);
+  FASTGEN_CHECK(x.dim() >= 2, name, " must have shape (B, C, ...), got ", x.sizes());
+  FASTGEN_CHECK(x.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
+}
+
+void check_channel_vector(const Tensor& v, const char* name, const Tensor& x, const char* x_name) {
+  FASTGEN_CHECK_TYPE(v.scalar_type() == at::kFloat, name, " must be float32, got ", v.scalar_type());
+  FASTGEN_CHECK(v.dim() == 1 && v.size(0) == x.size(1) && v.device() == x.device() && v.is_contiguous(), name,
+                " must be contiguous float32 of shape (", x.size(1), ",) (the channels of ", x_name,
+                ") on the device of ", x_name, ", got ", v.sizes(), " on ", v.device());
+}
+
+void check_like_input(const Tensor& x, const Tensor& grad_out) {
+  FASTGEN_CHECK(x.sizes() == grad_out.sizes() && x.scalar_type() == grad_out.scalar_type() &&
+                    x.device() == grad_out.device() && x.is_contiguous(),
+                "x must be contiguous with the shape, dtype and device of grad_out");
+}
+
+void check_actnorm(const Tensor& x, const Tensor& log_scale, const Tensor& bias) {
+  check_input(x, "x");
+  check_channel_vector(log_scale, "log_scale", x, "x");
+  check_channel_vector(bias, "bias", x, "x");
+}
+
+void check_actnorm_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x,
+                            const Tensor& log_scale) {
+  check_input(grad_out, "grad_out");
+  FASTGEN_CHECK(grad_log_det.scalar_type() == at::kFloat && grad_log_det.dim() == 1 &&
+                    grad_log_det.size(0) == grad_out.size(0) && grad_log_det.device() == grad_out.device() &&
+                    grad_log_det.is_contiguous(),
+                "grad_log_det must be contiguous float32 of shape (", grad_out.size(0), ",) on the device of grad_out");
+  check_like_input(x, grad_out);
+  check_channel_vector(log_scale, "log_scale", grad_out, "grad_out");
+}
+
+// (grad_log_scale, grad_bias) from the per-row (sum g, sum g x), by the rule (fastgen/reference/glow.py).
+std::tuple<Tensor, Tensor> finish_actnorm_backward(const Tensor& partial, const Tensor& grad_log_det,
+                                                   const Tensor& log_scale, int64_t spatial, bool inverse) {
+  const Tensor sums = partial.sum(0);
+  const Tensor sum_g = sums.select(1, 0), sum_gx = sums.select(1, 1);
+  const Tensor g_ld = grad_log_det.sum() * static_cast<double>(spatial);
+  if (inverse) return {(-sum_gx - g_ld).contiguous(), (-(-log_scale).exp() * sum_g).contiguous()};
+  return {(log_scale.exp() * sum_gx + g_ld).contiguous(), sum_g.contiguous()};
+}
+
+std::tuple<Tensor, Tensor> actnorm_cpu(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
+  check_actnorm(x, log_scale, bias);
+  const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
+  Tensor out = at::empty_like(x);
+  const float* s = log_scale.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  double total = 0.0;
+  for (int64_t c = 0; c < channels; ++c) total += s[c];
+  total *= static_cast<double>(spatial);
+  Tensor log_det = at::full({batch}, inverse ? -total : total, x.options().dtype(at::kFloat));
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = x.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    at::parallel_for(0, batch * channels, std::max<int64_t>(1, 32768 / std::max<int64_t>(spatial, 1)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t c = r % channels;
+        const T* xr = in + r * spatial;
+        T* yr = o + r * spatial;
+        if (inverse) {
+          const float m = std::exp(-s[c]), shift = -b[c] * m;
+          for (int64_t j = 0; j < spatial; ++j) yr[j] = static_cast<T>(static_cast<float>(xr[j]) * m + shift);
+        } else {
+          const float m = std::exp(s[c]), shift = b[c];
+          for (int64_t j = 0; j < spatial; ++j) yr[j] = static_cast<T>(static_cast<float>(xr[j]) * m + shift);
+        }
+      }
+    });
+  });
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                        const Tensor& x, const Tensor& log_scale, bool inverse) {
+  check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
+  const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
+  Tensor grad_in = at::empty_like(grad_out);
+  Tensor partial = at::zeros({batch * channels, 2}, x.options().dtype(at::kDouble));
+  const float* s = log_scale.data_ptr<float>();
+  double* sums = partial.data_ptr<double>();
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = grad_out.data_ptr<T>();
+    const T* xs = x.data_ptr<T>();
+    T* gi = grad_in.data_ptr<T>();
+    at::parallel_for(0, batch * channels, std::max<int64_t>(1, 32768 / std::max<int64_t>(spatial, 1)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float m = std::exp(inverse ? -s[r % channels] : s[r % channels]);
+        const int64_t base = r * spatial;
+        double total_g = 0.0, total_gx = 0.0;
+        for (int64_t j0 = 0; j0 < spatial; j0 += 1024) {  // float lanes within a block, double across blocks
+          const int64_t j1 = std::min(spatial, j0 + 1024);
+          float lane_g[kLanes] = {}, lane_gx[kLanes] = {};
+          for (int64_t j = j0; j < j1; j += kLanes) {
+            const int64_t n = std::min(kLanes, j1 - j);
+            for (int64_t k = 0; k < n; ++k) {
+              const float gv = static_cast<float>(g[base + j + k]);
+              lane_g[k] += gv;
+              lane_gx[k] += gv * static_cast<float>(xs[base + j + k]);
+              gi[base + j + k] = static_cast<T>(gv * m);
+            }
+          }
+          for (int64_t k = 0; k < kLanes; ++k) {
+            total_g += lane_g[k];
+            total_gx += lane_gx[k];
+          }
+        }
+        sums[2 * r] = total_g;
+        sums[2 * r + 1] = total_gx;
+      }
+    });
+  });
+  auto [grad_log_scale, grad_bias] = finish_actnorm_backward(partial.view({batch, channels, 2}).to(at::kFloat),
+                                                             grad_log_det, log_scale, spatial, inverse);
+  return {grad_in, grad_log_scale, grad_bias};
+}
+
+void check_weight(const Tensor& weight, const Tensor& x, const char* x_name) {
+  FASTGEN_CHECK_TYPE(weight.scalar_type() == at::kFloat, "weight must be float32, got ", weight.scalar_type());
+  FASTGEN_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1) && weight.size(1) == x.size(1) &&
+                    weight.device() == x.device() && weight.is_contiguous(),
+                "weight must be contiguous (", x.size(1), ", ", x.size(1), ") (channels of ", x_name,
+                ") on the device of ", x_name, ", got ", weight.sizes(), " on ", weight.device());
+}
+
+// The GEMMs of the 1x1 convolution, on either device.
+std::tuple<Tensor, Tensor> invconv1x1_any(const Tensor& x, const Tensor& weight, const Tensor& log_s) {
+  check_input(x, "x");
+  check_weight(weight, x, "x");
+  check_channel_vector(log_s, "log_s", x, "x");
+  const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
+  Tensor out = at::matmul(weight, x.reshape({batch, channels, spatial}).to(at::kFloat)).to(x.scalar_type());
+  Tensor log_det = (log_s.sum() * static_cast<double>(spatial)).expand({batch}).contiguous();
+  return {out.view(x.sizes()), log_det};
+}
+
+std::tuple<Tensor, Tensor> invconv1x1_backward_any(const Tensor& grad_out, const Tensor& x, const Tensor& weight) {
+  check_input(grad_out, "grad_out");
+  check_like_input(x, grad_out);
+  check_weight(weight, grad_out, "grad_out");
+  const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
+  const Tensor g = grad_out.reshape({batch, channels, spatial}).to(at::kFloat);
+  Tensor grad_in = at::matmul(weight.t(), g).to(grad_out.scalar_type()).view(x.sizes());
+  Tensor grad_weight = batch ? at::matmul(g, x.reshape({batch, channels, spatial}).to(at::kFloat).transpose(1, 2))
+                                   .sum(0)
+                             : at::zeros({channels, channels}, weight.options());
+  return {grad_in, grad_weight};
+}
+
+std::vector<int64_t> squeezed_sizes(const Tensor& x, bool inverse) {
+  check_state_dtype(x, "x");
+  FASTGEN_CHECK(x.is_contiguous(), "x must be contiguous (call .contiguous() first)");
+  if (inverse) {
+    FASTGEN_CHECK(x.dim() == 4 && x.size(1) % 4 == 0, "x must have shape (B, 4C, H, W) to unsqueeze, got ",
+                  x.sizes());
+    return {x.size(0), x.size(1) / 4, 2 * x.size(2), 2 * x.size(3)};
+  }
+  FASTGEN_CHECK(x.dim() == 4 && x.size(2) % 2 == 0 && x.size(3) % 2 == 0,
+                "x must have shape (B, C, H, W) with H and W even, got ", x.sizes());
+  return {x.size(0), 4 * x.size(1), x.size(2) / 2, x.size(3) / 2};
+}
+
+template <typename E>
+void squeeze_rows(const E* in, E* out, int64_t batch, int64_t channels, int64_t height, int64_t width, bool inverse) {
+  // one row per (b, 4c + 2i + j, u) of the squeezed tensor: its width elements, every other one of an input row
+  const int64_t rows = batch * 4 * channels * height;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t u = r % height, q = (r / height) % (4 * channels), b = r / (height * 4 * channels);
+      const int64_t c = q / 4, di = (q / 2) % 2, dj = q % 2;
+      const int64_t source = ((b * channels + c) * 2 * height + 2 * u + di) * 2 * width + dj;
+      if (inverse) {
+        for (int64_t v = 0; v < width; ++v) out[source + 2 * v] = in[r * width + v];
+      } else {
+        for (int64_t v = 0; v < width; ++v) out[r * width + v] = in[source + 2 * v];
+      }
+    }
+  });
+}
+
+Tensor squeeze2d_cpu(const Tensor& x, bool inverse) {
+  Tensor out = at::empty(squeezed_sizes(x, inverse), x.options());
+  const Tensor& big = inverse ? out : x;  // the unsqueezed side
+  const int64_t batch = x.size(0), channels = big.size(1), height = big.size(2) / 2, width = big.size(3) / 2;
+  if (x.element_size() == 2) {
+    squeeze_rows(static_cast<const uint16_t*>(x.data_ptr()), static_cast<uint16_t*>(out.data_ptr()), batch,
+                 channels, height, width, inverse);
+  } else {
+    squeeze_rows(static_cast<const uint32_t*>(x.data_ptr()), static_cast<uint32_t*>(out.data_ptr()), batch,
+                 channels, height, width, inverse);
+  }
+  return out;
+}
+
+#ifdef FASTGEN_WITH_CUDA
+std::tuple<Tensor, Tensor> actnorm_cuda(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
+  check_actnorm(x, log_scale, bias);
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty_like(x);
+  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  cuda::ActNormArgs a{x.data_ptr(), log_scale.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr(),
+                      log_det.data_ptr<float>(), nullptr, nullptr, cuda_dtype(x), x.size(0), x.size(1),
+                      spatial_of(x), inverse};
+  C10_CUDA_CHECK(cuda::actnorm(a, c10::cuda::getCurrentCUDAStream()));
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                         const Tensor& x, const Tensor& log_scale, bool inverse) {
+  check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
+  Tensor grad_in = at::empty_like(grad_out);
+  Tensor partial = at::zeros({batch, channels, 2}, x.options().dtype(at::kFloat));
+  cuda::ActNormArgs a{x.data_ptr(), log_scale.data_ptr<float>(), nullptr, grad_in.data_ptr(), nullptr,
+                      grad_out.data_ptr(), partial.data_ptr<float>(), cuda_dtype(x), batch, channels, spatial,
+                      inverse};
+  C10_CUDA_CHECK(cuda::actnorm_backward(a, c10::cuda::getCurrentCUDAStream()));
+  auto [grad_log_scale, grad_bias] = finish_actnorm_backward(partial, grad_log_det, log_scale, spatial, inverse);
+  return {grad_in, grad_log_scale, grad_bias};
+}
+
+Tensor squeeze2d_cuda(const Tensor& x, bool inverse) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor out = at::empty(squeezed_sizes(x, inverse), x.options());
+  const Tensor& big = inverse ? out : x;
+  cuda::SqueezeArgs a{x.data_ptr(), out.data_ptr(), x.size(0), big.size(1), big.size(2) / 2, big.size(3) / 2,
+                      static_cast<int>(x.element_size()), inverse};
+  C10_CUDA_CHECK(cuda::squeeze2d(a, c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("actnorm", &actnorm_cpu);
+  m.impl("actnorm_backward", &actnorm_backward_cpu);
+  m.impl("invconv1x1", &invconv1x1_any);
+  m.impl("invconv1x1_backward", &invconv1x1_backward_any);
+  m.impl("squeeze2d", &squeeze2d_cpu);
+}
+
+#ifdef FASTGEN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+  m.impl("actnorm", &actnorm_cuda);
+  m.impl("actnorm_backward", &actnorm_backward_cuda);
+  m.impl("invconv1x1", &invconv1x1_any);
+  m.impl("invconv1x1_backward", &invconv1x1_backward_any);
+  m.impl("squeeze2d", &squeeze2d_cuda);
+}
+#endif
+
+}  // namespace fastgen
