@@ -71,16 +71,6 @@ void check_actnorm_backward(const Tensor& grad_out, const Tensor& grad_log_det, 
   check_channel_vector(log_scale, "log_scale", grad_out, "grad_out");
 }
 
-// (grad_log_scale, grad_bias) from the per-row (sum g, sum g x), by the rule (fastgen/reference/glow.py).
-std::tuple<Tensor, Tensor> finish_actnorm_backward(const Tensor& partial, const Tensor& grad_log_det,
-                                                   const Tensor& log_scale, int64_t spatial, bool inverse) {
-  const Tensor sums = partial.sum(0);
-  const Tensor sum_g = sums.select(1, 0), sum_gx = sums.select(1, 1);
-  const Tensor g_ld = grad_log_det.sum() * static_cast<double>(spatial);
-  if (inverse) return {(-sum_gx - g_ld).contiguous(), (-(-log_scale).exp() * sum_g).contiguous()};
-  return {(log_scale.exp() * sum_gx + g_ld).contiguous(), sum_g.contiguous()};
-}
-
 std::tuple<Tensor, Tensor> actnorm_cpu(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
   check_actnorm(x, log_scale, bias);
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
@@ -119,9 +109,8 @@ std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, 
   check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
   Tensor grad_in = at::empty_like(grad_out);
-  Tensor partial = at::zeros({batch * channels, 2}, x.options().dtype(at::kDouble));
+  std::vector<double> sums(static_cast<size_t>(2 * batch * channels));
   const float* s = log_scale.data_ptr<float>();
-  double* sums = partial.data_ptr<double>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* g = grad_out.data_ptr<T>();
@@ -155,8 +144,23 @@ std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, 
       }
     });
   });
-  auto [grad_log_scale, grad_bias] = finish_actnorm_backward(partial.view({batch, channels, 2}).to(at::kFloat),
-                                                             grad_log_det, log_scale, spatial, inverse);
+  // the rule's per-channel sums over the batch (finish_actnorm_backward, without its ATen calls)
+  double g_ld = 0.0;
+  const float* gl = grad_log_det.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) g_ld += gl[b];
+  g_ld *= static_cast<double>(spatial);
+  Tensor grad_log_scale = at::empty({channels}, log_scale.options()), grad_bias = at::empty_like(grad_log_scale);
+  float* gs = grad_log_scale.data_ptr<float>();
+  float* gb = grad_bias.data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c) {
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t b = 0; b < batch; ++b) {
+      sum_g += sums[2 * (b * channels + c)];
+      sum_gx += sums[2 * (b * channels + c) + 1];
+    }
+    gs[c] = static_cast<float>(inverse ? -sum_gx - g_ld : std::exp(static_cast<double>(s[c])) * sum_gx + g_ld);
+    gb[c] = static_cast<float>(inverse ? -std::exp(-static_cast<double>(s[c])) * sum_g : sum_g);
+  }
   return {grad_in, grad_log_scale, grad_bias};
 }
 
@@ -168,13 +172,17 @@ void check_weight(const Tensor& weight, const Tensor& x, const char* x_name) {
                 ") on the device of ", x_name, ", got ", weight.sizes(), " on ", weight.device());
 }
 
-// The GEMMs of the 1x1 convolution, on either device.
+// The GEMMs of the 1x1 convolution, on either device: batched products with the weight broadcast (stride 0).
+Tensor times_each(const Tensor& weight, const Tensor& columns) {  // weight @ columns[b] for every b
+  return at::bmm(weight.expand({columns.size(0), weight.size(0), weight.size(1)}), columns);
+}
+
 std::tuple<Tensor, Tensor> invconv1x1_any(const Tensor& x, const Tensor& weight, const Tensor& log_s) {
   check_input(x, "x");
   check_weight(weight, x, "x");
   check_channel_vector(log_s, "log_s", x, "x");
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
-  Tensor out = at::matmul(weight, x.reshape({batch, channels, spatial}).to(at::kFloat)).to(x.scalar_type());
+  Tensor out = times_each(weight, x.reshape({batch, channels, spatial}).to(at::kFloat)).to(x.scalar_type());
   Tensor log_det = (log_s.sum() * static_cast<double>(spatial)).expand({batch}).contiguous();
   return {out.view(x.sizes()), log_det};
 }
@@ -185,9 +193,8 @@ std::tuple<Tensor, Tensor> invconv1x1_backward_any(const Tensor& grad_out, const
   check_weight(weight, grad_out, "grad_out");
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
   const Tensor g = grad_out.reshape({batch, channels, spatial}).to(at::kFloat);
-  Tensor grad_in = at::matmul(weight.t(), g).to(grad_out.scalar_type()).view(x.sizes());
-  Tensor grad_weight = batch ? at::matmul(g, x.reshape({batch, channels, spatial}).to(at::kFloat).transpose(1, 2))
-                                   .sum(0)
+  Tensor grad_in = times_each(weight.t().contiguous(), g).to(grad_out.scalar_type()).view(x.sizes());
+  Tensor grad_weight = batch ? at::bmm(g, x.reshape({batch, channels, spatial}).to(at::kFloat).transpose(1, 2)).sum(0)
                              : at::zeros({channels, channels}, weight.options());
   return {grad_in, grad_weight};
 }
@@ -206,18 +213,30 @@ std::vector<int64_t> squeezed_sizes(const Tensor& x, bool inverse) {
 }
 
 template <typename E>
-void squeeze_rows(const E* in, E* out, int64_t batch, int64_t channels, int64_t height, int64_t width, bool inverse) {
-  // one row per (b, 4c + 2i + j, u) of the squeezed tensor: its width elements, every other one of an input row
-  const int64_t rows = batch * 4 * channels * height;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t u = r % height, q = (r / height) % (4 * channels), b = r / (height * 4 * channels);
-      const int64_t c = q / 4, di = (q / 2) % 2, dj = q % 2;
-      const int64_t source = ((b * channels + c) * 2 * height + 2 * u + di) * 2 * width + dj;
-      if (inverse) {
-        for (int64_t v = 0; v < width; ++v) out[source + 2 * v] = in[r * width + v];
-      } else {
-        for (int64_t v = 0; v < width; ++v) out[r * width + v] = in[source + 2 * v];
+void squeeze_planes(const E* in, E* out, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                    bool inverse) {
+  // one plane (b, c) of the unsqueezed tensor, 2 height x 2 width, at a time: its row 2u + i holds rows u of the
+  // squeezed channels 4c + 2i (even elements) and 4c + 2i + 1 (odd elements)
+  const int64_t plane = 4 * height * width;
+  at::parallel_for(0, batch * channels, std::max<int64_t>(1, 16384 / std::max<int64_t>(plane, 1)),
+                   [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t i = 0; i < 2; ++i) {
+        for (int64_t u = 0; u < height; ++u) {
+          const int64_t wide = p * plane + (2 * u + i) * 2 * width;
+          const int64_t even = p * plane + (2 * i * height + u) * width, odd = even + height * width;
+          if (inverse) {
+            for (int64_t v = 0; v < width; ++v) {
+              out[wide + 2 * v] = in[even + v];
+              out[wide + 2 * v + 1] = in[odd + v];
+            }
+          } else {
+            for (int64_t v = 0; v < width; ++v) {
+              out[even + v] = in[wide + 2 * v];
+              out[odd + v] = in[wide + 2 * v + 1];
+            }
+          }
+        }
       }
     }
   });
@@ -228,16 +247,26 @@ Tensor squeeze2d_cpu(const Tensor& x, bool inverse) {
   const Tensor& big = inverse ? out : x;  // the unsqueezed side
   const int64_t batch = x.size(0), channels = big.size(1), height = big.size(2) / 2, width = big.size(3) / 2;
   if (x.element_size() == 2) {
-    squeeze_rows(static_cast<const uint16_t*>(x.data_ptr()), static_cast<uint16_t*>(out.data_ptr()), batch,
+    squeeze_planes(static_cast<const uint16_t*>(x.data_ptr()), static_cast<uint16_t*>(out.data_ptr()), batch,
                  channels, height, width, inverse);
   } else {
-    squeeze_rows(static_cast<const uint32_t*>(x.data_ptr()), static_cast<uint32_t*>(out.data_ptr()), batch,
+    squeeze_planes(static_cast<const uint32_t*>(x.data_ptr()), static_cast<uint32_t*>(out.data_ptr()), batch,
                  channels, height, width, inverse);
   }
   return out;
 }
 
 #ifdef FASTGEN_WITH_CUDA
+// (grad_log_scale, grad_bias) from the per-row (sum g, sum g x), by the rule (fastgen/reference/glow.py).
+std::tuple<Tensor, Tensor> finish_actnorm_backward(const Tensor& partial, const Tensor& grad_log_det,
+                                                   const Tensor& log_scale, int64_t spatial, bool inverse) {
+  const Tensor sums = partial.sum(0);
+  const Tensor sum_g = sums.select(1, 0), sum_gx = sums.select(1, 1);
+  const Tensor g_ld = grad_log_det.sum() * static_cast<double>(spatial);
+  if (inverse) return {(-sum_gx - g_ld).contiguous(), (-(-log_scale).exp() * sum_g).contiguous()};
+  return {(log_scale.exp() * sum_gx + g_ld).contiguous(), sum_g.contiguous()};
+}
+
 std::tuple<Tensor, Tensor> actnorm_cuda(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
   check_actnorm(x, log_scale, bias);
   const c10::cuda::CUDAGuard guard(x.device());

@@ -313,7 +313,7 @@ def test_flow_example_learns_eight_gaussians_and_its_density_integrates_to_one(f
 
 
 def _image_transforms():
-    from fastgen.flows import ActNorm, ChannelCoupling, InvConv1x1LU, Split, Squeeze, Unsqueeze
+    from fastgen.flows import ActNorm, ChannelCoupling, InvConv1x1LU, Split, Squeeze, Unsqueeze, gaussian_prior
 
     return {
         "actnorm": ActNorm(2),
@@ -323,6 +323,7 @@ def _image_transforms():
         "squeeze": Squeeze(),
         "squeeze_unsqueeze": Split(1, [Squeeze(), ActNorm(4), Unsqueeze()]),
         "split": Split(1, [ActNorm(1), InvConv1x1LU(1)]),
+        "split_prior": Split(1, [ActNorm(1), InvConv1x1LU(1)], prior=gaussian_prior(2, 1)),
     }
 
 
@@ -333,7 +334,7 @@ def test_glow_layers_invert_and_their_log_dets_are_the_jacobians(name):
     in float64."""
     # the couplings' conditioners take weights of std 0.1, and Glow's sigmoid scale inputs to 10, as in
     # test_every_transform_inverts_and_its_log_det_is_the_jacobians (logits below about -16 underflow the scale)
-    layer = _randomized(_image_transforms()[name], std=0.1 if name.startswith("coupling") else 0.3, seed=1)
+    layer = _randomized(_image_transforms()[name], std=0.1 if name.startswith(("coupling", "split_prior")) else 0.3, seed=1)
     layer.eval()  # ActNorm: no data-dependent initialization here (its own test below)
     x = torch.randn(16, 2, 2, 2) * torch.logspace(-1, 2, 16)[:, None, None, None]
     if name == "coupling":

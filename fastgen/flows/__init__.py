@@ -12,11 +12,11 @@ Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :
 from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoregressive
 from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
-from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze
+from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze, gaussian_prior
 from .planar import Planar, Radial, Sylvester
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
 __all__ = ["IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "ChannelCoupling", "Flow", "Glow",
            "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
            "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Sylvester", "Transform",
-           "Unsqueeze"]
+           "Unsqueeze", "gaussian_prior"]

@@ -2,10 +2,10 @@
 parametrization, affine couplings over channels (the fused coupling op), squeeze and the multiscale split.
 
 Every layer keeps the flow convention (forward: data to base, ``(z, log|det dz/dx|)``). The multiscale split
-keeps each sample's shape: :class:`Split` runs its inner transforms on the first half of the channels and passes
-the other half to the base unchanged (Glow's factored-out variables, here with a standard normal prior rather than
-Glow's learned one), and :class:`Squeeze` / :class:`Unsqueeze` trade space for channels around it, so the base of a
-:class:`Glow` is the standard normal on the data's own shape.
+keeps each sample's shape: :class:`Split` runs its inner transforms on the first channels and passes the others to
+the base (Glow's factored-out variables), through an optional learned prior: Glow's z_2 ~ N(mu(z_1), sigma(z_1))
+is the affine coupling z_2 exp(s) + t with (s, t) from z_1, so the base stays the standard normal on the data's
+own shape, with :class:`Squeeze` / :class:`Unsqueeze` trading space for channels around each level.
 """
 
 from __future__ import annotations
@@ -167,14 +167,17 @@ class Unsqueeze(Squeeze):
 
 class Split(Transform):
     """Glow's multiscale split: ``transforms`` act on the first ``channels`` channels; the rest go to the base
-    unchanged (factored out)."""
+    (factored out), through ``prior`` if given: a transform of the whole tensor that changes only the factored-out
+    channels, given the others (:func:`gaussian_prior`: Glow's learned conditional Gaussian), applied before the inner
+    transforms (it conditions on the kept channels as they enter the split)."""
 
-    def __init__(self, channels: int, transforms):
+    def __init__(self, channels: int, transforms, prior: Transform | None = None):
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an int >= 1, got {channels!r}")
         self.channels = channels
         self.transforms = nn.ModuleList(transforms)
+        self.prior = prior
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[1] <= self.channels:
@@ -182,8 +185,10 @@ class Split(Transform):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)
-        kept, rest = x[:, :self.channels], x[:, self.channels:]
         total = _zeros(x)
+        if self.prior is not None:
+            x, total = self.prior(x)
+        kept, rest = x[:, :self.channels], x[:, self.channels:]
         for t in self.transforms:
             kept, log_det = t(kept)
             total = total + log_det
@@ -196,14 +201,19 @@ class Split(Transform):
         for t in reversed(self.transforms):
             kept, log_det = t.inverse_and_log_det(kept)
             total = total + log_det
-        return torch.cat([kept, rest], dim=1), total
+        x = torch.cat([kept, rest], dim=1)
+        if self.prior is not None:
+            x, log_det = self.prior.inverse_and_log_det(x)
+            total = total + log_det
+        return x, total
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         self._check(z)
         kept, rest = z[:, :self.channels], z[:, self.channels:]
         for t in reversed(self.transforms):
             kept = t.inverse(kept)
-        return torch.cat([kept, rest], dim=1)
+        x = torch.cat([kept, rest], dim=1)
+        return x if self.prior is None else self.prior.inverse(x)
 
 
 def conv_conditioner(channels_in: int, channels_out: int, hidden: int = 64) -> nn.Sequential:
@@ -217,17 +227,20 @@ def conv_conditioner(channels_in: int, channels_out: int, hidden: int = 64) -> n
 
 
 class ChannelCoupling(Coupled):
-    """Affine coupling over channels of (B, C, H, W): the first C // 2 channels pass, (h, t) = conditioner(x_a)
-    as (B, 2 (C - C // 2), H, W), h first; z_b = x_b exp(s(h)) + t on the fused op. Glow's sigmoid scale by
-    default."""
+    """Affine coupling over channels of (B, C, H, W): the first ``kept`` channels (C // 2 by default) pass, (h, t)
+    = conditioner(x_a) as (B, 2 (C - kept), H, W), h first; z_b = x_b exp(s(h)) + t on the fused op. Glow's
+    sigmoid scale by default."""
 
     def __init__(self, channels: int, conditioner: nn.Module | None = None, hidden: int = 64,
-                 scale: str = "sigmoid", clamp: float = 2.0):
+                 scale: str = "sigmoid", clamp: float = 2.0, kept: int | None = None):
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2:
             raise ValueError(f"channels must be an int >= 2, got {channels!r}")
+        kept = channels // 2 if kept is None else kept
+        if isinstance(kept, bool) or not isinstance(kept, int) or not 1 <= kept < channels:
+            raise ValueError(f"kept must be an int in [1, {channels - 1}], got {kept!r}")
         check_scale(scale, clamp)
-        self.channels, self.kept, self.scale, self.clamp = channels, channels // 2, scale, float(clamp)
+        self.channels, self.kept, self.scale, self.clamp = channels, kept, scale, float(clamp)
         moved = channels - self.kept
         self.conditioner = conditioner if conditioner is not None else conv_conditioner(self.kept, 2 * moved, hidden)
 
@@ -247,6 +260,17 @@ class ChannelCoupling(Coupled):
 
 
 
+def gaussian_prior(channels: int, kept: int, clamp: float = 5.0) -> ChannelCoupling:
+    """Glow's learned prior of the factored-out channels of a split, z_b ~ N(mu(z_a), sigma(z_a)^2), as the
+    coupling z_b exp(s) + t to the standard normal (mu = -t exp(-s), sigma = exp(-s)) with (h, t) from one 3x3
+    convolution of the kept channels started at zero (the standard normal) and s = clamp tanh(h / clamp): sigma
+    in (e^-clamp, e^clamp)."""
+    conv = nn.Conv2d(kept, 2 * (channels - kept), 3, padding=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return ChannelCoupling(channels, conditioner=conv, scale="soft_clamp", clamp=clamp, kept=kept)
+
+
 def glow_step(channels: int, hidden: int = 64, seed: int = 0) -> list[Transform]:
     """One step of flow: ActNorm, invertible 1x1 convolution, affine coupling."""
     return [ActNorm(channels), InvConv1x1LU(channels, seed=seed), ChannelCoupling(channels, hidden=hidden)]
@@ -254,10 +278,11 @@ def glow_step(channels: int, hidden: int = 64, seed: int = 0) -> list[Transform]
 
 class Glow(Flow):
     """Glow on (C, H, W) data: ``levels`` levels, each a squeeze, ``depth`` steps of flow (ActNorm, 1x1
-    convolution, channel coupling) and, but for the last, a split whose first half goes on to the next level; then
-    the unsqueeze back. H and W must be divisible by 2^levels."""
+    convolution, channel coupling) and, but for the last, a split whose first half goes on to the next level (the
+    other half factored out, through Glow's learned prior, :func:`gaussian_prior`; with ``learned_prior=False``
+    a standard normal); then the unsqueeze back. H and W must be divisible by 2^levels."""
 
-    def __init__(self, shape, levels: int = 2, depth: int = 4, hidden: int = 64):
+    def __init__(self, shape, levels: int = 2, depth: int = 4, hidden: int = 64, learned_prior: bool = True):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
             raise ValueError(f"shape must be (C, H, W), got {shape}")
@@ -273,7 +298,8 @@ class Glow(Flow):
             channels *= 4
             steps = [t for k in range(depth) for t in glow_step(channels, hidden, seed=index * depth + k)]
             if index + 1 < levels:
-                steps.append(Split(channels // 2, level(channels // 2, index + 1)))
+                prior = gaussian_prior(channels, channels // 2) if learned_prior else None
+                steps.append(Split(channels // 2, level(channels // 2, index + 1), prior=prior))
             return [Squeeze(), *steps, Unsqueeze()]
 
         super().__init__(level(c, 0), event_shape=shape)

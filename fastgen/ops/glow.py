@@ -76,7 +76,7 @@ def actnorm(
 
     Returns (out in x's dtype, log_det (B,) float32), differentiable in x, log_scale and bias (one fused backward:
     the input gradient and both per-channel sums)."""
-    return _actnorm(x=x.contiguous(), log_scale=log_scale, bias=bias, inverse=bool(inverse))
+    return _actnorm(x=x.contiguous(), log_scale=log_scale.contiguous(), bias=bias.contiguous(), inverse=bool(inverse))
 
 
 def _weight(a, x: torch.Tensor, name: str, c: int) -> None:
@@ -135,7 +135,7 @@ def invconv1x1(
     log_det = S sum log_s (Glow's LU parametrization gives log|det W| as the sum of U's log-moduli, no
     determinant computed; for the inverse pass W^-1 and -log_s). Returns (out in x's dtype, log_det (B,)
     float32), differentiable in x, weight and log_s; the backward is one pass: W^T g and sum_{b, p} g x^T."""
-    return _invconv1x1(x=x.contiguous(), weight=weight, log_s=log_s)
+    return _invconv1x1(x=x.contiguous(), weight=weight.contiguous(), log_s=log_s.contiguous())
 
 
 def _squeeze_shapes(a):
