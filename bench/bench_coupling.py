@@ -2,7 +2,8 @@
 eager PyTorch and under torch.compile, with the copy-bandwidth limit measured in the same run; a whole RealNVP
 coupling layer (conditioner included, and the conditioner alone) against nflows, zuko and normflows where installed
 (``pip install --no-deps nflows zuko normflows``; not dependencies of fastgen); the fused rational-quadratic spline
-op against nflows' spline (eager and under torch.compile). Ops (CPU) / kernels (GPU) per call.
+op against nflows' spline (eager and under torch.compile), and a whole spline coupling layer against nflows', zuko's
+and normflows'. Ops (CPU) / kernels (GPU) per call.
 
     python -m bench coupling [--device cpu|cuda] [--out DIR]
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastgen.flows import AffineCoupling
+from fastgen.flows import AffineCoupling, SplineCoupling
 from fastgen.flows.coupling import mlp
 from fastgen.ops import affine_coupling, spline_coupling
 
-from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import backward_from, copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 
 CLAMP = 2.0
 
@@ -40,17 +41,10 @@ def arithmetic_rows(device: str, batch: int, dim: int) -> list[dict]:
         "torch.compile(eager)": lambda: compiled(x, h, t, split),
     }
     leaves = [v.clone().requires_grad_() for v in (x, h, t)]
-
-    def both(fn):
-        def run():
-            out, log_det = fn(*leaves)
-            (out.sum() + log_det.sum()).backward()
-        return run
-
     backward = {
-        "fastgen fused op": both(lambda a, b, c: affine_coupling(a, b, c, split, clamp=CLAMP)),
-        "eager PyTorch": both(lambda a, b, c: eager_coupling(a, b, c, split)),
-        "torch.compile(eager)": both(lambda a, b, c: compiled(a, b, c, split)),
+        "fastgen fused op": backward_from(lambda a, b, c: affine_coupling(a, b, c, split, clamp=CLAMP), *leaves),
+        "eager PyTorch": backward_from(lambda a, b, c: eager_coupling(a, b, c, split), *leaves),
+        "torch.compile(eager)": backward_from(lambda a, b, c: compiled(a, b, c, split), *leaves),
     }
     # bytes: forward reads x, h, t and writes out and log_det; forward + backward adds reading the gradient, x,
     # h and writing grad_x and grad_h
@@ -113,32 +107,76 @@ def layer_rows(device: str, batch: int, dim: int, hidden: int = 64) -> list[dict
     except ImportError:
         pass
 
+    return _layer_table(layers, conditioner, x, split, "fastgen AffineCoupling", "layer")
+
+
+def _layer_table(layers: dict, conditioner: nn.Module, x: torch.Tensor, split: int, ours_name: str,
+                 label: str) -> list[dict]:
+    """Forward + log-det and forward + backward of each layer on x, interleaved, with its conditioner alone."""
+    device = x.device.type
+
     def call(name, layer):
         if name.startswith("zuko"):
             return lambda: layer().call_and_ladj(x)
         return lambda: layer(x)
-
-    def train(fn):
-        def run():
-            out, log_det = fn()
-            (out.sum() + log_det.sum()).backward()
-        return run
 
     rows = []
     for what in ("forward + log-det", "forward + backward"):
         cases = {name: call(name, layer) for name, layer in layers.items()}
         cases["the conditioner alone"] = lambda: (conditioner(x[:, :split]), torch.zeros(()))
         if what == "forward + backward":
-            cases = {name: train(fn) for name, fn in cases.items()}
+            cases = {name: backward_from(fn) for name, fn in cases.items()}
         if what == "forward + log-det":
             cases = {name: (lambda fn=fn: torch.no_grad()(fn)()) for name, fn in cases.items()}
         times = time_interleaved_us(cases, device)
-        ours = times["fastgen AffineCoupling"]
+        ours = times[ours_name]
         for name, us in times.items():
             rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}",
                          **count_per_call(cases[name], device)})
-            print("  layer", rows[-1], flush=True)
+            print(f"  {label}", rows[-1], flush=True)
     return rows
+
+
+def spline_layer_rows(device: str, batch: int, dim: int, hidden: int = 64, bins: int = 8,
+                      bound: float = 4.0) -> list[dict]:
+    """A whole spline coupling layer (split dim / 2, 8 bins) on each library: the MLP conditioner of layer_rows for
+    fastgen, nflows and zuko (zuko's spline has its bound fixed at 5); normflows' layer takes only its own residual
+    network (2 blocks of the same width)."""
+    split = dim // 2
+    torch.manual_seed(0)
+    x = 2 * torch.randn(batch, dim, device=device)
+    layers = {"fastgen SplineCoupling": SplineCoupling(dim, hidden=(hidden, hidden), bins=bins, bound=bound)}
+    conditioner = mlp(split, (dim - split) * (3 * bins - 1), (hidden, hidden)).to(device)
+    try:
+        from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+
+        mask = torch.zeros(dim)
+        mask[split:] = 1
+        layers["nflows PiecewiseRationalQuadraticCoupling"] = PiecewiseRationalQuadraticCouplingTransform(
+            mask, lambda a, b: _Contextless(mlp(a, b, (hidden, hidden), zero_last=False)), num_bins=bins,
+            tails="linear", tail_bound=bound)
+    except ImportError:
+        pass
+    try:
+        import zuko
+
+        layers["zuko GeneralCouplingTransform (RQS)"] = zuko.flows.GeneralCouplingTransform(
+            dim, mask=torch.arange(dim) < split, univariate=zuko.transforms.MonotonicRQSTransform,
+            shapes=[(bins,), (bins,), (bins - 1,)], hidden_features=(hidden, hidden))
+    except ImportError:
+        pass
+    try:
+        import normflows
+
+        layers["normflows CoupledRationalQuadraticSpline"] = normflows.flows.CoupledRationalQuadraticSpline(
+            dim, num_blocks=2, num_hidden_channels=hidden, num_bins=bins, tail_bound=bound)
+    except ImportError:
+        pass
+    for layer in layers.values():
+        for p in layer.parameters():  # away from the identity start
+            nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    layers = {name: layer.to(device) for name, layer in layers.items()}
+    return _layer_table(layers, conditioner, x, split, "fastgen SplineCoupling", "spline layer")
 
 
 def spline_rows(device: str, batch: int, dim: int, bins: int = 8, bound: float = 4.0) -> list[dict]:
@@ -163,15 +201,9 @@ def spline_rows(device: str, batch: int, dim: int, bins: int = 8, bound: float =
         pass
     leaves = [x.clone().requires_grad_(), params.clone().requires_grad_()]
 
-    def both(fn):
-        def run():
-            out, log_det = fn(*leaves)
-            (out.sum() + log_det.sum()).backward()
-        return run
-
     rows = []
     for what in ("forward + log-det", "forward + backward"):
-        timed = {name: (lambda fn=fn: fn(x, params)) if what == "forward + log-det" else both(fn)
+        timed = {name: (lambda fn=fn: fn(x, params)) if what == "forward + log-det" else backward_from(fn, *leaves)
                  for name, fn in cases.items()}
         for name, fn in list(timed.items()):
             try:  # compile and warm up outside the timing
@@ -193,6 +225,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     arithmetic = arithmetic_rows(device, batch, dim)
     layer = layer_rows(device, 8192, dim)
     spline = spline_rows(device, 16384, dim)
+    spline_layer = spline_layer_rows(device, 8192, dim)
     count = "kernels" if device == "cuda" else "ops"
     columns = [("pass", "pass"), ("candidate", "candidate"), ("µs", "µs"), ("time / fastgen's", "time / fastgen's"),
                (count, f"{count} per call"), ("host_syncs", "host syncs")]
@@ -203,6 +236,9 @@ def run(device: str, out: str, max_log2: int) -> str:
             markdown_table(layer, columns),
         f"Rational-quadratic spline arithmetic, batch 16384 x D {dim} (split {dim // 2}), 8 bins, float32":
             markdown_table(spline, columns),
+        f"Whole spline coupling layer, batch 8192 x D {dim}, 8 bins, MLP conditioner {dim // 2}-64-64-"
+        f"{dim // 2 * 23}": markdown_table(spline_layer, columns),
     }
     return write_report(out, f"coupling-{device}", environment(device), sections,
-                        {"arithmetic": arithmetic, "layer": layer, "spline": spline})
+                        {"arithmetic": arithmetic, "layer": layer, "spline": spline,
+                                                              "spline_layer": spline_layer})

@@ -1,7 +1,6 @@
 """Flow models: (1) one Glow step of flow (ActNorm, 1x1 convolution, channel coupling) on 3x32x32 squeezed to
-12x16x16, batch 64, forward + log-det and forward + backward: fastgen's layers (the coupling on the fused op)
-against the same step with the coupling's arithmetic in eager PyTorch, and that step under torch.compile, with the
-conditioner alone for scale; (2) MAF against IAF on 16-D data, batch 4,096, five layers: sampling and the density
+12x16x16, batch 64, forward + log-det and forward + backward: fastgen's layers (each on its fused op) against the
+same step written in eager PyTorch, and that step under torch.compile, with the conditioner alone for scale; (2) MAF against IAF on 16-D data, batch 4,096, five layers: sampling and the density
 of given points (each is one pass in one direction and D passes in the other). Ops (CPU) / kernels (GPU) per call.
 
     python -m bench flows [--device cpu|cuda] [--out DIR]
@@ -14,7 +13,7 @@ from torch import nn
 
 from fastgen.flows import IAF, MAF, ActNorm, ChannelCoupling, InvConv1x1LU, Squeeze
 
-from .common import count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import backward_from, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 
 
 class _EagerCoupling(nn.Module):
@@ -29,6 +28,30 @@ class _EagerCoupling(nn.Module):
         h, t = self.layer.conditioner(x[:, :kept]).chunk(2, dim=1)
         s = nn.functional.logsigmoid(h + 2.0)
         return torch.cat([x[:, :kept], x[:, kept:] * torch.exp(s) + t], dim=1), s.flatten(1).sum(1)
+
+
+class _EagerActNorm(nn.Module):
+    """ActNorm as usual: x exp(s) + b broadcast per channel, log-det H W sum s."""
+
+    def __init__(self, layer: ActNorm):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        s, b = self.layer.log_scale.view(1, -1, 1, 1), self.layer.bias.view(1, -1, 1, 1)
+        return x * s.exp() + b, (x.shape[2] * x.shape[3] * self.layer.log_scale.sum()).expand(x.shape[0])
+
+
+class _EagerInvConv(nn.Module):
+    """The 1x1 convolution as usual: conv2d with the weight assembled from its LU factors."""
+
+    def __init__(self, layer: InvConv1x1LU):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        z = nn.functional.conv2d(x, self.layer.weight()[:, :, None, None])
+        return z, (x.shape[2] * x.shape[3] * self.layer.log_s.sum()).expand(x.shape[0])
 
 
 def _step(layers, x):
@@ -47,22 +70,18 @@ def glow_rows(device: str, batch: int = 64, hidden: int = 512) -> list[dict]:
     actnorm(x)  # its data-dependent initialization, outside the timing
     for p in coupling.conditioner[-1].parameters():  # a trained-looking (non-zero) last layer
         nn.init.normal_(p, std=0.01)
-    ours, eager = [actnorm, conv, coupling], [actnorm, conv, _EagerCoupling(coupling)]
+    actnorm.eval()
+    ours = [actnorm, conv, coupling]
+    eager = [_EagerActNorm(actnorm), _EagerInvConv(conv), _EagerCoupling(coupling)]
     compiled = torch.compile(lambda v: _step(eager, v))
-    cases = {"fastgen Glow step": lambda v: _step(ours, v), "eager coupling arithmetic": lambda v: _step(eager, v),
+    cases = {"fastgen Glow step": lambda v: _step(ours, v), "eager PyTorch step": lambda v: _step(eager, v),
              "torch.compile(eager step)": compiled,
              "the conditioner alone": lambda v: (coupling.conditioner(v[:, :6]), torch.zeros(()))}
     leaf = x.clone().requires_grad_()
 
-    def train(fn):
-        def run():
-            out, log_det = fn(leaf)
-            (out.sum() + log_det.sum()).backward()
-        return run
-
     rows = []
     for what in ("forward + log-det", "forward + backward"):
-        timed = {name: (lambda fn=fn: torch.no_grad()(fn)(x)) if what == "forward + log-det" else train(fn)
+        timed = {name: (lambda fn=fn: torch.no_grad()(fn)(x)) if what == "forward + log-det" else backward_from(fn, leaf)
                  for name, fn in cases.items()}
         times = time_interleaved_us(timed, device)
         base = times["fastgen Glow step"]

@@ -15,7 +15,7 @@ import torch
 
 from fastgen.ops import actnorm, invconv1x1, squeeze2d
 
-from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import backward_from, copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 
 
 def _eager_actnorm(x, log_scale, bias):
@@ -48,19 +48,6 @@ def _cases(device: str, shape):
     }
 
 
-def _backward(fn, leaves):
-    """fn(*leaves) and its backward from fixed random output gradients (a plain .sum() would hand the backward an
-    expanded gradient, which no training loop does)."""
-    outs = fn(*leaves)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    g = torch.Generator().manual_seed(1)
-    grads = [torch.randn(o.shape, generator=g).to(o.device) for o in outs]
-
-    def run():
-        torch.autograd.backward(fn(*leaves), grads)
-    return run
-
-
 def rows(device: str, max_log2: int) -> list[dict]:
     big = 2 ** max_log2
     shapes = {"64x12x16x16": (64, 12, 16, 16), f"2^{max_log2}, 48 channels": (big // (48 * 64 * 64), 48, 64, 64)}
@@ -76,7 +63,7 @@ def rows(device: str, max_log2: int) -> list[dict]:
                            for name, f in (("fastgen", fused), ("eager", eager), ("torch.compile", compiled))}
                     fns["copy (bandwidth limit)"] = copy_fn(n_bytes, device)
                 else:
-                    fns = {name: _backward(f, leaves)
+                    fns = {name: backward_from(f, *leaves)
                            for name, f in (("fastgen", fused), ("eager", eager), ("torch.compile", compiled))}
                 times = time_interleaved_us(fns, device)
                 for name, us in times.items():

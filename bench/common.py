@@ -89,6 +89,19 @@ def count_per_call(fn, device: str, calls: int = 3) -> dict:
     return {"ops": len(top) / calls, "host_syncs": 0.0}
 
 
+def backward_from(fn, *args):
+    """A call of fn(*args) and its backward from fixed random output gradients, as a training loop hands a layer
+    (a loss of .sum() would hand it an expanded gradient). Outputs that need no gradient are left out."""
+    outs = fn(*args)
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs]
+
+    def run():
+        pairs = [(o, w) for o, w in zip(fn(*args), grads) if o.requires_grad]
+        torch.autograd.backward([o for o, _ in pairs], [w for _, w in pairs])
+    return run
+
+
 class _HostReads(torch.overrides.TorchFunctionMode):
     """Counts the calls that read a tensor's value on the host (each a device synchronization on a GPU):
     item, bool/int/float, tolist, nonzero, cpu, numpy, and indexing by a boolean mask."""
