@@ -41,17 +41,23 @@ void check_input(const Tensor& x, const char* name) {
   FASTGEN_CHECK(x.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
 }
 
+// One ValueError for every way of being wrong, as fastgen/ops/_common.py's check_vector.
 void check_channel_vector(const Tensor& v, const char* name, const Tensor& x, const char* x_name) {
-  FASTGEN_CHECK_TYPE(v.scalar_type() == at::kFloat, name, " must be float32, got ", v.scalar_type());
-  FASTGEN_CHECK(v.dim() == 1 && v.size(0) == x.size(1) && v.device() == x.device() && v.is_contiguous(), name,
-                " must be contiguous float32 of shape (", x.size(1), ",) (the channels of ", x_name,
-                ") on the device of ", x_name, ", got ", v.sizes(), " on ", v.device());
+  FASTGEN_CHECK(v.scalar_type() == at::kFloat && v.dim() == 1 && v.size(0) == x.size(1) &&
+                    v.device() == x.device() && v.is_contiguous(),
+                name, " must be contiguous float32 of shape (", x.size(1), ",) (the channels of ", x_name,
+                ") on the device of ", x_name, ", got ", v.scalar_type(), " ", v.sizes(), " on ", v.device());
 }
 
+// As fastgen/ops/_common.py's check_like (device, shape, then dtype), and contiguous.
 void check_like_input(const Tensor& x, const Tensor& grad_out) {
-  FASTGEN_CHECK(x.sizes() == grad_out.sizes() && x.scalar_type() == grad_out.scalar_type() &&
-                    x.device() == grad_out.device() && x.is_contiguous(),
-                "x must be contiguous with the shape, dtype and device of grad_out");
+  FASTGEN_CHECK(x.device() == grad_out.device(), "x must be on the device of grad_out (", grad_out.device(),
+                "), got ", x.device());
+  FASTGEN_CHECK(x.sizes() == grad_out.sizes(), "x must have the shape of grad_out ", grad_out.sizes(), ", got ",
+                x.sizes());
+  FASTGEN_CHECK_TYPE(x.scalar_type() == grad_out.scalar_type(), "x must have dtype ", grad_out.scalar_type(),
+                     ", got ", x.scalar_type());
+  FASTGEN_CHECK(x.is_contiguous(), "x must be contiguous");
 }
 
 void check_actnorm(const Tensor& x, const Tensor& log_scale, const Tensor& bias) {

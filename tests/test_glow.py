@@ -137,7 +137,7 @@ def test_bad_arguments_name_themselves():
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="log_scale"):
         actnorm(x, torch.zeros(4), torch.zeros(3))
-    with pytest.raises(TypeError, match="bias"):
+    with pytest.raises(ValueError, match="bias"):
         actnorm(x, torch.zeros(3), torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="weight"):
         invconv1x1(x, torch.eye(4), torch.zeros(3))
