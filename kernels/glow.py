@@ -85,7 +85,7 @@ def actnorm(x, log_scale, bias, inverse):
 
 def finish_actnorm_backward(partial, grad_log_det, log_scale, spatial, inverse):
     """(grad_log_scale, grad_bias) from the per-row (sum g, sum g x) of the backward kernel: summed over the batch,
-    then the rule (fastgen/reference/glow.py). csrc/glow.cpp does the same with ATen."""
+    then the rule (fastgen/reference/glow.py). csrc/glow.cpp does the same (with ATen on CUDA, in a loop on the CPU)."""
     sums = partial.sum(0)
     g_ld = spatial * grad_log_det.sum()
     if inverse:
