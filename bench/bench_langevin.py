@@ -106,6 +106,26 @@ def bench_gmm(device: str, chains_list: list[int], steps: int = 10) -> list[dict
     return rows
 
 
+def bench_gmm_sizes(device: str, chains: int = 4096, steps: int = 20) -> list[dict]:
+    """fastgen.langevin on a mixture both ways a user can call it: energy= (the fused kernel) and score= (one
+    ula_step_ per step after the mixture's score in PyTorch ops), at growing components x dimension."""
+    rows = []
+    for components, dim in ((8, 2), (16, 16), (4, 64), (16, 64)):
+        gen = torch.Generator().manual_seed(components * 100 + dim)
+        gmm = fastgen.targets.GaussianMixture(torch.randn(components, dim, generator=gen) * 2,
+                                              torch.rand(components, dim, generator=gen) + 0.5,
+                                              torch.rand(components, generator=gen) + 0.1)
+        x0 = torch.randn(chains, dim, generator=gen).to(device)
+        fns = {"fused": lambda: fastgen.langevin(x0, energy=gmm, n_steps=steps, step_size=1e-3, seed=0),
+               "score": lambda: fastgen.langevin(x0, score=gmm.score, n_steps=steps, step_size=1e-3, seed=0)}
+        row = {"mixture": f"{components} in {dim}-D"}
+        row.update({k: v / steps for k, v in time_interleaved_us(fns, device, rounds=5).items()})
+        row["ratio"] = row["score"] / row["fused"]
+        rows.append(row)
+        print(f"  gmm sizes {row['mixture']}: fused {row['fused']:.1f}, score {row['score']:.1f} µs/step", flush=True)
+    return rows
+
+
 def bench_counts(device: str) -> list[dict]:
     """Launches (or ops) and host syncs per sampler step, model call excluded."""
     x = torch.randn(4096, 64, device=device)
@@ -130,6 +150,7 @@ def run(device: str, out: str, max_log2: int) -> str:
         sizes.append(2**max_log2)
     ula = bench_ula(device, sizes)
     gmm = bench_gmm(device, [2**k for k in (16, 18, 20)])
+    sizes_rows = bench_gmm_sizes(device)
     counts = bench_counts(device)
     backends = fastgen_backends(device)
     ula_cols = [("elements", "elements")] + [(b, f"fastgen {b} µs") for b in backends] + [
@@ -147,6 +168,11 @@ def run(device: str, out: str, max_log2: int) -> str:
         "torch.compile of the former; copy limit = 12 bytes per element)": markdown_table(ula, ula_cols),
         "Fused mixture Langevin (8 Gaussians, 10 steps per launch) vs eager ULA with the analytic score":
             markdown_table(gmm, gmm_cols),
+        "fastgen.langevin on a mixture, energy= (fused kernel) vs score= (mixture score in PyTorch + ula_step_), "
+        "4,096 chains, 20 steps": markdown_table(sizes_rows, [
+            ("mixture", "components in dimension"), ("fused", "energy= µs/step"), ("score", "score= µs/step"),
+            ("ratio", "× (score= / energy=)")]),
         "Launches and host syncs per step": markdown_table(counts, count_cols),
     }
-    return write_report(out, f"langevin-{device}", env, sections, {"ula": ula, "gmm": gmm, "counts": counts})
+    return write_report(out, f"langevin-{device}", env, sections,
+                        {"ula": ula, "gmm": gmm, "gmm_sizes": sizes_rows, "counts": counts})

@@ -126,8 +126,12 @@ __global__ void mala_accept_kernel(MalaAcceptArgs a) {
   }
 }
 
-// One thread per chain; the mixture lives in shared memory, the chain in registers.
-template <typename T, int MAX_D>
+// LANES threads per chain (a power of two dividing 32), each holding the coordinates d = lane + j * LANES
+// (j < PER_LANE) in registers: with one thread per chain a 64-D chain needed 128 live floats and 4,096 chains
+// filled 32 blocks. Per component the lanes sum their parts of the quadratic form with butterfly shuffles inside
+// the group, so every lane holds the same logit and runs the same online softmax. The mixture lives in shared
+// memory. Threads past the last chain compute on zeros and store nothing (the shuffles need every lane).
+template <typename T, int LANES, int PER_LANE>
 __global__ void gmm_langevin_kernel(GmmLangevinArgs a) {
   extern __shared__ float mixture[];  // means (K*D), inv_vars (K*D), log_coef (K)
   const int K = a.components;
@@ -141,14 +145,19 @@ __global__ void gmm_langevin_kernel(GmmLangevinArgs a) {
   }
   for (int i = threadIdx.x; i < K; i += blockDim.x) log_coef[i] = a.log_coef[i];
   __syncthreads();
-  const int64_t chain = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (chain >= a.chains) return;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chain = thread / LANES;
+  const int lane = static_cast<int>(thread % LANES);
+  const bool valid = chain < a.chains;
 
-  T* xp = static_cast<T*>(a.x) + chain * D;
-  float x[MAX_D];
+  T* xp = static_cast<T*>(a.x) + (valid ? chain : 0) * D;
+  float x[PER_LANE];
 #pragma unroll
-  for (int d = 0; d < MAX_D; ++d) x[d] = d < D ? load(xp, d) : 0.0f;
-  const float h = a.step_sizes != nullptr ? a.step_sizes[chain] : a.step_size;
+  for (int j = 0; j < PER_LANE; ++j) {
+    const int d = lane + j * LANES;
+    x[j] = valid && d < D ? load(xp, d) : 0.0f;
+  }
+  const float h = a.step_sizes != nullptr && valid ? a.step_sizes[chain] : a.step_size;
   const float noise_scale = sqrtf(2.0f * h);
   uint64_t seed, offset;
   resolve_rng(a.rng, &seed, &offset);
@@ -158,63 +167,64 @@ __global__ void gmm_langevin_kernel(GmmLangevinArgs a) {
     // Online softmax over components: score = sum_k r_k (mu_k - x) / sigma_k^2.
     float running_max = -INFINITY;
     float total = 0.0f;
-    float acc[MAX_D];
+    float acc[PER_LANE];
 #pragma unroll
-    for (int d = 0; d < MAX_D; ++d) acc[d] = 0.0f;
+    for (int j = 0; j < PER_LANE; ++j) acc[j] = 0.0f;
     for (int k = 0; k < K; ++k) {
       const float* mu = means + k * D;
       const float* iv = inv_vars + k * D;
+      float diff[PER_LANE];
       float q = 0.0f;
 #pragma unroll
-      for (int d = 0; d < MAX_D; ++d) {
-        if (d < D) {
-          const float diff = x[d] - mu[d];
-          q += diff * diff * iv[d];
-        }
+      for (int j = 0; j < PER_LANE; ++j) {
+        const int d = lane + j * LANES;
+        diff[j] = d < D ? (mu[d] - x[j]) * iv[d] : 0.0f;  // (mu - x) / sigma^2
+        if (d < D) q += diff[j] * (mu[d] - x[j]);
       }
+#pragma unroll
+      for (int width = LANES / 2; width > 0; width /= 2) q += __shfl_xor_sync(0xffffffffu, q, width, LANES);
       const float logit = log_coef[k] - 0.5f * q;
       const float new_max = fmaxf(running_max, logit);
       const float rescale = expf(running_max - new_max);
       const float w = expf(logit - new_max);
       total = total * rescale + w;
 #pragma unroll
-      for (int d = 0; d < MAX_D; ++d) {
-        if (d < D) acc[d] = acc[d] * rescale + w * (mu[d] - x[d]) * iv[d];
-      }
+      for (int j = 0; j < PER_LANE; ++j) acc[j] = acc[j] * rescale + w * diff[j];
       running_max = new_max;
     }
     const uint64_t first = offset + static_cast<uint64_t>(step) * numel + static_cast<uint64_t>(chain) * D;
     const float inv_total = 1.0f / total;
 #pragma unroll
-    for (int d = 0; d < MAX_D; ++d) {
-      if (d < D) x[d] += h * acc[d] * inv_total + noise_scale * normal_at(seed, first + d);
+    for (int j = 0; j < PER_LANE; ++j) {
+      const int d = lane + j * LANES;
+      if (d < D) x[j] += h * acc[j] * inv_total + noise_scale * normal_at(seed, first + d);
     }
   }
 #pragma unroll
-  for (int d = 0; d < MAX_D; ++d) {
-    if (d < D) store(xp, d, x[d]);
+  for (int j = 0; j < PER_LANE; ++j) {
+    const int d = lane + j * LANES;
+    if (valid && d < D) store(xp, d, x[j]);
   }
 }
 
+// Lanes per chain by dimension: up to 4 coordinates per lane (one lane for D <= 4, 16 lanes for D <= 64).
 template <typename T>
 cudaError_t launch_gmm(const GmmLangevinArgs& a, cudaStream_t stream) {
   const int threads = 128;
-  const unsigned blocks = static_cast<unsigned>((a.chains + threads - 1) / threads);
   const size_t shared = sizeof(float) * (2 * a.components * a.dim + a.components);
-  if (a.dim <= 2) {
-    gmm_langevin_kernel<T, 2><<<blocks, threads, shared, stream>>>(a);
-  } else if (a.dim <= 4) {
-    gmm_langevin_kernel<T, 4><<<blocks, threads, shared, stream>>>(a);
-  } else if (a.dim <= 8) {
-    gmm_langevin_kernel<T, 8><<<blocks, threads, shared, stream>>>(a);
-  } else if (a.dim <= 16) {
-    gmm_langevin_kernel<T, 16><<<blocks, threads, shared, stream>>>(a);
-  } else if (a.dim <= 32) {
-    gmm_langevin_kernel<T, 32><<<blocks, threads, shared, stream>>>(a);
-  } else {
-    gmm_langevin_kernel<T, kMaxGmmDim><<<blocks, threads, shared, stream>>>(a);
-  }
-  return cudaGetLastError();
+  auto launch = [&](auto kernel, int lanes) {
+    const int64_t total = a.chains * lanes;
+    const unsigned blocks = static_cast<unsigned>((total + threads - 1) / threads);
+    kernel<<<blocks, threads, shared, stream>>>(a);
+    return cudaGetLastError();
+  };
+  if (a.dim <= 2) return launch(gmm_langevin_kernel<T, 1, 2>, 1);
+  if (a.dim <= 4) return launch(gmm_langevin_kernel<T, 1, 4>, 1);
+  if (a.dim <= 8) return launch(gmm_langevin_kernel<T, 2, 4>, 2);
+  if (a.dim <= 16) return launch(gmm_langevin_kernel<T, 4, 4>, 4);
+  if (a.dim <= 32) return launch(gmm_langevin_kernel<T, 8, 4>, 8);
+  static_assert(kMaxGmmDim <= 16 * 4, "gmm_langevin_kernel: 16 lanes of 4 coordinates cover kMaxGmmDim");
+  return launch(gmm_langevin_kernel<T, 16, 4>, 16);
 }
 
 }  // namespace

@@ -12,7 +12,10 @@ import triton.language as tl
 from .rng import BLOCK, INTERPRETED, load_rng, normal_at, uniform_at
 
 CHAIN_BLOCK = 1024  # elements per program in per-chain reductions
-GMM_CHAINS = 64 if INTERPRETED else 128  # chains per program in the mixture kernel
+# Chains per program in the mixture kernel: at most GMM_CHAINS, and a tile of at most GMM_TILE coordinates, so a
+# 64-D mixture on 4,096 chains still spreads over 256 programs rather than 32.
+GMM_CHAINS = 64 if INTERPRETED else 128
+GMM_TILE = 1024
 
 
 @triton.jit
@@ -251,12 +254,14 @@ def gmm_langevin_(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, 
     chains, dim = x.shape
     if chains == 0 or n_steps == 0:
         return
-    gmm_langevin_kernel[(triton.cdiv(chains, GMM_CHAINS),)](
+    block_d = triton.next_power_of_2(dim)
+    block_b = max(1, min(GMM_CHAINS, GMM_TILE // block_d))
+    gmm_langevin_kernel[(triton.cdiv(chains, block_b),)](
         x, means, inv_vars, log_coef, chains, dim, chains * dim, means.shape[0], n_steps, step_size,
         step_sizes if step_sizes is not None else means,
         seed, offset,
         rng_state if rng_state is not None else means,
         HAS_STEPS=step_sizes is not None, HAS_STATE=rng_state is not None,
-        BLOCK_B=GMM_CHAINS, BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK_B=block_b, BLOCK_D=block_d,
     )  # fmt: skip
 

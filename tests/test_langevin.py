@@ -235,14 +235,17 @@ def _mala_accept_samples(device, dtype):
 
 def _gmm_samples(device, dtype):
     out = []
-    for chains, dim, components in [(5, 2, 8), (0, 2, 8), (3, 1, 1), (70, 64, 64), (333334, 3, 4)]:
+    # Dimensions for every CUDA lane count (1, 2, 4, 8 and 16 lanes per chain), ragged in lanes and in blocks.
+    for chains, dim, components in [(5, 2, 8), (0, 2, 8), (3, 1, 1), (70, 64, 64), (333334, 3, 4), (9, 6, 2),
+                                    (37, 13, 5), (50, 20, 7), (130, 33, 3)]:
         gen = torch.Generator().manual_seed(chains + dim)
         gmm = fastgen.targets.GaussianMixture(torch.randn(components, dim, generator=gen) * 2,
                                               torch.rand(components, dim, generator=gen) + 0.5,
                                               torch.rand(components, generator=gen) + 0.1)
         means, inv_vars, log_coef = gmm.kernel_params(device)
+        steps = (torch.rand(chains, generator=gen) * 0.02).to(device) if dim == 13 else None
         out.append(Sample(x=torch.randn(chains, dim, generator=gen).to(device, dtype), means=means, inv_vars=inv_vars,
-                          log_coef=log_coef, n_steps=3, step_size=1e-2, seed=3, offset=10))
+                          log_coef=log_coef, n_steps=3, step_size=1e-2, step_sizes=steps, seed=3, offset=10))
     return out
 
 
