@@ -23,8 +23,8 @@ from .reference import diffusion as reference
 from .rng import resolve_seed
 from .sde import get_sigmas_karras
 
-__all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpmpp_2m", "sample_dpmpp_2m_sde",
-           "sample_euler", "sample_euler_ancestral", "sample_heun"]
+__all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
+           "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun"]
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -191,6 +191,38 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                   aux_store="increment")
         loop.step(loop.denoise(sigma_mid), ops.dpm_2_correction_coefficients(float(sigma_hat), float(sigma_mid),
                                                                               sigma_next), aux=aux)
+    return loop.x
+
+
+def _ancestral_levels(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float):
+    """(sigma_down, sigma_up) as k-diffusion's get_ancestral_step computes them, in the sigmas' dtype."""
+    if not eta:
+        return sigma_next, sigma_next.new_zeros(())
+    up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                           noise_sampler=None):
+    """k-diffusion's DPM-Solver-2 ancestral: DPM-Solver-2 from sigma to the ancestral step's sigma_down (its
+    midpoint model call at the log-midpoint), then s_noise sigma_up noise, in the correction's fused pass; Euler
+    where sigma_down = 0."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    aux = loop.buffer()
+    for i in loop.steps():
+        sigma = loop.levels[i]
+        denoised = loop.denoise(loop.sigmas[i])
+        loop.report(i, loop.sigmas[i], denoised)
+        down, up = _ancestral_levels(loop.sigmas[i], loop.sigmas[i + 1], eta)
+        if float(down) == 0:
+            loop.step(denoised, ops.euler_coefficients(sigma, 0.0))
+            continue
+        sigma_mid = loop.sigmas[i].log().lerp(down.log(), 0.5).exp()  # as k-diffusion computes it
+        loop.step(denoised, ops.euler_coefficients(sigma, float(sigma_mid)), aux=aux, aux_store="increment")
+        row = ops.dpm_2_correction_coefficients(sigma, float(sigma_mid), float(down))
+        row[:, Coef.C_NOISE] = s_noise * float(up)
+        loop.step(loop.denoise(sigma_mid), row, aux=aux, **loop.noise(i, sigma, loop.levels[i + 1]))
     return loop.x
 
 
