@@ -24,7 +24,7 @@ from .rng import resolve_seed
 from .sde import get_sigmas_karras
 
 __all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
-           "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_heun"]
+           "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun"]
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -223,6 +223,34 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         row = ops.dpm_2_correction_coefficients(sigma, float(sigma_mid), float(down))
         row[:, Coef.C_NOISE] = s_noise * float(up)
         loop.step(loop.denoise(sigma_mid), row, aux=aux, **loop.noise(i, sigma, loop.levels[i + 1]))
+    return loop.x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                              noise_sampler=None):
+    """k-diffusion's DPM-Solver++(2S) ancestral: DPM-Solver++(2S) from sigma to the ancestral step's sigma_down
+    (model calls at sigma and at the log-midpoint), then s_noise sigma_up noise, in the second stage's fused pass;
+    Euler where sigma_down = 0."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    aux = loop.buffer()
+    for i in loop.steps():
+        sigma, sigma_next = loop.levels[i], loop.levels[i + 1]
+        denoised = loop.denoise(loop.sigmas[i])
+        loop.report(i, loop.sigmas[i], denoised)
+        down, up = _ancestral_levels(loop.sigmas[i], loop.sigmas[i + 1], eta)
+        noise = loop.noise(i, sigma, sigma_next) if sigma_next > 0 else {}
+        if float(down) == 0:
+            row = ops.euler_coefficients(sigma, 0.0)
+            row[:, Coef.C_NOISE] = s_noise * float(up) if noise else 0.0
+            loop.step(denoised, row, **noise)
+            continue
+        t, t_next = loop.sigmas[i].log().neg(), down.log().neg()  # as k-diffusion computes them
+        sigma_mid = (t + (t_next - t) / 2).neg().exp()
+        first, second = ops.dpmpp_2s_coefficients(sigma, float(sigma_mid), float(down),
+                                                  s_noise * float(up) if noise else 0.0)
+        loop.step(denoised, first[None], aux=aux, aux_store="increment")
+        loop.step(loop.denoise(sigma_mid), second[None], aux=aux, **noise)
     return loop.x
 
 

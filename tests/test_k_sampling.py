@@ -102,7 +102,7 @@ def test_callback_and_churn():
     assert seen == [0, 1, 2, 3, 4] and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "heun", "dpm_2_ancestral"])
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "heun", "dpm_2_ancestral", "dpmpp_2s_ancestral"])
 def test_exact_denoiser_reaches_the_target(name):
     gmm = eight_gaussians()
 
@@ -126,6 +126,9 @@ PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun
          ("sample_dpm_2_ancestral", {"noise": True}),
          ("sample_dpm_2_ancestral", {"noise": True, "eta": 0.5, "s_noise": 1.1}),
          ("sample_dpm_2_ancestral", {"eta": 0.0}),
+         ("sample_dpmpp_2s_ancestral", {"noise": True}),
+         ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 0.5, "s_noise": 1.1}),
+         ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 3.0}),
          ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5})]
 
 

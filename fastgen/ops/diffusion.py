@@ -277,6 +277,17 @@ def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Ten
     return _rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
 
 
+def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise: float = 0.0) -> torch.Tensor:
+    """DPM-Solver++(2S) from sigma to sigma_down through sigma_mid (k-diffusion's, r = 1/2), as two rows: the
+    first stage x_2 = (sigma_mid / sigma) x - expm1(-h/2) x0 (h = log(sigma / sigma_down)), storing aux = x_2 - x;
+    the second on x_2: x <- (sigma_down / sigma)(x_2 - aux) - expm1(-h) x0(x_2, sigma_mid) + noise xi."""
+    sigma, sigma_mid, sigma_down = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma, sigma_mid, sigma_down))
+    h = torch.log(sigma / sigma_down)
+    ratio = sigma_down / sigma
+    return torch.cat([_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
+                      _rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise)])
+
+
 def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, k-diffusion's form) for the sigma schedule `sigmas` (last 0):
     h = log(sigma / sigma_next), r = h_prev / h,
