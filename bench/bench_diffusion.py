@@ -176,6 +176,49 @@ def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) 
     return rows
 
 
+K_SAMPLERS = ("sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpm_2_ancestral",
+              "sample_dpmpp_2s_ancestral", "sample_dpmpp_2m", "sample_dpmpp_2m_sde")
+
+
+def k_diffusion_sampling():
+    """k-diffusion's sampling.py as vendored for the tests (tests/peer/k_diffusion, commit 4601bf0)."""
+    import importlib
+    import pathlib
+    import sys
+
+    tests = str(pathlib.Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("peer.k_diffusion.sampling")
+
+
+def bench_k_sampling(device: str, shape=(16, 4, 64, 64), steps: int = 20) -> list[dict]:
+    """Each sampler of fastgen.k_sampling against k-diffusion's own, both at their defaults (noise included:
+    k-diffusion's dpmpp_2m_sde defaults to a torchsde Brownian tree), with a null denoiser: the loops' own cost."""
+    from fastgen import k_sampling
+
+    K = k_diffusion_sampling()
+    sigmas = K.get_sigmas_karras(steps, 0.03, 14.6, device=device)
+    x = torch.randn(shape, device=device) * 14.6
+
+    def denoiser(x, sigma):
+        return torch.zeros_like(x)
+
+    rows = []
+    for name in K_SAMPLERS:
+        fns = {"fastgen": lambda: getattr(k_sampling, name)(denoiser, x, sigmas, disable=True),
+               "k-diffusion": lambda: getattr(K, name)(denoiser, x, sigmas, disable=True)}
+        row = {"sampler": name}
+        row.update({k: v / steps for k, v in time_interleaved_us(fns, device, rounds=5).items()})
+        row["ratio"] = row["k-diffusion"] / row["fastgen"]
+        count_key = "kernels" if device == "cuda" else "ops"
+        row["fastgen_" + count_key] = count_per_call(fns["fastgen"], device, calls=1)[count_key] / steps
+        row["k_" + count_key] = count_per_call(fns["k-diffusion"], device, calls=1)[count_key] / steps
+        rows.append(row)
+        print("  k_sampling", row, flush=True)
+    return rows
+
+
 def small_unet(device: str, size: int, **extra):
     """A small random diffusers UNet2DModel (3 channels, widths 32 and 64, one attention level), seeded."""
     import diffusers
@@ -399,6 +442,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     step = bench_ddpm_step(device, shapes)
     loops = bench_loops(device)
     pipelines = bench_pipelines(device)
+    k_rows = bench_k_sampling(device)
     guided = bench_guided_step(device, [(16, 4, 64, 64), (256, 4, 64, 64)])
     guided_loop = bench_guided_loop(device)
     counts = bench_counts(device)
@@ -414,6 +458,11 @@ def run(device: str, out: str, max_log2: int) -> str:
         "diffusers pipelines, batch 16, 3x32x32, 50 steps (µs per step)": markdown_table(pipelines, [
             ("pipeline", "pipeline"), ("diffusers", "diffusers scheduler"), ("fastgen", "fastgen drop-in"),
             ("ratio", "diffusers ÷ fastgen")]),
+        "k-diffusion's samplers, batch 16x4x64x64, 20 Karras steps, null denoiser (µs per step, both at their "
+        "defaults)": markdown_table(k_rows, [
+            ("sampler", "sampler"), ("fastgen", "fastgen.k_sampling"), ("k-diffusion", "k-diffusion"),
+            ("ratio", "k-diffusion ÷ fastgen"), (f"fastgen_{count_key}", f"fastgen {count_key}/step"),
+            (f"k_{count_key}", f"k-diffusion {count_key}/step")]),
         "Classifier-free-guided DDIM step, w = 7.5, the model replaced by a fixed output (µs)": markdown_table(
             guided, [("shape", "shape"), ("candidate", "candidate"), ("µs", "µs"),
                      ("diffusers ÷ this", "diffusers ÷ this"), (count_key, "kernels" if device == "cuda" else "ops"),
@@ -428,5 +477,6 @@ def run(device: str, out: str, max_log2: int) -> str:
             ("host_syncs", "host syncs")]),
     }
     return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
-                                                                      "pipelines": pipelines, "guided": guided,
+                                                                      "pipelines": pipelines, "k_sampling": k_rows,
+                                                                      "guided": guided,
                                                                       "guided_loop": guided_loop, "counts": counts})

@@ -66,7 +66,9 @@ class _Loop:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         self.sigmas = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, device=x.device)
-        self.levels = [float(s) for s in self.sigmas.tolist()]
+        self.host = self.sigmas.detach().cpu()  # every level the loop derives is computed here, before the loop
+        self.levels = [float(s) for s in self.host.tolist()]
+        self.at = self.sigmas.unbind(0)  # the model's sigma at level i, as sigmas[i]
         if len(self.levels) < 2 or any(b >= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[-1] < 0:
             raise ValueError("sigmas must be a decreasing sequence of at least 2 noise levels >= 0")
         self.model, self.extra = model, extra_args or {}
@@ -79,6 +81,14 @@ class _Loop:
     def steps(self):
         return _steps(len(self.levels) - 1, self.disable)
 
+    def for_model(self, levels) -> tuple:
+        """Host 0-d noise levels moved to the sigmas' device in one copy, one 0-d tensor each."""
+        return torch.stack(list(levels)).to(self.sigmas.device).unbind(0)
+
+    def rows(self, table: torch.Tensor) -> tuple:
+        """A (steps, 8) coefficient table moved to x's device in one copy, one (1, 8) row per step."""
+        return table.to(self.x.device).split(1)
+
     def denoise(self, sigma: torch.Tensor) -> torch.Tensor:
         out = self.model(self.x, sigma * self.s_in, **self.extra)
         if not isinstance(out, torch.Tensor) or out.shape != self.x.shape:
@@ -87,7 +97,7 @@ class _Loop:
 
     def report(self, i: int, sigma_hat: torch.Tensor, denoised: torch.Tensor) -> None:
         if self.callback is not None:
-            self.callback({"x": self.x.clone(), "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat,
+            self.callback({"x": self.x.clone(), "i": i, "sigma": self.at[i], "sigma_hat": sigma_hat,
                            "denoised": denoised})
 
     def noise(self, i: int, sigma: float, sigma_next: float) -> dict:
@@ -101,7 +111,7 @@ class _Loop:
     def step(self, denoised: torch.Tensor, row: torch.Tensor, aux=None, aux_store: str | None = None, **noise):
         """x <- the row's affine update, the model output being x0."""
         if not self.exact:
-            ops.diffusion_step_(self.x, denoised, row.to(self.x.device), prediction="x0", aux=aux,
+            ops.diffusion_step_(self.x, denoised, row, prediction="x0", aux=aux,
                                 aux_store=aux_store, **noise)
             return
         store = AuxStore.NONE if aux_store is None else AuxStore.X0 if aux_store == "x0" else AuxStore.INCREMENT
@@ -113,18 +123,44 @@ class _Loop:
         return torch.zeros(self.x.shape, device=self.x.device, dtype=torch.float64 if self.exact else torch.float32)
 
 
-def _churn_and_denoise(loop: _Loop, i: int, s_churn, s_tmin, s_tmax, s_noise):
-    """(sigma_hat, x0): Karras et al.'s stochastic churn, raising the noise level to sigma_hat = sigma (1 + gamma)
-    by adding noise, then the model at sigma_hat and the callback."""
-    sigma = loop.levels[i]
-    gamma = min(s_churn / (len(loop.levels) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    sigma_hat = loop.sigmas[i] * (gamma + 1)
-    if gamma > 0:
-        scale = s_noise * math.sqrt((sigma * (gamma + 1)) ** 2 - sigma**2)
-        loop.step(loop.x, ops.noise_row(scale, keep=1.0), **loop.noise(i, sigma, sigma * (gamma + 1)))
+def _values(levels) -> torch.Tensor:
+    """Host 0-d noise levels as one float64 vector (their exact values)."""
+    return torch.stack(list(levels)).double()
+
+
+def _churn(loop: _Loop, s_churn, s_tmin, s_tmax, s_noise):
+    """Karras et al.'s stochastic churn at every step, computed before the loop: sigma_hat = sigma (1 + gamma) on
+    the host as k-diffusion computes it, and where gamma > 0 the row x <- x + s_noise sqrt(sigma_hat^2 - sigma^2) xi
+    with sigma_hat's value (None elsewhere)."""
+    n = len(loop.levels) - 1
+    gammas = [min(s_churn / n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0 for s in loop.levels[:-1]]
+    hats = [loop.host[i] * (g + 1) for i, g in enumerate(gammas)]
+    churn = [(ops.noise_row(s_noise * math.sqrt((s * (g + 1)) ** 2 - s**2), keep=1.0, device=loop.x.device),
+              s * (g + 1)) if g > 0 else None for s, g in zip(loop.levels, gammas)]
+    return hats, churn
+
+
+def _denoise(loop: _Loop, i: int, sigma_hat: torch.Tensor, churn=None) -> torch.Tensor:
+    """The churn's noise (churn: its row and sigma_hat's value), then the model at sigma_hat and the callback."""
+    if churn is not None:
+        loop.step(loop.x, churn[0], **loop.noise(i, loop.levels[i], churn[1]))
     denoised = loop.denoise(sigma_hat)
     loop.report(i, sigma_hat, denoised)
-    return sigma_hat, denoised
+    return denoised
+
+
+def _ancestral(loop: _Loop, eta: float):
+    """Per step, (sigma_down, sigma_up) on the host as k-diffusion's get_ancestral_step computes them."""
+    downs, ups = [], []
+    for sigma, sigma_next in zip(loop.host[:-1], loop.host[1:]):
+        if not eta:
+            downs.append(sigma_next)
+            ups.append(sigma_next.new_zeros(()))
+            continue
+        up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        downs.append((sigma_next**2 - up**2) ** 0.5)
+        ups.append(up)
+    return downs, ups
 
 
 @torch.no_grad()
@@ -132,9 +168,11 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_tmax=float("inf"), s_noise=1.0):
     """Euler (Karras et al. 2022, Algorithm 2 with churn): x <- x + (sigma_next - sigma_hat) (x - x0) / sigma_hat."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    hats, churn = _churn(loop, s_churn, s_tmin, s_tmax, s_noise)
+    rows = loop.rows(ops.euler_coefficients(_values(hats), loop.levels[1:]))
+    model_hats = loop.for_model(hats)
     for i in loop.steps():
-        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
-        loop.step(denoised, ops.euler_coefficients(float(sigma_hat), loop.levels[i + 1]))
+        loop.step(_denoise(loop, i, model_hats[i], churn[i]), rows[i])
     return loop.x
 
 
@@ -143,14 +181,13 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
                            noise_sampler=None):
     """Euler ancestral: step to sigma_down deterministically, then add s_noise sigma_up noise."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    table = ops.euler_ancestral_coefficients(loop.levels[:-1], loop.levels[1:], eta, s_noise)
+    table[-1, Coef.C_NOISE] = 0.0  # the last step lands on sigma = 0
+    rows = loop.rows(table)
     for i in loop.steps():
         sigma, sigma_next = loop.levels[i], loop.levels[i + 1]
-        denoised = loop.denoise(loop.sigmas[i])
-        loop.report(i, loop.sigmas[i], denoised)
-        row = ops.euler_ancestral_coefficients(sigma, sigma_next, eta, s_noise)
-        if sigma_next == 0:
-            row[:, Coef.C_NOISE] = 0.0
-        loop.step(denoised, row, **(loop.noise(i, sigma, sigma_next) if sigma_next > 0 else {}))
+        denoised = _denoise(loop, i, loop.at[i])
+        loop.step(denoised, rows[i], **(loop.noise(i, sigma, sigma_next) if sigma_next > 0 else {}))
     return loop.x
 
 
@@ -159,17 +196,18 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 s_tmax=float("inf"), s_noise=1.0):
     """Heun (Karras et al. 2022, Algorithm 2): Euler to sigma_next, then average the two slopes (Euler at the end)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    hats, churn = _churn(loop, s_churn, s_tmin, s_tmax, s_noise)
+    euler = loop.rows(ops.euler_coefficients(_values(hats), loop.levels[1:]))
+    correction = loop.rows(ops.heun_correction_coefficients(_values(hats), loop.levels[1:]))
+    model_hats = loop.for_model(hats)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
-        sigma_next = loop.levels[i + 1]
-        euler = ops.euler_coefficients(float(sigma_hat), sigma_next)
-        if sigma_next == 0:
-            loop.step(denoised, euler)
+        denoised = _denoise(loop, i, model_hats[i], churn[i])
+        if loop.levels[i + 1] == 0:
+            loop.step(denoised, euler[i])
             continue
-        loop.step(denoised, euler, aux=aux, aux_store="increment")
-        loop.step(loop.denoise(loop.sigmas[i + 1]), ops.heun_correction_coefficients(float(sigma_hat), sigma_next),
-                  aux=aux)
+        loop.step(denoised, euler[i], aux=aux, aux_store="increment")
+        loop.step(loop.denoise(loop.at[i + 1]), correction[i], aux=aux)
     return loop.x
 
 
@@ -179,27 +217,23 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """k-diffusion's DPM-Solver-2: Euler to the log-midpoint sigma_mid, then the full step with the slope there
     (Euler at the end); two fused passes and two model calls per step."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    hats, churn = _churn(loop, s_churn, s_tmin, s_tmax, s_noise)
+    # sigma_mid as k-diffusion computes it (a placeholder where the step ends at 0: Euler there)
+    mids = [h.log().lerp(loop.host[i + 1].log(), 0.5).exp() if loop.levels[i + 1] > 0 else h
+            for i, h in enumerate(hats)]
+    to_mid = loop.rows(ops.euler_coefficients(_values(hats), _values(mids)))
+    correction = loop.rows(ops.dpm_2_correction_coefficients(_values(hats), _values(mids), loop.levels[1:]))
+    to_zero = loop.rows(ops.euler_coefficients(_values(hats), 0.0))
+    model_hats, model_mids = loop.for_model(hats), loop.for_model(mids)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma_hat, denoised = _churn_and_denoise(loop, i, s_churn, s_tmin, s_tmax, s_noise)
-        sigma_next = loop.levels[i + 1]
-        if sigma_next == 0:
-            loop.step(denoised, ops.euler_coefficients(float(sigma_hat), sigma_next))
+        denoised = _denoise(loop, i, model_hats[i], churn[i])
+        if loop.levels[i + 1] == 0:
+            loop.step(denoised, to_zero[i])
             continue
-        sigma_mid = sigma_hat.log().lerp(loop.sigmas[i + 1].log(), 0.5).exp()  # as k-diffusion computes it
-        loop.step(denoised, ops.euler_coefficients(float(sigma_hat), float(sigma_mid)), aux=aux,
-                  aux_store="increment")
-        loop.step(loop.denoise(sigma_mid), ops.dpm_2_correction_coefficients(float(sigma_hat), float(sigma_mid),
-                                                                              sigma_next), aux=aux)
+        loop.step(denoised, to_mid[i], aux=aux, aux_store="increment")
+        loop.step(loop.denoise(model_mids[i]), correction[i], aux=aux)
     return loop.x
-
-
-def _ancestral_levels(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float):
-    """(sigma_down, sigma_up) as k-diffusion's get_ancestral_step computes them, in the sigmas' dtype."""
-    if not eta:
-        return sigma_next, sigma_next.new_zeros(())
-    up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-    return (sigma_next**2 - up**2) ** 0.5, up
 
 
 @torch.no_grad()
@@ -209,20 +243,24 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     midpoint model call at the log-midpoint), then s_noise sigma_up noise, in the correction's fused pass; Euler
     where sigma_down = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    downs, ups = _ancestral(loop, eta)
+    mids = [s.log().lerp(d.log(), 0.5).exp() if float(d) > 0 else s for s, d in zip(loop.host, downs)]
+    levels = torch.tensor(loop.levels[:-1], dtype=torch.float64)
+    to_mid = loop.rows(ops.euler_coefficients(levels, _values(mids)))
+    table = ops.dpm_2_correction_coefficients(levels, _values(mids), _values(downs))
+    table[:, Coef.C_NOISE] = s_noise * _values(ups)
+    correction = loop.rows(table)
+    to_zero = loop.rows(ops.euler_coefficients(levels, 0.0))
+    model_mids = loop.for_model(mids)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma = loop.levels[i]
-        denoised = loop.denoise(loop.sigmas[i])
-        loop.report(i, loop.sigmas[i], denoised)
-        down, up = _ancestral_levels(loop.sigmas[i], loop.sigmas[i + 1], eta)
-        if float(down) == 0:
-            loop.step(denoised, ops.euler_coefficients(sigma, 0.0))
+        denoised = _denoise(loop, i, loop.at[i])
+        if float(downs[i]) == 0:
+            loop.step(denoised, to_zero[i])
             continue
-        sigma_mid = loop.sigmas[i].log().lerp(down.log(), 0.5).exp()  # as k-diffusion computes it
-        loop.step(denoised, ops.euler_coefficients(sigma, float(sigma_mid)), aux=aux, aux_store="increment")
-        row = ops.dpm_2_correction_coefficients(sigma, float(sigma_mid), float(down))
-        row[:, Coef.C_NOISE] = s_noise * float(up)
-        loop.step(loop.denoise(sigma_mid), row, aux=aux, **loop.noise(i, sigma, loop.levels[i + 1]))
+        loop.step(denoised, to_mid[i], aux=aux, aux_store="increment")
+        loop.step(loop.denoise(model_mids[i]), correction[i], aux=aux,
+                  **loop.noise(i, loop.levels[i], loop.levels[i + 1]))
     return loop.x
 
 
@@ -233,24 +271,32 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     (model calls at sigma and at the log-midpoint), then s_noise sigma_up noise, in the second stage's fused pass;
     Euler where sigma_down = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    downs, ups = _ancestral(loop, eta)
+    mids, ends = [], []
+    for s, d in zip(loop.host, downs):
+        if float(d) > 0:  # as k-diffusion computes it: t = -log sigma, s = t + h / 2
+            t, t_next = s.log().neg(), d.log().neg()
+            mids.append((t + (t_next - t) / 2).neg().exp())
+            ends.append(d)
+        else:  # placeholders: Euler there
+            mids.append(s)
+            ends.append(s)
+    noise = s_noise * _values(ups) * (torch.tensor(loop.levels[1:]) > 0)
+    levels = torch.tensor(loop.levels[:-1], dtype=torch.float64)
+    first, second = (loop.rows(t) for t in ops.dpmpp_2s_coefficients(levels, _values(mids), _values(ends), noise))
+    table = ops.euler_coefficients(levels, 0.0)
+    table[:, Coef.C_NOISE] = noise
+    to_zero = loop.rows(table)
+    model_mids = loop.for_model(mids)
     aux = loop.buffer()
     for i in loop.steps():
-        sigma, sigma_next = loop.levels[i], loop.levels[i + 1]
-        denoised = loop.denoise(loop.sigmas[i])
-        loop.report(i, loop.sigmas[i], denoised)
-        down, up = _ancestral_levels(loop.sigmas[i], loop.sigmas[i + 1], eta)
-        noise = loop.noise(i, sigma, sigma_next) if sigma_next > 0 else {}
-        if float(down) == 0:
-            row = ops.euler_coefficients(sigma, 0.0)
-            row[:, Coef.C_NOISE] = s_noise * float(up) if noise else 0.0
-            loop.step(denoised, row, **noise)
+        denoised = _denoise(loop, i, loop.at[i])
+        noisy = loop.noise(i, loop.levels[i], loop.levels[i + 1]) if loop.levels[i + 1] > 0 else {}
+        if float(downs[i]) == 0:
+            loop.step(denoised, to_zero[i], **noisy)
             continue
-        t, t_next = loop.sigmas[i].log().neg(), down.log().neg()  # as k-diffusion computes them
-        sigma_mid = (t + (t_next - t) / 2).neg().exp()
-        first, second = ops.dpmpp_2s_coefficients(sigma, float(sigma_mid), float(down),
-                                                  s_noise * float(up) if noise else 0.0)
-        loop.step(denoised, first[None], aux=aux, aux_store="increment")
-        loop.step(loop.denoise(sigma_mid), second[None], aux=aux, **noise)
+        loop.step(denoised, first[i], aux=aux, aux_store="increment")
+        loop.step(loop.denoise(model_mids[i]), second[i], aux=aux, **noisy)
     return loop.x
 
 
@@ -258,12 +304,10 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-sigma, x0 history in a fused buffer."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
-    table = ops.dpmpp_2m_coefficients(torch.tensor(loop.levels, dtype=torch.float64))
+    rows = loop.rows(ops.dpmpp_2m_coefficients(torch.tensor(loop.levels, dtype=torch.float64)))
     old = loop.buffer()
     for i in loop.steps():
-        denoised = loop.denoise(loop.sigmas[i])
-        loop.report(i, loop.sigmas[i], denoised)
-        loop.step(denoised, table[i:i + 1], aux=old, aux_store="x0")
+        loop.step(_denoise(loop, i, loop.at[i]), rows[i], aux=old, aux_store="x0")
     return loop.x
 
 
@@ -275,11 +319,11 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     Noise: noise_sampler (e.g. k-diffusion's BrownianTreeNoiseSampler) or fastgen's stream."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
     table = ops.dpmpp_2m_sde_coefficients(torch.tensor(loop.levels, dtype=torch.float64), eta, s_noise, solver_type)
+    noisy = (table[:, Coef.C_NOISE] != 0).tolist()
+    rows = loop.rows(table)
     old = loop.buffer()
     for i in loop.steps():
-        denoised = loop.denoise(loop.sigmas[i])
-        loop.report(i, loop.sigmas[i], denoised)
-        noisy = bool(table[i, Coef.C_NOISE] != 0)
-        loop.step(denoised, table[i:i + 1], aux=old, aux_store="x0",
-                  **(loop.noise(i, loop.levels[i], loop.levels[i + 1]) if noisy else {}))
+        denoised = _denoise(loop, i, loop.at[i])
+        loop.step(denoised, rows[i], aux=old, aux_store="x0",
+                  **(loop.noise(i, loop.levels[i], loop.levels[i + 1]) if noisy[i] else {}))
     return loop.x

@@ -277,15 +277,26 @@ def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Ten
     return _rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
 
 
-def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise: float = 0.0) -> torch.Tensor:
-    """DPM-Solver++(2S) from sigma to sigma_down through sigma_mid (k-diffusion's, r = 1/2), as two rows: the
-    first stage x_2 = (sigma_mid / sigma) x - expm1(-h/2) x0 (h = log(sigma / sigma_down)), storing aux = x_2 - x;
-    the second on x_2: x <- (sigma_down / sigma)(x_2 - aux) - expm1(-h) x0(x_2, sigma_mid) + noise xi."""
+def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver++(2S) from sigma to sigma_down through sigma_mid (k-diffusion's, r = 1/2), as the rows of its two
+    stages: x_2 = (sigma_mid / sigma) x - expm1(-h/2) x0 (h = log(sigma / sigma_down)), storing aux = x_2 - x;
+    then on x_2: x <- (sigma_down / sigma)(x_2 - aux) - expm1(-h) x0(x_2, sigma_mid) + noise xi."""
     sigma, sigma_mid, sigma_down = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma, sigma_mid, sigma_down))
     h = torch.log(sigma / sigma_down)
     ratio = sigma_down / sigma
-    return torch.cat([_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
-                      _rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise)])
+    return (_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
+            _rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise))
+
+
+def _log_steps(sigmas: torch.Tensor):
+    """(sigma, sigma_next, h = log(sigma / sigma_next), h_prev / h, ends, first) per step of a float64 schedule, h = 0
+    where the step ends at sigma_next = 0 (those rows are written separately)."""
+    s, s_next = sigmas[:-1], sigmas[1:]
+    ends = s_next == 0
+    h = torch.log(s / torch.where(ends, s, s_next))
+    r = torch.cat([h.new_ones(1), h[:-1]]) / h
+    first = torch.arange(len(s)) == 0
+    return s, s_next, h, r, ends, first
 
 
 def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
@@ -295,23 +306,12 @@ def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     first-order (x0 alone) at the first step and when sigma_next = 0; aux carries x0_prev.
     One row per step."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    n = len(sigmas) - 1
-    alphas = torch.ones(n, dtype=torch.float64) if alphas is None else torch.as_tensor(alphas, dtype=torch.float64)
-    rows = []
-    for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        if s_next == 0:
-            c_x, c_x0, c_aux = 0.0, 1.0, 0.0
-        else:
-            h = torch.log(s / s_next)
-            c_x, scale = s_next / s, -torch.expm1(-h)
-            if i == 0:
-                c_x0, c_aux = scale, 0.0
-            else:
-                r = torch.log(sigmas[i - 1] / s) / h
-                c_x0, c_aux = scale * (1 + 1 / (2 * r)), -scale / (2 * r)
-        rows.append(_rows(alphas[i], alphas[i] * s, alphas[i], c_x, c_x0, 0.0, c_aux, 0.0))
-    return torch.cat(rows)
+    s, s_next, h, r, ends, first = _log_steps(sigmas)
+    alphas = torch.ones_like(s) if alphas is None else torch.as_tensor(alphas, dtype=torch.float64)
+    scale = -torch.expm1(-h)
+    c_x0 = torch.where(ends, 1.0, torch.where(first, scale, scale * (1 + 1 / (2 * r))))
+    c_aux = torch.where(ends | first, 0.0, -scale / (2 * r))
+    return _rows(alphas, alphas * s, alphas, torch.where(ends, 0.0, s_next / s), c_x0, 0.0, c_aux, 0.0)
 
 
 def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0,
@@ -324,24 +324,13 @@ def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: f
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    rows, h_last = [], None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        if s_next == 0:
-            rows.append(_rows(1.0, s, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0))
-            h_last = None
-            continue
-        h = torch.log(s / s_next)
-        eta_h = eta * h
-        b = -torch.expm1(-h - eta_h)
-        c = 0.0
-        if h_last is not None:
-            r = h_last / h
-            c = b / (2 * r) if solver_type == "midpoint" else (b / (-h - eta_h) + 1) / r
-        noise = s_noise * s_next * (-torch.expm1(-2 * eta_h)).sqrt() if eta else 0.0
-        rows.append(_rows(1.0, s, 1.0, s_next / s * torch.exp(-eta_h), b + c, 0.0, -c, noise))
-        h_last = h
-    return torch.cat(rows)
+    s, s_next, h, r, ends, first = _log_steps(sigmas)
+    eta_h = eta * h
+    b = -torch.expm1(-h - eta_h)
+    c = torch.where(first, 0.0, b / (2 * r) if solver_type == "midpoint" else (b / (-h - eta_h) + 1) / r)
+    noise = s_noise * s_next * (-torch.expm1(-2 * eta_h)).sqrt() if eta else torch.zeros_like(s)
+    return _rows(1.0, s, 1.0, torch.where(ends, 0.0, s_next / s * torch.exp(-eta_h)), torch.where(ends, 1.0, b + c),
+                 0.0, torch.where(ends, 0.0, -c), torch.where(ends, 0.0, noise))
 
 
 # ---------------------------------------------------------------- the fused ops
