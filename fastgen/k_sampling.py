@@ -150,17 +150,14 @@ def _denoise(loop: _Loop, i: int, sigma_hat: torch.Tensor, churn=None) -> torch.
 
 
 def _ancestral(loop: _Loop, eta: float):
-    """Per step, (sigma_down, sigma_up) on the host as k-diffusion's get_ancestral_step computes them."""
-    downs, ups = [], []
-    for sigma, sigma_next in zip(loop.host[:-1], loop.host[1:]):
-        if not eta:
-            downs.append(sigma_next)
-            ups.append(sigma_next.new_zeros(()))
-            continue
-        up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-        downs.append((sigma_next**2 - up**2) ** 0.5)
-        ups.append(up)
-    return downs, ups
+    """Per step, sigma_down and sigma_up (host 0-d tensors, as k-diffusion's get_ancestral_step computes them:
+    correctly rounded operations only, so one vectorized pass gives its values) and sigma_down's values."""
+    sigma, sigma_next = loop.host[:-1], loop.host[1:]
+    if not eta:
+        return sigma_next.unbind(0), torch.zeros_like(sigma_next).unbind(0), loop.levels[1:]
+    up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    down = (sigma_next**2 - up**2) ** 0.5
+    return down.unbind(0), up.unbind(0), down.tolist()
 
 
 @torch.no_grad()
@@ -181,9 +178,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
                            noise_sampler=None):
     """Euler ancestral: step to sigma_down deterministically, then add s_noise sigma_up noise."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
-    table = ops.euler_ancestral_coefficients(loop.levels[:-1], loop.levels[1:], eta, s_noise)
-    table[-1, Coef.C_NOISE] = 0.0  # the last step lands on sigma = 0
-    rows = loop.rows(table)
+    rows = loop.rows(ops.euler_ancestral_coefficients(loop.levels[:-1], loop.levels[1:], eta, s_noise))
     for i in loop.steps():
         sigma, sigma_next = loop.levels[i], loop.levels[i + 1]
         denoised = _denoise(loop, i, loop.at[i])
@@ -243,8 +238,8 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     midpoint model call at the log-midpoint), then s_noise sigma_up noise, in the correction's fused pass; Euler
     where sigma_down = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
-    downs, ups = _ancestral(loop, eta)
-    mids = [s.log().lerp(d.log(), 0.5).exp() if float(d) > 0 else s for s, d in zip(loop.host, downs)]
+    downs, ups, down_values = _ancestral(loop, eta)
+    mids = [s.log().lerp(d.log(), 0.5).exp() if v > 0 else s for s, d, v in zip(loop.host, downs, down_values)]
     levels = torch.tensor(loop.levels[:-1], dtype=torch.float64)
     to_mid = loop.rows(ops.euler_coefficients(levels, _values(mids)))
     table = ops.dpm_2_correction_coefficients(levels, _values(mids), _values(downs))
@@ -255,7 +250,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     aux = loop.buffer()
     for i in loop.steps():
         denoised = _denoise(loop, i, loop.at[i])
-        if float(downs[i]) == 0:
+        if down_values[i] == 0:
             loop.step(denoised, to_zero[i])
             continue
         loop.step(denoised, to_mid[i], aux=aux, aux_store="increment")
@@ -271,10 +266,10 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     (model calls at sigma and at the log-midpoint), then s_noise sigma_up noise, in the second stage's fused pass;
     Euler where sigma_down = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
-    downs, ups = _ancestral(loop, eta)
+    downs, ups, down_values = _ancestral(loop, eta)
     mids, ends = [], []
-    for s, d in zip(loop.host, downs):
-        if float(d) > 0:  # as k-diffusion computes it: t = -log sigma, s = t + h / 2
+    for s, d, v in zip(loop.host, downs, down_values):
+        if v > 0:  # as k-diffusion computes it: t = -log sigma, s = t + h / 2
             t, t_next = s.log().neg(), d.log().neg()
             mids.append((t + (t_next - t) / 2).neg().exp())
             ends.append(d)
@@ -292,7 +287,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     for i in loop.steps():
         denoised = _denoise(loop, i, loop.at[i])
         noisy = loop.noise(i, loop.levels[i], loop.levels[i + 1]) if loop.levels[i + 1] > 0 else {}
-        if float(downs[i]) == 0:
+        if down_values[i] == 0:
             loop.step(denoised, to_zero[i], **noisy)
             continue
         loop.step(denoised, first[i], aux=aux, aux_store="increment")

@@ -189,3 +189,16 @@ def test_disable_controls_the_progress_bar(capsys):
     assert "5/5" not in capsys.readouterr().err
     k_sampling.sample_euler(denoiser, x, sigmas, disable=False)
     assert "5/5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral",
+                                  "sample_dpmpp_2m_sde"])
+def test_sigmas_that_stop_above_zero(name):
+    """A schedule that ends above 0 (a partial run) keeps its last step's noise, as k-diffusion's does."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = K.get_sigmas_karras(6, 0.3, 10.0)[:-1]
+    noise = K.BrownianTreeNoiseSampler(x, 0.3, 10.0, seed=3)
+    want = getattr(K, name)(denoiser, x, sigmas, disable=True, noise_sampler=noise)
+    got = getattr(k_sampling, name)(denoiser, x, sigmas, disable=True,
+                                    noise_sampler=K.BrownianTreeNoiseSampler(x, 0.3, 10.0, seed=3))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
