@@ -24,7 +24,8 @@ from .rng import resolve_seed
 from .sde import get_sigmas_karras
 
 __all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
-           "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun"]
+           "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun",
+           "sample_lms"]
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -292,6 +293,58 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             continue
         loop.step(denoised, first[i], aux=aux, aux_store="increment")
         loop.step(loop.denoise(model_mids[i]), second[i], aux=aux, **noisy)
+    return loop.x
+
+
+def _lms_weights(levels: list, order: int) -> list:
+    """Per step i, the weights of the last min(i + 1, order) slopes, newest first: the integral over
+    [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial on sigma_i, ..., sigma_{i-k+1} (k-diffusion's
+    linear_multistep_coeff, which integrates it numerically; here exactly, in u = sigma - sigma_i)."""
+    weights = []
+    for i in range(len(levels) - 1):
+        nodes = [levels[i - m] - levels[i] for m in range(min(i + 1, order))]
+        row = []
+        for j, node in enumerate(nodes):
+            poly = [1.0]  # coefficients in u, lowest degree first
+            for m, other in enumerate(nodes):
+                if m != j:
+                    poly = [((poly[d - 1] if d else 0.0) - other * (poly[d] if d < len(poly) else 0.0)) / (node - other)
+                            for d in range(len(poly) + 1)]
+            h = levels[i + 1] - levels[i]
+            row.append(sum(c * h ** (d + 1) / (d + 1) for d, c in enumerate(poly)))
+        weights.append(row)
+    return weights
+
+
+@torch.no_grad()
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    """k-diffusion's linear multistep sampler: x <- x + sum_j w_ij d_{i-j} over the last `order` slopes d = (x - x0)
+    / sigma (Lagrange weights, :func:`_lms_weights`). Per step one fused pass adds the newest term and keeps it
+    (aux = w_i0 d_i, in a ring of `order` buffers); one matrix-vector pass over the ring adds the older ones."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an int >= 1, got {order!r}")
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    weights = _lms_weights(loop.levels, order)
+    firsts = torch.tensor([row[0] for row in weights], dtype=torch.float64)
+    table = ops.euler_coefficients(torch.tensor(loop.levels[:-1], dtype=torch.float64), 0.0)
+    table[:, Coef.C_EPS] = firsts  # x <- x + w_i0 d_i
+    rows = loop.rows(table)
+    # older terms, as weights on the kept (scaled) slopes: w_ij / w_{i-j,0} on ring slot (i - j) % order
+    older = torch.zeros(len(weights), order, dtype=torch.float64)
+    for i, row in enumerate(weights):
+        for j in range(1, len(row)):
+            older[i, (i - j) % order] = row[j] / float(firsts[i - j])
+    older = older.to(loop.x.device, torch.float64 if loop.exact else torch.float32).unbind(0)
+    ring = torch.zeros((order, loop.x.numel()), device=loop.x.device,
+                       dtype=torch.float64 if loop.exact else torch.float32)
+    flat = loop.x.view(-1)
+    for i in loop.steps():
+        loop.step(_denoise(loop, i, loop.at[i]), rows[i], aux=ring[i % order].view_as(loop.x), aux_store="increment")
+        if i:
+            if flat.dtype == ring.dtype:
+                flat.addmv_(ring.t(), older[i])
+            else:
+                flat.add_(torch.mv(ring.t(), older[i]).to(flat.dtype))
     return loop.x
 
 

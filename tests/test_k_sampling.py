@@ -102,7 +102,8 @@ def test_callback_and_churn():
     assert seen == [0, 1, 2, 3, 4] and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "heun", "dpm_2_ancestral", "dpmpp_2s_ancestral"])
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "heun", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+                                  "lms"])
 def test_exact_denoiser_reaches_the_target(name):
     gmm = eight_gaussians()
 
@@ -129,6 +130,7 @@ PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun
          ("sample_dpmpp_2s_ancestral", {"noise": True}),
          ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 0.5, "s_noise": 1.1}),
          ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 3.0}),
+         ("sample_lms", {}), ("sample_lms", {"order": 2}), ("sample_lms", {"order": 6}),
          ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5})]
 
 
@@ -202,3 +204,10 @@ def test_sigmas_that_stop_above_zero(name):
     got = getattr(k_sampling, name)(denoiser, x, sigmas, disable=True,
                                     noise_sampler=K.BrownianTreeNoiseSampler(x, 0.3, 10.0, seed=3))
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_lms_order_must_be_a_positive_int():
+    x = torch.randn(2, 3)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="order must be an int >= 1"):
+            k_sampling.sample_lms(denoiser, x, K.get_sigmas_karras(4, 0.1, 5.0), order=bad)
