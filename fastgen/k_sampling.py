@@ -325,16 +325,15 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         raise ValueError(f"order must be an int >= 1, got {order!r}")
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     weights = _lms_weights(loop.levels, order)
-    firsts = torch.tensor([row[0] for row in weights], dtype=torch.float64)
     table = ops.euler_coefficients(torch.tensor(loop.levels[:-1], dtype=torch.float64), 0.0)
-    table[:, Coef.C_EPS] = firsts  # x <- x + w_i0 d_i
+    table[:, Coef.C_EPS] = torch.tensor([row[0] for row in weights], dtype=torch.float64)  # x <- x + w_i0 d_i
     rows = loop.rows(table)
-    # older terms, as weights on the kept (scaled) slopes: w_ij / w_{i-j,0} on ring slot (i - j) % order
-    older = torch.zeros(len(weights), order, dtype=torch.float64)
+    # the older terms as weights on the kept (scaled) slopes: w_ij / w_{i-j,0} on ring slot (i - j) % order
+    older = [[0.0] * order for _ in weights]
     for i, row in enumerate(weights):
         for j in range(1, len(row)):
-            older[i, (i - j) % order] = row[j] / float(firsts[i - j])
-    older = older.to(loop.x.device, torch.float64 if loop.exact else torch.float32).unbind(0)
+            older[i][(i - j) % order] = row[j] / weights[i - j][0]
+    older = torch.tensor(older, dtype=torch.float64 if loop.exact else torch.float32, device=loop.x.device).unbind(0)
     ring = torch.zeros((order, loop.x.numel()), device=loop.x.device,
                        dtype=torch.float64 if loop.exact else torch.float32)
     flat = loop.x.view(-1)
