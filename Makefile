@@ -1,13 +1,19 @@
-# Two commands for a fresh machine:
-#   make demo   build, then one million Langevin chains on the 8-Gaussian target (samples/s, MMD, mode weights, PNG)
-#   make test   build, then the whole suite (pytest, then the C++ ctest against libtorch)
+# The commands (each creates .venv and builds first):
+#   make test       the fast tier: every op on every backend here, every public contract, the statistical checks
+#                   that need no training, the C++ ctest (about 10 minutes from a fresh clone on 2 cores)
+#   make test-all   the fast tier, then the full tier: examples trained to a number, subprocess/kill/lock runs,
+#                   the wheel built and installed in a clean venv, large sizes (what CI runs)
+#   make demo       one million Langevin chains on the 8-Gaussian target (samples/s, MMD, mode weights, PNG)
+#   make lint       ruff
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 JOBS   ?= $(shell nproc)
+START  := $(shell date +%s)
+PYTEST := $(BIN)/python -m pytest -q -n $(JOBS) --durations=25
 
-.PHONY: build test demo bench clean
+.PHONY: build ctest test test-slow test-all demo bench lint clean
 
 $(DEPS): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +24,24 @@ $(DEPS): requirements-dev.txt
 build: $(DEPS)
 	MAX_JOBS=$(JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
-test: build
+ctest: build
 	mkdir -p build && $(BIN)/python -m fastgen.ops >build/schemas.txt
 	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	      -DFASTGEN_SCHEMAS="$(CURDIR)/build/schemas.txt" >build/cmake.log
 	cmake --build build/cmake -j $(JOBS) >>build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
-	$(BIN)/python -m pytest -q -n $(JOBS) tests
+
+test: ctest
+	$(PYTEST) -m "not slow" tests
+	@echo "make test: $$(( $$(date +%s) - $(START) )) s since make started (venv, build and ctest included)"
+
+test-slow: build
+	$(PYTEST) -m slow tests
+
+test-all: test test-slow
+
+lint: $(DEPS)
+	$(BIN)/ruff check .
 
 demo: build
 	$(BIN)/python -m fastgen.demo --out demo_out

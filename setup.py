@@ -9,9 +9,8 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +36,9 @@ def cuda_archs() -> list[str]:
     return [a.strip() for a in archs.split(";") if a.strip()]
 
 
+HEADERS = sorted(glob.glob("csrc/*.h") + glob.glob("kernels/*.h") + glob.glob("kernels/*.cuh"))
+
+
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp"))
     with_cuda = want_cuda()
@@ -48,7 +50,8 @@ def extension():
     ]
     if not with_cuda:
         return CppExtension(
-            "fastgen._C", sources, define_macros=macros, extra_compile_args={"cxx": flags}, extra_link_args=["-fopenmp"]
+            "fastgen._C", sources, depends=HEADERS, define_macros=macros, extra_compile_args={"cxx": flags},
+            extra_link_args=["-fopenmp"],
         )
     gencode = []
     for arch in archs:
@@ -57,6 +60,7 @@ def extension():
     return CUDAExtension(
         "fastgen._C",
         sources + sorted(glob.glob("kernels/*.cu")),
+        depends=HEADERS,
         define_macros=macros + [("FASTGEN_WITH_CUDA", None)],
         extra_compile_args={"cxx": flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", *gencode]},
         extra_link_args=["-fopenmp"],
@@ -67,9 +71,11 @@ setup(
     name="fastgen",
     version="0.1.0",
     description="Fused Triton/CUDA/CPU kernels for the hot loops of generative models",
-    packages=["fastgen", "fastgen.ops", "fastgen.reference", "fastgen.samplers", "fastgen.kernels", "fastgen.bench"],
+    # Every package under fastgen/ is found, not listed; kernels/ and bench/ install as fastgen.kernels and
+    # fastgen.bench (tests/test_wheel.py builds a wheel and imports it in a clean venv).
+    packages=find_packages(include=["fastgen", "fastgen.*"]) + ["fastgen.kernels", "fastgen.bench"],
     package_dir={"fastgen.kernels": "kernels", "fastgen.bench": "bench"},
-    package_data={"fastgen.kernels": ["*.cu", "*.h"]},
+    package_data={"fastgen.kernels": ["*.cu", "*.h", "*.cuh"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},

@@ -182,7 +182,8 @@ def likelihood_rows(device: str) -> list[dict]:
         else:
             nfe, steps = calls[0], (calls[0] - 2) / 6
         rows.append({"what": f"diffusion log p, D={dim}, batch {batch}, RK45 1e-5", "candidate": name,
-                     "ms": times[name] / 1e3, "vs fastgen": f"{times[name] / times['fastgen.likelihood, per-sample control']:.2f}",
+                     "ms": times[name] / 1e3,
+                     "vs fastgen": f"{times[name] / times['fastgen.likelihood, per-sample control']:.2f}",
                      "nfe": nfe, "reads per step": f"{reads / steps:.1f}"})
         print("  cnf", rows[-1], flush=True)
     return rows

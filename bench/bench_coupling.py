@@ -17,7 +17,15 @@ from fastgen.flows import AffineCoupling, SplineCoupling
 from fastgen.flows.coupling import mlp
 from fastgen.ops import affine_coupling, spline_coupling
 
-from .common import backward_from, copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import (
+    backward_from,
+    copy_fn,
+    count_per_call,
+    environment,
+    markdown_table,
+    time_interleaved_us,
+    write_report,
+)
 
 CLAMP = 2.0
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import fastgen
 from fastgen.ops import diffusion as D
-from fastgen.sde import DDPMSchedule, VPSDE
+from fastgen.sde import VPSDE, DDPMSchedule
 
 from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, time_us, write_report
 

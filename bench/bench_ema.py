@@ -25,14 +25,14 @@ def bench(device: str) -> list[dict]:
         numel = sum(p.numel() for p in params)
 
         def eager():
-            for a, v in zip(shadow, params):
+            for a, v in zip(shadow, params, strict=True):
                 a.add_(v - a, alpha=0.001)
 
         compiled = torch.compile(eager)
         cases = {
             "fastgen ema_update_": lambda: fastgen.ops.ema_update_(shadow, params, 0.999),
             "torch._foreach_lerp_": lambda: torch._foreach_lerp_(shadow, params, 0.001),
-            "per-tensor lerp_ loop": lambda: [a.lerp_(v, 0.001) for a, v in zip(shadow, params)],
+            "per-tensor lerp_ loop": lambda: [a.lerp_(v, 0.001) for a, v in zip(shadow, params, strict=True)],
             "torch.compile (eager update)": compiled,
             "copy of the same bytes": copy_fn(3 * 4 * numel, device),
         }

@@ -1,6 +1,7 @@
 """Flow models: (1) one Glow step of flow (ActNorm, 1x1 convolution, channel coupling) on 3x32x32 squeezed to
 12x16x16, batch 64, forward + log-det and forward + backward: fastgen's layers (each on its fused op) against the
-same step written in eager PyTorch, and that step under torch.compile, with the conditioner alone for scale; (2) MAF against IAF on 16-D data, batch 4,096, five layers: sampling and the density
+same step written in eager PyTorch, and that step under torch.compile, with the conditioner alone for scale;
+(2) MAF against IAF on 16-D data, batch 4,096, five layers: sampling and the density
 of given points (each is one pass in one direction and D passes in the other). Ops (CPU) / kernels (GPU) per call.
 
     python -m bench flows [--device cpu|cuda] [--out DIR]
@@ -81,7 +82,8 @@ def glow_rows(device: str, batch: int = 64, hidden: int = 512) -> list[dict]:
 
     rows = []
     for what in ("forward + log-det", "forward + backward"):
-        timed = {name: (lambda fn=fn: torch.no_grad()(fn)(x)) if what == "forward + log-det" else backward_from(fn, leaf)
+        timed = {name: (lambda fn=fn: torch.no_grad()(fn)(x)) if what == "forward + log-det"
+                 else backward_from(fn, leaf)
                  for name, fn in cases.items()}
         times = time_interleaved_us(timed, device)
         base = times["fastgen Glow step"]

@@ -1,5 +1,6 @@
 """Glow's layer ops: ActNorm, the invertible 1x1 convolution and the squeeze, forward (+ log-det) and forward +
-backward (from random output gradients), fastgen's fused op against the same layer in eager PyTorch (as Glow implementations write it) and under
+backward (from random output gradients), fastgen's fused op against the same layer in eager PyTorch (as Glow
+implementations write it) and under
 torch.compile, with a copy of the same bytes as the bandwidth limit. Two sizes: a Glow level on 3x32x32 at batch 64
 (12 channels of 16x16) and a large one (48 channels, 2^max_log2 elements). Ops (CPU) / kernels (GPU) per forward
 call.
@@ -15,7 +16,15 @@ import torch
 
 from fastgen.ops import actnorm, invconv1x1, squeeze2d
 
-from .common import backward_from, copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import (
+    backward_from,
+    copy_fn,
+    count_per_call,
+    environment,
+    markdown_table,
+    time_interleaved_us,
+    write_report,
+)
 
 
 def _eager_actnorm(x, log_scale, bias):

@@ -91,7 +91,7 @@ def bench(device: str) -> tuple[list[dict], list[dict]]:
         vs = [m.parametrizations.weight[0]._v.clone() for m in layers]
 
         def eager():
-            for w, u, v in zip(weights, us, vs):
+            for w, u, v in zip(weights, us, vs, strict=True):
                 u2 = nn.functional.normalize(torch.mv(w, v), dim=0, eps=1e-12)
                 v2 = nn.functional.normalize(torch.mv(w.t(), u2), dim=0, eps=1e-12)
                 torch.vdot(u2, torch.mv(w, v2))

@@ -97,7 +97,7 @@ def backward_from(fn, *args):
     grads = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs]
 
     def run():
-        pairs = [(o, w) for o, w in zip(fn(*args), grads) if o.requires_grad]
+        pairs = [(o, w) for o, w in zip(fn(*args), grads, strict=True) if o.requires_grad]
         torch.autograd.backward([o for o, _ in pairs], [w for _, w in pairs])
     return run
 
@@ -149,7 +149,7 @@ def environment(device: str) -> dict:
         info["device"] = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as f:
-                info["device"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+                info["device"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
         info["device"] += f" ({os.cpu_count()} cores)"

@@ -33,9 +33,11 @@ def throughput_plot(out: str, suite: str, device: str) -> str | None:
     for key in rows[0]:
         if key in skip or key.startswith("vs_") or key.startswith("x "):
             continue
-        ax.plot(sizes, [s / r[key] * 1e6 if r.get(key) else float("nan") for s, r in zip(sizes, rows)], "o-",
+        rates = [s / r[key] * 1e6 if r.get(key) else float("nan") for s, r in zip(sizes, rows, strict=True)]
+        ax.plot(sizes, rates, "o-",
                 label=LABELS.get(key, key))
-    ax.plot(sizes, [s / r["copy"] * 1e6 for s, r in zip(sizes, rows)], "k--", label="bandwidth limit (copy)")
+    copies = [s / r["copy"] * 1e6 for s, r in zip(sizes, rows, strict=True)]
+    ax.plot(sizes, copies, "k--", label="bandwidth limit (copy)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("elements")

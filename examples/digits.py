@@ -53,7 +53,7 @@ def train_step(model: nn.Module, optimizer, data: torch.Tensor, sde: VPSDE, batc
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from fastgen.demo import image_grid
 from fastgen import ebm
+from fastgen.demo import image_grid
 
 
 def load_digits() -> torch.Tensor:

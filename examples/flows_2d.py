@@ -61,7 +61,8 @@ def train(target: str = "eight_gaussians", steps: int = 3000, *, flow: str = "re
         schedule.step()
         if log_every and step % log_every == 0:
             what = "reverse KL" if variational else "train log-likelihood"
-            print(f"step {step:5d}  {time.perf_counter() - start:6.1f} s  {what} {(loss if variational else -loss).item():.3f}")
+            value = (loss if variational else -loss).item()
+            print(f"step {step:5d}  {time.perf_counter() - start:6.1f} s  {what} {value:.3f}")
     return model
 
 

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
     axes[0].scatter(*truth.T, s=2, alpha=0.4)
     axes[0].set_title("8 Gaussians (exact samples)")
-    for ax, (label, (x, weights)) in zip(axes[1:], results.items()):
+    for ax, (label, (x, weights)) in zip(axes[1:], results.items(), strict=True):
         ax.scatter(*x.T, s=2, alpha=0.4, color="C1")
         ax.set_title(f"GAN, {label}: smallest mode weight {weights.min():.3f}")
     fig.suptitle(f"{args.loss} loss, {args.steps} steps, batch 256")

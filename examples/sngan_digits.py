@@ -4,7 +4,8 @@ SpectralNorm, one grouped power iteration per forward), hinge loss (fastgen.gan)
     python examples/sngan_digits.py [--steps 2000] [--n-dis 5] [--out sngan_digits.png]
 
 SN-GAN's recipe (Miyato et al. 2018): five discriminator updates per generator update, Adam(2e-4, 0, 0.9).
-About two minutes on 2 cores. Reports, every few hundred steps, the generator's samples' mean distance to the nearest training digit
+About two minutes on 2 cores. Reports, every few hundred steps, the generator's samples' mean distance to the nearest
+training digit
 against that of held-out digits (quality), and their mean pairwise distance against the training digits'
 (diversity: a collapsed generator has a small one); neither needs a trained classifier.
 """
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen.demo import image_grid
 from fastgen import gan
+from fastgen.demo import image_grid
 
 
 def load_digits() -> torch.Tensor:

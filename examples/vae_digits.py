@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
-from fastgen.demo import image_grid
 from fastgen import vae
+from fastgen.demo import image_grid
 
 
 def load_digits() -> torch.Tensor:

@@ -10,16 +10,32 @@ Quick start::
 
 __version__ = "0.1.0"
 
-from . import _ext  # noqa: F401, E402  (loads fastgen._C and the Triton kernels, warns once if missing)
-from . import gan, k_sampling, metrics, nn, ops, reference, rng, samplers, sde, targets, training
+from . import (  # noqa: E402
+    _ext,  # noqa: F401, E402  (loads fastgen._C and the Triton kernels, warns once if missing)
+    cnf,
+    ebm,
+    flows,
+    gan,
+    k_sampling,
+    metrics,
+    nn,
+    ode,
+    ops,
+    reference,
+    rng,
+    samplers,
+    sde,
+    targets,
+    training,
+    vae,
+)
 from ._backend import backends, use_backend
+from .divergence import divergence  # noqa: E402
+from .generation import generate  # noqa: E402
+from .likelihood import likelihood  # noqa: E402
 from .rng import RNGState
 from .samplers import annealed_langevin, langevin, make_sampler, mala, sample
-from .sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE
-from .generation import generate  # noqa: E402
-from .divergence import divergence  # noqa: E402
-from . import cnf, ebm, flows, ode, vae  # noqa: E402
-from .likelihood import likelihood  # noqa: E402
+from .sde import VESDE, VPSDE, DDPMSchedule, SubVPSDE
 
 
 def build_info() -> dict:

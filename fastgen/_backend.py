@@ -31,7 +31,8 @@ def backends() -> dict[str, str]:
     else:
         status["cpu"] = "available"
         if not _ext.C_CUDA:
-            status["cuda"] = "fastgen._C was built without CUDA (torch without CUDA, nvcc missing, or FASTGEN_BUILD_CUDA=0)"
+            status["cuda"] = ("fastgen._C was built without CUDA "
+                              "(torch without CUDA, nvcc missing, or FASTGEN_BUILD_CUDA=0)")
         elif not torch.cuda.is_available():
             status["cuda"] = "built with CUDA, but no CUDA device is visible"
         else:

@@ -11,7 +11,7 @@ import importlib
 import os
 import warnings
 
-import torch
+import torch  # noqa: F401  (loads libtorch, which fastgen._C links against)
 
 C = None  # the fastgen._C module, when it loads
 C_ERROR = ""

@@ -8,6 +8,7 @@ stream; the solves are :func:`fastgen.ode.odeint`'s."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -28,7 +29,7 @@ class MLPDynamics(nn.Module):
     def __init__(self, dim: int, hidden=(64, 64), activation=nn.Softplus):
         super().__init__()
         sizes = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a + 1, b) for a, b in itertools.pairwise(sizes))
         self.activation = activation()
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

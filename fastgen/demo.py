@@ -51,7 +51,7 @@ def flow_plot(log_prob, data: torch.Tensor, samples: torch.Tensor, path: str, ti
     axes[0].scatter(*data.detach().T, s=2, alpha=0.4)
     axes[1].imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
     axes[2].scatter(*samples.detach().T, s=2, alpha=0.4, color="C1")
-    for ax, title in zip(axes, titles):
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
     fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -69,7 +69,7 @@ def image_grid(images: torch.Tensor, path: str, columns: int = 10, title: str = 
     images = images.detach().float().cpu().reshape(-1, side, side)
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8), squeeze=False)
-    for ax, image in zip(axes.flat, images):
+    for ax, image in zip(axes.flat, images, strict=False):
         ax.imshow(image.numpy(), cmap="gray_r", vmin=value_range[0], vmax=value_range[1])
     for ax in axes.flat:
         ax.axis("off")

@@ -3,7 +3,7 @@ the exact trace for small dimensions."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -20,13 +20,13 @@ score matching on energies).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from . import training
 from .ops import normal, uniform
 from .rng import MAX_SEED, reserve, resolve_seed
-from . import training
 from .samplers import langevin
 
 __all__ = ["PersistentChains", "ReplayBuffer", "contrastive_loss", "dsm_loss", "kl_loss", "langevin_negatives",

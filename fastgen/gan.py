@@ -23,7 +23,7 @@ original WGAN's weight clipping in one multi-tensor clamp.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

@@ -13,6 +13,7 @@ k-diffusion draws torch.randn_like each step, or, for the SDE samplers, a Browni
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -70,7 +71,8 @@ class _Loop:
         self.host = self.sigmas.detach().cpu()  # every level the loop derives is computed here, before the loop
         self.levels = [float(s) for s in self.host.tolist()]
         self.at = self.sigmas.unbind(0)  # the model's sigma at level i, as sigmas[i]
-        if len(self.levels) < 2 or any(b >= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[-1] < 0:
+        decreasing = all(b < a for a, b in itertools.pairwise(self.levels))
+        if len(self.levels) < 2 or not decreasing or self.levels[-1] < 0:
             raise ValueError("sigmas must be a decreasing sequence of at least 2 noise levels >= 0")
         self.model, self.extra = model, extra_args or {}
         self.callback, self.noise_sampler, self.disable = callback, noise_sampler, disable
@@ -137,7 +139,7 @@ def _churn(loop: _Loop, s_churn, s_tmin, s_tmax, s_noise):
     gammas = [min(s_churn / n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0 for s in loop.levels[:-1]]
     hats = [loop.host[i] * (g + 1) for i, g in enumerate(gammas)]
     churn = [(ops.noise_row(s_noise * math.sqrt((s * (g + 1)) ** 2 - s**2), keep=1.0, device=loop.x.device),
-              s * (g + 1)) if g > 0 else None for s, g in zip(loop.levels, gammas)]
+              s * (g + 1)) if g > 0 else None for s, g in zip(loop.levels, gammas, strict=False)]
     return hats, churn
 
 
@@ -240,7 +242,8 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     where sigma_down = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
     downs, ups, down_values = _ancestral(loop, eta)
-    mids = [s.log().lerp(d.log(), 0.5).exp() if v > 0 else s for s, d, v in zip(loop.host, downs, down_values)]
+    mids = [s.log().lerp(d.log(), 0.5).exp() if v > 0 else s
+            for s, d, v in zip(loop.host, downs, down_values, strict=False)]
     levels = torch.tensor(loop.levels[:-1], dtype=torch.float64)
     to_mid = loop.rows(ops.euler_coefficients(levels, _values(mids)))
     table = ops.dpm_2_correction_coefficients(levels, _values(mids), _values(downs))
@@ -269,7 +272,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
     downs, ups, down_values = _ancestral(loop, eta)
     mids, ends = [], []
-    for s, d, v in zip(loop.host, downs, down_values):
+    for s, d, v in zip(loop.host, downs, down_values, strict=False):
         if v > 0:  # as k-diffusion computes it: t = -log sigma, s = t + h / 2
             t, t_next = s.log().neg(), d.log().neg()
             mids.append((t + (t_next - t) / 2).neg().exp())

@@ -9,7 +9,8 @@ with the divergence exact or Hutchinson's (one probe per solve, from the noise s
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

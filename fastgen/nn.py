@@ -145,8 +145,9 @@ class SpectralNorm:
     weight (a Linear layer at a batch below its width) runs on its raw weight W and an input scaled by
     s = 1 / sigma (or min(1, c / sigma)): a linear layer gives F(s x, W) = F(x, s W), and scaling the input
     costs a pass over the activations instead of a new copy of the weight; other layers (convolutions, whose
-    activations outweigh their weights) read W / sigma. This assumes that each normalized weight is used by its own module's forward only; with tied weights pass
-    ``scale_inputs=False`` (the layers then read W / sigma, as :func:`spectral_norm` makes them).
+    activations outweigh their weights) read W / sigma. This assumes that each normalized weight is used by its own
+    module's forward only; with tied weights pass ``scale_inputs=False`` (the layers then read W / sigma, as
+    :func:`spectral_norm` makes them).
     A weight read outside the model's forward (``layer.weight``) is W / sigma as in :func:`spectral_norm`.
     ``group.sigmas()`` returns the current estimates; ``group.remove()`` takes the normalization away,
     keeping the current normalized weights."""
@@ -160,7 +161,7 @@ class SpectralNorm:
         self._hooks = [model.register_forward_pre_hook(self._begin),
                        model.register_forward_hook(self._end, always_call=True)]
         if scale_inputs:
-            for layer, module in zip(layers, modules):
+            for layer, module in zip(layers, modules, strict=True):
                 self._hooks.append(module.register_forward_pre_hook(self._scaled_input(layer, module)))
 
     @classmethod
@@ -233,7 +234,7 @@ class SpectralNorm:
         """sigma (float32, 0-d) of every layer by ``id`` of its parametrization, one op per (device, dtype);
         with ``step``, after the layers' ``n_power_iterations`` power-iteration steps."""
         groups: dict[tuple, list[int]] = {}
-        for i, (layer, module) in enumerate(zip(self.layers, self.modules)):
+        for i, (layer, module) in enumerate(zip(self.layers, self.modules, strict=True)):
             weight = module.parametrizations.weight.original
             key = (weight.device, weight.dtype, layer.eps, layer.n_power_iterations if step else 0)
             groups.setdefault(key, []).append(i)
@@ -241,8 +242,8 @@ class SpectralNorm:
         for (_, _, _, iterations), members in groups.items():
             layers = [self.layers[i] for i in members]
             matrices = [layer.matrix(self.modules[i].parametrizations.weight.original)
-                        for i, layer in zip(members, layers)]
-            for layer, sigma in zip(layers, _SpectralNorm.step(matrices, layers, iterations).unbind()):
+                        for i, layer in zip(members, layers, strict=True)]
+            for layer, sigma in zip(layers, _SpectralNorm.step(matrices, layers, iterations).unbind(), strict=True):
                 result[id(layer)] = sigma
         return result
 

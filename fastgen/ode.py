@@ -8,7 +8,7 @@ state's dtype and returns dy/dt with the state's structure and shapes."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ def _combine(y, h, ks, coefs):
     out = []
     for i, yi in enumerate(y):
         acc = None
-        for c, k in zip(coefs, ks):
+        for c, k in zip(coefs, ks, strict=False):
             if c != 0.0:
                 acc = k[i] * c if acc is None else acc + k[i] * c
         out.append(yi if acc is None else yi + _col(h, yi) * acc)
@@ -54,7 +54,7 @@ def _combine(y, h, ks, coefs):
 
 def _where(mask: torch.Tensor, a, b):
     return tuple(torch.where(mask.reshape(-1, *[1] * (ai.dim() - 1)) if mask.dim() else mask, ai, bi)
-                 for ai, bi in zip(a, b))
+                 for ai, bi in zip(a, b, strict=True))
 
 
 class _Problem:
@@ -94,7 +94,7 @@ def _fixed(f: _Problem, y, t0: float, t1: float, method: str, steps: int, device
     for n in range(steps):
         t = t0 + n * h
         ks = []
-        for ci, ai in zip(c, a):
+        for ci, ai in zip(c, a, strict=False):
             ks.append(f(t + ci * h, _combine(y, h, ks, ai)))
         y = _combine(y, h, ks, b)
     return y
@@ -103,11 +103,11 @@ def _fixed(f: _Problem, y, t0: float, t1: float, method: str, steps: int, device
 def _initial_step(f: _Problem, y, f0, t0, direction, rtol, atol, n_err, control):
     """Hairer, Norsett & Wanner's starting step (as scipy and torchdiffeq choose it), per sample."""
     scale = [atol + rtol * v.abs() for v in y[:n_err]]
-    d0 = _norm([v / s for v, s in zip(y, scale)], control)
-    d1 = _norm([v / s for v, s in zip(f0, scale)], control)
+    d0 = _norm([v / s for v, s in zip(y, scale, strict=False)], control)
+    d1 = _norm([v / s for v, s in zip(f0, scale, strict=False)], control)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
     f1 = f(t0 + h0 * direction, _combine(y, h0 * direction, [f0], [1.0]))
-    d2 = _norm([(b - a) / s for a, b, s in zip(f0, f1, scale)], control) / h0
+    d2 = _norm([(b - a) / s for a, b, s in zip(f0, f1, scale, strict=False)], control) / h0
     big = torch.maximum(d1, d2)
     h1 = torch.where(big <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6), (0.01 / big.clamp_min(1e-300)) ** (1 / 5))
     return torch.minimum(100 * h0, h1)
@@ -178,8 +178,8 @@ def _dopri5(f: _Problem, y, t0: float, t1: float, rtol, atol, max_steps, control
         ks.append(k7)
         with torch.no_grad():  # the step-size controller is not differentiated
             err = _combine(tuple(torch.zeros_like(v) for v in y[:n_err]), hd, [k[:n_err] for k in ks], _DP_E)
-            scale = [atol + rtol * torch.maximum(a.abs(), b.abs()) for a, b in zip(y[:n_err], y5[:n_err])]
-            ratio = _norm([e / s for e, s in zip(err, scale)], control)
+            scale = [atol + rtol * torch.maximum(a.abs(), b.abs()) for a, b in zip(y[:n_err], y5[:n_err], strict=True)]
+            ratio = _norm([e / s for e, s in zip(err, scale, strict=False)], control)
             ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))  # reject, h / 5
         if check_finite:
             finite = torch.stack([torch.isfinite(v).reshape(v.shape[0], -1).all(1) for v in y5[:n_err]]).all(0)
@@ -263,10 +263,10 @@ class _Adjoint(torch.autograd.Function):
                 out = f(t, y)
                 out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
                 vjp = torch.autograd.grad(out, y + params, a, allow_unused=True)
-            vjp = [torch.zeros_like(v) if g is None else g for g, v in zip(vjp, y + params)]
+            vjp = [torch.zeros_like(v) if g is None else g for g, v in zip(vjp, y + params, strict=False)]
             return tuple(o.detach() for o in out) + tuple(-g for g in vjp)
 
-        state = tuple(y1) + tuple(torch.zeros_like(v) if g is None else g for g, v in zip(grads, y1)) \
+        state = tuple(y1) + tuple(torch.zeros_like(v) if g is None else g for g, v in zip(grads, y1, strict=False)) \
             + tuple(torch.zeros_like(p) for p in params)
         opts = dict(ctx.opts, control="max" if ctx.opts["control"] == "sample" else ctx.opts["control"], stats=None)
         problem = _Problem(augmented, state, batch, 2 * n)

@@ -165,8 +165,7 @@ class GaussianMixture:
                 score = torch.where((y < 0)[:, None], whole, own)
             else:
                 score = self.noised_score(xd, alpha, sigma)
-            col = (lambda v: v.reshape(-1, 1) if v.dim() else v)
-            a, s = col(alpha), col(sigma)
+            a, s = (v.reshape(-1, 1) if v.dim() else v for v in (alpha, sigma))
             eps = -s * score
             x0 = (xd + s.square() * score) / a
             out = {"score": score, "eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]
@@ -197,7 +196,7 @@ def eight_gaussians(radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
 def rings(radii=(1.0, 2.0, 3.0), per_ring=(8, 16, 24), std: float = 0.08) -> GaussianMixture:
     """Concentric rings, each a ring of equal components, weighted by component count."""
     means = []
-    for r, n in zip(radii, per_ring):
+    for r, n in zip(radii, per_ring, strict=True):
         a = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
         means.append(r * torch.stack([a.cos(), a.sin()], dim=1))
     return GaussianMixture(torch.cat(means), std)

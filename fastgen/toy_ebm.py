@@ -103,7 +103,8 @@ def run(method: str, steps: int = 400, *, lr: float = 0.1, batch: int = 4096, se
     for step in range(steps):
         data = target.sample(batch, seed=seed + 10 + 4 * step)
         if method == "maximum likelihood":
-            loss = ebm.contrastive_loss(energy, data, family(energy.theta.item()).sample(batch, seed=seed + 11 + 4 * step))
+            negatives = family(energy.theta.item()).sample(batch, seed=seed + 11 + 4 * step)
+            loss = ebm.contrastive_loss(energy, data, negatives)
         elif method == "score matching":
             loss = ebm.dsm_loss(energy, data, 0.1, seed=seed + 12 + 4 * step)
         elif method == "NCE":

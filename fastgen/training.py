@@ -5,14 +5,14 @@ multi-tensor pass."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from .divergence import divergence_terms
 from .ops import ema_update_, probe
-from .rng import reserve, resolve_seed
 from .ops._common import STATE_DTYPES
+from .rng import reserve, resolve_seed
 from .sde import SDE, DDPMSchedule
 
 
@@ -115,7 +115,7 @@ class EMA:
     def update(self) -> None:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         groups: dict = {}  # the op takes one device and dtype per call
-        for shadow, p in zip(self.shadow, self.parameters):
+        for shadow, p in zip(self.shadow, self.parameters, strict=True):
             pair = groups.setdefault((shadow.device, shadow.dtype), ([], []))
             pair[0].append(shadow)
             pair[1].append(p.detach())
@@ -137,5 +137,5 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.updates = state["decay"], state["updates"]
-        for s, v in zip(self.shadow, state["shadow"]):
+        for s, v in zip(self.shadow, state["shadow"], strict=True):
             s.copy_(v)

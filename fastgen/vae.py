@@ -10,7 +10,7 @@ gradient. Functions, not trainers:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,8 @@ def rsample(mean: torch.Tensor, log_std: torch.Tensor, *, samples: int = 1, seed
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
     seed = resolve_seed(seed, generator)
-    if samples == 1:
-        return gaussian_rsample(mean, log_std, seed, path_derivative=path_derivative)
+    if samples == 1:  # the op takes contiguous tensors; what .chunk() returns is copied (autograd keeps it)
+        return gaussian_rsample(mean.contiguous(), log_std.contiguous(), seed, path_derivative=path_derivative)
     shape = (samples,) + tuple(mean.shape)
     flat_mean = mean.unsqueeze(0).expand(shape).reshape((-1,) + tuple(mean.shape[1:]))
     flat_log_std = log_std.unsqueeze(0).expand(shape).reshape((-1,) + tuple(mean.shape[1:]))

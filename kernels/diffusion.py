@@ -3,7 +3,6 @@ score-SDE Langevin corrector (coefficient rows as in fastgen/reference/diffusion
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

@@ -26,7 +26,7 @@ def ema_kernel(
 
 def ema_update_(averages, values, weight):
     """fastgen_triton::ema_update_ (declared in fastgen/ops/ema.py)."""
-    for average, value in zip(averages, values):
+    for average, value in zip(averages, values, strict=True):
         n = average.numel()
         if n:
             ema_kernel[(triton.cdiv(n, BLOCK),)](average, value, n, weight, BLOCK=BLOCK)

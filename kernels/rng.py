@@ -4,7 +4,6 @@ kernel filling a float32 buffer from it."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -33,7 +32,8 @@ def uniform_at(seed, n):
 
 @triton.jit
 def normal_at(seed, n):
-    """Normals at int64 stream positions n: Box-Muller of counter n // 4's lanes (0, 1) or (2, 3); cos at even n, sin at odd."""
+    """Normals at int64 stream positions n: Box-Muller of counter n // 4's lanes (0, 1) or (2, 3); cos at even n,
+    sin at odd."""
     l0, l1, l2, l3 = tl.randint4x(seed, (n >> 2) & 0x3FFFFFFFFFFFFFFF)  # uint64 counter: logical shift
     upper = (n & 2) != 0
     u1 = tl.uint_to_uniform_float(tl.where(upper, l2, l0))

@@ -120,7 +120,7 @@ def spectral_norm_power(weights, us, vs, n_power_iterations, eps):
     device = weights[0].device if weights else torch.device("cpu")
     sigmas = torch.zeros(len(weights), dtype=torch.float32, device=device)
     us_out, vs_out = [], []
-    for t, (weight, u, v) in enumerate(zip(weights, us, vs)):
+    for t, (weight, u, v) in enumerate(zip(weights, us, vs, strict=True)):
         rows, cols = weight.shape
         u32, v32 = torch.empty(rows, dtype=torch.float32, device=device), v.float().clone()
         sigma = sigmas[t:t + 1]

@@ -1,9 +1,20 @@
 """Shared fixtures. Without CUDA the Triton kernels run in Triton's interpreter
 (TRITON_INTERPRET must be set before triton.jit sees the kernels)."""
 
+import contextlib
+import io
 import os
+from typing import NamedTuple
 
-import torch
+# The torch reference's recorded bit-identity hashes (tests/test_bit_identity.py) come from ATen's AVX2 kernels;
+# pinning them gives the same bits on AVX-512 machines. Read when torch loads, so it is set first.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+# Under pytest-xdist each worker gets one thread: two workers with two OpenMP threads each on two cores spin-wait
+# on each other (tests ran 3-6x slower than alone).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -51,9 +62,24 @@ def run_on(backend: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def fast_sizes(backend: str) -> list[int]:
-    """The issue's odd sizes; the interpreter gets the big one only on fp32 tests."""
-    return [0, 1, 3, 1000003]
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, **_process_options) -> CliResult:
+    """``fastgen ARGS`` in this process (``fastgen.cli.main``), with what a subprocess would show: its exit code,
+    stdout and stderr. Tests that need a process of their own (signals, locks, torchrun, peak RSS) start one."""
+    from fastgen.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 class Sample:

@@ -94,6 +94,7 @@ def test_fastgen_backend_environment_variable():
     assert out.returncode != 0 and "FASTGEN_BACKEND must be one of" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "kernels").glob("*.cu")))
 def test_cuda_kernels_compile_for_sm90(source, tmp_path):
@@ -114,6 +115,7 @@ def _cuda_include() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None, reason="no CUDA headers or g++")
 @pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*.cpp")))
 def test_cuda_host_code_compiles(source):

@@ -1,16 +1,15 @@
 """fastgen info and fastgen sample from the command line (generate: test_generate.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastgen", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+cli = run_cli  # in-process; the tests that need a process start one
 
 
 def test_info():
@@ -41,6 +40,7 @@ def test_bench_suites_are_discovered_from_the_package():
     assert result.returncode == 0 and all(name in result.stdout for name in files)
 
 
+@pytest.mark.slow
 def test_sample_takes_a_trained_flow(tmp_path):
     """fastgen sample FLOW --target gmm8: exact draws of a saved flow, its cross-entropy on exact samples of the
     target (the same number as log_prob computed here) against the exact entropy, the metrics and the plot."""

@@ -7,14 +7,13 @@ import math
 
 import pytest
 import torch
+from conftest import load_example
 
 import fastgen
 from fastgen.cnf import CNF, ContinuousFlow, MLPDynamics
 from fastgen.ode import odeint
 from fastgen.targets import GaussianMixture
 from fastgen.training import ism_loss, ssm_loss
-
-from conftest import load_example
 
 
 class TimeMLP(torch.nn.Module):
@@ -123,7 +122,7 @@ def test_adjoint_and_backpropagation_agree_on_a_module():
         x_ = x.clone().requires_grad_(True)
         odeint(f, x_, rtol=1e-10, atol=1e-10, adjoint=adjoint).square().sum().backward()
         grads.append([x_.grad] + [p.grad.clone() for p in f.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -225,6 +224,7 @@ def test_cnf_hutchinson_log_prob_is_unbiased_and_fixed_per_seed():
     assert (diff.abs() < 4.5 * se + 1e-4).all()
 
 
+@pytest.mark.slow
 def test_ffjord_example_learns_eight_gaussians_to_within_a_third_of_a_nat():
     """examples/ffjord_2d.py, 300 steps of a 2-32-32-2 dynamics (about 20 s): FFJORD by maximum likelihood (exact
     divergence, RK4 with 6 steps), evaluated by dopri5 at 1e-5 on held-out points: the cross-entropy is within
@@ -245,7 +245,7 @@ def test_cnf_adjoint_gradients_match_backpropagation():
         log_prob, reg = cnf.log_prob_and_regularization(x)
         (-(log_prob - reg).mean()).backward()
         grads.append([p.grad for p in cnf.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
 
 
@@ -352,6 +352,7 @@ def test_implicit_score_matching_is_minimized_by_the_true_score():
                                    -3 * c + 0.5 * c * c * x.square().sum(1).mean().item())
 
 
+@pytest.mark.slow
 def test_ffjord_digits_example_learns_within_a_few_steps():
     """examples/ffjord_digits.py, 100 steps of a 64-64-64-64 dynamics with Hutchinson probes (about 10 s): the
     held-out bits/dim fall below a uniform model's log2(17) (the untrained flow, a standard normal, is at 4.7)."""

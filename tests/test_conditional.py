@@ -281,6 +281,7 @@ def test_bad_img2img_input_names_the_argument():
         fastgen.sample(model, (4, 2), init=torch.full((4, 2), float("inf")), strength=0.5, **kwargs)
 
 
+@pytest.mark.slow
 def test_cfg_digits_example_guidance_raises_class_accuracy():
     """examples/cfg_digits.py with 300 training steps (about 10 s): samples at guidance scale 3 are of their class
     (by the example's classifier) at least 10 points more often than at scale 1 (the conditional model alone)."""

@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends
 
 import fastgen
 from fastgen.ops import affine_coupling, spline_coupling
 from fastgen.reference import coupling as R
-
-from conftest import Sample, cpu_backends
 
 
 def _inputs(device, dtype, shape, split, seed=0, scale=1.0):
@@ -148,7 +147,7 @@ def test_fused_gradients_equal_float64_autograd_of_the_rule(inverse, scale):
         with fastgen.use_backend(backend):
             out, ld = affine_coupling(*leaves, 4, inverse=inverse, scale=scale, clamp=1.5)
             got = torch.autograd.grad((out.double() * w_out).sum() + (ld.double() * w_ld).sum(), leaves)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=2e-5, msg=backend)
 
 
@@ -189,7 +188,7 @@ def test_h_and_t_are_read_in_place_from_one_conditioner_output(backend, inverse)
             want = torch.autograd.grad((y2 * y2).sum() + ld2.sum(), copies)
         torch.testing.assert_close(y, y2, rtol=0, atol=0)
         torch.testing.assert_close(ld, ld2, rtol=0, atol=0)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w)
 
 
@@ -306,7 +305,7 @@ def test_spline_fused_gradients_equal_float64_autograd_of_the_rule(inverse):
         with fastgen.use_backend(backend):
             out, ld = spline_coupling(*leaves, 2, bins, bound=3.0, inverse=inverse)
             got = torch.autograd.grad((out.double() * w_out).sum() + (ld.double() * w_ld).sum(), leaves)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()), msg=backend)
 
 
@@ -345,7 +344,8 @@ def test_spline_bad_input_names_the_argument():
 
 def test_coupling_layer_inverts_and_its_log_det_is_the_jacobians():
     """AffineCoupling with a random (not zero-started) conditioner, D = 5 and D = 8, both scales: inverse(forward)
-    within 1e-5 on inputs up to 1e2 (larger ones make t large, and (y - t) loses float32 digits to it), log|det| of autograd's Jacobian within 1e-4, and gradcheck in float64."""
+    within 1e-5 on inputs up to 1e2 (larger ones make t large, and (y - t) loses float32 digits to it), log|det| of
+    autograd's Jacobian within 1e-4, and gradcheck in float64."""
     from fastgen.flows import AffineCoupling
 
     torch.manual_seed(1)
@@ -365,12 +365,14 @@ def test_coupling_layer_inverts_and_its_log_det_is_the_jacobians():
         layer.float()
 
 
+@pytest.mark.slow
 def test_realnvp_example_learns_eight_gaussians_and_its_density_integrates_to_one():
     """examples/flows_2d.py: an 8-layer RealNVP trained by maximum likelihood on the 8-Gaussian target for 2,000
     steps (fixed seed, about 30 s): held-out cross-entropy within 0.3 nats of the target's exact entropy (the gap
     is KL(data || model) >= 0), its density integrates to 1 within 1% on a grid, and its samples put 1/8 on each
     mode within 0.03."""
     from conftest import load_example
+
     from fastgen.targets import eight_gaussians, toy_2d, toy_2d_entropy
 
     flow = load_example("flows_2d").train("eight_gaussians", 2000, flow="realnvp", seed=0)

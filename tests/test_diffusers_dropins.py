@@ -27,7 +27,7 @@ def run(scheduler, steps, sample, seed, **step_kwargs):
 
 
 def assert_same(a, b):
-    for (xa, x0a), (xb, x0b) in zip(a, b):
+    for (xa, x0a), (xb, x0b) in zip(a, b, strict=True):
         torch.testing.assert_close(xa, xb, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(x0a, x0b, rtol=1e-4, atol=1e-4)
 

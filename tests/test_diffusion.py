@@ -6,13 +6,14 @@ import os
 
 import pytest
 import torch
+from conftest import Sample, run_on
 
 import fastgen
 from fastgen.ops import diffusion as D
 from fastgen.reference import diffusion as R
-from fastgen.sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE, get_sigmas_karras
+from fastgen.sde import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 
-from conftest import Sample, run_on
+PROCESSES = [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
@@ -131,7 +132,7 @@ def test_ddim_with_eta_one_is_ddpm():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("sde", PROCESSES, ids=lambda s: type(s).__name__)
 def test_euler_maruyama_rule_matches_the_reverse_sde(sde):
     t, t_next = 0.6, 0.58
     x = torch.randn(50, 2, dtype=torch.float64)
@@ -145,7 +146,7 @@ def test_euler_maruyama_rule_matches_the_reverse_sde(sde):
     torch.testing.assert_close(row[7], sde.diffusion(t) * math.sqrt(t - t_next))
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("sde", PROCESSES, ids=lambda s: type(s).__name__)
 def test_sde_marginals_and_inverses(sde):
     t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
@@ -304,7 +305,8 @@ SAMPLES = {"diffusion_step_": _step_samples, "langevin_correct_": _correct_sampl
 
 @pytest.mark.parametrize("index", [[6], [-1], [10**12], [2, 6, 1]])
 def test_out_of_range_index_is_an_error_on_every_backend_and_writes_nothing(index):
-    """An index naming no row of coef never reads outside it: an IndexError on every backend, x untouched. (A GPU index is read by the kernel: test_gpu_kernels_flag_an_out_of_range_index.)"""
+    """An index naming no row of coef never reads outside it: an IndexError on every backend, x untouched. (A GPU
+    index is read by the kernel: test_gpu_kernels_flag_an_out_of_range_index.)"""
     from conftest import cpu_backends
 
     x = torch.randn(3, 4)

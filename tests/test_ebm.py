@@ -1,18 +1,17 @@
 """fastgen.ebm: the seeds' two-mode toy model (its four outcomes, against the gradient-flow predictions), the
 replay buffer (uniform draws by chi-square, checkpoints, resumption), and the losses against closed forms."""
 
+import itertools
 import math
 
 import pytest
 import torch
+from conftest import load_example
 from scipy import stats
 
 import fastgen
 from fastgen import ebm
-
 from fastgen import toy_ebm as toy
-
-from conftest import load_example
 
 P_NULL = 1e-6  # chi-square tests reject a correct sampler with this probability
 BATCH = 2048
@@ -24,14 +23,17 @@ def toy_runs():
     return {m: toy.run(m, 400, batch=BATCH) for m in toy.METHODS}
 
 
+@pytest.mark.slow
 def test_maximum_likelihood_converges_to_theta_star(toy_runs):
     assert abs(toy_runs["maximum likelihood"]["theta"][-1] - toy.THETA_STAR) < 0.05
 
 
+@pytest.mark.slow
 def test_score_matching_does_not_learn_the_mode_weights(toy_runs):
     assert max(abs(t - toy.THETA_0) for t in toy_runs["score matching"]["theta"]) < 0.05
 
 
+@pytest.mark.slow
 def test_nce_ends_at_the_derived_fixed_point_not_theta_star(toy_runs):
     end = toy_runs["NCE"]["theta"][-1]
     assert abs(end - toy.nce_fixed_point()) < 0.05
@@ -46,9 +48,10 @@ def test_nce_ends_at_the_derived_fixed_point_not_theta_star(toy_runs):
     assert abs(flow(toy.lecture_nce_fixed_point())) > 0.1
 
 
+@pytest.mark.slow
 def test_pcd_collapses_with_walkers_stuck_in_their_modes(toy_runs):
     thetas, fractions = toy_runs["PCD"]["theta"], toy_runs["PCD"]["walker_fraction_b"]
-    assert all(b < a for a, b in zip(thetas, thetas[1:])), "PCD's theta must drift monotonically"
+    assert all(b < a for a, b in itertools.pairwise(thetas)), "PCD's theta must drift monotonically"
     # the flow predicts theta(0) + (q(theta(0)) - q*) t = -12 at t = 40; past theta* - 5 is far beyond any optimum
     assert thetas[-1] < toy.THETA_STAR - 5
     se = math.sqrt(toy.q(toy.THETA_0) * (1 - toy.q(toy.THETA_0)) / BATCH)

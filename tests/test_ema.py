@@ -3,11 +3,10 @@ opcheck, compile and bad input come from the registry harness (tests/test_regist
 
 import pytest
 import torch
+from conftest import Sample
 
 import fastgen
 from fastgen.ops import ema_update_
-
-from conftest import Sample
 
 
 def _pairs(device, dtype, sizes, seed=0):
@@ -32,9 +31,9 @@ SAMPLES = {"ema_update_": _ema_samples}
 
 def test_update_rule():
     averages, values = _pairs("cpu", torch.float32, [(4, 3), (5,)])
-    want = [a + 0.25 * (v - a) for a, v in zip(averages, values)]
+    want = [a + 0.25 * (v - a) for a, v in zip(averages, values, strict=True)]
     got = ema_update_([a.clone() for a in averages], values, decay=0.75)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
 
 
@@ -47,7 +46,7 @@ def test_bad_decay_and_mismatched_lists_write_nothing():
         ema_update_(averages, values[:1], decay=0.5)
     with pytest.raises(ValueError, match=r"values\[1\] must have the shape"):
         ema_update_(averages, [values[0], values[1][:2]], decay=0.5)
-    assert all(torch.equal(a, b) for a, b in zip(averages, before))
+    assert all(torch.equal(a, b) for a, b in zip(averages, before, strict=True))
 
 
 def test_training_ema_tracks_parameters():
@@ -59,7 +58,7 @@ def test_training_ema_tracks_parameters():
         for p in model.parameters():
             p.add_(1.0)
     ema.update()
-    for shadow, s, p in zip(ema.shadow, start, model.parameters()):
+    for shadow, s, p in zip(ema.shadow, start, model.parameters(), strict=True):
         torch.testing.assert_close(shadow, s + 0.1 * (p.detach() - s))
 
 
@@ -72,5 +71,5 @@ def test_matches_torch_foreach_lerp(dtype):
     torch._foreach_lerp_(want, values, 0.01)
     got = ema_update_([a.clone() for a in averages], values, decay=0.99)
     tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol)

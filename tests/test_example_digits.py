@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from conftest import load_example
 
 from fastgen.demo import image_grid
-
-from conftest import load_example
 
 pytest.importorskip("sklearn")
 digits = load_example("digits")
@@ -18,7 +17,7 @@ def test_one_training_step_and_sampling(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     loss = digits.train_step(model, optimizer, data, digits.VPSDE(), 32, torch.Generator().manual_seed(0))
-    assert loss > 0 and all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert loss > 0 and all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with torch.no_grad():
         x = digits.fastgen.sample(model, (4, 64), sde=digits.VPSDE(), sampler="dpmpp_2m", steps=5, prediction="eps",
                                   seed=0, device="cpu")

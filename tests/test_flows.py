@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import load_example
 from torch import nn
 
 import fastgen
 from fastgen.flows import Flow, ResidualBlock, ResidualFlow
 from fastgen.flows.residual import kept_probability, roulette_length
 from fastgen.rng import reserve
-
-from conftest import load_example
 
 Z_MAX = 5.0  # |mean - exact| / standard error: two-sided p < 6e-7 per coordinate under the null
 
@@ -56,7 +55,7 @@ def test_log_det_estimate_is_unbiased(dim):
 
 def _flat_grad(value, params):
     grads = torch.autograd.grad(value, params, allow_unused=True)  # the last bias does not move the log-det
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)])
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)])
 
 
 def test_neumann_gradient_agrees_with_the_gradient_of_the_exact_log_det():
@@ -148,6 +147,7 @@ def test_bad_options_name_the_argument():
         Flow([])
 
 
+@pytest.mark.slow
 def test_residual_flow_example_learns_two_moons():
     """examples/residual_flow_2d.py, 300 steps (about 7 s): the exact test log-likelihood rises by more than
     0.3 nats from the initial flow (about -2.3 nats; a Gaussian fit of the data reaches -1.90)."""
@@ -170,8 +170,16 @@ def _randomized(transform: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Mod
 
 
 def _transforms(features: int):
-    from fastgen.flows import (AffineCoupling, InverseAutoregressive, MaskedAutoregressive, Planar, Radial, Reverse,
-                               SplineCoupling, Sylvester)
+    from fastgen.flows import (
+        AffineCoupling,
+        InverseAutoregressive,
+        MaskedAutoregressive,
+        Planar,
+        Radial,
+        Reverse,
+        SplineCoupling,
+        Sylvester,
+    )
     return {
         "affine": AffineCoupling(features, hidden=(16,)),
         "affine_sigmoid": AffineCoupling(features, hidden=(16,), scale="sigmoid"),
@@ -290,6 +298,7 @@ def test_reparametrized_planar_and_radial_stay_invertible_for_any_parameters():
         assert torch.isfinite(layer(x)[1]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow,steps,within", [("nsf", 800, 0.15), ("maf", 800, 0.5)])
 def test_flow_example_learns_eight_gaussians_and_its_density_integrates_to_one(flow, steps, within):
     """examples/flows_2d.py: an NSF (4 spline couplings, 8 bins) trained by maximum likelihood on the 8-Gaussian
@@ -336,7 +345,8 @@ def test_glow_layers_invert_and_their_log_dets_are_the_jacobians(name):
     in float64."""
     # the couplings' conditioners take weights of std 0.1, and Glow's sigmoid scale inputs to 10, as in
     # test_every_transform_inverts_and_its_log_det_is_the_jacobians (logits below about -16 underflow the scale)
-    layer = _randomized(_image_transforms()[name], std=0.1 if name.startswith(("coupling", "split_prior")) else 0.3, seed=1)
+    std = 0.1 if name.startswith(("coupling", "split_prior")) else 0.3
+    layer = _randomized(_image_transforms()[name], std=std, seed=1)
     layer.eval()  # ActNorm: no data-dependent initialization here (its own test below)
     x = torch.randn(16, 2, 2, 2, generator=torch.Generator().manual_seed(0)) * torch.logspace(-1, 2, 16)[
         :, None, None, None]
@@ -398,6 +408,7 @@ def test_glow_inverts_and_its_log_det_is_the_jacobians():
         torch.testing.assert_close(log_prob, glow.log_prob(draws), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_glow_example_beats_a_gaussian_on_digits():
     """examples/glow_digits.py, 400 steps (about 17 s; 3,000 reach 2.35): held-out bits/dim of the dequantized
     digits more than 0.3 below a diagonal Gaussian's (3.41; the uniform's is 4.09), and finite samples."""
@@ -435,6 +446,7 @@ def _conditional_target(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
     return x, c, torch.distributions.Normal(mean.double(), std.double()).log_prob(x.double()).sum(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nsf", "maf"])
 def test_conditional_flow_learns_a_conditional_law(kind):
     """A conditional NSF / MAF (context_features=1) trained by maximum likelihood on (x, c) pairs for 400 steps:

@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
+from conftest import load_example
 from torch import nn
 
 import fastgen
 from fastgen import gan
 from fastgen.demo import image_grid
-
-from conftest import load_example
 
 REAL = torch.tensor([2.0, -0.5, 0.3, 4.0], dtype=torch.float64)
 FAKE = torch.tensor([-1.0, 0.7, -3.0, 0.1], dtype=torch.float64)
@@ -31,7 +30,8 @@ def test_losses_equal_their_textbook_formulas():
     want_d = {
         "minimax": bce,
         "non_saturating": bce,
-        "least_squares": _mean([0.5 * (r - 1) ** 2 for r in REAL.tolist()]) + _mean([0.5 * f**2 for f in FAKE.tolist()]),
+        "least_squares": _mean([0.5 * (r - 1) ** 2 for r in REAL.tolist()])
+        + _mean([0.5 * f**2 for f in FAKE.tolist()]),
         "wasserstein": _mean(FAKE.tolist()) - _mean(REAL.tolist()),
         "hinge": _mean([max(0, 1 - r) for r in REAL.tolist()]) + _mean([max(0, 1 + f) for f in FAKE.tolist()]),
     }
@@ -107,7 +107,7 @@ def test_gradient_penalty_passes_gradcheck_in_float64(kind):
 
     def penalty(*params):
         def discriminator(x):
-            return torch.func.functional_call(net, dict(zip(names, params)), (x,))
+            return torch.func.functional_call(net, dict(zip(names, params, strict=True)), (x,))
 
         return gan.gradient_penalty(discriminator, real, fake, kind, seed=3)
 
@@ -122,7 +122,7 @@ def test_clip_weights_clamps_every_parameter_in_place():
             p.mul_(10)
     params = gan.clip_weights_(net, 0.01)
     assert all(p.abs().max() <= 0.01 for p in net.parameters())
-    assert all(a is b for a, b in zip(params, net.parameters()))
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))
 
 
 def test_bad_input_names_the_argument():
@@ -143,6 +143,7 @@ def test_bad_input_names_the_argument():
         gan.clip_weights_(d, -1.0)
 
 
+@pytest.mark.slow
 def test_spectrally_normalized_gan_covers_all_eight_modes():
     """The example's GAN with a spectrally normalized discriminator, 1,500 steps (about 25 s on 2 cores):
     every mode of the 8-Gaussian ring gets at least 5% of 4,000 samples."""
@@ -162,7 +163,7 @@ def test_sngan_digits_example_step_and_grid(tmp_path):
     before = [p.detach().clone() for p in generator.parameters()]
     d, g = example.train_step(generator, discriminator, g_opt, d_opt, [data[:16], data[16:32]])
     assert math.isfinite(d) and math.isfinite(g)
-    assert all(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
     with torch.no_grad():
         image_grid(generator(torch.randn(20, 32)), str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").stat().st_size > 0

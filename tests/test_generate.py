@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from fastgen import generation
 from fastgen.generation import GenerateError, generate, load, verify
@@ -25,9 +26,7 @@ def shard_bytes(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.npy"))}
 
 
-def cli(*args, timeout=300, **kwargs):
-    return subprocess.run([sys.executable, "-m", "fastgen", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=ENV, timeout=timeout, **kwargs)
+cli = run_cli  # in-process; the tests that need a process start one
 
 
 def test_bytes_do_not_depend_on_the_chunk_size(tmp_path):
@@ -39,6 +38,7 @@ def test_bytes_do_not_depend_on_the_chunk_size(tmp_path):
     assert x.shape == (2500, 2) and np.isfinite(x).all()
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_give_the_same_bytes(tmp_path):
     args = ["generate", "gmm8", "-n", "5000", "--steps", "10", "--shard-size", "1000", "--quiet"]
     single = cli(*args, "--out", str(tmp_path / "one"))
@@ -53,6 +53,7 @@ def test_two_processes_under_torchrun_give_the_same_bytes(tmp_path):
     assert verify(str(tmp_path / "two"))["settings"]["n"] == 5000
 
 
+@pytest.mark.slow
 def test_resumes_after_sigkill_with_identical_bytes(tmp_path):
     args = ["generate", "gmm8", "-n", "40000", "--steps", "30", "--shard-size", "1000", "--quiet"]
     ref = cli(*args, "--out", str(tmp_path / "ref"))
@@ -146,14 +147,15 @@ def test_torchscript_export_and_module_sources(tmp_path):
 
 
 def peak_rss_kb(n: int, out: Path) -> int:
-    code = ("import resource, fastgen; fastgen.generate('gen_models:shrink', {n}, {out!r}, shape=(256,), steps=4, "
-            "shard_size=2000, chunk_size=1000, quiet=True); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)").format(n=n, out=str(out))
+    code = (f"import resource, fastgen; fastgen.generate('gen_models:shrink', {n}, {str(out)!r}, shape=(256,), "
+            "steps=4, shard_size=2000, chunk_size=1000, quiet=True); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_n(tmp_path):
     small = peak_rss_kb(4000, tmp_path / "small")  # 4 MB of samples
     large = peak_rss_kb(40000, tmp_path / "large")  # 41 MB of samples: kept in memory, the peak would show it

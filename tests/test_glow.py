@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends
 
 from fastgen.ops import REGISTRY, actnorm, invconv1x1, squeeze2d
 from fastgen.reference import glow as R
-
-from conftest import Sample, cpu_backends
 
 SHAPES = [(3, 4, 5, 6), (2, 3, 7), (0, 4, 2, 2), (5, 2), (1, 3, 1000, 101), (64, 12, 4, 4)]
 
@@ -91,7 +90,7 @@ def test_actnorm_gradients_equal_float64_autograd_of_the_rule(backend, inverse):
     exact = [v.double().requires_grad_() for v in (x, s, b)]
     out64, ld64 = _float64_rule(*exact, inverse)
     want = torch.autograd.grad((out64 * w_out).sum() + (ld64 * w_ld).sum(), exact)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
 
 
@@ -117,7 +116,7 @@ def test_invconv_equals_conv2d_and_its_gradients_float64_autograd(backend):
     w_out, w_ld = torch.randn(out.shape, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     got = torch.autograd.grad((out.double() * w_out).sum() + (log_det.double() * w_ld).sum(), leaves)
     want = torch.autograd.grad((out64 * w_out).sum() + (ld64 * w_ld).sum(), exact)
-    for g, want_g in zip(got, want):
+    for g, want_g in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), want_g, rtol=1e-4, atol=1e-4)
 
 

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends
 
 import fastgen
 from fastgen.ops import hutchinson_dot, probe
-
-from conftest import Sample, cpu_backends
 
 
 def _samples(device, dtype):

@@ -170,12 +170,12 @@ def test_matches_k_diffusion_and_its_conventions(name, options, dtype):
     assert f_out.dtype == k_out.dtype == dtype
     torch.testing.assert_close(f_out, k_out, **tol)
     assert len(f_calls) == len(k_calls)
-    for (fx, fs, fdt, fc, fshape), (kx, ks, kdt, kc, kshape) in zip(f_calls, k_calls):
+    for (fx, fs, fdt, fc, fshape), (kx, ks, kdt, kc, kshape) in zip(f_calls, k_calls, strict=True):
         assert (fdt, fc, fshape) == (kdt, kc, kshape) == (dtype, True, (4,))
         torch.testing.assert_close(fs, ks, rtol=0, atol=0)
         torch.testing.assert_close(fx, kx, **tol)
     assert len(f_seen) == len(k_seen)
-    for f, k in zip(f_seen, k_seen):
+    for f, k in zip(f_seen, k_seen, strict=True):
         assert set(f) == set(k) and f["i"] == k["i"]
         for key in ("sigma", "sigma_hat"):
             assert isinstance(f[key], torch.Tensor) and f[key].dim() == 0

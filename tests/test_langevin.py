@@ -3,12 +3,11 @@ torch.compile, and bad input (clear errors, nothing written)."""
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends, run_on
 
 import fastgen
 from fastgen import reference
 from fastgen.ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
-
-from conftest import Sample, cpu_backends, run_on
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-3),
@@ -110,6 +109,7 @@ def test_gmm_langevin_equals_ula_steps_with_exact_score():
     torch.testing.assert_close(fused, looped, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_calls_ula_step():
     torch._dynamo.reset()
 

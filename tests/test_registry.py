@@ -11,7 +11,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import Sample, cpu_backends, cuda_backends
 
 from fastgen.ops import REGISTRY
@@ -56,11 +55,15 @@ def prepared(sample: Sample) -> dict:
     return kwargs
 
 
+def as_list(out) -> list:
+    """An op's return value as a list of its outputs (none for an in-place op)."""
+    return [] if out is None else list(out if isinstance(out, tuple) else (out,))
+
+
 def call(name: str, backend: str, kwargs: dict):
     """(outputs, mutated arguments) of one call."""
     out = REGISTRY[name](backend=backend, **kwargs)
-    outs = () if out is None else (out if isinstance(out, tuple) else (out,))
-    return list(outs), [kwargs[m] for m in REGISTRY[name].mutated if kwargs.get(m) is not None]
+    return as_list(out), [kwargs[m] for m in REGISTRY[name].mutated if kwargs.get(m) is not None]
 
 
 def flat(values) -> list[torch.Tensor]:
@@ -99,12 +102,13 @@ def test_matches_reference(name, device, backend, dtype):
             continue
         got_out, got_mut = call(name, backend, prepared(sample))
         want_out, want_mut = call(name, "torch", prepared(sample))
-        for got, want in zip(flat(got_out + got_mut), flat(want_out + want_mut)):
+        for got, want in zip(flat(got_out + got_mut), flat(want_out + want_mut), strict=True):
             if got.dtype == torch.bool:
                 assert torch.equal(got, want), f"{name} {sample}"
             else:
                 torch.testing.assert_close(got, want, **TOL.get(dtype, TOL[torch.float32]), msg=f"{name} {sample}")
-        written = dict(zip([m for m in REGISTRY[name].mutated if sample.kwargs.get(m) is not None], got_mut))
+        mutated = [m for m in REGISTRY[name].mutated if sample.kwargs.get(m) is not None]
+        written = dict(zip(mutated, got_mut, strict=True))
         for arg in sample.poison:
             for t in flat([written[arg]]):
                 assert not t.isnan().any(), f"{name}: {arg} has unwritten (NaN-poisoned) elements"
@@ -144,12 +148,10 @@ def test_compile_fullgraph(name, backend):
     compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
     kwargs_eager, kwargs_compiled = prepared(sample), prepared(sample)
     eager_out, compiled_out = run(kwargs_eager), compiled(kwargs_compiled)
-    wanted = flat([] if eager_out is None else list(eager_out if isinstance(eager_out, tuple) else (eager_out,)))
-    got = flat([] if compiled_out is None else list(compiled_out if isinstance(compiled_out, tuple) else
-                                                      (compiled_out,)))
+    wanted, got = flat(as_list(eager_out)), flat(as_list(compiled_out))
     wanted += flat([kwargs_eager[m] for m in op.mutated if kwargs_eager.get(m) is not None])
     got += flat([kwargs_compiled[m] for m in op.mutated if kwargs_compiled.get(m) is not None])
-    for g, w in zip(got, wanted):
+    for g, w in zip(got, wanted, strict=True):
         assert torch.equal(g, w), f"{name} on {backend}: compiled result differs from eager"
 
 
@@ -178,7 +180,7 @@ def test_gradcheck(name, backend):
 
     def packed(flat_tensors):
         values, i = {}, 0
-        for n, size in zip(inputs, sizes):
+        for n, size in zip(inputs, sizes, strict=True):
             values[n] = list(flat_tensors[i:i + size]) if size is not None else flat_tensors[i]
             i += 1 if size is None else size
         return {**kwargs, **values}
@@ -194,7 +196,7 @@ def test_gradcheck(name, backend):
     grads = torch.autograd.grad(total(fn(*tensors)), tensors)
     ref_tensors = [t.detach().clone().requires_grad_() for t in tensors]
     ref_grads = torch.autograd.grad(total(op(backend="torch", **packed(ref_tensors))), ref_tensors)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r)
 
 
@@ -226,7 +228,7 @@ def test_bad_input_names_the_argument_and_writes_nothing(name, device, backend):
             kwargs[arg] = bad
             before = {m: kwargs[m].clone() for m in op.mutated if isinstance(kwargs.get(m), torch.Tensor)}
             try:
-                REGISTRY[name](backend=backend, **kwargs)
+                got_out = as_list(REGISTRY[name](backend=backend, **kwargs))
             except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as err:
                 message = str(err)
                 assert re.search(rf"\b{arg}\b", message) or (arg == "x" and "state" in message), \
@@ -243,9 +245,11 @@ def test_bad_input_names_the_argument_and_writes_nothing(name, device, backend):
             except (RuntimeError, ValueError, TypeError, IndexError):
                 pytest.fail(f"{name} on {backend} accepted {arg} with the wrong {what}; the reference rejects it")
             got_mut = [kwargs[m] for m in op.mutated if kwargs.get(m) is not None]
-            for g, w in zip(flat(got_mut), flat(want_mut)):
+            for g, w in zip(flat(got_out + got_mut), flat(want_out + want_mut), strict=True):
+                assert g.device == w.device, f"{name} on {backend}: output on {g.device}, the reference's on {w.device}"
                 if g.device.type != "meta":
-                    torch.testing.assert_close(g.double(), w.double(), equal_nan=True)
+                    torch.testing.assert_close(g.double(), w.double(), equal_nan=True, **TOL[torch.float32],
+                                               msg=lambda m: f"{name} on {backend}: {arg} with the wrong {what}: {m}")
 
 
 def test_keyword_call_follows_the_schema():

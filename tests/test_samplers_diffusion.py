@@ -5,13 +5,15 @@ Thresholds from the null: MMD^2 between two independent exact sets of N samples
 over 8 seed pairs; a sampler passes below 3x the largest. Mode weights from
 8000 samples within 0.02 of the truth (3.6 standard errors at weight 0.4, more below). Seeds fixed."""
 
+import itertools
+
 import pytest
 import torch
 
 import fastgen
 from fastgen.metrics import mmd, mode_weights, within_mode_spread
 from fastgen.samplers.diffusion import SAMPLERS, sample
-from fastgen.sde import DDPMSchedule, SubVPSDE, VESDE, VPSDE, get_sigmas_karras
+from fastgen.sde import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 from fastgen.targets import GaussianMixture, eight_gaussians
 
 N = 2000
@@ -49,7 +51,8 @@ CASES = [  # sampler, process, steps, prediction, extra
 
 @pytest.mark.parametrize("target_name", ["8gaussians", "mixture16"])
 @pytest.mark.parametrize("sampler,process,steps,prediction,extra", CASES,
-                         ids=[f"{c[0]}-{type(c[1]).__name__}-{c[3]}{'-' + '-'.join(c[4]) if c[4] else ''}" for c in CASES])
+                         ids=[f"{c[0]}-{type(c[1]).__name__}-{c[3]}" + ("-" + "-".join(c[4]) if c[4] else "")
+                              for c in CASES])
 def test_sampler_matches_the_target(targets, target_name, sampler, process, steps, prediction, extra):
     target, bandwidth, threshold, exact = targets[target_name]
     extra = dict(extra)
@@ -195,7 +198,7 @@ def _ancestral_std(sigmas, s: float, start_var: float) -> float:
     each step x' = x + (sigma_down - sigma)(x - D(x)) / sigma + sigma_up xi is linear-Gaussian, so the state's
     variance follows v' = k^2 v + sigma_up^2 with k = 1 - (sigma - sigma_down) sigma / (s^2 + sigma^2)."""
     v = start_var
-    for a, b in zip(sigmas[:-1], sigmas[1:]):
+    for a, b in itertools.pairwise(sigmas):
         up = (b * b * (a * a - b * b) / (a * a)) ** 0.5
         down = (b * b - up * up) ** 0.5
         v = (1 - (a - down) * a / (s * s + a * a)) ** 2 * v + up * up

@@ -8,13 +8,12 @@ import copy
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends
 from torch import nn
 from torch.nn.utils import parametrizations
 
 import fastgen.nn as fnn
 from fastgen.ops import REGISTRY, spectral_norm_power
-
-from conftest import Sample, cpu_backends
 
 
 def _matrices(device, dtype, shapes, seed=0):
@@ -47,7 +46,7 @@ def test_power_iteration_converges_to_the_top_singular_value(backend):
     # singular values 3, then at most 1.5: each step shrinks the error by (1.5 / 3)^2, so 40 steps reach float32
     spectra = [torch.cat([torch.tensor([3.0]), torch.linspace(1.5, 0.1, min(w.shape) - 1)]) for w in weights]
     weights = [torch.linalg.svd(w, full_matrices=False).U @ torch.diag(s) @ torch.linalg.svd(w, full_matrices=False).Vh
-               for w, s in zip(weights, spectra)]
+               for w, s in zip(weights, spectra, strict=True)]
     sigmas, _, _ = REGISTRY["spectral_norm_power"](weights=weights, us=us, vs=vs, n_power_iterations=40, eps=1e-12,
                                                    backend=backend)
     torch.testing.assert_close(sigmas, torch.stack([torch.linalg.matrix_norm(w, 2) for w in weights]), rtol=1e-5,
@@ -143,7 +142,7 @@ def test_grouped_module_equals_one_parametrization_per_layer(scale_inputs):
         torch.testing.assert_close(y_grouped, y_single, rtol=1e-5, atol=1e-6)
         y_grouped.square().sum().backward()
         y_single.square().sum().backward()
-    for (name, a), b in zip(grouped.named_parameters(), single.parameters()):
+    for (name, a), b in zip(grouped.named_parameters(), single.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
     torch.testing.assert_close(grouped.state_dict(), single.state_dict(), rtol=1e-5, atol=1e-6)
     grouped.eval(), single.eval()

@@ -3,7 +3,7 @@
 import torch
 
 import fastgen
-from fastgen.sde import DDPMSchedule, VPSDE
+from fastgen.sde import VPSDE, DDPMSchedule
 from fastgen.training import EMA, ddpm_loss, dsm_loss
 
 
@@ -37,10 +37,10 @@ def test_ema_update_rule():
         for p in layer.parameters():
             p.add_(1.0)
     ema.update()
-    for s, b in zip(ema.shadow, before):
+    for s, b in zip(ema.shadow, before, strict=True):
         torch.testing.assert_close(s, b + 0.1)
     ema.copy_to()
-    for p, b in zip(layer.parameters(), before):
+    for p, b in zip(layer.parameters(), before, strict=True):
         torch.testing.assert_close(p, b + 0.1)
     state = ema.state_dict()
     ema.update()

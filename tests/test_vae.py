@@ -6,18 +6,18 @@ import math
 
 import pytest
 import torch
+from conftest import Sample, cpu_backends, load_example
 
 import fastgen
 from fastgen import vae
 from fastgen.demo import image_grid
 from fastgen.ops import gaussian_rsample
 
-from conftest import Sample, cpu_backends, load_example
-
 
 def _posterior(device, dtype, shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g).to(device, dtype), (0.3 * torch.randn(shape, generator=g)).to(device, dtype))
+    mean = torch.randn(shape, generator=g).to(device, dtype)
+    return mean, (0.3 * torch.randn(shape, generator=g)).to(device, dtype)
 
 
 def _rsample_samples(device, dtype):
@@ -25,7 +25,8 @@ def _rsample_samples(device, dtype):
     for shape, path in [((3, 5), False), ((1, 7), True), ((0, 4), False), ((2, 3, 4, 5), True), ((1, 1000003), False),
                         ((700, 3), False)]:
         mean, log_std = _posterior(device, dtype, shape)
-        out.append(Sample(mean=mean, log_std=log_std, seed=11, offset=5, path_derivative=path, grad=("mean", "log_std")))
+        out.append(Sample(mean=mean, log_std=log_std, seed=11, offset=5, path_derivative=path,
+                          grad=("mean", "log_std")))
     return out
 
 
@@ -71,7 +72,7 @@ def test_gradients_equal_float64_autograd_of_the_closed_form(path_derivative):
         return (z64 * w_z).sum() + (lp64 * w_lp).sum()
 
     want = torch.autograd.grad(closed_form(m64, s64), (m64, s64))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5)
     if not path_derivative:  # the total derivative: the closed form passes gradcheck in float64
         assert torch.autograd.gradcheck(closed_form, (m64, s64))

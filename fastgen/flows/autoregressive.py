@@ -10,6 +10,8 @@ log-det and backward are :func:`fastgen.ops.affine_coupling` with nothing kept (
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -48,7 +50,7 @@ class MADE(nn.Module):
         for width in hidden:
             degrees.append(torch.arange(width) % max(1, features - 1) + 1)
         layers = []
-        for before, after in zip(degrees[:-1], degrees[1:]):
+        for before, after in itertools.pairwise(degrees):
             layers += [MaskedLinear((after[:, None] >= before[None, :]).float()), nn.ReLU()]
         out_degrees = torch.arange(1, features + 1).repeat(outputs)
         layers.append(MaskedLinear((out_degrees[:, None] > degrees[-1][None, :]).float()))
@@ -103,7 +105,8 @@ class _Autoregressive(Coupled):
 
 
 class MaskedAutoregressive(_Autoregressive):
-    """MAF's layer, the masked autoregressive transform, data to base: z = (x - t) exp(-s(h)), (h, t) = made(x), log|det| = -sum s.
+    """MAF's layer, the masked autoregressive transform, data to base: z = (x - t) exp(-s(h)), (h, t) = made(x),
+    log|det| = -sum s.
     forward (density) is one pass of the MADE; inverse (sampling) takes D."""
 
     def _couple(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +114,8 @@ class MaskedAutoregressive(_Autoregressive):
 
 
 class InverseAutoregressive(_Autoregressive):
-    """IAF's layer, the inverse autoregressive transform: base to data x = z exp(s(h)) + t, (h, t) = made(z) — sampling (inverse)
+    """IAF's layer, the inverse autoregressive transform: base to data x = z exp(s(h)) + t, (h, t) = made(z) —
+    sampling (inverse)
     is one pass of the MADE; forward (data to base, the density of a given x) takes D, log|det dz/dx| = -sum s."""
 
     def _couple(self, v: torch.Tensor, inverse: bool, context) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ conditioner is any ``nn.Module``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -26,7 +27,7 @@ def mlp(features_in: int, features_out: int, hidden=(64, 64), zero_last: bool = 
     coupling starts as the identity, as RealNVP and Glow initialize)."""
     sizes = [features_in, *hidden, features_out]
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())

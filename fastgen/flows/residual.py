@@ -15,6 +15,7 @@ probe and roulette: one extra vector-Jacobian product with a graph, instead of t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import torch
@@ -163,7 +164,7 @@ class ResidualFlow(Flow):
         for b in range(blocks):
             sizes = [dim] + [hidden] * (depth - 1) + [dim]
             layers: list[nn.Module] = []
-            for i, (a, c) in enumerate(zip(sizes, sizes[1:])):
+            for i, (a, c) in enumerate(itertools.pairwise(sizes)):
                 layers.append(nn.Linear(a, c))
                 if i < len(sizes) - 2:
                     layers.append(LipSwish())

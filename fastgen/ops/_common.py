@@ -116,7 +116,8 @@ def step_size_args(step_size, x: torch.Tensor, name: str = "step_size") -> tuple
         elif step_size.shape == (chains,):
             per_chain = step_size.float().contiguous()
         else:
-            raise ValueError(f"{name} must be a float or a tensor of shape () or ({chains},), got {tuple(step_size.shape)}")
+            raise ValueError(f"{name} must be a float or a tensor of shape () or ({chains},), "
+                             f"got {tuple(step_size.shape)}")
         if per_chain.device.type == "cpu" and not _compiling():
             if not bool(torch.isfinite(per_chain).all()) or bool((per_chain <= 0).any()):
                 raise ValueError(f"{name} must be finite and > 0 for every chain")

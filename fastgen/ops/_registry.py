@@ -33,8 +33,8 @@ from __future__ import annotations
 import functools
 import importlib
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -45,7 +45,7 @@ NAMESPACES = {"cpu": "fastgen", "cuda": "fastgen", "triton": "fastgen_triton", "
 _LIBRARIES = {ns: torch.library.Library(ns, "DEF") for ns in sorted(set(NAMESPACES.values()))}
 
 #: Every declared op by name, in declaration order.
-REGISTRY: dict[str, "Op"] = {}
+REGISTRY: dict[str, Op] = {}
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Op:
 
 
 def _named(op: Op, args) -> types.SimpleNamespace:
-    return types.SimpleNamespace(**dict(zip(op.argument_names, args)))
+    return types.SimpleNamespace(**dict(zip(op.argument_names, args, strict=False)))
 
 
 def _keyword_call(op: Op) -> Callable:

@@ -11,6 +11,8 @@ import torch
 from ._common import check_state, require
 from ._registry import Loop
 
+__all__ = ["affine_coupling", "spline_coupling"]  # re-exported by fastgen.ops
+
 loop = Loop("coupling")
 
 SCALES = {"soft_clamp": 0, "sigmoid": 1}
@@ -35,7 +37,7 @@ def rows(v: torch.Tensor) -> bool:
     if v.dim() < 2:
         return False
     expected = 1
-    for size, stride in zip(reversed(v.shape[1:]), reversed(v.stride()[1:])):
+    for size, stride in zip(reversed(v.shape[1:]), reversed(v.stride()[1:]), strict=True):
         if size != 1 and stride != expected:
             return False
         expected *= size
@@ -188,7 +190,7 @@ _SPLINE_OPTIONS = ("split", "bins", "bound", "inverse", "min_width", "min_height
 def _spline_coupling_setup(ctx, inputs, output) -> None:
     x, params, *options = inputs
     ctx.save_for_backward(output[0] if options[3] else x, params)  # the data side, as the affine op
-    ctx.options = dict(zip(_SPLINE_OPTIONS, options))
+    ctx.options = dict(zip(_SPLINE_OPTIONS, options, strict=True))
 
 
 def _spline_coupling_autograd(ctx, grad_out, grad_log_det):

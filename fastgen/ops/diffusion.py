@@ -59,7 +59,8 @@ def _step_args(a) -> None:
                 a.index.device == a.x.device and a.index.is_contiguous(),
                 lambda: f"index must be contiguous int64 with 1 or {batch} elements on the device of x, "
                         f"got {a.index.dtype} {tuple(a.index.shape)} on {a.index.device}")
-        if a.index.device.type == "cpu" and a.index.numel() and not is_fake(a.index):  # CUDA kernels clamp: reading it would sync
+        # CUDA kernels clamp the index: reading a device index here would sync
+        if a.index.device.type == "cpu" and a.index.numel() and not is_fake(a.index):
             rows, lo, hi = a.coef.shape[0], int(a.index.min()), int(a.index.max())
             require(0 <= lo and hi < rows, lambda: f"index values must name rows of coef (0 to {rows - 1}), got {lo} "
                                                    f"to {hi}", IndexError)
@@ -150,7 +151,8 @@ def _rows(*columns) -> torch.Tensor:
 
 
 def euler_maruyama_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
-    """Reverse-SDE Euler-Maruyama, dt = t_next - t < 0: x <- x - (f x - g^2 s) |dt| + g sqrt|dt| xi, s = -eps / sigma."""
+    """Reverse-SDE Euler-Maruyama, dt = t_next - t < 0: x <- x - (f x - g^2 s) |dt| + g sqrt|dt| xi,
+    s = -eps / sigma."""
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     f, g = sde.drift_coef(t), sde.diffusion(t)

@@ -9,6 +9,8 @@ import torch
 from ._common import STATE_DTYPES, require
 from ._registry import Loop
 
+__all__ = ["ema_update_"]  # re-exported by fastgen.ops
+
 loop = Loop("ema")
 
 
@@ -18,7 +20,7 @@ def _ema_update_shapes(a) -> None:
                     f"{len(a.values)}")
     require(math.isfinite(a.weight) and 0.0 <= a.weight <= 1.0,
             lambda: f"weight must be in [0, 1], got {a.weight}")
-    for t, (average, value) in enumerate(zip(a.averages, a.values)):
+    for t, (average, value) in enumerate(zip(a.averages, a.values, strict=True)):
         first = a.averages[0]
         require(average.dtype in STATE_DTYPES,
                 lambda: f"averages must be float32, float16 or bfloat16, got {average.dtype}", TypeError)

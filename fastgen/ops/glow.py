@@ -10,6 +10,8 @@ import torch
 from ._common import check_like, check_state, check_vector, require
 from ._registry import Loop
 
+__all__ = ["actnorm", "invconv1x1", "squeeze2d"]  # re-exported by fastgen.ops
+
 loop = Loop("glow")
 
 

@@ -9,6 +9,8 @@ from ._common import check_rng_ints, check_state, rng_args
 from ._registry import Loop
 from .rng import philox_fill_
 
+__all__ = ["hutchinson_dot", "probe"]  # re-exported by fastgen.ops
+
 loop = Loop("hutchinson")
 
 

@@ -12,9 +12,21 @@ import math
 import torch
 
 from ..constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
-from ._common import (check_like, check_rng_ints, check_rng_state, check_state, check_vector, clamp_args,
-                      positive_float, require, rng_args, step_size_args)
+from ._common import (
+    check_like,
+    check_rng_ints,
+    check_rng_state,
+    check_state,
+    check_vector,
+    clamp_args,
+    positive_float,
+    require,
+    rng_args,
+    step_size_args,
+)
 from ._registry import Loop
+
+__all__ = ["gmm_langevin_", "mala_accept_", "mala_propose", "ula_step_"]  # re-exported by fastgen.ops
 
 loop = Loop("langevin")
 
@@ -170,7 +182,8 @@ def mala_accept_(
         log alpha_b = log p(y) - log p(x) + (|y - x - h g(x)|^2 - |x - y - h g(y)|^2) / (4h),
 
     accepted where u_b < min(1, alpha_b), u_b the uniform at position offset + b;
-    accepted chains take y, log p(y) and grad log p(y). Reserves B positions (round up with fastgen.rng.reserve after normals).
+    accepted chains take y, log p(y) and grad log p(y). Reserves B positions (round up with fastgen.rng.reserve
+    after normals).
     Returns the (B,) bool accept mask, or (mask, min(1, alpha)) with ``return_prob``.
     """
     check_state(x)

@@ -7,6 +7,8 @@ import torch
 from ._common import check_rng_ints, check_rng_state, require, rng_args
 from ._registry import Loop
 
+__all__ = ["normal", "philox_fill_", "uniform"]  # re-exported by fastgen.ops
+
 loop = Loop("rng")
 
 

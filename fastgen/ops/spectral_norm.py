@@ -9,6 +9,8 @@ import torch
 from ._common import STATE_DTYPES, require
 from ._registry import Loop
 
+__all__ = ["spectral_norm_power"]  # re-exported by fastgen.ops
+
 loop = Loop("spectral_norm")
 
 
@@ -18,7 +20,7 @@ def _spectral_norm_power_shapes(a):
             lambda: f"weights, us and vs must have the same length, got {count}, {len(a.us)} and {len(a.vs)}")
     require(a.n_power_iterations >= 0, lambda: f"n_power_iterations must be >= 0, got {a.n_power_iterations}")
     require(math.isfinite(a.eps) and a.eps > 0, lambda: f"eps must be finite and > 0, got {a.eps}")
-    for t, (weight, u, v) in enumerate(zip(a.weights, a.us, a.vs)):
+    for t, (weight, u, v) in enumerate(zip(a.weights, a.us, a.vs, strict=True)):
         first = a.weights[0]
         require(weight.dtype in STATE_DTYPES,
                 lambda: f"weights must be float32, float16 or bfloat16, got {weight.dtype}", TypeError)

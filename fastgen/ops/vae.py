@@ -8,6 +8,8 @@ from ._common import check_like, check_rng_ints, check_state, rng_args
 from ._registry import Loop
 from .rng import normal
 
+__all__ = ["gaussian_rsample"]  # re-exported by fastgen.ops
+
 loop = Loop("vae")
 
 

@@ -32,7 +32,6 @@ from ..constants import COEF_WIDTH, AuxStore, Prediction
 from .rng import counters, normal_at
 
 
-
 def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """The (B, 8) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef column."""
     batch = x.shape[0]

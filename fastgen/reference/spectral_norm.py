@@ -18,7 +18,7 @@ def spectral_norm_power(weights, us, vs, n_power_iterations, eps):
     Returns (sigmas (L,) float32, new us, new vs in the weights' dtype). With n_power_iterations = 0,
     u and v are returned unchanged and sigma uses them as given (torch's eval mode)."""
     sigmas, us_out, vs_out = [], [], []
-    for weight, u, v in zip(weights, us, vs):
+    for weight, u, v in zip(weights, us, vs, strict=True):
         w, u, v = weight.float(), u.float(), v.float()
         for _ in range(n_power_iterations):
             u = _normalize(w @ v, eps)

@@ -16,7 +16,7 @@ import math
 import numbers
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +26,7 @@ from ..ops import diffusion as ops
 from ..ops._common import STATE_DTYPES, backend_for, positive_float
 from ..reference.diffusion import guided
 from ..rng import RNGState, resolve_seed
-from ..sde import SDE, DDPMSchedule, VESDE, VPSDE, get_sigmas_karras
+from ..sde import SDE, VESDE, VPSDE, DDPMSchedule, get_sigmas_karras
 
 SAMPLERS = ("euler_maruyama", "pc", "ode_euler", "ode_heun", "ddpm", "ddim", "euler_ancestral", "dpmpp_2m")
 SIGMA_SAMPLERS = ("euler_ancestral", "dpmpp_2m")
@@ -206,7 +206,8 @@ def _guided_kwargs(own: dict, uncond_kwargs, batch: int, device) -> tuple[dict, 
     if not isinstance(uncond_kwargs, dict) or set(uncond_kwargs) != set(own):
         raise ValueError(f"uncond_kwargs must give the unconditional value of every model_kwargs key {sorted(own)} "
                          f"(e.g. a null label), got "
-                         f"{sorted(uncond_kwargs) if isinstance(uncond_kwargs, dict) else type(uncond_kwargs).__name__}")
+                         + (f"{sorted(uncond_kwargs)}" if isinstance(uncond_kwargs, dict)
+                            else type(uncond_kwargs).__name__))
     guided, cond = {}, {}
     for key, c in own.items():
         u = uncond_kwargs[key]

@@ -8,7 +8,7 @@ plus one fused op.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
