@@ -44,7 +44,7 @@ lint: $(DEPS)
 	$(BIN)/ruff check .
 
 demo: build
-	$(BIN)/python -m fastgen.demo --out demo_out
+	$(BIN)/python -m fastgen.cli.demo --out demo_out
 
 bench: build
 	$(BIN)/python -m pip install -q torchsde

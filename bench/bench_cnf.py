@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen.cnf import CNF, MLPDynamics
+from fastgen.flows.continuous import CNF, MLPDynamics
 
 from .common import count_host_reads, environment, markdown_table, time_interleaved_us, write_report
 

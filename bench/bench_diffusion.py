@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import fastgen
+from fastgen.diffusion.processes import VPSDE, DDPMSchedule
 from fastgen.ops import diffusion as D
-from fastgen.sde import VPSDE, DDPMSchedule
 
 from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, time_us, write_report
 
@@ -33,7 +33,7 @@ def scheduler_steps(out, x, device: str) -> dict:
     try:
         import diffusers
 
-        from fastgen.diffusers import DDPMScheduler as FusedDDPM
+        from fastgen.integrations.diffusers import DDPMScheduler as FusedDDPM
     except ImportError:
         return {}
     theirs, ours = diffusers.DDPMScheduler(), FusedDDPM()
@@ -195,7 +195,7 @@ def k_diffusion_sampling():
 def bench_k_sampling(device: str, shape=(16, 4, 64, 64), steps: int = 20) -> list[dict]:
     """Each sampler of fastgen.k_sampling against k-diffusion's own, both at their defaults (noise included:
     k-diffusion's dpmpp_2m_sde defaults to a torchsde Brownian tree), with a null denoiser: the loops' own cost."""
-    from fastgen import k_sampling
+    from fastgen.integrations import k_diffusion as k_sampling
 
     K = k_diffusion_sampling()
     sigmas = K.get_sigmas_karras(steps, 0.03, 14.6, device=device)
@@ -236,7 +236,6 @@ def bench_pipelines(device: str, steps: int = 50, batch: int = 16, size: int = 3
     with a UNet that returns zeros)."""
     try:
         import diffusers
-
         import fastgen.diffusers as fast
     except ImportError:
         return []
@@ -275,7 +274,7 @@ def bench_guided_step(device: str, shapes, scale: float = 7.5) -> list[dict]:
     try:
         import diffusers
 
-        from fastgen.diffusers import DDIMScheduler as FusedDDIM
+        from fastgen.integrations.diffusers import DDIMScheduler as FusedDDIM
     except ImportError:
         return []
     sched = DDPMSchedule()
@@ -385,7 +384,7 @@ def bench_guided_loop(device: str, steps: int = 20, batch: int = 16, size: int =
     try:
         import diffusers
 
-        from fastgen.diffusers import DDIMScheduler as FusedDDIM
+        from fastgen.integrations.diffusers import DDIMScheduler as FusedDDIM
     except ImportError:
         return []
     unet = small_unet(device, size, num_class_embeds=11)

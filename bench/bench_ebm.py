@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen import ebm
+from fastgen.mcmc import ebm
 
 from .common import count_per_call, environment, markdown_table, time_interleaved_us, write_report
 

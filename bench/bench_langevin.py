@@ -12,7 +12,7 @@ import warnings
 import torch
 
 import fastgen
-from fastgen import _backend
+from fastgen.core import backend as _backend
 
 from .common import copy_fn, count_per_call, environment, markdown_table, time_interleaved_us, write_report
 

@@ -39,7 +39,7 @@ def cases(device: str) -> dict:
         "diffusion_step_ (DDIM row, batch 16)": (lambda: D.diffusion_step_(xs, outs, row, prediction="eps"), 1),
     }
     try:
-        from fastgen.diffusers import DDIMScheduler
+        from fastgen.integrations.diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler()
         scheduler.set_timesteps(50)

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen.demo import image_grid
-from fastgen.sde import VPSDE
-from fastgen.training import EMA
+from fastgen.cli.demo import image_grid
+from fastgen.diffusion.processes import VPSDE
+from fastgen.diffusion.training import EMA
 
 
 def load_digits() -> torch.Tensor:

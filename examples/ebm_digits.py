@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from fastgen import ebm
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.mcmc import ebm
 
 
 def load_digits() -> torch.Tensor:

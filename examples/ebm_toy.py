@@ -4,7 +4,7 @@ for the model, the methods and the derivation of NCE's fixed point); the same as
     python examples/ebm_toy.py [--steps 400] [--lr 0.1] [--out ebm_toy.png]
 """
 
-from fastgen.toy_ebm import main
+from fastgen.cli.toy_ebm import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen.cnf import CNF, MLPDynamics
-from fastgen.demo import flow_plot
+from fastgen.cli.demo import flow_plot
+from fastgen.flows.continuous import CNF, MLPDynamics
 
 TARGETS = fastgen.targets.TOY_2D
 data = fastgen.targets.toy_2d

@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from fastgen.cnf import CNF, MLPDynamics
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.flows.continuous import CNF, MLPDynamics
 
 LEVELS = 17
 DELTA = 2.0 / (LEVELS - 1)  # the spacing of the levels on [-1, 1]

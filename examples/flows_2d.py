@@ -21,7 +21,7 @@ import time
 import torch
 
 import fastgen
-from fastgen.demo import flow_plot
+from fastgen.cli.demo import flow_plot
 from fastgen.flows import IAF, MAF, NSF, Flow, Planar, Radial, RealNVP
 
 FLOWS = {

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen import gan
+from fastgen.nn import gan
 
 
 def mlp(inputs: int, outputs: int, hidden: int = 128) -> nn.Sequential:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
 from fastgen.flows import Glow
 
 LEVELS = 17

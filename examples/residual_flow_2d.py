@@ -15,7 +15,7 @@ import time
 import torch
 
 import fastgen
-from fastgen.demo import flow_plot
+from fastgen.cli.demo import flow_plot
 from fastgen.flows import ResidualFlow
 
 

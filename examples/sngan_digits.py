@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import fastgen
-from fastgen import gan
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.nn import gan
 
 
 def load_digits() -> torch.Tensor:

@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
-from fastgen import vae
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.nn import vae
 
 
 def load_digits() -> torch.Tensor:

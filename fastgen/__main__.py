@@ -1,5 +1,5 @@
 """python -m fastgen: the command line (see fastgen.cli)."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

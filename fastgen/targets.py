@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .rng import resolve_seed
+from .core.rng import resolve_seed
 
 
 def _generator(seed, generator) -> torch.Generator:

@@ -1,4 +1,4 @@
-// Numbers shared by Python, C++, CUDA and Triton: named in fastgen/constants.py, mirrored here
+// Numbers shared by Python, C++, CUDA and Triton: named in fastgen/core/constants.py, mirrored here
 // (tests/test_constants.py checks that the two agree). Plain C++, no torch: nvcc and the host code include it.
 #pragma once
 

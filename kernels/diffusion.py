@@ -6,11 +6,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
+from ..core.constants import COEF_WIDTH, AuxStore, Coef, Prediction
 from .langevin import CHAIN_BLOCK
 from .rng import BLOCK, load_rng, normal_at
 
-# fastgen.constants as Triton compile-time constants.
+# fastgen.core.constants as Triton compile-time constants.
 EPS, X0, V = tl.constexpr(int(Prediction.EPS)), tl.constexpr(int(Prediction.X0)), tl.constexpr(int(Prediction.V))
 AUX_X0, AUX_INCREMENT = tl.constexpr(int(AuxStore.X0)), tl.constexpr(int(AuxStore.INCREMENT))
 WIDTH = tl.constexpr(COEF_WIDTH)

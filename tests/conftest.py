@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import fastgen  # noqa: E402
-from fastgen import _backend  # noqa: E402
+from fastgen.core import backend as _backend  # noqa: E402
 
 
 def load_example(name: str):

@@ -10,10 +10,10 @@ import torch
 from conftest import load_example
 
 import fastgen
-from fastgen.cnf import CNF, ContinuousFlow, MLPDynamics
-from fastgen.ode import odeint
+from fastgen.diffusion.training import ism_loss, ssm_loss
+from fastgen.flows.continuous import CNF, ContinuousFlow, MLPDynamics
+from fastgen.flows.ode import odeint
 from fastgen.targets import GaussianMixture
-from fastgen.training import ism_loss, ssm_loss
 
 
 class TimeMLP(torch.nn.Module):

@@ -1,9 +1,9 @@
-"""fastgen/constants.py (the names) and kernels/constants.h (their C++/CUDA mirror) agree."""
+"""fastgen/core/constants.py (the names) and kernels/constants.h (their C++/CUDA mirror) agree."""
 
 import re
 from pathlib import Path
 
-from fastgen import constants
+from fastgen.core import constants
 
 HEADER = (Path(__file__).resolve().parents[1] / "kernels" / "constants.h").read_text()
 

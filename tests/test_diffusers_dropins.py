@@ -4,7 +4,7 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from fastgen import diffusers as fast  # noqa: E402
+from fastgen.integrations import diffusers as fast  # noqa: E402
 
 
 def model(sample, t):

@@ -9,9 +9,9 @@ import torch
 from conftest import Sample, run_on
 
 import fastgen
+from fastgen.diffusion.processes import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 from fastgen.ops import diffusion as D
 from fastgen.reference import diffusion as R
-from fastgen.sde import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 
 PROCESSES = [VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE()]
 

@@ -10,8 +10,8 @@ from conftest import load_example
 from scipy import stats
 
 import fastgen
-from fastgen import ebm
-from fastgen import toy_ebm as toy
+from fastgen.cli import toy_ebm as toy
+from fastgen.mcmc import ebm
 
 P_NULL = 1e-6  # chi-square tests reject a correct sampler with this probability
 BATCH = 2048

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import load_example
 
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
 
 pytest.importorskip("sklearn")
 digits = load_example("digits")

@@ -10,9 +10,9 @@ from conftest import load_example
 from torch import nn
 
 import fastgen
+from fastgen.core.rng import reserve
 from fastgen.flows import Flow, ResidualBlock, ResidualFlow
 from fastgen.flows.residual import kept_probability, roulette_length
-from fastgen.rng import reserve
 
 Z_MAX = 5.0  # |mean - exact| / standard error: two-sided p < 6e-7 per coordinate under the null
 

@@ -9,8 +9,8 @@ from conftest import load_example
 from torch import nn
 
 import fastgen
-from fastgen import gan
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.nn import gan
 
 REAL = torch.tensor([2.0, -0.5, 0.3, 4.0], dtype=torch.float64)
 FAKE = torch.tensor([-1.0, 0.7, -3.0, 0.1], dtype=torch.float64)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from fastgen import generation
-from fastgen.generation import GenerateError, generate, load, verify
+from fastgen.cli import generation
+from fastgen.cli.generation import GenerateError, generate, load, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -163,7 +163,7 @@ def test_peak_memory_does_not_grow_with_n(tmp_path):
 
 
 def test_chunk_size_is_checked(tmp_path):
-    from fastgen.generation import GenerateError, generate
+    from fastgen.cli.generation import GenerateError, generate
 
     for bad in (0, -3, 2.5, True):
         with pytest.raises(GenerateError, match="chunk_size must be an int >= 1"):
@@ -172,7 +172,7 @@ def test_chunk_size_is_checked(tmp_path):
 
 
 def test_non_finite_samples_are_an_error_unless_allowed(tmp_path):
-    from fastgen.generation import GenerateError, generate, load
+    from fastgen.cli.generation import GenerateError, generate, load
 
     with pytest.raises(GenerateError, match=r"sample \d+ \(shard 0, shard-000000.npy\) is not finite"):
         generate("gen_models:nan_after_zero", 20, str(tmp_path / "bad"), shape=(2,), steps=3, quiet=True)

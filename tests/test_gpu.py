@@ -61,8 +61,8 @@ class _MLP(torch.nn.Module):
 
 
 def test_sample_has_no_host_sync_and_graph_replays_differ():
-    from fastgen.samplers.diffusion import Sampler, _plan
-    from fastgen.sde import VPSDE
+    from fastgen.diffusion.processes import VPSDE
+    from fastgen.diffusion.samplers import Sampler, _plan
 
     model = _MLP().cuda().eval()
     sde = VPSDE()
@@ -137,7 +137,7 @@ def test_cnf_solve_waits_on_the_gpu_only_at_its_ends_and_captures_in_a_cuda_grap
     import copy
     import warnings
 
-    from fastgen.cnf import CNF, MLPDynamics
+    from fastgen.flows.continuous import CNF, MLPDynamics
 
     torch.manual_seed(0)
     cpu_cnf = CNF(MLPDynamics(2, (32, 32)), event_shape=(2,))

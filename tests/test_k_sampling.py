@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fastgen import k_sampling
+from fastgen.integrations import k_diffusion as k_sampling
 from fastgen.metrics import mode_weights
 from fastgen.targets import eight_gaussians
 

@@ -26,7 +26,7 @@ from conftest import Sample, run_cli
 from test_registry import TOL, call, clone, flat
 
 import fastgen
-from fastgen.generation import GenerateError, SettingsError, generate, load, verify
+from fastgen.cli.generation import GenerateError, SettingsError, generate, load, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -211,7 +211,7 @@ def test_sigkill_then_a_flipped_byte_then_resume_equals_an_uninterrupted_run(tmp
 def test_load_memory_maps_and_indexes_like_the_whole_array(tmp_path):
     out = tmp_path / "g"
     generate("gen_models:shrink", 3000, str(out), shape=(2560,), steps=2, shard_size=700, quiet=True)  # 30 MB
-    code = ("import resource, numpy as np; from fastgen.generation import load; "
+    code = ("import resource, numpy as np; from fastgen.cli.generation import load; "
             f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; x = load({str(out)!r}); "
             "assert x.shape == (3000, 2560) and len(x) == 3000 and x[2999].shape == (2560,); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")

@@ -5,8 +5,8 @@ import torch
 from conftest import Sample, run_on
 
 import fastgen
+from fastgen.core.rng import RNGState, reserve, resolve_seed
 from fastgen.reference import rng as ref
-from fastgen.rng import RNGState, reserve, resolve_seed
 
 SIZES = [0, 1, 3, 1000003]
 SEEDS_OFFSETS = [(0, 0), (123456789, 17), (2**40 + 3, 2**34 - 5), (2**63 - 1, 2**33)]  # 2**34: counter 2**32

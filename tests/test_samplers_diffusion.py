@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import fastgen
+from fastgen.diffusion.processes import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
+from fastgen.diffusion.samplers import SAMPLERS, sample
 from fastgen.metrics import mmd, mode_weights, within_mode_spread
-from fastgen.samplers.diffusion import SAMPLERS, sample
-from fastgen.sde import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 from fastgen.targets import GaussianMixture, eight_gaussians
 
 N = 2000

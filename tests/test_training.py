@@ -3,8 +3,8 @@
 import torch
 
 import fastgen
-from fastgen.sde import VPSDE, DDPMSchedule
-from fastgen.training import EMA, ddpm_loss, dsm_loss
+from fastgen.diffusion.processes import VPSDE, DDPMSchedule
+from fastgen.diffusion.training import EMA, ddpm_loss, dsm_loss
 
 
 def test_dsm_loss_is_smallest_at_the_true_score():

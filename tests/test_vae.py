@@ -9,8 +9,8 @@ import torch
 from conftest import Sample, cpu_backends, load_example
 
 import fastgen
-from fastgen import vae
-from fastgen.demo import image_grid
+from fastgen.cli.demo import image_grid
+from fastgen.nn import vae
 from fastgen.ops import gaussian_rsample
 
 

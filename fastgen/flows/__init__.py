@@ -7,16 +7,23 @@ Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :
 :class:`Sylvester`, :class:`Reverse`, :class:`ResidualBlock` (i-ResNet / residual flows); for images :class:`ActNorm`,
 :class:`InvConv1x1LU`, :class:`ChannelCoupling`, :class:`Squeeze`, :class:`Unsqueeze`, :class:`Split`. Models:
 :class:`RealNVP`, :class:`NSF`, :class:`MAF`, :class:`IAF`, :class:`Glow`, :class:`ResidualFlow`.
+
+Continuous flows: :class:`CNF` (FFJORD, ``continuous``), on the batched ODE solver :func:`odeint` (``ode``) and
+the per-sample divergences :func:`divergence` (``divergence``: Hutchinson probes from the noise stream, or exact).
 """
 
 from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoregressive
+from .continuous import CNF, ContinuousFlow, MLPDynamics  # noqa: I001  (after .core)
 from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
+from .divergence import divergence
 from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze, gaussian_prior
+from .ode import odeint
 from .planar import Planar, Radial, Sylvester
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
-__all__ = ["IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "ChannelCoupling", "Flow", "Glow",
+__all__ = ["CNF", "IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "ChannelCoupling", "ContinuousFlow",
+           "Flow", "Glow", "MLPDynamics", "divergence", "odeint",
            "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
            "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Sylvester", "Transform",
            "Unsqueeze", "gaussian_prior"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, constraints
 
-from ..rng import resolve_seed
+from ..core.rng import resolve_seed
 
 
 class Transform(nn.Module):

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import SpectralNorm
+from ..core.rng import MAX_SEED, reserve, resolve_seed
+from ..nn.spectral import SpectralNorm
 from ..ops import normal, uniform
-from ..rng import MAX_SEED, reserve, resolve_seed
 from .core import Flow, Transform
 
 _GOLDEN = 0x9E3779B97F4A7C15  # per-call seeds: base + call * golden ratio, mod 2**63

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from .. import _backend
-from ..rng import MAX_SEED
+from ..core import backend as _backend
+from ..core.rng import MAX_SEED
 
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import _ext
+from ..core import extensions as _ext
 from ._common import backend_for
 
 NAMESPACES = {"cpu": "fastgen", "cuda": "fastgen", "triton": "fastgen_triton", "torch": "fastgen_torch"}

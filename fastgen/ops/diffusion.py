@@ -20,8 +20,8 @@ import math
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from ..constants import COEF_WIDTH, AuxStore, Coef, Prediction
-from ..sde import SDE, VPSDE, DDPMSchedule
+from ..core.constants import COEF_WIDTH, AuxStore, Coef, Prediction
+from ..diffusion.processes import SDE, VPSDE, DDPMSchedule
 from ._common import (
     check_like,
     check_rng_ints,

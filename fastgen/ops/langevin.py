@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
+from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
 from ._common import (
     check_like,
     check_rng_ints,

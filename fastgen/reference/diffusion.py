@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ..constants import COEF_WIDTH, AuxStore, Prediction
+from ..core.constants import COEF_WIDTH, AuxStore, Prediction
 from .rng import counters, normal_at
 
 

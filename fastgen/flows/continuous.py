@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
+from .core import Flow, Transform
 from .divergence import divergence_terms
-from .flows.core import Flow, Transform
 from .ode import odeint
 
 __all__ = ["CNF", "ContinuousFlow", "MLPDynamics"]

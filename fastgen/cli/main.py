@@ -170,8 +170,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import suites
-    from .bench.plot import throughput_plot
+    from ..bench import suites
+    from ..bench.plot import throughput_plot
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -188,8 +188,8 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .bench import suite_names
-    from .samplers.diffusion import SAMPLERS
+    from ..bench import suite_names
+    from ..diffusion.samplers import SAMPLERS
 
     p = _Parser(prog="fastgen", description="fused samplers for generative models")
     sub = p.add_subparsers(dest="command", required=True)

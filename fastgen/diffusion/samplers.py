@@ -20,13 +20,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..constants import Coef
+from ..core.constants import Coef
+from ..core.rng import RNGState, resolve_seed
 from ..ops import REGISTRY
 from ..ops import diffusion as ops
 from ..ops._common import STATE_DTYPES, backend_for, positive_float
 from ..reference.diffusion import guided
-from ..rng import RNGState, resolve_seed
-from ..sde import SDE, VESDE, VPSDE, DDPMSchedule, get_sigmas_karras
+from .processes import SDE, VESDE, VPSDE, DDPMSchedule, get_sigmas_karras
 
 SAMPLERS = ("euler_maruyama", "pc", "ode_euler", "ode_heun", "ddpm", "ddim", "euler_ancestral", "dpmpp_2m")
 SIGMA_SAMPLERS = ("euler_ancestral", "dpmpp_2m")

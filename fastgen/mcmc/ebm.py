@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 import torch
 
-from . import training
-from .ops import normal, uniform
-from .rng import MAX_SEED, reserve, resolve_seed
-from .samplers import langevin
+from ..core.rng import MAX_SEED, reserve, resolve_seed
+from ..diffusion import training
+from ..ops import normal, uniform
+from .langevin import langevin
 
 __all__ = ["PersistentChains", "ReplayBuffer", "contrastive_loss", "dsm_loss", "kl_loss", "langevin_negatives",
            "nce_loss", "ssm_loss"]

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from . import _ext
+from . import extensions as _ext
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgen_backend", default=None)

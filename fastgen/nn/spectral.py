@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .ops import spectral_norm_power
+from ..ops import spectral_norm_power
 
 __all__ = ["SpectralNorm", "spectral_norm"]
 

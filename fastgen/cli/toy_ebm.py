@@ -33,7 +33,8 @@ import math
 import torch
 from torch import nn
 
-from . import ebm, targets
+from .. import targets
+from ..mcmc import ebm
 
 A, B = -10.0, 10.0
 THETA_STAR = -math.log(4.0)  # q* = 0.8

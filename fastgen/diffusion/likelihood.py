@@ -14,11 +14,11 @@ from typing import NamedTuple
 
 import torch
 
-from .divergence import divergence_terms
-from .ode import METHODS, odeint
-from .ops import uniform
-from .rng import reserve, resolve_seed
-from .sde import SDE, VESDE
+from ..core.rng import reserve, resolve_seed
+from ..flows.divergence import divergence_terms
+from ..flows.ode import METHODS, odeint
+from ..ops import uniform
+from .processes import SDE, VESDE
 
 __all__ = ["Likelihood", "likelihood", "score_from_prediction"]
 

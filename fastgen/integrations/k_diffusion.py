@@ -18,11 +18,11 @@ import math
 
 import torch
 
-from .constants import AuxStore, Coef, Prediction
-from .ops import diffusion as ops
-from .reference import diffusion as reference
-from .rng import resolve_seed
-from .sde import get_sigmas_karras
+from ..core.constants import AuxStore, Coef, Prediction
+from ..core.rng import resolve_seed
+from ..diffusion.processes import get_sigmas_karras
+from ..ops import diffusion as ops
+from ..reference import diffusion as reference
 
 __all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun",

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .rng import resolve_seed
+from ..core.rng import resolve_seed
 
 
 def _as_tensor(t) -> torch.Tensor:

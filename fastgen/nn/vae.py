@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .ops import gaussian_rsample
-from .rng import resolve_seed
+from ..core.rng import resolve_seed
+from ..ops import gaussian_rsample
 
 __all__ = ["LIKELIHOODS", "elbo", "gaussian_kl", "iwae_bound", "log_likelihood", "rsample"]
 

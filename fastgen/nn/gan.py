@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .ops import uniform
-from .rng import resolve_seed
+from ..core.rng import resolve_seed
+from ..ops import uniform
 
 __all__ = ["KINDS", "PENALTIES", "clip_weights_", "d_loss", "g_loss", "gradient_penalty"]
 

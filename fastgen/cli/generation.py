@@ -42,10 +42,10 @@ import time
 import numpy as np
 import torch
 
-from . import __version__, targets
-from .ops import diffusion as ops
-from .samplers.diffusion import SAMPLERS, make_sampler, spacings
-from .sde import VPSDE, DDPMSchedule
+from .. import __version__, targets
+from ..diffusion.processes import VPSDE, DDPMSchedule
+from ..diffusion.samplers import SAMPLERS, make_sampler, spacings
+from ..ops import diffusion as ops
 
 TARGETS = {"gmm8": targets.eight_gaussians, "rings": targets.rings, "grid": targets.grid}
 MANIFEST = "manifest.json"
@@ -153,7 +153,7 @@ def _flow_source(source: str, flow, shape, prediction) -> Source:
 def load_source(source: str, sampler: str, shape=None, prediction: str | None = None) -> Source:
     """A built-in target (its exact model), a TorchScript / torch.export file, a fastgen.flows.Flow (saved with
     torch.save, or module:attribute), or module:callable."""
-    from .flows import Flow
+    from ..flows import Flow
 
     process = DDPMSchedule() if sampler in ("ddpm", "ddim") else VPSDE()
     if source in TARGETS:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from .ops import hutchinson_dot, probe
-from .rng import reserve, resolve_seed
+from ..core.rng import reserve, resolve_seed
+from ..ops import hutchinson_dot, probe
 
 __all__ = ["divergence"]
 

@@ -9,11 +9,11 @@ from collections.abc import Iterable
 
 import torch
 
-from .divergence import divergence_terms
-from .ops import ema_update_, probe
-from .ops._common import STATE_DTYPES
-from .rng import reserve, resolve_seed
-from .sde import SDE, DDPMSchedule
+from ..core.rng import reserve, resolve_seed
+from ..flows.divergence import divergence_terms
+from ..ops import ema_update_, probe
+from ..ops._common import STATE_DTYPES
+from .processes import SDE, DDPMSchedule
 
 
 def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

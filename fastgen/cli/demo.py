@@ -2,7 +2,7 @@
 fused in-register kernel; prints samples/s, the MMD to exact samples and the
 per-mode weights, and writes a density plot.
 
-    python -m fastgen.demo [--chains 1000000] [--steps 500] [--out demo_out]
+    python -m fastgen.cli.demo [--chains 1000000] [--steps 500] [--out demo_out]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ at each step, so ``torch.manual_seed`` before a run reproduces it.
 Configurations that need per-sample statistics (dynamic thresholding) or learned
 variances run diffusers' own step.
 
-    from fastgen.diffusers import DDPMScheduler
+    from fastgen.integrations.diffusers import DDPMScheduler
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     pipe.scheduler = scheduler
 """
@@ -28,9 +28,9 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without diffusers
     raise ImportError("fastgen.diffusers needs diffusers: pip install diffusers") from err
 
-from .constants import Coef
-from .ops import diffusion as ops
-from .rng import resolve_seed
+from ..core.constants import Coef
+from ..core.rng import resolve_seed
+from ..ops import diffusion as ops
 
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 

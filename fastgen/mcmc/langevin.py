@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..core.rng import reserve, resolve_seed
 from ..ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
 from ..ops._common import check_state
-from ..rng import reserve, resolve_seed
 from ..targets import GaussianMixture
 
 

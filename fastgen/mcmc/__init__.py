@@ -1,0 +1,9 @@
+"""Markov chains on the fused kernels: ULA, MALA and annealed Langevin (``langevin``), and the EBM training pieces
+that run them (``ebm``: negatives, persistent chains, the replay buffer, the losses)."""
+
+from . import ebm
+from .ebm import PersistentChains, ReplayBuffer, contrastive_loss, kl_loss, langevin_negatives, nce_loss
+from .langevin import annealed_langevin, langevin, mala
+
+__all__ = ["PersistentChains", "ReplayBuffer", "annealed_langevin", "contrastive_loss", "ebm", "kl_loss", "langevin",
+           "langevin_negatives", "mala", "nce_loss"]
