@@ -62,7 +62,6 @@ class _MLP(torch.nn.Module):
 
 def test_sample_has_no_host_sync_and_graph_replays_differ():
     from fastgen.diffusion.processes import VPSDE
-    from fastgen.diffusion.samplers import Sampler, _plan
 
     model = _MLP().cuda().eval()
     sde = VPSDE()
@@ -76,10 +75,10 @@ def test_sample_has_no_host_sync_and_graph_replays_differ():
                                seed=0, graph=False, prediction="eps")
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        plan = _plan(sde, "euler_maruyama", 20, "eps", None, 0.0, True)
-        runner = Sampler(model, (1024, 2), plan, "cuda", torch.float32, 7, None, None, 0.16, None, False, False)
-        runner.capture()
-        first, second = runner.replay(), runner.replay()
+        runner = fastgen.make_sampler(model, (1024, 2), sde=sde, sampler="euler_maruyama", steps=20, prediction="eps",
+                                      seed=7, device="cuda", graph=True)
+        assert runner.graph is not None
+        first, second = runner.draw(), runner.draw()
     assert torch.isfinite(first).all() and not torch.equal(first, second)
 
 

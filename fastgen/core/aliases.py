@@ -45,6 +45,9 @@ def install(package: str, table: dict):
     attribute names (``fastgen.k_sampling`` without an import)."""
     finder = OldPaths(table)
     sys.meta_path.insert(0, finder)
+    for old, home in table.items():  # homes loaded already are registered now: a later ``import fastgen.likelihood``
+        if isinstance(home, str) and home in sys.modules:  # then finds it and leaves the function of that name
+            sys.modules.setdefault(old, sys.modules[home])
 
     def __getattr__(name: str):
         full = f"{package}.{name}"

@@ -17,6 +17,7 @@ import numbers
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -86,13 +87,26 @@ def _time_grid(sde: SDE, steps: int, spacing: str) -> torch.Tensor:
     return sde.eps + (sde.T - sde.eps) * ((1 - u) ** 2 if spacing == "quadratic" else 1 - u)
 
 
-def _plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta: float, denoise: bool,
-          corrector: str = "noise_level", snr: float = 0.16, skip: int = 0) -> Plan:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a plan is computed from: the sampler, its step count and spacing, and its own options."""
+
+    sampler: str
+    steps: int
+    prediction: str
+    spacing: str
+    eta: float = 0.0  # ddim
+    denoise: bool = True  # the SDE samplers' noise-free last step
+    corrector: str = "noise_level"  # pc
+    snr: float = 0.16  # pc
+
+
+def _plan(process, settings: Settings, skip: int = 0) -> Plan:
     """Model times, input scales, all coefficient rows (computed at once) and the stage list. ``skip`` > 0 drops
     the first ``skip`` steps of the time grid (img2img) and records where the remaining run starts."""
-    plan = _full_plan(process, sampler, steps - skip, prediction, spacing, eta, denoise, corrector, snr,
-                      _grid_of(process, sampler, steps, spacing)[skip:] if skip else None)
-    plan.level = _level(process, sampler, plan.times[0])
+    grid = _grid_of(process, settings.sampler, settings.steps, settings.spacing)[skip:] if skip else None
+    plan = PLANS[settings.sampler](process, dataclasses.replace(settings, steps=settings.steps - skip), grid)
+    plan.level = _level(process, settings.sampler, plan.times[0])
     if skip:
         plan.start = plan.level
     return plan
@@ -111,60 +125,88 @@ def _grid_of(process, sampler: str, steps: int, spacing: str) -> torch.Tensor:
     return _time_grid(process, steps, spacing)
 
 
-def _full_plan(process, sampler: str, steps: int, prediction: str, spacing: str, eta: float, denoise: bool,
-               corrector: str, snr: float, grid: torch.Tensor | None) -> Plan:
-    if sampler in DISCRETE_SAMPLERS:
-        ts = torch.tensor(process.timesteps(steps, spacing)) if grid is None else grid
-        prev = torch.cat([ts[1:], torch.tensor([-1])])
-        coef = ops.ddpm_coefficients(process, ts, prev) if sampler == "ddpm" else \
-            ops.ddim_coefficients(process, ts, prev, eta)
-        noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
-        stages = [Stage(i, i, noise=noisy[i], lands=_level(process, sampler, prev[i])) for i in range(steps)]
-        return Plan(ts, [1.0] * steps, coef, stages, 1.0, prediction)
-
-    if sampler in SIGMA_SAMPLERS:
-        ts = _grid_of(process, sampler, steps, spacing) if grid is None else grid
-        lands = [_level(process, sampler, t) for t in ts[1:]] + [DATA]
-        alphas, sigmas = process.marginal(ts)
-        ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
-        if sampler == "euler_ancestral":
-            coef = ops.euler_ancestral_coefficients(ratios[:-1], ratios[1:], eta=1.0, alpha=alphas)
-            stages = [Stage(i, i, noise=bool(ratios[i + 1] > 0), lands=lands[i]) for i in range(len(ts))]
-        else:
-            coef = ops.dpmpp_2m_coefficients(ratios, alphas)
-            stages = [Stage(i, i, aux_store="x0", uses_aux=True, noise=False, lands=lands[i]) for i in range(len(ts))]
-        prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
-        return Plan(ts, alphas.tolist(), coef, stages, prior, prediction)
-
-    grid = _time_grid(process, steps, spacing) if grid is None else grid
-    t, t_next = grid[:-1], grid[1:]
-    times = t.tolist()
-    lands = [_level(process, sampler, tn) for tn in t_next[:-1]] + [DATA]
-    if sampler == "ode_heun":  # stage 2i: Euler at t_i (keeps its increment); 2i + 1: Heun's correction at t_{i+1}
-        coef = torch.stack([ops.ode_euler_coefficients(process, t, t_next),
-                            ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, 8)
-        model_times = torch.stack([t, t_next], dim=1).reshape(-1)
-        stages = [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False) if j == 0 else
-                  Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False, lands=lands[i])
-                  for i in range(steps) for j in (0, 1)]
-        return Plan(model_times, [1.0] * (2 * steps), coef, stages, process.prior_std(), prediction)
-    rule = {"euler_maruyama": ops.euler_maruyama_coefficients, "pc": ops.reverse_diffusion_coefficients,
-            "ode_euler": ops.ode_euler_coefficients}[sampler]
-    coef = rule(process, t, t_next).clone()
-    if denoise:
-        coef[-1, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
+def _plan_discrete(process: DDPMSchedule, s: Settings, grid) -> Plan:
+    """ddpm, ddim: one step per timestep, to the previous timestep (-1: the data)."""
+    ts = torch.tensor(process.timesteps(s.steps, s.spacing)) if grid is None else grid
+    prev = torch.cat([ts[1:], torch.tensor([-1])])
+    coef = ops.ddpm_coefficients(process, ts, prev) if s.sampler == "ddpm" else \
+        ops.ddim_coefficients(process, ts, prev, s.eta)
     noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
-    if sampler != "pc":
-        return Plan(t, [1.0] * steps, coef, [Stage(i, i, noise=noisy[i], lands=lands[i]) for i in range(steps)],
-                    process.prior_std(), prediction)
-    # PC: stage 2i is the Langevin corrector at t_i (rows steps + i), 2i + 1 the predictor from t_i.
-    if corrector == "noise_level":
-        coef = torch.cat([coef, ops.langevin_noise_level_coefficients(process, t, t_next, snr)])
+    stages = [Stage(i, i, noise=noisy[i], lands=_level(process, s.sampler, prev[i])) for i in range(s.steps)]
+    return Plan(ts, [1.0] * s.steps, coef, stages, 1.0, s.prediction)
+
+
+def _plan_sigma(process, s: Settings, grid) -> Plan:
+    """euler_ancestral, dpmpp_2m: steps in sigma = sigma(t) / alpha(t), the model fed x_m = alpha x."""
+    ts = _grid_of(process, s.sampler, s.steps, s.spacing) if grid is None else grid
+    lands = [_level(process, s.sampler, t) for t in ts[1:]] + [DATA]
+    alphas, sigmas = process.marginal(ts)
+    ratios = torch.cat([sigmas / alphas, torch.zeros(1, dtype=torch.float64)])
+    if s.sampler == "euler_ancestral":
+        coef = ops.euler_ancestral_coefficients(ratios[:-1], ratios[1:], eta=1.0, alpha=alphas)
+        stages = [Stage(i, i, noise=bool(ratios[i + 1] > 0), lands=lands[i]) for i in range(len(ts))]
     else:
-        coef = torch.cat([coef, ops.langevin_corrector_coefficients(process, t, t_next)])
-    stages = [Stage(i, steps + i, kind=corrector) if j == 0 else Stage(i, i, noise=noisy[i], lands=lands[i])
-              for i in range(steps) for j in (0, 1)]
-    return Plan(torch.tensor(times, dtype=torch.float64), [1.0] * steps, coef, stages, process.prior_std(), prediction)
+        coef = ops.dpmpp_2m_coefficients(ratios, alphas)
+        stages = [Stage(i, i, aux_store="x0", uses_aux=True, noise=False, lands=lands[i]) for i in range(len(ts))]
+    prior = float(process.prior_std() if isinstance(process, SDE) else 1.0) / float(alphas[0])
+    return Plan(ts, alphas.tolist(), coef, stages, prior, s.prediction)
+
+
+def _sde_grid(process: SDE, s: Settings, grid):
+    """(t, t_next, the levels the steps land on) of the SDE samplers' time grid."""
+    grid = _time_grid(process, s.steps, s.spacing) if grid is None else grid
+    t, t_next = grid[:-1], grid[1:]
+    return t, t_next, [_level(process, s.sampler, tn) for tn in t_next[:-1]] + [DATA]
+
+
+def _plan_heun(process: SDE, s: Settings, grid) -> Plan:
+    """ode_heun: stage 2i is Euler at t_i (keeping its increment), 2i + 1 Heun's correction at t_{i+1}."""
+    t, t_next, lands = _sde_grid(process, s, grid)
+    coef = torch.stack([ops.ode_euler_coefficients(process, t, t_next),
+                        ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, 8)
+    model_times = torch.stack([t, t_next], dim=1).reshape(-1)
+    stages = [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False) if j == 0 else
+              Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False, lands=lands[i])
+              for i in range(s.steps) for j in (0, 1)]
+    return Plan(model_times, [1.0] * (2 * s.steps), coef, stages, process.prior_std(), s.prediction)
+
+
+def _predictor_rows(process: SDE, s: Settings, t, t_next) -> torch.Tensor:
+    rule = {"euler_maruyama": ops.euler_maruyama_coefficients, "pc": ops.reverse_diffusion_coefficients,
+            "ode_euler": ops.ode_euler_coefficients}[s.sampler]
+    coef = rule(process, t, t_next).clone()
+    if s.denoise:
+        coef[-1, 7] = 0.0  # the last step returns the mean (score_sde's noise removal)
+    return coef
+
+
+def _plan_sde(process: SDE, s: Settings, grid) -> Plan:
+    """euler_maruyama, ode_euler: one step per interval of the time grid."""
+    t, t_next, lands = _sde_grid(process, s, grid)
+    coef = _predictor_rows(process, s, t, t_next)
+    noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
+    stages = [Stage(i, i, noise=noisy[i], lands=lands[i]) for i in range(s.steps)]
+    return Plan(t, [1.0] * s.steps, coef, stages, process.prior_std(), s.prediction)
+
+
+def _plan_pc(process: SDE, s: Settings, grid) -> Plan:
+    """pc: stage 2i is the Langevin corrector at t_i (rows steps + i), 2i + 1 the reverse-diffusion predictor."""
+    t, t_next, lands = _sde_grid(process, s, grid)
+    coef = _predictor_rows(process, s, t, t_next)
+    noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
+    corrector = ops.langevin_noise_level_coefficients(process, t, t_next, s.snr) if s.corrector == "noise_level" \
+        else ops.langevin_corrector_coefficients(process, t, t_next)
+    coef = torch.cat([coef, corrector])
+    stages = [Stage(i, s.steps + i, kind=s.corrector) if j == 0 else Stage(i, i, noise=noisy[i], lands=lands[i])
+              for i in range(s.steps) for j in (0, 1)]
+    times = torch.tensor(t.tolist(), dtype=torch.float64)
+    return Plan(times, [1.0] * s.steps, coef, stages, process.prior_std(), s.prediction)
+
+
+PLANS = {  # sampler -> plan(process, settings, grid or None)
+    "euler_maruyama": _plan_sde, "pc": _plan_pc, "ode_euler": _plan_sde, "ode_heun": _plan_heun,
+    "ddpm": _plan_discrete, "ddim": _plan_discrete, "euler_ancestral": _plan_sigma, "dpmpp_2m": _plan_sigma,
+}
 
 
 class _Progress:
@@ -251,6 +293,63 @@ def _refill_kwargs(own: dict, new: dict, batch: int) -> None:
                              "cannot change between draws (build another sampler)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance (see :func:`sample`): the step reads u + w (c - u), w = ``scale`` (a number or a
+    (B,) tensor), with the model's unconditional values ``uncond_kwargs``; only at model times in ``interval``
+    (low, high) when given; ``rescale`` phi in [0, 1] (Lin et al. 2024)."""
+
+    scale: float | torch.Tensor
+    uncond_kwargs: dict
+    interval: tuple[float, float] | None = None
+    rescale: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Inpainting:
+    """Inpainting by replacement: where ``mask`` is True the state is the data ``known`` at each step's level."""
+
+    known: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """Where the loop's noise comes from: the stream under ``seed``, or each sample's own seed."""
+
+    seed: int
+    per_sample_seeds: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a planned loop runs (every field checked by :func:`make_sampler`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    noise: Noise
+    clip: float | None = None
+    snr: float = 0.16
+    callback: Callable | None = None
+    progress: bool = False
+    check_finite: bool = False
+    model_kwargs: dict | None = None
+    guidance: Guidance | None = None
+    init: torch.Tensor | None = None  # img2img: the data the plan's first state is noised from
+    inpainting: Inpainting | None = None
+
+
+class BoundStage(NamedTuple):
+    """One stage of a built loop: what it passes that does not change between runs."""
+
+    t: torch.Tensor  # (B,) model times
+    scale: float  # model input scale (x_model = scale x)
+    call: functools.partial  # the op with its row and options bound
+    draw: int | None  # the stage's noise draw (None: the stored prior noise)
+    uses_aux: bool
+    guide: tuple | None  # (w, doubled times) under guidance, else None
+
+
 class Sampler:
     """A planned sampling loop for a fixed model, shape and settings (see :func:`sample`).
 
@@ -260,63 +359,64 @@ class Sampler:
     the sampler's seed buffer first, so one sampler (one capture) serves many batches.
     """
 
-    def __init__(self, model, shape, plan: Plan, device, dtype, seed: int, per_sample_seeds, clip, snr,
-                 callback, progress: bool, check_finite: bool, model_kwargs: dict | None = None,
-                 guidance_scale=None, uncond_kwargs: dict | None = None, guidance_interval=None, init=None,
-                 guidance_rescale: float = 0.0, known=None, known_mask=None):
-        self.model, self.shape, self.plan = model, tuple(shape), plan
-        self.init = None if init is None else init.to(device, dtype, copy=True).contiguous()
-        self.guidance_rescale = guidance_rescale
-        self.known = None if known is None else known.to(device, torch.float32, copy=True).contiguous()
-        self.known_mask = None if known is None else known_mask.to(device, copy=True).contiguous()
-        self.model_kwargs = _own_kwargs(model_kwargs, shape[0], device)
+    def __init__(self, model, shape, plan: Plan, options: Options):
+        self.model, self.shape, self.plan, self.options = model, tuple(shape), plan, options
+        device, dtype = self.device, self.dtype = torch.device(options.device), options.dtype
+        self.init = None if options.init is None else options.init.to(device, dtype, copy=True).contiguous()
+        guidance, inpainting = options.guidance, options.inpainting
+        self.guidance_rescale = 0.0 if guidance is None else guidance.rescale
+        self.known = None if inpainting is None else inpainting.known.to(device, torch.float32, copy=True).contiguous()
+        self.known_mask = None if inpainting is None else inpainting.mask.to(device, copy=True).contiguous()
+        self.model_kwargs = _own_kwargs(options.model_kwargs, shape[0], device)
         self.guided_kwargs = None
-        if guidance_scale is not None:
-            self.guided_kwargs, self.model_kwargs = _guided_kwargs(self.model_kwargs, uncond_kwargs, shape[0], device)
-        self.device, self.dtype, self.seed = torch.device(device), dtype, seed
-        self.clip, self.snr, self.callback, self.check_finite = clip, snr, callback, check_finite
-        self.progress = progress
-        self.sample_seeds = None if per_sample_seeds is None else \
-            per_sample_seeds.to(self.device, torch.int64, copy=True).contiguous()
-        self.coef = plan.coef.to(self.device, torch.float32)
-        self.times = plan.times.to(self.device, torch.float32 if plan.times.is_floating_point() else torch.int64)
+        if guidance is not None:
+            self.guided_kwargs, self.model_kwargs = _guided_kwargs(self.model_kwargs, guidance.uncond_kwargs,
+                                                                   shape[0], device)
+        self.seed, seeds = options.noise.seed, options.noise.per_sample_seeds
+        self.clip, self.snr, self.callback = options.clip, options.snr, options.callback
+        self.check_finite, self.progress = options.check_finite, options.progress
+        self.sample_seeds = None if seeds is None else seeds.to(device, torch.int64, copy=True).contiguous()
+        self.coef = plan.coef.to(device, torch.float32)
+        self.times = plan.times.to(device, torch.float32 if plan.times.is_floating_point() else torch.int64)
         self.numel = math.prod(self.shape)
         self.sample_size = self.numel // self.shape[0] if self.shape[0] else 0
-        self.unit_row = ops.noise_row(1.0, device=self.device)
-        self.prior_row = ops.noise_row(plan.prior_std, device=self.device) if plan.start is None else \
-            ops.noise_row(plan.start[1], keep=plan.start[0], device=self.device)
+        self.unit_row = ops.noise_row(1.0, device=device)
+        self.prior_row = ops.noise_row(plan.prior_std, device=device) if plan.start is None else \
+            ops.noise_row(plan.start[1], keep=plan.start[0], device=device)
         self.graph = None
         # Arguments are checked once here; the loop calls the registered ops' keyword calls directly,
         # on the backend chosen here.
-        self.backend = backend_for(torch.empty((1,), device=self.device, dtype=dtype))
+        self.backend = backend_for(torch.empty((1,), device=device, dtype=dtype))
         self.prediction = ops.prediction_code(plan.prediction)
-        step_op = REGISTRY["diffusion_step_"].on(self.backend)
+        self.stages = self._bind_stages()
+
+    def _bind_stages(self) -> list[BoundStage]:
+        """Everything a stage passes that does not change between runs, bound once."""
+        plan, step_op = self.plan, REGISTRY["diffusion_step_"].on(self.backend)
         correct_op = self.correct_op = REGISTRY["langevin_correct_"].on(self.backend)
-        # Everything a stage passes that does not change between runs, bound once: (model times, input scale,
-        # the op with its row and options, the stage's noise draw, whether it uses aux).
-        self.stages = []
-        draw = 1
         stored = self.known is not None and self.device.type == "cpu" and any(
             s.lands is not None and not s.noise for s in plan.stages)
         self.prior_noise = torch.empty(self.shape, device=self.device) if stored else None
         self.prior_draw = None if stored else 0  # None: the stored prior noise
+        stages, draw = [], 1
         for stage in plan.stages:
             row = self.coef[stage.row:stage.row + 1]
             if stage.kind == "per_sample":
-                call = functools.partial(correct_op, coef=row, prediction=self.prediction, snr=snr)
+                call = functools.partial(correct_op, coef=row, prediction=self.prediction, snr=self.snr)
             elif stage.kind == "noise_level":
                 call = functools.partial(step_op, coef=row, prediction=self.prediction)
             else:
-                call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=clip,
+                call = functools.partial(step_op, coef=row, prediction=self.prediction, clip=self.clip,
                                          aux_store=int(ops.AUX_STORE[stage.aux_store]), **self._known(stage.lands))
             # A stage without noise of its own re-noises a known region with the prior draw's noise (the same
             # xi at every step: the data's deterministic path; on the CPU read from a buffer filled once per run,
             # cheaper there than drawing it again); a noisy stage with its own (fresh xi every step).
             own = stage.noise or stage.kind != "step"
-            self.stages.append((self.times[stage.time].expand(self.shape[0]), plan.scales[stage.time], call,
-                                draw if own else self.prior_draw, stage.uses_aux,
-                                self._guide(guidance_scale, guidance_interval, stage)))
+            stages.append(BoundStage(t=self.times[stage.time].expand(self.shape[0]), scale=plan.scales[stage.time],
+                                     call=call, draw=draw if own else self.prior_draw, uses_aux=stage.uses_aux,
+                                     guide=self._guide(self.options.guidance, stage)))
             draw += own
+        return stages
 
     def _known(self, level) -> dict:
         """The op's inpainting arguments for a state at `level` (none without inpainting or off a step's end)."""
@@ -324,11 +424,12 @@ class Sampler:
             return {}
         return dict(known=self.known, known_mask=self.known_mask, known_keep=level[0], known_std=level[1])
 
-    def _guide(self, scale, interval, stage: Stage):
+    def _guide(self, guidance: Guidance | None, stage: Stage):
         """The stage's guidance: (w as a (1,) or (B,) float32 device tensor, the doubled times), or None where the
-        conditional model alone runs (no guidance, or t outside ``interval``)."""
-        if scale is None:
+        conditional model alone runs (no guidance, or t outside its interval)."""
+        if guidance is None:
             return None
+        scale, interval = guidance.scale, guidance.interval
         t = float(self.plan.times[stage.time])
         if interval is not None and not interval[0] <= t <= interval[1]:
             return None
@@ -381,16 +482,15 @@ class Sampler:
             s.uses_aux for s in self.plan.stages) else None
         bad_step = torch.full((), -1, device=self.device, dtype=torch.int64) if self.check_finite else None
         progress = _Progress(len(self.stages), self.progress)
-        for i, (t, scale, call, draw, uses_aux, guide) in enumerate(self.stages):
-            out, uncond = self._model(x if scale == 1.0 else x * scale, t, guide)
-            extra = {} if guide is None else dict(uncond_out=uncond, guidance=guide[0],
-                                                  guidance_rescale=self.guidance_rescale)
-            if uncond is not None and call.func is self.correct_op:  # the corrector's op takes no guidance
-                out, extra = guided(out, uncond, guide[0].to(x.dtype), self.guidance_rescale), {}
-            if uses_aux:
-                call(x=x, model_out=out, aux=aux, **extra, **self._noise(draw, rng_state))
-            else:
-                call(x=x, model_out=out, **extra, **self._noise(draw, rng_state))
+        for i, stage in enumerate(self.stages):
+            out, uncond = self._model(x if stage.scale == 1.0 else x * stage.scale, stage.t, stage.guide)
+            extra = {} if stage.guide is None else dict(uncond_out=uncond, guidance=stage.guide[0],
+                                                        guidance_rescale=self.guidance_rescale)
+            if uncond is not None and stage.call.func is self.correct_op:  # the corrector's op takes no guidance
+                out, extra = guided(out, uncond, stage.guide[0].to(x.dtype), self.guidance_rescale), {}
+            if stage.uses_aux:
+                extra["aux"] = aux
+            stage.call(x=x, model_out=out, **extra, **self._noise(stage.draw, rng_state))
             if bad_step is not None:
                 bad = ~torch.isfinite(x).all()
                 bad_step = torch.where(bad & (bad_step < 0), torch.full_like(bad_step, i), bad_step)
@@ -471,13 +571,13 @@ class Sampler:
         return self.run()
 
 
-def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int, rescale) -> float:
-    """The guidance rescale phi, checked with the other guidance options."""
+def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int, rescale) -> Guidance | None:
+    """The guidance options, checked together."""
     if scale is None:
         if uncond_kwargs is not None or interval is not None or rescale is not None:
             raise ValueError("uncond_kwargs, guidance_interval and guidance_rescale are for classifier-free guidance: "
                              "give guidance_scale")
-        return 0.0
+        return None
     if rescale is not None and (isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or
                                 not 0 <= rescale <= 1):
         raise ValueError(f"guidance_rescale must be a number in [0, 1], got {rescale!r}")
@@ -495,12 +595,12 @@ def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int, re
     if interval is not None and (not isinstance(interval, (tuple, list)) or len(interval) != 2 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval) or interval[0] > interval[1]):
         raise ValueError(f"guidance_interval must be (low, high) model times with low <= high, got {interval!r}")
-    return float(rescale or 0.0)
+    return Guidance(scale, uncond_kwargs, None if interval is None else tuple(interval), float(rescale or 0.0))
 
 
-def _check_known(known, known_mask, shape) -> None:
+def _check_known(known, known_mask, shape) -> Inpainting | None:
     if known is None and known_mask is None:
-        return
+        return None
     if known is None or known_mask is None:
         raise ValueError("known and known_mask go together: inpainting needs the data and where it is known")
     if not isinstance(known, torch.Tensor) or tuple(known.shape) != tuple(shape) or not known.is_floating_point():
@@ -514,6 +614,7 @@ def _check_known(known, known_mask, shape) -> None:
                          f"{tuple(shape[1:])} (one mask for every sample), got "
                          f"{known_mask.dtype if isinstance(known_mask, torch.Tensor) else type(known_mask).__name__} "
                          f"{tuple(known_mask.shape) if isinstance(known_mask, torch.Tensor) else ''}")
+    return Inpainting(known, known_mask)
 
 
 def _check_init(init, strength, shape, steps: int) -> int:
@@ -534,6 +635,73 @@ def _check_init(init, strength, shape, steps: int) -> int:
     if run < 1:
         raise ValueError(f"strength={strength} runs int(steps * strength) = 0 of steps={steps}: raise one of them")
     return steps - run
+
+
+def _check_call(model, shape, sampler: str, prediction: str, steps, callback) -> tuple[int, ...]:
+    """The arguments every sampler takes; the shape as a tuple of ints."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    ops.prediction_code(prediction)
+    if not callable(model):
+        raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be a tuple of ints >= 1, (B, ...), got {shape!r}")
+    if not shape:
+        raise ValueError("shape must be (B, ...), got ()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (stage, x), got {type(callback).__name__}")
+    return tuple(int(s) for s in shape)
+
+
+def _check_sampler_options(sampler: str, eta, snr, corrector) -> tuple[float, float, str]:
+    """(eta, snr, corrector): each only where its sampler takes it."""
+    if eta is not None and sampler != "ddim":
+        raise ValueError(f"eta is DDIM's noise scale: it does not apply to sampler {sampler!r}")
+    eta = 0.0 if eta is None else eta
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if snr is not None and sampler != "pc":
+        raise ValueError(f"snr is the pc corrector's signal-to-noise ratio: it does not apply to sampler {sampler!r}")
+    if corrector is not None and sampler != "pc":
+        raise ValueError(f"corrector is the pc sampler's: it does not apply to sampler {sampler!r}")
+    if corrector not in (None, "noise_level", "per_sample"):
+        raise ValueError(f"corrector must be 'noise_level' or 'per_sample', got {corrector!r}")
+    return eta, positive_float(0.16 if snr is None else snr, "snr"), corrector or "noise_level"
+
+
+def _check_process(sampler: str, sde, schedule, spacing, prediction: str):
+    """(the process the sampler runs on, its spacing)."""
+    if schedule is not None and not isinstance(schedule, DDPMSchedule):
+        raise ValueError(f"schedule must be a DDPMSchedule (step spacing: spacing=...), got {schedule!r}")
+    if schedule is not None and sde is not None:
+        raise ValueError("give sde or schedule (a DDPMSchedule), not both")
+    if sampler in DISCRETE_SAMPLERS:
+        if sde is not None:
+            raise ValueError(f"sampler {sampler!r} runs on a DDPMSchedule (schedule=...), not an SDE")
+        process = schedule or DDPMSchedule()
+    else:
+        process = sde or schedule or VPSDE()
+        if sampler not in SIGMA_SAMPLERS and not isinstance(process, SDE):
+            raise ValueError(f"sampler {sampler!r} needs an SDE (sde=VPSDE(), SubVPSDE() or VESDE())")
+    allowed = spacings(sampler, process)
+    if spacing is not None and spacing not in allowed:
+        raise ValueError(f"spacing for {sampler} on {type(process).__name__} must be one of {', '.join(allowed)}, "
+                         f"got {spacing!r}")
+    if prediction == "v" and isinstance(process, VESDE):
+        raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
+    return process, spacing or allowed[0]
+
+
+def _check_noise(seed, generator, per_sample_seeds, batch: int) -> Noise:
+    if per_sample_seeds is not None and (not isinstance(per_sample_seeds, torch.Tensor) or
+                                         per_sample_seeds.shape != (batch,)):
+        raise ValueError(f"per_sample_seeds must be an int tensor of shape ({batch},)")
+    if per_sample_seeds is not None and per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got {per_sample_seeds.dtype}")
+    return Noise(resolve_seed(seed, generator), per_sample_seeds)
 
 
 def make_sampler(
@@ -573,73 +741,25 @@ def make_sampler(
     """The planned (and, on CUDA, captured) sampling loop of :func:`sample`, to draw from many times:
     ``make_sampler(...).draw(per_sample_seeds)`` equals ``sample(..., per_sample_seeds=...)``, with one
     plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s; every one is checked here,
-    once."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    ops.prediction_code(prediction)
-    if not callable(model):
-        raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of ints >= 1, (B, ...), got {shape!r}")
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        raise ValueError("shape must be (B, ...), got ()")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable (stage, x), got {type(callback).__name__}")
-    if eta is not None and sampler != "ddim":
-        raise ValueError(f"eta is DDIM's noise scale: it does not apply to sampler {sampler!r}")
-    eta = 0.0 if eta is None else eta
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    if snr is not None and sampler != "pc":
-        raise ValueError(f"snr is the pc corrector's signal-to-noise ratio: it does not apply to sampler {sampler!r}")
-    if corrector is not None and sampler != "pc":
-        raise ValueError(f"corrector is the pc sampler's: it does not apply to sampler {sampler!r}")
-    if corrector not in (None, "noise_level", "per_sample"):
-        raise ValueError(f"corrector must be 'noise_level' or 'per_sample', got {corrector!r}")
-    if schedule is not None and not isinstance(schedule, DDPMSchedule):
-        raise ValueError(f"schedule must be a DDPMSchedule (step spacing: spacing=...), got {schedule!r}")
-    if schedule is not None and sde is not None:
-        raise ValueError("give sde or schedule (a DDPMSchedule), not both")
-    if sampler in DISCRETE_SAMPLERS:
-        if sde is not None:
-            raise ValueError(f"sampler {sampler!r} runs on a DDPMSchedule (schedule=...), not an SDE")
-        process = schedule or DDPMSchedule()
-    else:
-        process = sde or schedule or VPSDE()
-        if sampler not in SIGMA_SAMPLERS and not isinstance(process, SDE):
-            raise ValueError(f"sampler {sampler!r} needs an SDE (sde=VPSDE(), SubVPSDE() or VESDE())")
-    allowed = spacings(sampler, process)
-    if spacing is not None and spacing not in allowed:
-        raise ValueError(f"spacing for {sampler} on {type(process).__name__} must be one of {', '.join(allowed)}, "
-                         f"got {spacing!r}")
-    spacing = spacing or allowed[0]
-    if prediction == "v" and isinstance(process, VESDE):
-        raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
-    if per_sample_seeds is not None and (not isinstance(per_sample_seeds, torch.Tensor) or
-                                         per_sample_seeds.shape != (shape[0],)):
-        raise ValueError(f"per_sample_seeds must be an int tensor of shape ({shape[0]},)")
-    if per_sample_seeds is not None and per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
-        raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got {per_sample_seeds.dtype}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    once, and the options that travel together are gathered (:class:`Settings`, :class:`Options`,
+    :class:`Guidance`, :class:`Inpainting`, :class:`Noise`)."""
+    shape = _check_call(model, shape, sampler, prediction, steps, callback)
+    eta, snr, corrector = _check_sampler_options(sampler, eta, snr, corrector)
+    process, spacing = _check_process(sampler, sde, schedule, spacing, prediction)
     dtype = dtype or torch.float32
     if dtype not in STATE_DTYPES:
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    snr = positive_float(0.16 if snr is None else snr, "snr")
-    clip = None if clip is None else positive_float(clip, "clip")
-    rescale = _check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0],
-                              guidance_rescale)
+    options = Options(
+        device=torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")),
+        dtype=dtype, noise=_check_noise(seed, generator, per_sample_seeds, shape[0]),
+        clip=None if clip is None else positive_float(clip, "clip"), snr=snr, callback=callback, progress=progress,
+        check_finite=check_finite, model_kwargs=model_kwargs,
+        guidance=_check_guidance(guidance_scale, uncond_kwargs, guidance_interval, model_kwargs, shape[0],
+                                 guidance_rescale),
+        init=init, inpainting=_check_known(known, known_mask, shape))
     skip = _check_init(init, strength, shape, steps)
-    _check_known(known, known_mask, shape)
-    plan = _plan(process, sampler, steps, prediction, spacing, eta, denoise, corrector or "noise_level", snr, skip)
-    runner = Sampler(model, shape, plan, device, dtype, resolve_seed(seed, generator), per_sample_seeds, clip, snr,
-                     callback, progress, check_finite, model_kwargs, guidance_scale, uncond_kwargs, guidance_interval,
-                     init, rescale, known, known_mask)
-    return runner.prepare(graph)
-
+    settings = Settings(sampler, steps, prediction, spacing, eta=eta, denoise=denoise, corrector=corrector, snr=snr)
+    return Sampler(model, shape, _plan(process, settings, skip), options).prepare(graph)
 
 
 def sample(model: Callable, shape, **options) -> torch.Tensor:
