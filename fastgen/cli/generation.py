@@ -27,6 +27,7 @@ header states dtype and shape.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
@@ -461,6 +462,41 @@ def _labels(labels, n: int) -> tuple[np.ndarray | None, object]:
     return values.astype(np.int64), record
 
 
+def _check_guidance(guidance_scale, null_label, label_values) -> None:
+    if guidance_scale is not None:
+        if label_values is None or null_label is None:
+            raise SettingsError("guidance_scale needs labels and null_label (the unconditional label)")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or \
+                not math.isfinite(guidance_scale):
+            raise SettingsError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    elif null_label is not None:
+        raise SettingsError("null_label is for guidance: give guidance_scale")
+
+
+def _chunk_size(chunk_size, budget: int, src, per_shard: int) -> int:
+    """Samples per draw: chunk_size, or the most whose working set fits the budget; then evened out so that every
+    draw of a shard has one size (the last one padded with the next samples' seeds and cut): allocations of one
+    size reuse the freed blocks, where mixed sizes fragment the heap."""
+    per_sample = math.prod(src.shape) * 4
+    if chunk_size is None:
+        chunk_size = budget // (WORKING_SET_COPIES * per_sample)
+        if chunk_size < 1:
+            raise SettingsError(f"memory_budget of {budget:,} bytes is less than one sample's working set "
+                                f"({WORKING_SET_COPIES * per_sample:,} bytes for shape {src.shape})")
+    return -(-per_shard // -(-per_shard // min(chunk_size, per_shard)))
+
+
+def _settings(src, n: int, sampler: str, steps: int, seed: int, shard_size: int) -> dict:
+    """What a run is, as settings.json records it (the labels and guidance are added by the caller)."""
+    spacing = spacings(sampler, DDPMSchedule() if sampler in ("ddpm", "ddim") else VPSDE())[0]
+    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "seed": seed,
+                "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
+                "dtype": "float32"}
+    if src.flow:  # exact draws: the sampler's settings do not apply
+        settings.update(sampler="flow", steps=None, spacing=None)
+    return settings
+
+
 def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
              shard_size: int = 65536, chunk_size: int | None = None, memory_budget="256MB", shape=None,
              prediction: str | None = None, device=None, quiet: bool = False, allow_nonfinite: bool = False,
@@ -488,49 +524,28 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
         raise SettingsError(f"n={n:,} in shards of {shard_size:,} makes {shards:,} shards, more than {MAX_SHARDS:,}: "
                             f"raise shard_size (--shard-size)")
     label_values, label_record = _labels(labels, n)
-    if guidance_scale is not None:
-        if label_values is None or null_label is None:
-            raise SettingsError("guidance_scale needs labels and null_label (the unconditional label)")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or \
-                not math.isfinite(guidance_scale):
-            raise SettingsError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-    elif null_label is not None:
-        raise SettingsError("null_label is for guidance: give guidance_scale")
+    _check_guidance(guidance_scale, null_label, label_values)
     src = load_source(source, sampler, shape, prediction)
-    per_sample = math.prod(src.shape) * 4
-    if chunk_size is None:
-        chunk_size = budget // (WORKING_SET_COPIES * per_sample)
-        if chunk_size < 1:
-            raise SettingsError(f"memory_budget of {budget:,} bytes is less than one sample's working set "
-                                f"({WORKING_SET_COPIES * per_sample:,} bytes for shape {src.shape})")
-    # Every draw has one size (the shard split into equal chunks, the last draw of a shard padded with the next
-    # samples' seeds and cut): allocations of one size reuse the freed blocks, where mixed sizes fragment the heap.
-    per_shard = min(shard_size, n)
-    chunk_size = -(-per_shard // -(-per_shard // min(chunk_size, per_shard)))
+    chunk_size = _chunk_size(chunk_size, budget, src, min(shard_size, n))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world, distributed = _world()
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    spacing = spacings(sampler, DDPMSchedule() if sampler in ("ddpm", "ddim") else VPSDE())[0]
-    settings = {"source": src.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "seed": seed,
-                "shard_size": shard_size, "prediction": src.prediction, "shape": list(src.shape),
-                "dtype": "float32"}
-    if src.flow:  # exact draws: the sampler's settings do not apply
-        if label_values is not None or guidance_scale is not None:
-            raise SettingsError("labels and guidance are for diffusion models, not a flow source")
-        settings.update(sampler="flow", steps=None, spacing=None)
+    settings = _settings(src, n, sampler, steps, seed, shard_size)
+    if src.flow and (label_values is not None or guidance_scale is not None):
+        raise SettingsError("labels and guidance are for diffusion models, not a flow source")
     if label_values is not None:
         settings.update(labels=label_record, label_key=label_key)
     if guidance_scale is not None:
         settings.update(guidance_scale=float(guidance_scale), null_label=int(null_label))
-    ranges = [(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(shards)]
-    file_bytes = {count: count * per_sample + len(_npy_header((count,) + src.shape))
-                  for count in {hi - lo for _, lo, hi in (ranges[0], ranges[-1])}}
-    sizes = {k: file_bytes[hi - lo] for k, lo, hi in ranges}
+    job = _Job(src=src, out=out, settings=settings, ranges=[(k, k * shard_size, min(n, (k + 1) * shard_size))
+                                                           for k in range(shards)],
+               rank=rank, world=world, distributed=distributed, device=device, chunk_size=chunk_size, quiet=quiet,
+               allow_nonfinite=allow_nonfinite, labels=label_values)
     lock = None
     if rank == 0:
         try:
-            missing = sum(sizes[k] for k, lo, hi in ranges
+            missing = sum(job.sizes[k] for k, lo, hi in job.ranges
                           if not os.path.exists(os.path.join(out, _shard_name(k) + ".json")))
             lock = _claim_folder(out, settings, missing)
         except BaseException:
@@ -538,107 +553,159 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
             raise
     _agree(distributed, True)
     try:
-        return _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet,
-                    allow_nonfinite, label_values)
+        return _run(job)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(src, out, settings, ranges, sizes, rank, world, distributed, device, chunk_size, quiet, allow_nonfinite,
-         labels=None):
-    n, seed, sampler, steps, spacing = (settings[k] for k in ("n", "seed", "sampler", "steps", "spacing"))
-    for name in os.listdir(out):  # a killed run's partial files of this rank's shards never count
-        owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % world == rank
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One process's part of a run: the source, the folder, the settings, the shards (k, lo, hi), the process's
+    place among the ranks, and how it draws."""
+
+    src: Source
+    out: str
+    settings: dict
+    ranges: list
+    rank: int
+    world: int
+    distributed: bool
+    device: torch.device
+    chunk_size: int
+    quiet: bool
+    allow_nonfinite: bool
+    labels: np.ndarray | None = None
+
+    @functools.cached_property
+    def sizes(self) -> dict:
+        """Each shard's file size in bytes."""
+        per_sample = math.prod(self.src.shape) * 4
+        file_bytes = {count: count * per_sample + len(_npy_header((count,) + self.src.shape))
+                      for count in {hi - lo for _, lo, hi in (self.ranges[0], self.ranges[-1])}}
+        return {k: file_bytes[hi - lo] for k, lo, hi in self.ranges}
+
+
+def _shards_to_make(job: _Job) -> list:
+    """This rank's shards that are not finished: a killed run's partial files are removed, damaged shards too."""
+    for name in os.listdir(job.out):  # a killed run's partial files of this rank's shards never count
+        owned = name.startswith("shard-") and name[6:12].isdigit() and int(name[6:12]) % job.world == job.rank
         if ".tmp." in name and owned:
             try:  # (another rank's temporary files may be in the middle of being written)
-                os.remove(os.path.join(out, name))
+                os.remove(os.path.join(job.out, name))
             except FileNotFoundError:
                 pass
     todo = []
-    for k, lo, hi in ranges[rank::world]:
-        problem = _shard_problem(out, k, lo, hi, sizes[k])
+    for k, lo, hi in job.ranges[job.rank::job.world]:
+        problem = _shard_problem(job.out, k, lo, hi, job.sizes[k])
         if problem is None:
             continue
         if problem != "missing":
             print(f"fastgen generate: {_shard_name(k)} is damaged ({problem}): making it again", file=sys.stderr)
             for suffix in (".json", ""):  # the sidecar first: a shard without one is never taken as done
-                path = os.path.join(out, _shard_name(k) + suffix)
+                path = os.path.join(job.out, _shard_name(k) + suffix)
                 if os.path.exists(path):
                     os.remove(path)
         todo.append((k, lo, hi))
-    progress = _Progress(sum(hi - lo for _, lo, hi in todo), quiet or rank != 0)
-    start = time.perf_counter()
-    samplers = []  # the loop, planned (on CUDA: captured) once and drawn for every chunk
+    return todo
 
-    def chunk_kwargs(lo: int):
+
+class _Drawer:
+    """Draws chunks of samples: the loop is planned (on CUDA: captured) once, at the first chunk, and drawn for
+    every chunk with that chunk's per-sample seeds and labels."""
+
+    def __init__(self, job: _Job):
+        self.job, self.loop = job, None
+
+    def _kwargs(self, lo: int):
         """The chunk's labels (its padding past n takes label 0: those samples are cut)."""
-        if labels is None:
+        job = self.job
+        if job.labels is None:
             return None
-        chunk = np.zeros(chunk_size, dtype=np.int64)
-        part = labels[lo:lo + chunk_size]
+        chunk = np.zeros(job.chunk_size, dtype=np.int64)
+        part = job.labels[lo:lo + job.chunk_size]
         chunk[:len(part)] = part
-        return {settings["label_key"]: torch.from_numpy(chunk)}
+        return {job.settings["label_key"]: torch.from_numpy(chunk)}
 
-    def draw(lo: int, hi: int) -> np.ndarray:
-        seeds = sample_seeds(seed, lo, lo + chunk_size)
-        kwargs = chunk_kwargs(lo)
+    def _flow(self, seeds: torch.Tensor) -> torch.Tensor:
+        """x = f^-1(z), z ~ N(0, I) from each sample's own seed (as a sampler's prior draw)."""
+        job = self.job
+        if self.loop is None:
+            self.loop = job.src.model.to(job.device)
+        z = torch.empty((job.chunk_size,) + job.src.shape, device=job.device)
+        ops.add_noise_(z, ops.noise_row(1.0, device=job.device), sample_seeds=seeds.to(job.device))
+        with torch.no_grad():
+            return self.loop.from_base(z)
+
+    def _diffusion(self, seeds: torch.Tensor, kwargs) -> torch.Tensor:
+        job, settings = self.job, self.job.settings
+        if self.loop is None:
+            guided = {} if "guidance_scale" not in settings else dict(
+                guidance_scale=settings["guidance_scale"],
+                uncond_kwargs={settings["label_key"]: torch.tensor([settings["null_label"]])})
+            self.loop = make_sampler(job.src.model, (job.chunk_size,) + job.src.shape, sampler=settings["sampler"],
+                                     steps=settings["steps"], spacing=settings["spacing"],
+                                     prediction=job.src.prediction, per_sample_seeds=seeds, device=job.device,
+                                     model_kwargs=kwargs, **guided)
+        with torch.no_grad():
+            return self.loop.draw(per_sample_seeds=seeds.to(job.device), model_kwargs=kwargs)
+
+    def __call__(self, lo: int, hi: int) -> np.ndarray:
+        job = self.job
+        seeds = sample_seeds(job.settings["seed"], lo, lo + job.chunk_size)
         try:
-            if src.flow:  # x = f^-1(z), z ~ N(0, I) from each sample's own seed (as a sampler's prior draw)
-                if not samplers:
-                    samplers.append(src.model.to(device))
-                z = torch.empty((chunk_size,) + src.shape, device=device)
-                ops.add_noise_(z, ops.noise_row(1.0, device=device), sample_seeds=seeds.to(device))
-                with torch.no_grad():
-                    x = samplers[0].from_base(z)[: hi - lo]
-            else:
-                if not samplers:
-                    guided = {} if "guidance_scale" not in settings else dict(
-                        guidance_scale=settings["guidance_scale"],
-                        uncond_kwargs={settings["label_key"]: torch.tensor([settings["null_label"]])})
-                    samplers.append(make_sampler(src.model, (chunk_size,) + src.shape, sampler=sampler, steps=steps,
-                                                 spacing=spacing, prediction=src.prediction, per_sample_seeds=seeds,
-                                                 device=device, model_kwargs=kwargs, **guided))
-                with torch.no_grad():
-                    x = samplers[0].draw(per_sample_seeds=seeds.to(device), model_kwargs=kwargs)[: hi - lo]
+            x = self._flow(seeds) if job.src.flow else self._diffusion(seeds, self._kwargs(lo))
         except Exception as err:
             hint = (" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
-                    "a dynamic batch dimension, or set the chunk and shard sizes to it)" if src.exported else "")
-            raise GenerateError(f"sampling {src.name!r} failed on a batch of {hi - lo}: {type(err).__name__}: "
+                    "a dynamic batch dimension, or set the chunk and shard sizes to it)" if job.src.exported else "")
+            raise GenerateError(f"sampling {job.src.name!r} failed on a batch of {hi - lo}: {type(err).__name__}: "
                                 f"{err}{hint}") from None
-        return x.float().cpu().numpy()
+        return x[: hi - lo].float().cpu().numpy()
 
-    for k, first, stop in todo:
-        path = os.path.join(out, _shard_name(k))
-        with _ShardWriter(path, (stop - first,) + src.shape) as shard:
-            for lo in range(first, stop, chunk_size):
-                hi = min(stop, lo + chunk_size)
-                part = draw(lo, hi)
-                if not allow_nonfinite:
-                    finite = np.isfinite(part).reshape(len(part), -1).all(axis=1)
-                    if not finite.all():
-                        raise GenerateError(f"sample {lo + int(np.argmin(finite))} (shard {k}, {_shard_name(k)}) is "
-                                            f"not finite: the model returned NaN or inf; nothing of that shard was "
-                                            f"written (allow_nonfinite=True / --allow-nonfinite keeps such samples)")
-                shard.write(memoryview(np.ascontiguousarray(part)).cast("B"))
-                del part
-                _trim_heap()
-                progress.advance(hi - lo)
-            digest = shard.commit()
-        _fsync_write(path + ".json", _json_bytes({"file": _shard_name(k), "start": first, "stop": stop,
-                                                  "sha256": digest}))
+
+def _make_shard(job: _Job, draw: _Drawer, shard: tuple, progress: _Progress) -> None:
+    """Shard (k, first, stop), chunk by chunk into its temporary file, committed with its sidecar last."""
+    k, first, stop = shard
+    path = os.path.join(job.out, _shard_name(k))
+    with _ShardWriter(path, (stop - first,) + job.src.shape) as writer:
+        for lo in range(first, stop, job.chunk_size):
+            hi = min(stop, lo + job.chunk_size)
+            part = draw(lo, hi)
+            if not job.allow_nonfinite:
+                finite = np.isfinite(part).reshape(len(part), -1).all(axis=1)
+                if not finite.all():
+                    raise GenerateError(f"sample {lo + int(np.argmin(finite))} (shard {k}, {_shard_name(k)}) is "
+                                        f"not finite: the model returned NaN or inf; nothing of that shard was "
+                                        f"written (allow_nonfinite=True / --allow-nonfinite keeps such samples)")
+            writer.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+            del part
+            _trim_heap()
+            progress.advance(hi - lo)
+        digest = writer.commit()
+    _fsync_write(path + ".json", _json_bytes({"file": _shard_name(k), "start": first, "stop": stop,
+                                              "sha256": digest}))
+
+
+def _run(job: _Job) -> dict | None:
+    """This rank's shards, then (rank 0, after a barrier) the manifest."""
+    todo = _shards_to_make(job)
+    progress = _Progress(sum(hi - lo for _, lo, hi in todo), job.quiet or job.rank != 0)
+    start, draw = time.perf_counter(), _Drawer(job)
+    for shard in todo:
+        _make_shard(job, draw, shard, progress)
     progress.close()
-    if distributed:
+    if job.distributed:
         import torch.distributed as dist
 
         dist.barrier()
-    manifest = _write_manifest(out, settings, len(ranges)) if rank == 0 else None
-    if rank == 0 and not quiet:
-        made = sum(hi - lo for _, lo, hi in todo)
-        elapsed = time.perf_counter() - start
-        print(f"fastgen generate: {n:,} samples in {len(ranges)} shards at {out} ({made:,} made now in "
-              f"{elapsed:.1f} s{f', {made / elapsed:,.0f} samples/s' if made and elapsed > 0 else ''}; {world} "
-              f"process{'es' if world > 1 else ''})", file=sys.stderr)
+    if job.rank != 0:
+        return None
+    manifest = _write_manifest(job.out, job.settings, len(job.ranges))
+    if not job.quiet:
+        made, elapsed, n = sum(hi - lo for _, lo, hi in todo), time.perf_counter() - start, job.settings["n"]
+        rate = f", {made / elapsed:,.0f} samples/s" if made and elapsed > 0 else ""
+        print(f"fastgen generate: {n:,} samples in {len(job.ranges)} shards at {job.out} ({made:,} made now in "
+              f"{elapsed:.1f} s{rate}; {job.world} process{'es' if job.world > 1 else ''})", file=sys.stderr)
     return manifest
 
 
