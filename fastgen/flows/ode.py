@@ -7,6 +7,7 @@ state's dtype and returns dy/dt with the state's structure and shapes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -32,6 +33,22 @@ _DP_E = [35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 39
          -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40]
 METHODS = ("dopri5",) + tuple(_FIXED)
 CONTROLS = ("sample", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """A solve's settings, checked by :func:`odeint` (its arguments of the same names)."""
+
+    method: str = "dopri5"
+    steps: int | None = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    control: str = "sample"  # or "batch"; the adjoint's backward solve uses "max" (worst sample)
+    max_steps: int = 10_000
+    sync_every: int = 1  # -1: poll without blocking (CUDA); 0: never check; k: a blocking check every k attempts
+    first_step: float | None = None
+    check_finite: bool = False
+    stats: dict | None = None
 
 
 def _col(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,8 +117,9 @@ def _fixed(f: _Problem, y, t0: float, t1: float, method: str, steps: int, device
     return y
 
 
-def _initial_step(f: _Problem, y, f0, t0, direction, rtol, atol, n_err, control):
+def _initial_step(f: _Problem, y, f0, t0, direction, opts: SolveOptions, n_err: int):
     """Hairer, Norsett & Wanner's starting step (as scipy and torchdiffeq choose it), per sample."""
+    atol, rtol, control = opts.atol, opts.rtol, opts.control
     scale = [atol + rtol * v.abs() for v in y[:n_err]]
     d0 = _norm([v / s for v, s in zip(y, scale, strict=False)], control)
     d1 = _norm([v / s for v, s in zip(f0, scale, strict=False)], control)
@@ -139,97 +157,119 @@ class _Poll:
         return False
 
 
-def _dopri5(f: _Problem, y, t0: float, t1: float, rtol, atol, max_steps, control, sync_every, check_finite,
-            first_step, n_err, stats):
-    """Masked per-sample (or shared) accept/reject: every attempt runs the six stages of a step on the whole batch,
-    samples that have reached t1 carry a zero step. To stop early the host looks at the state every
-    ``sync_every`` attempts, never with 0, and with -1 (CUDA) through :class:`_Poll`, without blocking."""
-    device = y[0].device
-    direction = 1.0 if t1 >= t0 else -1.0
-    per_sample = control == "sample"
-    shape = (f.batch,) if per_sample else ()
-    t = torch.full(shape, t0, dtype=torch.float64, device=device)
-    t_end = torch.full(shape, t1, dtype=torch.float64, device=device)
-    k1 = f(t, y)
-    if first_step is None:
-        with torch.no_grad():
-            h = _initial_step(f, y, k1, t, direction, rtol, atol, n_err, control)
-    else:
-        h = torch.full(shape, float(first_step), dtype=torch.float64, device=device)
-    h = torch.minimum(h, torch.tensor(abs(t1 - t0), dtype=torch.float64, device=device))
-    accepted = torch.zeros(shape, dtype=torch.int64, device=device)
-    rejected = torch.zeros_like(accepted)
-    nonfinite = torch.zeros(shape, dtype=torch.bool, device=device)  # stopped: a non-finite state (check_finite)
-    underflow = torch.zeros_like(nonfinite)  # stopped: the step size fell below 1e-14 of the span
-    tiny = 1e-14 * abs(t1 - t0)
-    poll = _Poll() if sync_every == -1 else None
-    attempts = 0
-    for attempts in range(1, max_steps + 1):
-        remaining = (t_end - t) * direction
-        active = (remaining > 0) & ~nonfinite & ~underflow
-        step = torch.where(active, torch.minimum(h, remaining), torch.zeros_like(h))
+class _Dopri5:
+    """One adaptive solve's state: per sample (or shared) time, step size, counters and stop flags."""
+
+    def __init__(self, f: _Problem, y, t0: float, t1: float, opts: SolveOptions, n_err: int):
+        device = y[0].device
+        self.f, self.opts, self.n_err, self.t1 = f, opts, n_err, t1
+        self.direction = 1.0 if t1 >= t0 else -1.0
+        self.per_sample = opts.control == "sample"
+        shape = (f.batch,) if self.per_sample else ()
+        self.t = torch.full(shape, t0, dtype=torch.float64, device=device)
+        self.t_end = torch.full(shape, t1, dtype=torch.float64, device=device)
+        self.k1 = f(self.t, y)
+        if opts.first_step is None:
+            with torch.no_grad():
+                h = _initial_step(f, y, self.k1, self.t, self.direction, opts, n_err)
+        else:
+            h = torch.full(shape, float(opts.first_step), dtype=torch.float64, device=device)
+        self.h = torch.minimum(h, torch.tensor(abs(t1 - t0), dtype=torch.float64, device=device))
+        self.accepted = torch.zeros(shape, dtype=torch.int64, device=device)
+        self.rejected = torch.zeros_like(self.accepted)
+        self.nonfinite = torch.zeros(shape, dtype=torch.bool, device=device)  # stopped: non-finite (check_finite)
+        self.underflow = torch.zeros_like(self.nonfinite)  # stopped: the step size fell below 1e-14 of the span
+        self.tiny = 1e-14 * abs(t1 - t0)
+
+    def running(self) -> torch.Tensor:
+        return ((self.t_end - self.t) * self.direction > 0) & ~self.nonfinite & ~self.underflow
+
+    def attempt(self, y):
+        """One attempted step of every active sample (the others carry a zero step); returns the new state."""
+        opts, n_err, t = self.opts, self.n_err, self.t
+        remaining = (self.t_end - t) * self.direction
+        active = (remaining > 0) & ~self.nonfinite & ~self.underflow
+        step = torch.where(active, torch.minimum(self.h, remaining), torch.zeros_like(self.h))
         last = step >= remaining
-        hd = step * direction
-        ks = [k1]
+        hd = step * self.direction
+        ks = [self.k1]
         for i in range(1, 6):
-            ks.append(f(t + _DP_C[i] * hd, _combine(y, hd, ks, _DP_A[i])))
+            ks.append(self.f(t + _DP_C[i] * hd, _combine(y, hd, ks, _DP_A[i])))
         y5 = _combine(y, hd, ks, _DP_A[6])
-        k7 = f(t + hd, y5)
+        k7 = self.f(t + hd, y5)
         ks.append(k7)
         with torch.no_grad():  # the step-size controller is not differentiated
             err = _combine(tuple(torch.zeros_like(v) for v in y[:n_err]), hd, [k[:n_err] for k in ks], _DP_E)
-            scale = [atol + rtol * torch.maximum(a.abs(), b.abs()) for a, b in zip(y[:n_err], y5[:n_err], strict=True)]
-            ratio = _norm([e / s for e, s in zip(err, scale, strict=False)], control)
+            scale = [opts.atol + opts.rtol * torch.maximum(a.abs(), b.abs())
+                     for a, b in zip(y[:n_err], y5[:n_err], strict=True)]
+            ratio = _norm([e / s for e, s in zip(err, scale, strict=False)], opts.control)
             ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))  # reject, h / 5
-        if check_finite:
+        if opts.check_finite:
             finite = torch.stack([torch.isfinite(v).reshape(v.shape[0], -1).all(1) for v in y5[:n_err]]).all(0)
-            nonfinite |= active & ~(finite if per_sample else finite.all())
-        underflow |= active & (step < tiny)
+            self.nonfinite |= active & ~(finite if self.per_sample else finite.all())
+        self.underflow |= active & (step < self.tiny)
         ok = (ratio <= 1) & active
         y = _where(ok, y5, y)
-        k1 = _where(ok, k7, k1)
-        t = torch.where(ok, torch.where(last, t_end, t + hd), t)
-        accepted += ok
-        rejected += active & ~ok
+        self.k1 = _where(ok, k7, self.k1)
+        self.t = torch.where(ok, torch.where(last, self.t_end, t + hd), t)
+        self.accepted += ok
+        self.rejected += active & ~ok
         # the next step: h (0.9 ratio^(-1/5)), within [h / 5, 10 h] after a rejection ([h, 10 h] after acceptance)
         low = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, 0.2))
         factor = torch.where(ratio == 0, torch.full_like(ratio, 10.0),
                              torch.minimum(torch.full_like(ratio, 10.0), torch.maximum(0.9 * ratio ** -0.2, low)))
-        h = torch.where(active, step * factor, h)
-        running = ((t_end - t) * direction > 0) & ~nonfinite & ~underflow
+        self.h = torch.where(active, step * factor, self.h)
+        return y
+
+    def finish(self, y, attempts: int):
+        """The solution; with checks (sync_every != 0) the errors found on the device, raised after the solve."""
+        opts = self.opts
+        done = (self.t_end - self.t) * self.direction <= 0
+        if opts.stats is not None:
+            opts.stats.update(nfe=self.f.nfe, attempts=attempts, accepted=self.accepted, rejected=self.rejected,
+                              done=done)
+        if not opts.sync_every:
+            return _where(done, y, tuple(torch.full_like(v, float("nan")) for v in y))
+        if opts.check_finite and bool(self.nonfinite.any()):  # one synchronization, after the solve
+            raise FloatingPointError(f"odeint: the state went non-finite for {int(self.nonfinite.sum())} sample(s)")
+        if bool(self.underflow.any()):
+            where = self.t[self.underflow] if self.per_sample else self.t
+            raise RuntimeError(f"odeint: the step size underflowed for {int(self.underflow.sum())} sample(s), at t "
+                               f"in [{float(where.min()):.6g}, {float(where.max()):.6g}]: the dynamics are stiff or "
+                               "non-finite there (check_finite=True tells which)")
+        if not bool(done.all()):
+            raise RuntimeError(f"odeint: {int((~done).sum())} sample(s) did not reach t1={self.t1} within "
+                               f"max_steps={opts.max_steps} attempts; raise max_steps or loosen rtol/atol")
+        return y
+
+
+def _dopri5(f: _Problem, y, t0: float, t1: float, opts: SolveOptions, n_err: int):
+    """Masked per-sample (or shared) accept/reject: every attempt runs the six stages of a step on the whole batch,
+    samples that have reached t1 carry a zero step. To stop early the host looks at the state every
+    ``sync_every`` attempts, never with 0, and with -1 (CUDA) through :class:`_Poll`, without blocking."""
+    solve = _Dopri5(f, y, t0, t1, opts, n_err)
+    poll = _Poll() if opts.sync_every == -1 else None
+    attempts = 0
+    for attempts in range(1, opts.max_steps + 1):
+        y = solve.attempt(y)
+        running = solve.running()
         if poll is not None:
             if poll.finished(running.any()):
                 break
-        elif sync_every and attempts % sync_every == 0 and not bool(running.any()):
+        elif opts.sync_every and attempts % opts.sync_every == 0 and not bool(running.any()):
             break
-    done = (t_end - t) * direction <= 0
-    if stats is not None:
-        stats.update(nfe=f.nfe, attempts=attempts, accepted=accepted, rejected=rejected, done=done)
-    if sync_every:  # one synchronization, after the solve
-        if check_finite and bool(nonfinite.any()):
-            raise FloatingPointError(f"odeint: the state went non-finite for {int(nonfinite.sum())} sample(s)")
-        if bool(underflow.any()):
-            where = t[underflow] if per_sample else t
-            raise RuntimeError(f"odeint: the step size underflowed for {int(underflow.sum())} sample(s), at t in "
-                               f"[{float(where.min()):.6g}, {float(where.max()):.6g}]: the dynamics are stiff or "
-                               "non-finite there (check_finite=True tells which)")
-        if not bool(done.all()):
-            raise RuntimeError(f"odeint: {int((~done).sum())} sample(s) did not reach t1={t1} within "
-                               f"max_steps={max_steps} attempts; raise max_steps or loosen rtol/atol")
-        return y
-    return _where(done, y, tuple(torch.full_like(v, float("nan")) for v in y))
+    return solve.finish(y, attempts)
 
 
 def _solve(f, y, t0, t1, opts, n_err=None):
     problem = f if isinstance(f, _Problem) else _Problem(f, y, y[0].shape[0], len(y))
     n_err = len(y) if n_err is None else n_err
-    if opts["method"] in _FIXED:
-        y = _fixed(problem, y, t0, t1, opts["method"], opts["steps"], y[0].device)
-        if opts["stats"] is not None:
-            opts["stats"].update(nfe=problem.nfe, attempts=opts["steps"])
+    if opts.method in _FIXED:
+        y = _fixed(problem, y, t0, t1, opts.method, opts.steps, y[0].device)
+        if opts.stats is not None:
+            opts.stats.update(nfe=problem.nfe, attempts=opts.steps)
         return y
-    return _dopri5(problem, y, t0, t1, opts["rtol"], opts["atol"], opts["max_steps"], opts["control"],
-                   opts["sync_every"], opts["check_finite"], opts["first_step"], n_err, opts["stats"])
+    return _dopri5(problem, y, t0, t1, opts, n_err)
 
 
 class _Adjoint(torch.autograd.Function):
@@ -268,11 +308,58 @@ class _Adjoint(torch.autograd.Function):
 
         state = tuple(y1) + tuple(torch.zeros_like(v) if g is None else g for g, v in zip(grads, y1, strict=False)) \
             + tuple(torch.zeros_like(p) for p in params)
-        opts = dict(ctx.opts, control="max" if ctx.opts["control"] == "sample" else ctx.opts["control"], stats=None)
+        opts = dataclasses.replace(ctx.opts, control="max" if ctx.opts.control == "sample" else ctx.opts.control,
+                                   stats=None)
         problem = _Problem(augmented, state, batch, 2 * n)
         with torch.no_grad():
             out = _solve(problem, state, ctx.t1, ctx.t0, opts, n_err=2 * n)
         return (None, None, None, None, None) + tuple(out[n:2 * n]) + tuple(out[2 * n:])
+
+
+def _check_problem(f, y: tuple, t0, t1) -> None:
+    if not y or any(not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() < 1 for v in y):
+        raise ValueError("y0 must be a floating-point tensor (B, ...) or a tuple of them")
+    if any(v.shape[0] != y[0].shape[0] or v.device != y[0].device for v in y):
+        raise ValueError(f"y0's tensors must share the batch size and device, got shapes "
+                         f"{[tuple(v.shape) for v in y]}")
+    if not callable(f):
+        raise TypeError(f"f must be callable (t, y) -> dy/dt, got {type(f).__name__}")
+    for name, v in (("t0", t0), ("t1", t1)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+
+
+def _check_options(y: tuple, *, method, steps, rtol, atol, control, max_steps, sync_every, first_step,
+                   check_finite, stats) -> SolveOptions:
+    """odeint's solver arguments, checked (sync_every=None resolved for y's device)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    if method in _FIXED:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"method {method!r} needs steps, an int >= 1, got {steps!r}")
+    elif steps is not None:
+        raise ValueError("steps is for the fixed-step methods; dopri5 chooses its own (rtol, atol)")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be 0")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
+                                   or sync_every < 0):
+        raise ValueError(f"sync_every must be None or an int >= 0, got {sync_every!r}")
+    if sync_every is None:
+        sync_every = -1 if y[0].is_cuda else 1
+    if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
+        raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
+    if sync_every and not all(bool(torch.isfinite(v).all()) for v in y):
+        raise ValueError("y0 must be finite")
+    return SolveOptions(method=method, steps=steps, rtol=float(rtol), atol=float(atol), control=control,
+                        max_steps=max_steps, sync_every=sync_every, first_step=first_step, check_finite=check_finite,
+                        stats=stats)
 
 
 def odeint(
@@ -318,45 +405,10 @@ def odeint(
         accepted / rejected step counts and done flags (tensors on the device)."""
     single = isinstance(y0, torch.Tensor)
     y = (y0,) if single else tuple(y0)
-    if not y or any(not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() < 1 for v in y):
-        raise ValueError("y0 must be a floating-point tensor (B, ...) or a tuple of them")
-    if any(v.shape[0] != y[0].shape[0] or v.device != y[0].device for v in y):
-        raise ValueError(f"y0's tensors must share the batch size and device, got shapes "
-                         f"{[tuple(v.shape) for v in y]}")
-    if not callable(f):
-        raise TypeError(f"f must be callable (t, y) -> dy/dt, got {type(f).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
-    for name, v in (("t0", t0), ("t1", t1)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
-    if method in _FIXED:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"method {method!r} needs steps, an int >= 1, got {steps!r}")
-    elif steps is not None:
-        raise ValueError("steps is for the fixed-step methods; dopri5 chooses its own (rtol, atol)")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol cannot both be 0")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
-    if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
-                                   or sync_every < 0):
-        raise ValueError(f"sync_every must be None or an int >= 0, got {sync_every!r}")
-    if sync_every is None:
-        sync_every = -1 if y[0].is_cuda else 1
-    if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
-        raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
-    if sync_every and not all(bool(torch.isfinite(v).all()) for v in y):
-        raise ValueError("y0 must be finite")
+    _check_problem(f, y, t0, t1)
+    opts = _check_options(y, method=method, steps=steps, rtol=rtol, atol=atol, control=control, max_steps=max_steps,
+                          sync_every=sync_every, first_step=first_step, check_finite=check_finite, stats=stats)
     call = f if not single else (lambda t, state: (f(t, state[0]),))
-    opts = dict(method=method, steps=steps, rtol=float(rtol), atol=float(atol), control=control,
-                max_steps=max_steps, sync_every=sync_every, first_step=first_step, check_finite=check_finite,
-                stats=stats)
     t0, t1 = float(t0), float(t1)
     if t0 == t1:
         return y0
