@@ -105,34 +105,12 @@ def ffjord_rows(device: str) -> list[dict]:
     return rows
 
 
-def likelihood_rows(device: str) -> list[dict]:
+def _score_sde_likelihood(model, sde, x: torch.Tensor, eps_t: float, calls: list, integrate):
+    """score_sde's likelihood.py (get_likelihood_fn) on the same model and data: scipy's RK45 on the host, the
+    state copied to and from the device at every evaluation; calls[0] counts the evaluations."""
     import numpy as np
 
-    try:
-        from scipy import integrate
-    except ImportError as err:
-        print(f"  cnf: scipy unavailable ({err}); score_sde's row is left out", flush=True)
-        integrate = None
-
-    torch.manual_seed(0)
-    dim, batch = 64, 256
-    net = nn.Sequential(nn.Linear(dim + 1, 512), nn.SiLU(), nn.Linear(512, 512), nn.SiLU(), nn.Linear(512, dim))
-    net = net.to(device)
-
-    def model(x, t):  # an eps-prediction model
-        return net(torch.cat([x, t.to(x.dtype)[:, None]], 1))
-
-    sde = fastgen.VPSDE()
-    x = torch.rand(batch, dim, device=device) * 2 - 1
-    eps_t = 1e-5
-
-    def ours(control):
-        def solve():
-            return fastgen.likelihood(model, x, sde=sde, prediction="eps", seed=0, rtol=TOL, atol=TOL, eps=eps_t,
-                                      control=control, stats=stats).log_prob
-        return solve
-
-    calls = [0]
+    device, dim = x.device, x.shape[1]
 
     def score_sde():  # score_sde/likelihood.py: get_likelihood_fn
         shape = x.shape
@@ -166,6 +144,39 @@ def likelihood_rows(device: str) -> list[dict]:
         delta_logp = torch.from_numpy(zp[-shape[0]:]).to(device).float()
         prior = -0.5 * z.square().sum(1) - 0.5 * dim * torch.log(torch.tensor(2 * torch.pi))
         return prior + delta_logp
+
+
+    return score_sde
+
+
+def likelihood_rows(device: str) -> list[dict]:
+
+    try:
+        from scipy import integrate
+    except ImportError as err:
+        print(f"  cnf: scipy unavailable ({err}); score_sde's row is left out", flush=True)
+        integrate = None
+
+    torch.manual_seed(0)
+    dim, batch = 64, 256
+    net = nn.Sequential(nn.Linear(dim + 1, 512), nn.SiLU(), nn.Linear(512, 512), nn.SiLU(), nn.Linear(512, dim))
+    net = net.to(device)
+
+    def model(x, t):  # an eps-prediction model
+        return net(torch.cat([x, t.to(x.dtype)[:, None]], 1))
+
+    sde = fastgen.VPSDE()
+    x = torch.rand(batch, dim, device=device) * 2 - 1
+    eps_t = 1e-5
+
+    def ours(control):
+        def solve():
+            return fastgen.likelihood(model, x, sde=sde, prediction="eps", seed=0, rtol=TOL, atol=TOL, eps=eps_t,
+                                      control=control, stats=stats).log_prob
+        return solve
+
+    calls = [0]
+    score_sde = _score_sde_likelihood(model, sde, x, eps_t, calls, integrate)
 
     stats: dict = {}
     cases = {"fastgen.likelihood, per-sample control": ours("sample"),

@@ -187,12 +187,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    from ..bench import suite_names
+def _generate_parser(sub) -> None:
     from ..diffusion.samplers import SAMPLERS
-
-    p = _Parser(prog="fastgen", description="fused samplers for generative models")
-    sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate N samples into shards and a manifest (resumable)")
     g.add_argument("source", help="a built-in target (gmm8, rings, grid), a TorchScript / torch.export file, "
@@ -221,6 +217,15 @@ def parser() -> argparse.ArgumentParser:
                                                                       "(needs --labels and --null-label)")
     g.add_argument("--null-label", type=int, default=None, help="the unconditional label, for guidance")
     g.set_defaults(func=cmd_generate, usage=g)
+
+
+def parser() -> argparse.ArgumentParser:
+    from ..bench import suite_names
+    from ..diffusion.samplers import SAMPLERS
+
+    p = _Parser(prog="fastgen", description="fused samplers for generative models")
+    sub = p.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
 
     b = sub.add_parser("bench", help="run bench/'s suites: markdown, JSON and a PNG plot")
     b.add_argument("suite", nargs="?", default="all", choices=suite_names() + ["all"])

@@ -49,6 +49,52 @@ def score_from_prediction(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tenso
     raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
 
 
+def _check_likelihood(sde, x, *, prediction, method, solver, eps, dequantize) -> None:
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a continuous process (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if prediction not in ("score", "eps", "x0", "v"):
+        raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
+    if prediction == "v" and isinstance(sde, VESDE):
+        raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
+    if method not in ("exact", "hutchinson"):
+        raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
+    if solver not in METHODS:
+        raise ValueError(f"solver must be one of {METHODS}, got {solver!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError("x must be a floating-point tensor (B, ...) with at least one data dimension")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps!r}")
+    if dequantize is not None and (isinstance(dequantize, bool) or not isinstance(dequantize, int)
+                                   or dequantize < 2):
+        raise ValueError(f"dequantize must be None or the number of levels K >= 2, got {dequantize!r}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite")
+
+
+def _probability_flow(model, sde: SDE, prediction: str, trace: dict):
+    """The augmented probability-flow ODE: d/dt (x, l) = (f x - g^2 s / 2, div of that drift), so that
+    log p(x) = log p_T(x(T)) + l(T); the divergence by ``trace`` (divergence_terms' method, probes, noise, seed,
+    offset: one probe set for the whole solve)."""
+
+    def probability_flow(t: torch.Tensor, state):
+        xt = state[0]
+        alpha, sigma = (v.to(xt.device) for v in sde.marginal(t.double()))
+        f = sde.drift_coef(t.double()).to(xt.device, xt.dtype).reshape(-1, *[1] * (xt.dim() - 1))
+        g2 = sde.diffusion(t.double()).square().to(xt.device, xt.dtype).reshape(-1, *[1] * (xt.dim() - 1))
+
+        def drift(v):
+            out = model(v, t)
+            if not isinstance(out, torch.Tensor) or out.shape != v.shape:
+                raise ValueError(f"model must return a {prediction} of shape {tuple(v.shape)}, got "
+                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            return f * v - 0.5 * g2 * score_from_prediction(out, v, alpha, sigma, prediction)
+
+        dx, div, _ = divergence_terms(drift, xt, **trace, create_graph=False, frobenius=False)
+        return dx.detach(), div.detach().to(xt.dtype)
+
+    return probability_flow
+
+
 def likelihood(
     model: Callable,
     x: torch.Tensor,
@@ -84,25 +130,7 @@ def likelihood(
     prior: log p_T as a callable (B, ...) -> (B,); default the process's prior N(0, prior_std^2 I), which differs
         from the data's law at T by about alpha(T) |mean| |x(T)| / sigma(T)^2 nats (0.01 to 0.05 for data of unit
         scale under score_sde's VP and VE settings): pass the exact p_T where it is known."""
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a continuous process (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    if prediction not in ("score", "eps", "x0", "v"):
-        raise ValueError(f"prediction must be score, eps, x0 or v, got {prediction!r}")
-    if prediction == "v" and isinstance(sde, VESDE):
-        raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
-    if method not in ("exact", "hutchinson"):
-        raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
-    if solver not in METHODS:
-        raise ValueError(f"solver must be one of {METHODS}, got {solver!r}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError("x must be a floating-point tensor (B, ...) with at least one data dimension")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps!r}")
-    if dequantize is not None and (isinstance(dequantize, bool) or not isinstance(dequantize, int)
-                                   or dequantize < 2):
-        raise ValueError(f"dequantize must be None or the number of levels K >= 2, got {dequantize!r}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite")
+    _check_likelihood(sde, x, prediction=prediction, method=method, solver=solver, eps=eps, dequantize=dequantize)
     seed = resolve_seed(seed, generator)
     batch, dims = x.shape[0], math.prod(x.shape[1:])
     offset = 0
@@ -112,23 +140,8 @@ def likelihood(
         x = x + delta * (uniform(x.shape, seed, 0, device=x.device).to(x.dtype) - 0.5)
         offset = reserve(x.numel())  # the probes come after the dequantization draws
 
-    def probability_flow(t: torch.Tensor, state):
-        xt = state[0]
-        alpha, sigma = (v.to(xt.device) for v in sde.marginal(t.double()))
-        f = sde.drift_coef(t.double()).to(xt.device, xt.dtype).reshape(-1, *[1] * (xt.dim() - 1))
-        g2 = sde.diffusion(t.double()).square().to(xt.device, xt.dtype).reshape(-1, *[1] * (xt.dim() - 1))
-
-        def drift(v):
-            out = model(v, t)
-            if not isinstance(out, torch.Tensor) or out.shape != v.shape:
-                raise ValueError(f"model must return a {prediction} of shape {tuple(v.shape)}, got "
-                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-            return f * v - 0.5 * g2 * score_from_prediction(out, v, alpha, sigma, prediction)
-
-        dx, div, _ = divergence_terms(drift, xt, method=method, probes=probes, noise=noise, seed=seed,
-                                      offset=offset, create_graph=False, frobenius=False)
-        return dx.detach(), div.detach().to(xt.dtype)
-
+    probability_flow = _probability_flow(model, sde, prediction, dict(method=method, probes=probes, noise=noise,
+                                                                      seed=seed, offset=offset))
     solve_stats = {} if stats is None else stats
     z, delta_logp = odeint(probability_flow, (x, x.new_zeros(batch)), eps, sde.T, method=solver, steps=steps,
                            rtol=rtol, atol=atol, control=control, check_finite=check_finite,

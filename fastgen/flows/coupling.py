@@ -168,7 +168,7 @@ class SplineCoupling(Coupled):
         context_features: C > 0 makes the layer conditional (as :class:`AffineCoupling`).
     """
 
-    def __init__(self, features: int, split: int | None = None, conditioner: nn.Module | None = None,
+    def __init__(self, features: int, split: int | None = None, conditioner: nn.Module | None = None, *,
                  hidden=(64, 64), bins: int = 8, bound: float = 5.0, min_width: float = 1e-3,
                  min_height: float = 1e-3, min_derivative: float = 1e-3, context_features: int = 0):
         super().__init__()
