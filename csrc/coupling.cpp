@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -68,8 +69,8 @@ void check_params(const Tensor& first, const char* first_name, const Tensor& h, 
                   " first, each sample's elements contiguous (a contiguous tensor or a dim-1 slice of one), got ",
                   p.sizes(), " with strides ", p.strides(), " on ", p.device());
   }
-  FASTGEN_CHECK(scale_mode == 0 || scale_mode == 1, "scale_mode must be 0 (soft clamp) or 1 (sigmoid), got ",
-                scale_mode);
+  FASTGEN_CHECK(scale_mode == kSoftClamp || scale_mode == kSigmoid,
+                "scale_mode must be 0 (soft clamp) or 1 (sigmoid), got ", scale_mode);
   FASTGEN_CHECK(std::isfinite(clamp) && clamp > 0.0, "clamp must be finite and > 0, got ", clamp);
 }
 
@@ -102,7 +103,7 @@ struct Scale {
 template <int Mode>
 __attribute__((always_inline)) inline Scale scale_of(float h, float clamp) {
   Scale r;
-  if (Mode == 0) {  // s = clamp tanh(h / clamp), tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2 |u|)
+  if (Mode == kSoftClamp) {  // s = clamp tanh(h / clamp), tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2 |u|)
     const float e = cpu::exp_nonpositive(-2.0f * std::fabs(h) / clamp);
     const float th = std::copysign((1.0f - e) / (1.0f + e), h);
     r.s = clamp * th;
@@ -160,20 +161,22 @@ __attribute__((always_inline)) inline void backward_floats(const float* __restri
 __attribute__((target_clones("avx2", "default"))) float forward_block(const float* x, const float* h, const float* t,
                                                                       float* out, int64_t n, bool inverse, int mode,
                                                                       float clamp) {
-  if (mode == 0) return inverse ? forward_floats<0, true>(x, h, t, out, n, clamp)
-                                : forward_floats<0, false>(x, h, t, out, n, clamp);
-  return inverse ? forward_floats<1, true>(x, h, t, out, n, clamp) : forward_floats<1, false>(x, h, t, out, n, clamp);
+  if (mode == kSoftClamp)
+    return inverse ? forward_floats<kSoftClamp, true>(x, h, t, out, n, clamp)
+                   : forward_floats<kSoftClamp, false>(x, h, t, out, n, clamp);
+  return inverse ? forward_floats<kSigmoid, true>(x, h, t, out, n, clamp)
+                 : forward_floats<kSigmoid, false>(x, h, t, out, n, clamp);
 }
 
 __attribute__((target_clones("avx2", "default"))) void backward_block(const float* g, const float* x, const float* h,
                                                                       float gl, float* grad_in, float* grad_h,
                                                                       int64_t n, bool inverse, int mode, float clamp) {
-  if (mode == 0) {
-    if (inverse) return backward_floats<0, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
-    return backward_floats<0, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
+  if (mode == kSoftClamp) {
+    if (inverse) return backward_floats<kSoftClamp, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
+    return backward_floats<kSoftClamp, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
   }
-  if (inverse) return backward_floats<1, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
-  backward_floats<1, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
+  if (inverse) return backward_floats<kSigmoid, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
+  backward_floats<kSigmoid, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
 }
 
 // p as float32: the pointer itself for float, else converted into buf.
@@ -611,20 +614,11 @@ std::tuple<Tensor, Tensor> spline_coupling_backward_cuda(const Tensor& grad_out,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
-  m.impl("affine_coupling", &affine_coupling_cpu);
-  m.impl("affine_coupling_backward", &affine_coupling_backward_cpu);
-  m.impl("spline_coupling", &spline_coupling_cpu);
-  m.impl("spline_coupling_backward", &spline_coupling_backward_cpu);
-}
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
-  m.impl("affine_coupling", &affine_coupling_cuda);
-  m.impl("affine_coupling_backward", &affine_coupling_backward_cuda);
-  m.impl("spline_coupling", &spline_coupling_cuda);
-  m.impl("spline_coupling_backward", &spline_coupling_backward_cuda);
-}
-#endif
+#define COUPLING_OPS(X) \
+  X(affine_coupling, affine_coupling) \
+  X(affine_coupling_backward, affine_coupling_backward) \
+  X(spline_coupling, spline_coupling) \
+  X(spline_coupling_backward, spline_coupling_backward)
+FASTGEN_REGISTER_LOOP(COUPLING_OPS)
 
 }  // namespace fastgen

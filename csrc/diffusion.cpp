@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -584,16 +585,7 @@ void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
-  m.impl("diffusion_step_", &diffusion_step_cpu);
-  m.impl("langevin_correct_", &langevin_correct_cpu);
-}
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
-  m.impl("diffusion_step_", &diffusion_step_cuda);
-  m.impl("langevin_correct_", &langevin_correct_cuda);
-}
-#endif
+#define DIFFUSION_OPS(X) X(diffusion_step_, diffusion_step) X(langevin_correct_, langevin_correct)
+FASTGEN_REGISTER_LOOP(DIFFUSION_OPS)
 
 }  // namespace fastgen

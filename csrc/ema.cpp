@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "register.h"
 
 #ifdef FASTGEN_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -114,10 +115,7 @@ void ema_update_cuda(at::TensorList averages_in, at::TensorList values_in, doubl
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("ema_update_", &ema_update_cpu); }
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("ema_update_", &ema_update_cuda); }
-#endif
+#define EMA_OPS(X) X(ema_update_, ema_update)
+FASTGEN_REGISTER_LOOP(EMA_OPS)
 
 }  // namespace fastgen

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "register.h"
 
 #ifdef FASTGEN_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -313,22 +314,21 @@ Tensor squeeze2d_cuda(const Tensor& x, bool inverse) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
-  m.impl("actnorm", &actnorm_cpu);
-  m.impl("actnorm_backward", &actnorm_backward_cpu);
-  m.impl("invconv1x1", &invconv1x1_any);
-  m.impl("invconv1x1_backward", &invconv1x1_backward_any);
-  m.impl("squeeze2d", &squeeze2d_cpu);
-}
-
+constexpr auto& invconv1x1_cpu = invconv1x1_any;  // the same ATen code on both keys
 #ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
-  m.impl("actnorm", &actnorm_cuda);
-  m.impl("actnorm_backward", &actnorm_backward_cuda);
-  m.impl("invconv1x1", &invconv1x1_any);
-  m.impl("invconv1x1_backward", &invconv1x1_backward_any);
-  m.impl("squeeze2d", &squeeze2d_cuda);
-}
+constexpr auto& invconv1x1_cuda = invconv1x1_any;
 #endif
+constexpr auto& invconv1x1_backward_cpu = invconv1x1_backward_any;  // the same ATen code on both keys
+#ifdef FASTGEN_WITH_CUDA
+constexpr auto& invconv1x1_backward_cuda = invconv1x1_backward_any;
+#endif
+
+#define GLOW_OPS(X) \
+  X(actnorm, actnorm) \
+  X(actnorm_backward, actnorm_backward) \
+  X(invconv1x1, invconv1x1) \
+  X(invconv1x1_backward, invconv1x1_backward) \
+  X(squeeze2d, squeeze2d)
+FASTGEN_REGISTER_LOOP(GLOW_OPS)
 
 }  // namespace fastgen

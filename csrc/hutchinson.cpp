@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -91,10 +92,7 @@ Tensor hutchinson_dot_cuda(const Tensor& vjp, int64_t seed, int64_t offset, bool
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("hutchinson_dot", &hutchinson_dot_cpu); }
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("hutchinson_dot", &hutchinson_dot_cuda); }
-#endif
+#define HUTCHINSON_OPS(X) X(hutchinson_dot, hutchinson_dot)
+FASTGEN_REGISTER_LOOP(HUTCHINSON_OPS)
 
 }  // namespace fastgen

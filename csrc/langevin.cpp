@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -504,20 +505,11 @@ void gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
-  m.impl("ula_step_", &ula_step_cpu);
-  m.impl("mala_propose", &mala_propose_cpu);
-  m.impl("mala_accept_", &mala_accept_cpu);
-  m.impl("gmm_langevin_", &gmm_langevin_cpu);
-}
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
-  m.impl("ula_step_", &ula_step_cuda);
-  m.impl("mala_propose", &mala_propose_cuda);
-  m.impl("mala_accept_", &mala_accept_cuda);
-  m.impl("gmm_langevin_", &gmm_langevin_cuda);
-}
-#endif
+#define LANGEVIN_OPS(X) \
+  X(ula_step_, ula_step) \
+  X(mala_propose, mala_propose) \
+  X(mala_accept_, mala_accept) \
+  X(gmm_langevin_, gmm_langevin)
+FASTGEN_REGISTER_LOOP(LANGEVIN_OPS)
 
 }  // namespace fastgen

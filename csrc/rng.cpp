@@ -10,6 +10,7 @@
 #endif
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -203,10 +204,7 @@ void philox_fill_cuda(torch::Tensor out, int64_t seed, int64_t offset,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("philox_fill_", &philox_fill_cpu); }
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("philox_fill_", &philox_fill_cuda); }
-#endif
+#define RNG_OPS(X) X(philox_fill_, philox_fill)
+FASTGEN_REGISTER_LOOP(RNG_OPS)
 
 }  // namespace fastgen

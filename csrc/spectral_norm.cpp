@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "register.h"
 
 #ifdef FASTGEN_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -224,10 +225,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> spectral_norm_power
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("spectral_norm_power", &spectral_norm_power_cpu); }
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("spectral_norm_power", &spectral_norm_power_cuda); }
-#endif
+#define SPECTRAL_NORM_OPS(X) X(spectral_norm_power, spectral_norm_power)
+FASTGEN_REGISTER_LOOP(SPECTRAL_NORM_OPS)
 
 }  // namespace fastgen

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "register.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -97,10 +98,7 @@ std::tuple<Tensor, Tensor> gaussian_rsample_cuda(const Tensor& mean, const Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("gaussian_rsample", &gaussian_rsample_cpu); }
-
-#ifdef FASTGEN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) { m.impl("gaussian_rsample", &gaussian_rsample_cuda); }
-#endif
+#define VAE_OPS(X) X(gaussian_rsample, gaussian_rsample)
+FASTGEN_REGISTER_LOOP(VAE_OPS)
 
 }  // namespace fastgen

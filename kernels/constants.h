@@ -14,6 +14,9 @@ enum AuxStore : int { kAuxNone = 0, kAuxX0 = 1, kAuxIncrement = 2 };
 enum Coef : int { kAlpha = 0, kSigma = 1, kK = 2, kCX = 3, kCX0 = 4, kCEps = 5, kCAux = 6, kCNoise = 7 };
 constexpr int kCoefWidth = 8;
 
+// How an affine coupling's log-scale comes from its logits (fastgen.constants.ScaleMode).
+enum ScaleMode : int { kSoftClamp = 0, kSigmoid = 1 };
+
 // Limits of the in-register Gaussian-mixture Langevin kernel (fastgen.constants.MAX_GMM_*).
 constexpr int kMaxGmmDim = 64;
 constexpr int kMaxGmmComponents = 64;

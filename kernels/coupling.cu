@@ -13,7 +13,7 @@ struct LogScale {
 };
 
 __device__ __forceinline__ LogScale log_scale(float h, int mode, float clamp) {
-  if (mode == 0) {  // s = clamp tanh(h / clamp)
+  if (mode == kSoftClamp) {  // s = clamp tanh(h / clamp)
     const float th = tanhf(h / clamp);
     return {clamp * th, 1.0f - th * th};
   }

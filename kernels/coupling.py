@@ -8,13 +8,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ..core.constants import ScaleMode
 from .rng import BLOCK
+
+SOFT_CLAMP = tl.constexpr(int(ScaleMode.SOFT_CLAMP))
 
 
 @triton.jit
 def log_scale(h, SCALE_MODE: tl.constexpr, clamp):
-    """(s, ds/dh): 0 soft clamp s = clamp tanh(h / clamp); 1 Glow's s = log sigmoid(h + 2)."""
-    if SCALE_MODE == 0:
+    """(s, ds/dh): soft clamp s = clamp tanh(h / clamp), or Glow's s = log sigmoid(h + 2) (ScaleMode)."""
+    if SCALE_MODE == SOFT_CLAMP:
         e = tl.exp(-2.0 * tl.abs(h) / clamp)  # tanh(|u|) = (1 - e) / (1 + e), e = exp(-2 |u|): no overflow
         th = (1.0 - e) / (1.0 + e)
         th = tl.where(h < 0, -th, th)

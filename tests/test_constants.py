@@ -21,6 +21,7 @@ def test_enums_agree():
     assert enum("Prediction") == {"k" + camel(m.name): m.value for m in constants.Prediction}
     assert enum("AuxStore") == {"kAux" + camel(m.name): m.value for m in constants.AuxStore}
     assert enum("Coef") == {"k" + camel(m.name): m.value for m in constants.Coef}
+    assert enum("ScaleMode") == {"k" + camel(m.name): m.value for m in constants.ScaleMode}
 
 
 def test_scalars_agree():

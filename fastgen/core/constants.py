@@ -42,6 +42,13 @@ class Coef(IntEnum):
 
 COEF_WIDTH = len(Coef)  # 8 columns per row
 
+
+class ScaleMode(IntEnum):
+    """How an affine coupling's log-scale s comes from its logits h."""
+
+    SOFT_CLAMP = 0  # s = clamp tanh(h / clamp)
+    SIGMOID = 1  # Glow's s = log sigmoid(h + 2)
+
 #: Limits of the in-register Gaussian-mixture Langevin kernel.
 MAX_GMM_DIM = 64
 MAX_GMM_COMPONENTS = 64

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..core.constants import ScaleMode
 from ._common import check_state, require
 from ._registry import Loop
 
@@ -15,7 +16,7 @@ __all__ = ["affine_coupling", "spline_coupling"]  # re-exported by fastgen.ops
 
 loop = Loop("coupling")
 
-SCALES = {"soft_clamp": 0, "sigmoid": 1}
+SCALES = {"soft_clamp": int(ScaleMode.SOFT_CLAMP), "sigmoid": int(ScaleMode.SIGMOID)}
 
 
 def _split(a, first: torch.Tensor, first_name: str) -> tuple[int, int]:

@@ -27,12 +27,12 @@ import math
 
 import torch
 
-SOFT_CLAMP, SIGMOID = 0, 1
+from ..core.constants import ScaleMode
 
 
 def log_scale(h: torch.Tensor, scale_mode: int, clamp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, ds/dh) of logits h."""
-    if scale_mode == SOFT_CLAMP:
+    if scale_mode == ScaleMode.SOFT_CLAMP:
         th = torch.tanh(h / clamp)
         return clamp * th, 1 - th * th
     a = h + 2.0
