@@ -13,6 +13,7 @@
 
 #include "checks.h"
 #include "register.h"
+#include "../kernels/spline.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -275,17 +276,13 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
   return {grad_in, grad_h};
 }
 
-// ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py). One element at a time: its
-// 3 bins - 1 parameters are read straight from params (width logits, height logits, interior derivative logits).
-// The arithmetic is double: scalar code costs about the same in either precision on the CPU, and near flat, narrow
-// bins the rule is ill-conditioned enough that float32 loses 1e-4 of the gradient.
+// ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py; the maths: kernels/spline.h, which
+// the CUDA kernel shares). One element at a time: its 3 bins - 1 parameters are read straight from params (width
+// logits, height logits, interior derivative logits). The arithmetic is double: scalar code costs about the same in
+// either precision on the CPU, and near flat, narrow bins the rule is ill-conditioned enough that float32 loses 1e-4
+// of the gradient.
 
-struct SplineOptions {
-  int64_t bins;
-  double bound, min_width, min_height, min_derivative;
-};
-
-inline double softplus(double u) { return std::max(u, 0.0) + std::log1p(std::exp(-std::fabs(u))); }
+using SplineOptions = spline::Options<double>;
 
 template <typename T>
 struct Softmax {  // of K <= 64 logits, each exp computed once
@@ -297,118 +294,46 @@ struct Softmax {  // of K <= 64 logits, each exp computed once
     const double inv = 1.0 / sum;
     for (int64_t j = 0; j < K; ++j) v[j] *= inv;
   }
+  double operator()(int64_t j) const { return v[j]; }
 };
 
 template <typename T>
-struct SplineBin {
-  Softmax<T> sw, sh;  // of the width and height logits
-  int64_t k;
-  double x0, w, y0, h, d0, d1;
-  double smw_before, smh_before;  // the softmaxes summed over the bins before k
-
-  // The bin holding v: on the x knots, or on the y knots for the inverse.
-  SplineBin(const T* p, double v, const SplineOptions& o, bool on_y) : sw(p, o.bins), sh(p + o.bins, o.bins) {
-    const int64_t K = o.bins;
-    const double cw = 1.0 - K * o.min_width, ch = 1.0 - K * o.min_height, span = 2.0 * o.bound;
-    double sx = 0.0, sy = 0.0;
-    smw_before = smh_before = 0.0;
-    for (k = 0;; ++k) {
-      w = span * (o.min_width + cw * sw.v[k]);
-      h = span * (o.min_height + ch * sh.v[k]);
-      if (k == K - 1 || (on_y ? v < sy + h - o.bound : v < sx + w - o.bound)) break;
-      sx += w;
-      sy += h;
-      smw_before += sw.v[k];
-      smh_before += sh.v[k];
-    }
-    x0 = sx - o.bound;
-    y0 = sy - o.bound;
-    d0 = k == 0 ? 1.0 : o.min_derivative + softplus(static_cast<double>(p[2 * K + k - 1]));
-    d1 = k == K - 1 ? 1.0 : o.min_derivative + softplus(static_cast<double>(p[2 * K + k]));
-  }
+struct Logits {  // the raw parameters of one element, in double
+  const T* p;
+  double operator()(int64_t j) const { return static_cast<double>(p[j]); }
 };
 
 // out of one element; adds log dy/dx (negated for the inverse) to log_det.
 template <typename T>
 double spline_element(double v, const T* p, const SplineOptions& o, bool inverse, double& log_det) {
   if (!(v >= -o.bound && v <= o.bound)) return v;
-  const SplineBin<T> b(p, v, o, inverse);
-  const double s = b.h / b.w, bend = b.d0 + b.d1 - 2.0 * s;
-  double theta, out;
-  if (inverse) {
-    const double r = v - b.y0;
-    const double qa = r * bend + b.h * (s - b.d0), qb = b.h * b.d0 - r * bend, qc = -s * r;
-    theta = 2.0 * qc / (-qb - std::sqrt(std::max(qb * qb - 4.0 * qa * qc, 0.0)));
-    out = theta * b.w + b.x0;
-  } else {
-    theta = (v - b.x0) / b.w;
-    const double u = theta * (1.0 - theta);
-    out = b.y0 + b.h * (s * theta * theta + b.d0 * u) / (s + bend * u);
-  }
-  const double u = theta * (1.0 - theta);
-  const double m = b.d1 * theta * theta + 2.0 * s * u + b.d0 * (1.0 - theta) * (1.0 - theta);
-  const double log_slope = 2.0 * std::log(s) + std::log(m) - 2.0 * std::log(s + bend * u);
+  const Softmax<T> sw(p, o.bins), sh(p + o.bins, o.bins);
+  const spline::Bin<double> b = spline::find_bin(sw, sh, Logits<T>{p}, v, o, inverse);
+  double log_slope;
+  const double out = spline::value(b, v, inverse, log_slope);
   log_det += inverse ? -log_slope : log_slope;
   return out;
 }
+
+template <typename T>
+struct StoreGrad {
+  T* gp;
+  void operator()(int64_t j, double value) const { gp[j] = static_cast<T>(value); }
+};
 
 // Backward of one element at its data-side value x: writes the 3 bins - 1 parameter gradients, returns the input
 // gradient. g is the output gradient (of y forward, of x inverse), gl the log-det's.
 template <typename T>
 double spline_element_backward(double g, double gl, double x, const T* p, T* gp, const SplineOptions& o, bool inverse) {
-  const int64_t K = o.bins;
   if (!(x >= -o.bound && x <= o.bound)) {
-    for (int64_t j = 0; j < 3 * K - 1; ++j) gp[j] = static_cast<T>(0.0);
+    for (int64_t j = 0; j < 3 * o.bins - 1; ++j) gp[j] = static_cast<T>(0.0);
     return g;
   }
-  const SplineBin<T> b(p, x, o, false);
-  const double s = b.h / b.w, theta = (x - b.x0) / b.w, u = theta * (1.0 - theta);
-  const double bend = b.d0 + b.d1 - 2.0 * s, den = s + bend * u, num = s * theta * theta + b.d0 * u;
-  const double m = b.d1 * theta * theta + 2.0 * s * u + b.d0 * (1.0 - theta) * (1.0 - theta);
-  const double dden = bend * (1.0 - 2.0 * theta), inv2 = 1.0 / (den * den);
-  // y = y0 + h R, R = num / den; L = log dy/dx = 2 log s + log m - 2 log den: partials in theta, s, d0, d1
-  const double r_theta = ((2.0 * s * theta + b.d0 * (1.0 - 2.0 * theta)) * den - num * dden) * inv2;
-  const double r_s = (theta * theta * den - num * (1.0 - 2.0 * u)) * inv2;
-  const double r_d0 = u * (den - num) * inv2, r_d1 = -num * u * inv2;
-  const double l_theta =
-      (2.0 * b.d1 * theta - 2.0 * b.d0 * (1.0 - theta) + 2.0 * s * (1.0 - 2.0 * theta)) / m - 2.0 * dden / den;
-  const double l_s = 2.0 / s + 2.0 * u / m - 2.0 * (1.0 - 2.0 * u) / den;
-  const double l_d0 = (1.0 - theta) * (1.0 - theta) / m - 2.0 * u / den, l_d1 = theta * theta / m - 2.0 * u / den;
-  const double slope = s * s * m * inv2, l_x = l_theta / b.w;
-  double a_f, a_l, grad_in;
-  if (inverse) {  // g: gradient of x = f^-1(y); gl: of -log f'(x)
-    grad_in = (g - gl * l_x) / slope;
-    a_f = -grad_in;
-    a_l = -gl;
-  } else {
-    a_f = g;
-    a_l = gl;
-    grad_in = g * slope + gl * l_x;
-  }
-  const double g_theta = a_f * b.h * r_theta + a_l * l_theta, g_s = a_f * b.h * r_s + a_l * l_s;
-  const double g_x0 = -g_theta / b.w, g_w = -(g_theta * theta + g_s * s) / b.w;
-  const double g_y0 = a_f, g_h = a_f * num / den + g_s / b.w;
-  // through size_j = 2 bound (min + (1 - K min) softmax_j) and knot_k = sum_{j<k} size_j - bound
-  const double cw = 2.0 * o.bound * (1.0 - K * o.min_width), ch = 2.0 * o.bound * (1.0 - K * o.min_height);
-  const double dot_w = cw * (g_w * b.sw.v[b.k] + g_x0 * b.smw_before);
-  const double dot_h = ch * (g_h * b.sh.v[b.k] + g_y0 * b.smh_before);
-  for (int64_t j = 0; j < K; ++j) {
-    const double gw = j < b.k ? cw * g_x0 : (j == b.k ? cw * g_w : 0.0);
-    const double gh = j < b.k ? ch * g_y0 : (j == b.k ? ch * g_h : 0.0);
-    gp[j] = static_cast<T>(b.sw.v[j] * (gw - dot_w));
-    gp[K + j] = static_cast<T>(b.sh.v[j] * (gh - dot_h));
-  }
-  for (int64_t j = 0; j < K - 1; ++j) gp[2 * K + j] = static_cast<T>(0.0);
-  const auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
-  if (b.k >= 1) {
-    const double ud = static_cast<double>(p[2 * K + b.k - 1]);
-    gp[2 * K + b.k - 1] = static_cast<T>((a_f * b.h * r_d0 + a_l * l_d0) * sigmoid(ud));
-  }
-  if (b.k <= K - 2) {
-    const double ud = static_cast<double>(p[2 * K + b.k]);
-    gp[2 * K + b.k] = static_cast<T>((a_f * b.h * r_d1 + a_l * l_d1) * sigmoid(ud));
-  }
-  return grad_in;
+  const Softmax<T> sw(p, o.bins), sh(p + o.bins, o.bins);
+  const spline::Bin<double> b = spline::find_bin(sw, sh, Logits<T>{p}, x, o, false);
+  const spline::Grads<double> r = spline::backward(b, x, g, gl, inverse);
+  spline::param_grads(b, r, o, sw, sh, Logits<T>{p}, StoreGrad<T>{gp});
+  return r.grad_in;
 }
 
 void check_spline(const Tensor& first, const char* first_name, const Tensor& params, int64_t split, int64_t bins,

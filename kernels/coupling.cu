@@ -2,6 +2,7 @@
 // arguments in launchers.h): the forward / inverse as per-sample sums (common.cuh's launch_row_sums: each element's
 // term stores its output and returns its log-det term), the backward elementwise.
 #include "common.cuh"
+#include "spline.h"
 
 namespace fastgen {
 namespace cuda {
@@ -69,50 +70,35 @@ __global__ void coupling_backward_kernel(AffineCouplingArgs a) {
 
 // ---- Rational-quadratic spline: one thread per element, its 3 bins - 1 parameters read from global memory.
 
-__device__ __forceinline__ float softplus(float u) { return fmaxf(u, 0.0f) + log1pf(expf(-fabsf(u))); }
-
 template <typename T>
-struct Softmax {  // of K logits: exp(u_j - max) / sum
+struct Softmax {  // of K logits: exp(u_j - max) / sum, each exp recomputed when read (no per-thread array)
+  const T* u;
   float max, inv_sum;
-  __device__ Softmax(const T* u, int K) {
+  __device__ Softmax(const T* logits, int K) : u(logits) {
     max = -INFINITY;
     for (int j = 0; j < K; ++j) max = fmaxf(max, load(u, j));
     float sum = 0.0f;
     for (int j = 0; j < K; ++j) sum += expf(load(u, j) - max);
     inv_sum = 1.0f / sum;
   }
-  __device__ float operator()(const T* u, int j) const { return expf(load(u, j) - max) * inv_sum; }
+  __device__ float operator()(int64_t j) const { return expf(load(u, j) - max) * inv_sum; }
 };
 
 template <typename T>
-struct SplineBin {
-  int k;
-  float x0, w, y0, h, d0, d1;
-  float smw, smh, smw_before, smh_before;  // softmax at k, and summed over the bins before k
-
-  __device__ SplineBin(const T* p, float v, const SplineCouplingArgs& a, bool on_y) {
-    const int K = a.bins;
-    const Softmax<T> sw(p, K), sh(p + K, K);
-    const float cw = 1.0f - K * a.min_width, ch = 1.0f - K * a.min_height, span = 2.0f * a.bound;
-    float sx = 0.0f, sy = 0.0f;
-    smw_before = smh_before = 0.0f;
-    for (k = 0;; ++k) {
-      smw = sw(p, k);
-      smh = sh(p + K, k);
-      w = span * (a.min_width + cw * smw);
-      h = span * (a.min_height + ch * smh);
-      if (k == K - 1 || (on_y ? v < sy + h - a.bound : v < sx + w - a.bound)) break;
-      sx += w;
-      sy += h;
-      smw_before += smw;
-      smh_before += smh;
-    }
-    x0 = sx - a.bound;
-    y0 = sy - a.bound;
-    d0 = k == 0 ? 1.0f : a.min_derivative + softplus(load(p, 2 * K + k - 1));
-    d1 = k == K - 1 ? 1.0f : a.min_derivative + softplus(load(p, 2 * K + k));
-  }
+struct Logits {  // the raw parameters of one element, in float
+  const T* p;
+  __device__ float operator()(int64_t j) const { return load(p, j); }
 };
+
+template <typename T>
+struct StoreGrad {
+  T* gp;
+  __device__ void operator()(int64_t j, float value) const { store(gp, j, value); }
+};
+
+__device__ __forceinline__ spline::Options<float> spline_options(const SplineCouplingArgs& a) {
+  return {a.bins, a.bound, a.min_width, a.min_height, a.min_derivative};
+}
 
 template <typename T>
 struct SplineOp {
@@ -126,23 +112,11 @@ struct SplineOp {
       return 0.0f;
     }
     const T* p = static_cast<const T*>(a.params) + (row * (a.dim - a.split) + (col - a.split)) * (3 * a.bins - 1);
-    const SplineBin<T> b(p, v, a, a.inverse);
-    const float s = b.h / b.w, bend = b.d0 + b.d1 - 2.0f * s;
-    float theta, out;
-    if (a.inverse) {
-      const float r = v - b.y0;
-      const float qa = r * bend + b.h * (s - b.d0), qb = b.h * b.d0 - r * bend, qc = -s * r;
-      theta = 2.0f * qc / (-qb - sqrtf(fmaxf(qb * qb - 4.0f * qa * qc, 0.0f)));
-      out = theta * b.w + b.x0;
-    } else {
-      theta = (v - b.x0) / b.w;
-      const float u = theta * (1.0f - theta);
-      out = b.y0 + b.h * (s * theta * theta + b.d0 * u) / (s + bend * u);
-    }
-    store(static_cast<T*>(a.out), i, out);
-    const float u = theta * (1.0f - theta);
-    const float m = b.d1 * theta * theta + 2.0f * s * u + b.d0 * (1.0f - theta) * (1.0f - theta);
-    const float log_slope = 2.0f * logf(s) + logf(m) - 2.0f * logf(s + bend * u);
+    const spline::Options<float> o = spline_options(a);
+    const Softmax<T> sw(p, a.bins), sh(p + a.bins, a.bins);
+    const spline::Bin<float> b = spline::find_bin(sw, sh, Logits<T>{p}, v, o, a.inverse);
+    float log_slope;
+    store(static_cast<T*>(a.out), i, spline::value(b, v, a.inverse, log_slope));
     return a.inverse ? -log_slope : log_slope;
   }
   __device__ void finish(int64_t row, float total) const { a.log_det[row] = total; }
@@ -169,50 +143,12 @@ __global__ void spline_backward_kernel(SplineCouplingArgs a) {
       store(static_cast<T*>(a.out), i, g);
       continue;
     }
-    const float gl = a.grad_log_det[row];
-    const SplineBin<T> b(p, x, a, false);
-    const float s = b.h / b.w, theta = (x - b.x0) / b.w, u = theta * (1.0f - theta);
-    const float bend = b.d0 + b.d1 - 2.0f * s, den = s + bend * u, num = s * theta * theta + b.d0 * u;
-    const float m = b.d1 * theta * theta + 2.0f * s * u + b.d0 * (1.0f - theta) * (1.0f - theta);
-    const float dden = bend * (1.0f - 2.0f * theta), inv2 = 1.0f / (den * den);
-    // y = y0 + h R, R = num / den; L = log dy/dx = 2 log s + log m - 2 log den: partials in theta, s, d0, d1
-    const float r_theta = ((2.0f * s * theta + b.d0 * (1.0f - 2.0f * theta)) * den - num * dden) * inv2;
-    const float r_s = (theta * theta * den - num * (1.0f - 2.0f * u)) * inv2;
-    const float r_d0 = u * (den - num) * inv2, r_d1 = -num * u * inv2;
-    const float l_theta = (2.0f * b.d1 * theta - 2.0f * b.d0 * (1.0f - theta) + 2.0f * s * (1.0f - 2.0f * theta)) / m -
-                          2.0f * dden / den;
-    const float l_s = 2.0f / s + 2.0f * u / m - 2.0f * (1.0f - 2.0f * u) / den;
-    const float l_d0 = (1.0f - theta) * (1.0f - theta) / m - 2.0f * u / den, l_d1 = theta * theta / m - 2.0f * u / den;
-    const float slope = s * s * m * inv2, l_x = l_theta / b.w;
-    float a_f, a_l, grad_in;
-    if (a.inverse) {  // g: gradient of x = f^-1(y); gl: of -log f'(x)
-      grad_in = (g - gl * l_x) / slope;
-      a_f = -grad_in;
-      a_l = -gl;
-    } else {
-      a_f = g;
-      a_l = gl;
-      grad_in = g * slope + gl * l_x;
-    }
-    store(static_cast<T*>(a.out), i, grad_in);
-    const float g_theta = a_f * b.h * r_theta + a_l * l_theta, g_s = a_f * b.h * r_s + a_l * l_s;
-    const float g_x0 = -g_theta / b.w, g_w = -(g_theta * theta + g_s * s) / b.w;
-    const float g_y0 = a_f, g_h = a_f * num / den + g_s / b.w;
-    // through size_j = 2 bound (min + (1 - K min) softmax_j) and knot_k = sum_{j<k} size_j - bound
-    const float cw = 2.0f * a.bound * (1.0f - K * a.min_width), ch = 2.0f * a.bound * (1.0f - K * a.min_height);
-    const float dot_w = cw * (g_w * b.smw + g_x0 * b.smw_before), dot_h = ch * (g_h * b.smh + g_y0 * b.smh_before);
+    const spline::Options<float> o = spline_options(a);
     const Softmax<T> sw(p, K), sh(p + K, K);
-    for (int j = 0; j < K; ++j) {
-      const float gw = j < b.k ? cw * g_x0 : (j == b.k ? cw * g_w : 0.0f);
-      const float gh = j < b.k ? ch * g_y0 : (j == b.k ? ch * g_h : 0.0f);
-      store(gp, j, sw(p, j) * (gw - dot_w));
-      store(gp, K + j, sh(p + K, j) * (gh - dot_h));
-    }
-    for (int j = 0; j < K - 1; ++j) {
-      const float sig = 1.0f / (1.0f + expf(-load(p, 2 * K + j)));
-      const float gd = j == b.k - 1 ? a_f * b.h * r_d0 + a_l * l_d0 : (j == b.k ? a_f * b.h * r_d1 + a_l * l_d1 : 0.0f);
-      store(gp, 2 * K + j, gd * sig);
-    }
+    const spline::Bin<float> b = spline::find_bin(sw, sh, Logits<T>{p}, x, o, false);
+    const spline::Grads<float> r = spline::backward(b, x, g, a.grad_log_det[row], a.inverse);
+    store(static_cast<T*>(a.out), i, r.grad_in);
+    spline::param_grads(b, r, o, sw, sh, Logits<T>{p}, StoreGrad<T>{gp});
   }
 }
 
