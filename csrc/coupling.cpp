@@ -13,7 +13,7 @@
 
 #include "checks.h"
 #include "register.h"
-#include "../kernels/spline.h"
+#include "../kernels/coupling.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -276,7 +276,7 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
   return {grad_in, grad_h};
 }
 
-// ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py; the maths: kernels/spline.h, which
+// ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py; the maths: kernels/coupling.h, which
 // the CUDA kernel shares). One element at a time: its 3 bins - 1 parameters are read straight from params (width
 // logits, height logits, interior derivative logits). The arithmetic is double: scalar code costs about the same in
 // either precision on the CPU, and near flat, narrow bins the rule is ill-conditioned enough that float32 loses 1e-4

@@ -12,6 +12,7 @@
 
 #include "checks.h"
 #include "register.h"
+#include "../kernels/diffusion.h"
 #include "cpu_math.h"
 
 #ifdef FASTGEN_WITH_CUDA
@@ -155,32 +156,8 @@ struct View {
   }
 };
 
-struct Conversion {
-  float x0;
-  float eps;
-};
-
-// (x0, eps) of one element before clipping, as convert() in kernels/diffusion.cu, from xm = k x
-// (returned by value, so loops vectorize; divisions by alpha and sigma are multiplications by
-// their reciprocals, computed once per row).
-template <int P>
-inline Conversion convert(float out, float xm, float alpha, float sigma, float inv_alpha, float inv_sigma) {
-  Conversion r;
-  if (P == kEps) {
-    r.eps = out;
-    r.x0 = (xm - sigma * out) * inv_alpha;
-  } else if (P == kX0) {
-    r.x0 = out;
-    r.eps = (xm - alpha * out) * inv_sigma;
-  } else if (P == kV) {
-    r.x0 = alpha * xm - sigma * out;
-    r.eps = sigma * xm + alpha * out;
-  } else {
-    r.eps = -sigma * out;
-    r.x0 = (xm + sigma * sigma * out) * inv_alpha;
-  }
-  return r;
-}
+using diffusion::Conversion;
+using diffusion::convert;
 
 // c * v, or exactly 0 where c == 0 (an infinite x0 with c_x0 == 0 adds nothing): a bit mask made
 // once per row, since GCC does not vectorize a select on a loop-invariant condition.

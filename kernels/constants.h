@@ -2,6 +2,14 @@
 // (tests/test_constants.py checks that the two agree). Plain C++, no torch: nvcc and the host code include it.
 #pragma once
 
+// Functions compiled for the host and, under nvcc, for the device too: the per-element maths that the CPU and CUDA
+// backends share (kernels/<loop>.h).
+#if defined(__CUDACC__)
+#define FASTGEN_HD __host__ __device__ __forceinline__
+#else
+#define FASTGEN_HD inline __attribute__((always_inline))
+#endif
+
 namespace fastgen {
 
 // What a diffusion model returns (fastgen.constants.Prediction).

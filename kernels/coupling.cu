@@ -2,7 +2,7 @@
 // arguments in launchers.h): the forward / inverse as per-sample sums (common.cuh's launch_row_sums: each element's
 // term stores its output and returns its log-det term), the backward elementwise.
 #include "common.cuh"
-#include "spline.h"
+#include "coupling.h"
 
 namespace fastgen {
 namespace cuda {

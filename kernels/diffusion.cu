@@ -1,15 +1,13 @@
 // CUDA kernels of the diffusion samplers: the generic fused step (every affine
 // update rule, see launchers.h) and the score-SDE Langevin corrector.
 #include "common.cuh"
+#include "diffusion.h"
 
 namespace fastgen {
 namespace cuda {
 namespace {
 
-struct Conversion {
-  float x0;
-  float eps;
-};
+using diffusion::Conversion;
 
 // The coefficients of a sample whose index is out of range: its state becomes NaN, an error flag that costs no
 // host sync (a loop's check_finite reads it once, after the loop); nothing is read outside coef.
@@ -25,24 +23,21 @@ __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int
 // (x0, eps) from the model output, read at x_m = k x where x_m = alpha x0 + sigma eps.
 __device__ __forceinline__ Conversion convert(float out, float x, const float* c, int prediction, float clip,
                                               bool clip_eps) {
-  const float alpha = c[kAlpha], sigma = c[kSigma], xm = c[kK] * x;
+  const float alpha = c[kAlpha], sigma = c[kSigma], xm = c[kK] * x, inv_alpha = 1.0f / alpha,
+              inv_sigma = 1.0f / sigma;
   Conversion r;
   switch (prediction) {
     case kEps:
-      r.eps = out;
-      r.x0 = (xm - sigma * out) / alpha;
+      r = diffusion::convert<kEps>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
       break;
     case kX0:
-      r.x0 = out;
-      r.eps = (xm - alpha * out) / sigma;
+      r = diffusion::convert<kX0>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
       break;
     case kV:
-      r.x0 = alpha * xm - sigma * out;
-      r.eps = sigma * xm + alpha * out;
+      r = diffusion::convert<kV>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
       break;
-    default:  // score
-      r.eps = -sigma * out;
-      r.x0 = (xm + sigma * sigma * out) / alpha;
+    default:
+      r = diffusion::convert<kScore>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
   }
   if (clip > 0.0f) {
     r.x0 = fminf(fmaxf(r.x0, -clip), clip);

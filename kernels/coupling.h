@@ -1,17 +1,15 @@
-// The rational-quadratic spline of one element (Durkan et al. 2019; the rule: fastgen/reference/coupling.py),
-// written once for both compiled backends: csrc/coupling.cpp instantiates it in double, kernels/coupling.cu in
-// float. Each backend supplies how it reads the parameters: Widths / Heights give the softmax of the width and
-// height logits at bin j, Params the raw logit j (the interior derivative logits start at 2 bins).
+// The coupling loop's per-element maths, written once for both compiled backends: the rational-quadratic spline of
+// one element (Durkan et al. 2019; the rule: fastgen/reference/coupling.py), which csrc/coupling.cpp instantiates
+// in double and kernels/coupling.cu in float. Each backend supplies how it reads the parameters: Widths / Heights
+// give the softmax of the width and height logits at bin j, Params the raw logit j (the interior derivative logits
+// start at 2 bins).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FASTGEN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGEN_HD inline
-#endif
+#include "constants.h"
+
 
 namespace fastgen {
 namespace spline {
