@@ -211,3 +211,10 @@ def test_lms_order_must_be_a_positive_int():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="order must be an int >= 1"):
             k_sampling.sample_lms(denoiser, x, K.get_sigmas_karras(4, 0.1, 5.0), order=bad)
+
+
+def test_nan_sigmas_are_refused():
+    """A NaN level passed the decreasing check (every comparison with NaN is false) and returned all NaN."""
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="sigmas must be a decreasing sequence"):
+        k_sampling.sample_euler(denoiser, x, torch.tensor([1.0, float("nan"), 0.0]), disable=True)

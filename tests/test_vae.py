@@ -164,3 +164,20 @@ def test_vae_digits_example_step_bounds_and_grids(tmp_path):
     assert report["IWAE-20"] > report["IWAE-1"]
     image_grid(torch.rand(6, 64), str(tmp_path / "grid.png"), 3, "test", (0, 1))
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_a_chunked_encoder_output_is_taken_as_it_comes():
+    """What ``encoder(x).chunk(2, dim=1)`` returns (non-contiguous halves) goes into the ELBO and IWAE-1 as a copy
+    would: the same values, and gradients to the encoder's output."""
+    x = torch.rand(5, 3)
+    encoded = torch.randn(5, 4, requires_grad=True)
+    mean, log_std = encoded.chunk(2, dim=1)
+    assert not mean.is_contiguous()
+    decoder = torch.nn.Linear(2, 3)
+    got = vae.elbo(x, mean, log_std, decoder, seed=3)
+    want = vae.elbo(x, mean.contiguous(), log_std.contiguous(), decoder, seed=3)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(vae.iwae_bound(x, mean, log_std, decoder, k=1, seed=3),
+                               vae.iwae_bound(x, mean.contiguous(), log_std.contiguous(), decoder, k=1, seed=3))
+    got.sum().backward()
+    assert encoded.grad is not None and torch.isfinite(encoded.grad).all()
