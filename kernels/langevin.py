@@ -77,7 +77,8 @@ def ula_kernel(
     tl.store(y_ptr + idx, value.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _ula(x, y, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip) -> None:
+def _ula(x, y, score, step_size, step_sizes, seed, offset, rng_state, *, clamp_lo=None, clamp_hi=None,
+         grad_clip=None) -> None:
     numel = x.numel()
     if numel == 0:
         return
@@ -104,14 +105,15 @@ def _ula(x, y, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, 
 
 def ula_step_(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip):
     """fastgen_triton::ula_step_ (declared in fastgen/ops/langevin.py)."""
-    _ula(x, x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip)
+    _ula(x, x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo=clamp_lo, clamp_hi=clamp_hi,
+         grad_clip=grad_clip)
 
 
 
 def mala_propose(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
     """fastgen_triton::mala_propose (declared in fastgen/ops/langevin.py)."""
     y = torch.empty_like(x)
-    _ula(x, y, grad_log_prob, step_size, step_sizes, seed, offset, rng_state, None, None, None)
+    _ula(x, y, grad_log_prob, step_size, step_sizes, seed, offset, rng_state)
     return y
 
 

@@ -86,7 +86,7 @@ class _FusedStep:
             raise IndexError(f"timestep {t} is out of range: the table has timesteps 0 to {rows - 1}")
         return table[t:t + 1], None
 
-    def _run(self, model_output, sample, table, timestep, prediction, clip, clip_eps, noise, out_dtype):
+    def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype):
         coef, index = self._row(table, timestep, sample.device)
         prev = sample.to(out_dtype, copy=True).contiguous()
         x0 = torch.empty(sample.shape, device=sample.device, dtype=torch.float32)
@@ -157,8 +157,9 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
             self._check_in_schedule(int(timestep))
         table = self._table("ddpm", self._build, sample.device)
-        prev, x0 = self._run(model_output, sample, table, timestep, _PREDICTIONS[self.config.prediction_type],
-                             _clip(self.config), True, noise, sample.dtype)
+        prediction = _PREDICTIONS[self.config.prediction_type]
+        prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
+                             clip_eps=True, noise=noise, out_dtype=sample.dtype)
         if not return_dict:
             return prev, x0
         return diffusers.schedulers.scheduling_ddpm.DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -197,8 +198,9 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)
         table = self._table(("ddim", float(eta)), lambda: self._build(float(eta)), sample.device)
-        prev, x0 = self._run(model_output, sample, table, timestep, _PREDICTIONS[self.config.prediction_type],
-                             _clip(self.config), use_clipped_model_output, noise, sample.dtype)
+        prediction = _PREDICTIONS[self.config.prediction_type]
+        prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
+                             clip_eps=use_clipped_model_output, noise=noise, out_dtype=sample.dtype)
         if not return_dict:
             return prev, x0
         return diffusers.schedulers.scheduling_ddim.DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -236,7 +238,8 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
         table = self._table("euler_a", self._build, sample.device)
         index = self._step_index
         prev, x0 = self._run(model_output.float(), sample.float(), table, index,
-                             _PREDICTIONS[self.config.prediction_type], None, True, noise, torch.float32)
+                             prediction=_PREDICTIONS[self.config.prediction_type], clip=None, clip_eps=True,
+                             noise=noise, out_dtype=torch.float32)
         self._step_index += 1
         prev = prev.to(model_output.dtype)
         if not return_dict:

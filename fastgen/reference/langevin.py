@@ -23,7 +23,8 @@ def _normals(x: torch.Tensor, seed: int, offset: int, rng_state: torch.Tensor | 
     return normal_at(seed if state_seed is None else state_seed, n).view(x.shape)
 
 
-def _ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip) -> torch.Tensor:
+def _ula(x, score, step_size, step_sizes, seed, offset, rng_state, *, clamp_lo=None, clamp_hi=None,
+         grad_clip=None) -> torch.Tensor:
     s = score.float()
     if step_sizes is None:
         h, noise_scale = step_size, math.sqrt(2.0 * step_size)
@@ -43,14 +44,15 @@ def _ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, cla
 def ula_step_(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip):
     """x <- clamp(x + h_b c_b s + sqrt(2 h_b) xi), c_b = min(1, grad_clip / (|s_b| + 1e-6))."""
     if x.numel():
-        x.copy_(_ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip))
+        x.copy_(_ula(x, score, step_size, step_sizes, seed, offset, rng_state, clamp_lo=clamp_lo, clamp_hi=clamp_hi,
+                     grad_clip=grad_clip))
 
 
 def mala_propose(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state):
     """y = x + h_b grad log p(x) + sqrt(2 h_b) xi."""
     y = torch.empty_like(x)
     if x.numel():
-        y.copy_(_ula(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state, None, None, None))
+        y.copy_(_ula(x, grad_log_prob, step_size, step_sizes, seed, offset, rng_state))
     return y
 
 
