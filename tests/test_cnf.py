@@ -360,3 +360,27 @@ def test_ffjord_digits_example_learns_within_a_few_steps():
     cnf, held_out = example.train(100, hidden=64, seed=0)
     cnf.flow.solver.update(rtol=1e-3, atol=1e-3)
     assert example.held_out_bits_per_dim(cnf, held_out, probes=1) < math.log2(17)
+
+
+@pytest.mark.parametrize("control", ["sample", "batch"])
+def test_nan_dynamics_stop_the_solve_at_once_and_name_the_sample(control):
+    """f returning NaN at the start (the step size from it is NaN too) used to spin to max_steps and then report
+    "did not reach t1"; now the sample stops at its first attempt and the error names it."""
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+
+    def f(t, y):
+        return torch.where(torch.arange(4)[:, None] == 2, math.nan, -y)
+
+    stats = {}
+    with pytest.raises(FloatingPointError, match="non-finite for 1 sample" + (r"\(s\), the first sample 2 at t = 0"
+                                                                            if control == "sample" else "")):
+        odeint(f, y0, control=control, stats=stats)
+    if control == "sample":  # the others solve on; the bad one never attempted a step
+        assert int(stats["accepted"][2]) == int(stats["rejected"][2]) == 0 and bool(stats["done"][[0, 1, 3]].all())
+    else:
+        assert stats["attempts"] == 1
+    dynamics = MLPDynamics(2, (8,), torch.nn.Tanh)
+    with torch.no_grad():
+        dynamics.layers[-1].bias.fill_(math.nan)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        CNF(dynamics, event_shape=(2,)).log_prob(torch.zeros(3, 2))

@@ -177,9 +177,14 @@ class _Dopri5:
         self.h = torch.minimum(h, torch.tensor(abs(t1 - t0), dtype=torch.float64, device=device))
         self.accepted = torch.zeros(shape, dtype=torch.int64, device=device)
         self.rejected = torch.zeros_like(self.accepted)
-        self.nonfinite = torch.zeros(shape, dtype=torch.bool, device=device)  # stopped: non-finite (check_finite)
+        self.nonfinite = torch.zeros(shape, dtype=torch.bool, device=device)  # stopped: a non-finite f or state
         self.underflow = torch.zeros_like(self.nonfinite)  # stopped: the step size fell below 1e-14 of the span
         self.tiny = 1e-14 * abs(t1 - t0)
+
+    def _finite(self, values) -> torch.Tensor:
+        """Whether each sample's (or, with a shared step, every) component is finite."""
+        finite = torch.stack([torch.isfinite(v).reshape(v.shape[0], -1).all(1) for v in values]).all(0)
+        return finite if self.per_sample else finite.all()
 
     def running(self) -> torch.Tensor:
         return ((self.t_end - self.t) * self.direction > 0) & ~self.nonfinite & ~self.underflow
@@ -189,6 +194,10 @@ class _Dopri5:
         opts, n_err, t = self.opts, self.n_err, self.t
         remaining = (self.t_end - t) * self.direction
         active = (remaining > 0) & ~self.nonfinite & ~self.underflow
+        with torch.no_grad():  # f non-finite at an accepted state (at t0: NaN dynamics) stops the sample at once
+            finite = self._finite(self.k1[:n_err]) & torch.isfinite(self.h)
+        self.nonfinite |= active & ~finite
+        active &= finite
         step = torch.where(active, torch.minimum(self.h, remaining), torch.zeros_like(self.h))
         last = step >= remaining
         hd = step * self.direction
@@ -205,8 +214,7 @@ class _Dopri5:
             ratio = _norm([e / s for e, s in zip(err, scale, strict=False)], opts.control)
             ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))  # reject, h / 5
         if opts.check_finite:
-            finite = torch.stack([torch.isfinite(v).reshape(v.shape[0], -1).all(1) for v in y5[:n_err]]).all(0)
-            self.nonfinite |= active & ~(finite if self.per_sample else finite.all())
+            self.nonfinite |= active & ~self._finite(y5[:n_err])
         self.underflow |= active & (step < self.tiny)
         ok = (ratio <= 1) & active
         y = _where(ok, y5, y)
@@ -230,8 +238,15 @@ class _Dopri5:
                               done=done)
         if not opts.sync_every:
             return _where(done, y, tuple(torch.full_like(v, float("nan")) for v in y))
-        if opts.check_finite and bool(self.nonfinite.any()):  # one synchronization, after the solve
-            raise FloatingPointError(f"odeint: the state went non-finite for {int(self.nonfinite.sum())} sample(s)")
+        if bool(self.nonfinite.any()):  # one synchronization, after the solve
+            count = int(self.nonfinite.sum())
+            if self.per_sample:
+                index = int(self.nonfinite.nonzero()[0, 0])
+                first = f", the first sample {index} at t = {float(self.t[index]):.6g}"
+            else:
+                first = f" at t = {float(self.t):.6g}"
+            raise FloatingPointError(f"odeint: the state or f(t, y) went non-finite for {count} sample(s){first}: the "
+                                     "dynamics returned NaN or inf there")
         if bool(self.underflow.any()):
             where = self.t[self.underflow] if self.per_sample else self.t
             raise RuntimeError(f"odeint: the step size underflowed for {int(self.underflow.sum())} sample(s), at t "
@@ -397,7 +412,9 @@ def odeint(
         at all (it can be captured in a CUDA graph) and returns NaN for samples that did not reach t1.
         Otherwise a sample that does not reach t1 within ``max_steps`` attempts is an error, raised after the
         solve, as are ``check_finite``'s.
-    check_finite: flag on the device the samples whose state went non-finite; an error at the end of the solve.
+    check_finite: also flag on the device the samples whose new state went non-finite in an accepted step (f
+        returning NaN or inf at an accepted state, e.g. at t0, always stops that sample at once); an error at the
+        end of the solve naming the first such sample.
     adjoint: gradients by the adjoint method (memory independent of the number of steps) for the tensors in y0
         and ``adjoint_params`` (default: the parameters of f when f is an nn.Module); otherwise by
         backpropagation through the solver's operations (step sizes are not differentiated).
