@@ -361,3 +361,26 @@ def test_fuzz_every_op_on_every_backend_matches_the_reference_or_raises():
                     torch.testing.assert_close(g, w, **TOL.get(g.dtype, TOL[torch.float32]), equal_nan=True,
                                                msg=context)
         cases += 1
+
+
+# silent wrong results, now errors naming the argument ---------------------------------------------------------------
+
+def test_inputs_that_were_taken_silently_are_errors():
+    gmm = fastgen.targets.eight_gaussians()
+    model = gmm.model(fastgen.VPSDE(), "eps", conditional=True)
+    guided = dict(model_kwargs={"y": torch.zeros(4, dtype=torch.int64)}, uncond_kwargs={"y": torch.tensor([-1])},
+                  guidance_scale=3.0, sampler="dpmpp_2m", steps=3, prediction="eps")
+    with pytest.raises(ValueError, match="guidance_interval"):  # turned guidance off (as scale 1)
+        fastgen.sample(model, (4, 2), guidance_interval=(float("nan"), 0.2), **guided)
+    with pytest.raises(ValueError, match="sigmas must decrease"):
+        fastgen.annealed_langevin(torch.zeros(4, 2), score=lambda x, s: -x, sigmas=[0.1, 1.0], n_steps_each=1,
+                                  eps=1e-3)
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype"):  # was silently all zeros
+        fastgen.mcmc.ReplayBuffer(8, (2,), dtype=torch.int64)
+    chains = fastgen.mcmc.PersistentChains(torch.zeros(16, 2), seed=1)
+    with pytest.raises(ValueError, match=r"state\['x'\] must hold chains like these"):  # failed later
+        chains.load_state_dict({"x": torch.zeros(3, 5), "seed": 1, "calls": 0})
+    runner = fastgen.make_sampler(gmm.model(fastgen.VPSDE(), "eps"), (4, 2), sampler="dpmpp_2m", steps=3,
+                                  prediction="eps", per_sample_seeds=torch.arange(4))
+    with pytest.raises(TypeError, match="per_sample_seeds must be an int64"):  # sample() rejected what draw() took
+        runner.draw(per_sample_seeds=torch.arange(4.0))

@@ -565,6 +565,9 @@ class Sampler:
             if self.sample_seeds is None or per_sample_seeds.shape != self.sample_seeds.shape:
                 raise ValueError(f"per_sample_seeds must have shape ({self.shape[0]},) and the sampler must be built "
                                  "with per-sample seeds")
+            if per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
+                raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got "
+                                f"{per_sample_seeds.dtype}")
             self.sample_seeds.copy_(per_sample_seeds)
         if self.graph is not None:
             return self.replay()
@@ -593,7 +596,8 @@ def _check_guidance(scale, uncond_kwargs, interval, model_kwargs, batch: int, re
         raise ValueError("guidance_scale needs model_kwargs (the conditioning) and uncond_kwargs (its unconditional "
                          "values, e.g. a null label)")
     if interval is not None and (not isinstance(interval, (tuple, list)) or len(interval) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval) or interval[0] > interval[1]):
+            isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in interval)
+            or interval[0] > interval[1]):
         raise ValueError(f"guidance_interval must be (low, high) model times with low <= high, got {interval!r}")
     return Guidance(scale, uncond_kwargs, None if interval is None else tuple(interval), float(rescale or 0.0))
 

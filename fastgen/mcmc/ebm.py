@@ -81,7 +81,11 @@ class PersistentChains:
         return {"x": self.x.clone(), "seed": self.seed, "calls": self.calls}
 
     def load_state_dict(self, state: dict) -> None:
-        self.x, self.seed, self.calls = state["x"].clone().to(self.x.device), int(state["seed"]), int(state["calls"])
+        x = state["x"]
+        if not isinstance(x, torch.Tensor) or x.shape != self.x.shape or x.dtype != self.x.dtype:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"state['x'] must hold chains like these, {self.x.dtype} {tuple(self.x.shape)}, got {got}")
+        self.x, self.seed, self.calls = x.clone().to(self.x.device), int(state["seed"]), int(state["calls"])
 
 
 class ReplayBuffer:
@@ -102,6 +106,8 @@ class ReplayBuffer:
             raise ValueError(f"reinit_prob must be a number in [0, 1], got {reinit_prob!r}")
         if not callable(init) and init not in ("uniform", "normal"):
             raise ValueError(f"init must be 'uniform', 'normal' or a callable n -> samples, got {init!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype (the negatives' own), got {dtype}")
         self.capacity, self.sample_shape = capacity, tuple(int(s) for s in sample_shape)
         self.reinit_prob, self.init = float(reinit_prob), init
         self.seed, self.offset = resolve_seed(seed, generator), 0

@@ -7,6 +7,7 @@ plus one fused op.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -257,6 +258,9 @@ def annealed_langevin(
     levels = [float(s) for s in sigmas]
     if not levels or any(not math.isfinite(s) or s <= 0 for s in levels):
         raise ValueError("sigmas must be a non-empty sequence of finite values > 0")
+    if any(b >= a for a, b in itertools.pairwise(levels)):
+        raise ValueError(f"sigmas must decrease (sigma_1 > ... > sigma_L: annealing goes from coarse to fine), "
+                         f"got {levels}")
     n_steps_each = _check_steps(n_steps_each, "n_steps_each")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
