@@ -83,6 +83,26 @@ def test_two_concurrent_runs_on_one_folder_one_runs_one_fails_fast(tmp_path):
     assert verify(str(out))["settings"] == reference["settings"] == json.loads((out / "settings.json").read_text())
 
 
+def test_a_folder_of_someone_elses_is_refused_and_left_untouched(tmp_path):
+    """A user's settings.json and manifest.json (no shards) were taken over and overwritten; other files, a
+    settings.json without fastgen's keys or a manifest of another format are now refused, and nothing is written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "settings.json").write_text('{"learning_rate": 0.1}')
+    (mine / "manifest.json").write_text('{"files": []}')
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    with pytest.raises(GenerateError, match="is not a settings file fastgen generate wrote"):
+        generate("gmm8", 20, str(mine), steps=3, quiet=True)
+    (mine / "settings.json").unlink()
+    with pytest.raises(GenerateError, match="is not a fastgen-shards/1 manifest"):
+        generate("gmm8", 20, str(mine), steps=3, quiet=True)
+    (mine / "notes.txt").write_text("mine")
+    result = cli("generate", "gmm8", "-n", "20", "--steps", "3", "--out", str(mine))
+    assert result.returncode == 1 and "holds files fastgen generate did not write (notes.txt)" in one_line(result)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == {**{k: v for k, v in before.items()
+                                                                 if k != "settings.json"}, "notes.txt": b"mine"}
+
+
 def test_a_dead_runs_lock_is_taken_over(tmp_path):
     out = tmp_path / "g"
     out.mkdir()
@@ -99,7 +119,8 @@ def test_shards_without_settings_are_refused_and_settings_of_a_run_that_made_not
         generate("gmm8", 200, str(out), steps=3, shard_size=100, quiet=True)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    (fresh / "settings.json").write_text(json.dumps({"n": 5}))  # a run that failed before its first shard
+    # a run that failed before its first shard left fastgen's settings.json
+    (fresh / "settings.json").write_text(json.dumps(verify(str(out))["settings"]))
     assert generate("gmm8", 20, str(fresh), steps=3, quiet=True)["settings"]["n"] == 20
     (out / "settings.json").write_text("{not json")
     with pytest.raises(GenerateError, match="settings.json .* cannot be read"):

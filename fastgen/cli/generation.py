@@ -389,22 +389,48 @@ def _shard_files(out: str) -> list[str]:
     return sorted(name for name in os.listdir(out) if name.startswith("shard-") and ".tmp." not in name)
 
 
+_OWN_FILE = re.compile(r"^(shard-\d{6}\.npy(\.json)?|settings\.json|manifest\.json)(\.tmp\.\d+)?$|^\.lock$")
+_SETTINGS_KEYS = {"source", "n", "sampler", "steps", "spacing", "seed", "shard_size", "prediction", "shape", "dtype"}
+MANIFEST_FORMAT = "fastgen-shards/1"
+
+
+def _check_own_folder(out: str) -> None:
+    """generate writes only into an empty folder or one of its own runs: any other file, a settings.json without
+    the keys fastgen writes or a manifest of another format is refused, and nothing is touched."""
+    foreign = sorted(name for name in os.listdir(out) if not _OWN_FILE.match(name))
+    if foreign:
+        listed = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise GenerateError(f"{out!r} holds files fastgen generate did not write ({listed}); it writes only into an "
+                            "empty folder or one of its own runs: use a new folder")
+    settings_path, manifest_path = os.path.join(out, SETTINGS), os.path.join(out, MANIFEST)
+    if os.path.exists(settings_path):
+        old = _read_json(settings_path, "the settings of the generation in this folder")
+        if not isinstance(old, dict) or not _SETTINGS_KEYS <= set(old):
+            raise GenerateError(f"{settings_path} is not a settings file fastgen generate wrote; use a new folder")
+    if os.path.exists(manifest_path):
+        manifest = _read_json(manifest_path, "the manifest in this folder")
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise GenerateError(f"{manifest_path} is not a {MANIFEST_FORMAT} manifest of fastgen generate; use a new "
+                                "folder")
+
+
 def _claim_folder(out: str, settings: dict, need_bytes: int) -> _FolderLock:
     """Lock the folder, check it holds this generation or nothing, check the free space, write settings.json."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise GenerateError(f"the output path {out!r} is not a folder")
+    if os.path.isdir(out):
+        _check_own_folder(out)  # before the lock file: a folder of someone else's gets nothing written into it
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
         raise GenerateError(f"cannot create the output folder {out!r}: {err.strerror or err}") from None
     lock = _FolderLock(out)
     try:
+        _check_own_folder(out)
         settings_path = os.path.join(out, SETTINGS)
         shards = _shard_files(out)
         if os.path.exists(settings_path):
             old = _read_json(settings_path, "the settings of the generation in this folder")
-            if not isinstance(old, dict):
-                raise GenerateError(f"{settings_path} is not a fastgen settings file; use a new folder")
             if old != settings and shards:
                 changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 raise GenerateError(f"{out!r} holds a generation with other settings ({', '.join(changed)} differ); "
@@ -723,7 +749,7 @@ def _write_manifest(out: str, settings: dict, shards: int) -> dict:
         if not os.path.exists(sidecar):
             raise GenerateError(f"shard {k} is missing in {out!r}; rerun the same command to finish it")
         entries.append(_read_json(sidecar, f"the sidecar of shard {k}"))
-    manifest = {"format": "fastgen-shards/1", "settings": settings, "shards": entries,
+    manifest = {"format": MANIFEST_FORMAT, "settings": settings, "shards": entries,
                 "versions": {"fastgen": __version__, "torch": torch.__version__, "numpy": np.__version__}}
     _fsync_write(os.path.join(out, MANIFEST), _json_bytes(manifest))
     return manifest
