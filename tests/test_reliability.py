@@ -405,3 +405,37 @@ def test_inputs_that_were_taken_silently_are_errors():
                                   prediction="eps", per_sample_seeds=torch.arange(4))
     with pytest.raises(TypeError, match="per_sample_seeds must be an int64"):  # sample() rejected what draw() took
         runner.draw(per_sample_seeds=torch.arange(4.0))
+
+
+def test_verify_confines_the_manifest_to_the_folder_and_checks_shapes(tmp_path):
+    """A manifest entry naming an absolute path or ../x (with a matching sha256) passed verify() and load() read the
+    outside file; shard shape and dtype were never checked against the settings."""
+    import hashlib
+
+    out = tmp_path / "g"
+    generate("gmm8", 30, str(out), steps=3, shard_size=10, quiet=True)
+    manifest_path = out / "manifest.json"
+    good = json.loads(manifest_path.read_text())
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros((10, 2), dtype=np.float32))
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    for name in (str(outside), "../outside.npy"):
+        bad = json.loads(json.dumps(good))
+        bad["shards"][0].update(file=name, sha256=digest)
+        manifest_path.write_text(json.dumps(bad))
+        with pytest.raises(GenerateError, match="not a shard file of this folder"):
+            verify(str(out))
+        with pytest.raises(GenerateError, match="not a shard file of this folder"):
+            load(str(out))
+    manifest_path.write_text(json.dumps(good))
+    (out / "shard-000001.npy").unlink()
+    (out / "shard-000001.npy").symlink_to(outside)
+    with pytest.raises(GenerateError, match="resolves outside"):
+        verify(str(out))
+    (out / "shard-000001.npy").unlink()
+    np.save(out / "shard-000001.npy", np.zeros((10, 3), dtype=np.float32))  # another shape, its checksum recorded
+    bad = json.loads(json.dumps(good))
+    bad["shards"][1]["sha256"] = hashlib.sha256((out / "shard-000001.npy").read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(bad))
+    with pytest.raises(GenerateError, match=r"holds float32 \(10, 3\), the settings say float32 \(10, 2\)"):
+        verify(str(out))

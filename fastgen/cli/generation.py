@@ -755,22 +755,53 @@ def _write_manifest(out: str, settings: dict, shards: int) -> dict:
     return manifest
 
 
+_SHARD_FILE = re.compile(r"^shard-\d{6}\.npy$")
+
+
+def _shard_in(out: str, name) -> str:
+    """The path of a manifest's shard entry, confined to the folder: a shard name as generate writes it (no
+    absolute path, no separator, no ..), and, symlinks resolved, still inside the folder."""
+    if not isinstance(name, str) or not _SHARD_FILE.match(name):
+        raise GenerateError(f"the manifest names {name!r}: not a shard file of this folder (shard-NNNNNN.npy)")
+    path = os.path.join(out, name)
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(out):
+        raise GenerateError(f"{name} resolves outside {out!r} (a symbolic link): not read")
+    return path
+
+
+def _check_shard_header(path: str, shape: tuple) -> None:
+    """The shard's .npy header against the settings: float32, C order, (its sample count, *sample shape)."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            got_shape, fortran, dtype = read(f)
+        except ValueError as err:
+            raise GenerateError(f"{os.path.basename(path)} is not a .npy file: {err}") from None
+    if tuple(got_shape) != shape or fortran or dtype != np.dtype("<f4"):
+        raise GenerateError(f"{os.path.basename(path)} holds {dtype} {tuple(got_shape)}, the settings say float32 "
+                            f"{shape}")
+
+
 def verify(out: str) -> dict:
-    """Check a finished generation: every shard present, its range and checksum as the manifest says."""
+    """Check a finished generation: every shard present in the folder, its range, checksum, shape and dtype as the
+    manifest and the settings say."""
     path = os.path.join(out, MANIFEST)
     if not os.path.exists(path):
         raise GenerateError(f"{out!r} has no {MANIFEST}: the generation is not finished")
     manifest = _read_json(path, "the manifest")
     try:
         expected, n, entries = 0, manifest["settings"]["n"], list(manifest["shards"])
+        shape = tuple(manifest["settings"]["shape"])
         for entry in entries:
-            shard = os.path.join(out, entry["file"])
+            shard = _shard_in(out, entry["file"])
             if entry["start"] != expected:
                 raise GenerateError(f"{entry['file']}: starts at {entry['start']}, expected {expected}")
             if not os.path.exists(shard):
                 raise GenerateError(f"{entry['file']} is missing")
             if _sha256(shard) != entry["sha256"]:
                 raise GenerateError(f"{entry['file']}: checksum differs from the manifest")
+            _check_shard_header(shard, (entry["stop"] - entry["start"],) + shape)
             expected = entry["stop"]
     except (KeyError, TypeError) as err:
         raise GenerateError(f"{path} is not a fastgen manifest ({type(err).__name__}: {err})") from None
@@ -825,5 +856,5 @@ def load(out: str, mmap: bool = True) -> Samples | np.ndarray:
     """The samples of a verified generation: memory-mapped shard by shard (a Samples; np.asarray() makes one
     array), or with mmap=False read into one array."""
     manifest = verify(out)
-    shards = [np.load(os.path.join(out, e["file"]), mmap_mode="r" if mmap else None) for e in manifest["shards"]]
+    shards = [np.load(_shard_in(out, e["file"]), mmap_mode="r" if mmap else None) for e in manifest["shards"]]
     return Samples(shards) if mmap else np.concatenate(shards)
