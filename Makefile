@@ -25,9 +25,9 @@ build: $(DEPS)
 	MAX_JOBS=$(JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
 ctest: build
-	mkdir -p build && $(BIN)/python -m fastgen.ops >build/schemas.txt
+	mkdir -p build
 	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	      -DFASTGEN_SCHEMAS="$(CURDIR)/build/schemas.txt" >build/cmake.log
+	      -DPython3_EXECUTABLE="$(CURDIR)/$(BIN)/python" >build/cmake.log
 	cmake --build build/cmake -j $(JOBS) >>build/cmake.log
 	ctest --test-dir build/cmake --output-on-failure
 
