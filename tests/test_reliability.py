@@ -11,6 +11,7 @@ Where each case of the hardening issue is tested:
 """
 
 import json
+import math
 import os
 import random
 import signal
@@ -439,3 +440,13 @@ def test_verify_confines_the_manifest_to_the_folder_and_checks_shapes(tmp_path):
     manifest_path.write_text(json.dumps(bad))
     with pytest.raises(GenerateError, match=r"holds float32 \(10, 3\), the settings say float32 \(10, 2\)"):
         verify(str(out))
+
+
+def test_mala_warns_about_chains_whose_log_prob_is_not_finite():
+    """MALA with a NaN log_prob returned x0 with acceptance 0 and no word."""
+    def log_prob(x):
+        return torch.where(torch.arange(x.shape[0]) == 1, math.nan, -0.5 * x.square().sum(1))
+
+    with pytest.warns(RuntimeWarning, match=r"not finite .* of 1 of 3 chain\(s\), the first chain 1"):
+        x, rate = fastgen.mala(torch.zeros(3, 2), log_prob=log_prob, n_steps=5, step_size=0.5, seed=0)
+    assert float(rate[1]) == 0.0 and torch.equal(x[1], torch.zeros(2))

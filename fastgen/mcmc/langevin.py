@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -228,6 +229,12 @@ def mala(
         else:
             accepted_total += accepted
     rate = accepted_total / max(n_steps, 1)
+    stuck = ~torch.isfinite(log_p)
+    count = int(stuck.sum())  # one host read, after the chains
+    if count:
+        warnings.warn(f"fastgen.mala: log_prob is not finite (NaN or -inf) at the state of {count} of {chains} "
+                      f"chain(s), the first chain {int(stuck.nonzero()[0, 0])}: such a chain rejects every proposal "
+                      "and stays where it is", RuntimeWarning, stacklevel=2)
     return x, rate
 
 
