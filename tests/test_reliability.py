@@ -450,3 +450,15 @@ def test_mala_warns_about_chains_whose_log_prob_is_not_finite():
     with pytest.warns(RuntimeWarning, match=r"not finite .* of 1 of 3 chain\(s\), the first chain 1"):
         x, rate = fastgen.mala(torch.zeros(3, 2), log_prob=log_prob, n_steps=5, step_size=0.5, seed=0)
     assert float(rate[1]) == 0.0 and torch.equal(x[1], torch.zeros(2))
+
+
+def test_a_file_that_is_no_model_is_one_line(tmp_path):
+    """It printed 25 lines of torch.export's logged traceback before the one-line error (a process of its own: the
+    logger writes to the process's stderr)."""
+    junk = tmp_path / "notamodel.pt"
+    junk.write_text("not a model")
+    result = subprocess.run([sys.executable, "-m", "fastgen", "generate", str(junk), "-n", "5", "--shape", "2",
+                             "--out", str(tmp_path / "g")], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                            timeout=300)
+    assert result.returncode == 1 and "is neither a TorchScript, a torch.export nor a torch.save file" in \
+        one_line(result)

@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -39,6 +40,7 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -174,17 +176,7 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
         if not os.path.isfile(source):
             known = ", ".join(TARGETS)
             raise GenerateError(f"no such model file: {source!r} (built-in targets: {known}; or module:callable)")
-        try:
-            model = torch.jit.load(source, map_location="cpu")
-        except Exception:
-            try:
-                if _pickled_module(source):  # torch.save of a whole module: unpickling runs its code (trust it)
-                    model = torch.load(source, map_location="cpu", weights_only=False)
-                else:
-                    model, exported = torch.export.load(source).module(), True
-            except Exception as err:
-                raise GenerateError(f"{source!r} is neither a TorchScript, a torch.export nor a torch.save "
-                                    f"file: {err}") from None
+        model, exported = _load_model_file(source)
     if isinstance(model, Flow):
         return _flow_source(source, model, shape, prediction)
     if shape is None:
@@ -193,6 +185,30 @@ def load_source(source: str, sampler: str, shape=None, prediction: str | None = 
     if not callable(model):
         raise GenerateError(f"{source!r} is not callable as model(x, t)")
     return Source(source, model, shape, prediction or "eps", exported=exported)
+
+
+def _load_model_file(source: str):
+    """(model, exported) from a TorchScript, torch.export or torch.save file: each is a zip archive, so any other
+    file is refused at once (torch.export's loader would log its traceback first)."""
+    if not zipfile.is_zipfile(source):
+        raise GenerateError(f"{source!r} is neither a TorchScript, a torch.export nor a torch.save file (not a zip "
+                            "archive)")
+    try:
+        return torch.jit.load(source, map_location="cpu"), False
+    except Exception:
+        pass
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # its warning repeats, as a traceback, the error raised here
+    try:
+        if _pickled_module(source):  # torch.save of a whole module: unpickling runs its code (trust it)
+            return torch.load(source, map_location="cpu", weights_only=False), False
+        return torch.export.load(source).module(), True
+    except Exception as err:
+        raise GenerateError(f"{source!r} is neither a TorchScript, a torch.export nor a torch.save "
+                            f"file: {err}") from None
+    finally:
+        export_log.setLevel(level)
 
 
 def _fsync_dir(path: str) -> None:
