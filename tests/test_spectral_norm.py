@@ -218,3 +218,11 @@ def test_bad_input_names_the_argument():
         fnn.spectral_norm(nn.Linear(3, 3), name="kernel")
     with pytest.raises(ValueError, match="no layer"):
         fnn.SpectralNorm.apply(nn.ReLU())
+
+
+def test_applying_twice_says_the_model_is_normalized_already():
+    """The second SpectralNorm.apply said "model has no layer of type Linear..." of a model full of them."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    fnn.SpectralNorm.apply(model)
+    with pytest.raises(ValueError, match="spectrally normalized already"):
+        fnn.SpectralNorm.apply(model)

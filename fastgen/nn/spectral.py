@@ -184,7 +184,11 @@ class SpectralNorm:
             chosen.append(layer)
             modules.append(module)
         if not chosen:
-            raise ValueError(f"model has no layer of type {', '.join(t.__name__ for t in layers)} with a matrix weight")
+            kinds = ", ".join(t.__name__ for t in layers)
+            if any(isinstance(m, layers) and parametrize.is_parametrized(m, "weight") for m in model.modules()):
+                raise ValueError(f"model's layers of type {kinds} are spectrally normalized already (SpectralNorm."
+                                 "apply or spectral_norm was applied to it): remove() the group first")
+            raise ValueError(f"model has no layer of type {kinds} with a matrix weight")
         group = cls(model, chosen, modules, bool(scale_inputs))
         for layer in chosen:
             layer.group = group
