@@ -406,6 +406,14 @@ def test_inputs_that_were_taken_silently_are_errors():
                                   prediction="eps", per_sample_seeds=torch.arange(4))
     with pytest.raises(TypeError, match="per_sample_seeds must be an int64"):  # sample() rejected what draw() took
         runner.draw(per_sample_seeds=torch.arange(4.0))
+    with pytest.raises(ValueError, match="per_sample_seeds must be >= 0"):  # seed=-1 was refused, these taken
+        runner.draw(per_sample_seeds=torch.tensor([0, -1, 2, 3]))
+    with pytest.raises(ValueError, match="per_sample_seeds must be >= 0"):
+        fastgen.sample(gmm.model(fastgen.VPSDE(), "eps"), (2, 2), sampler="dpmpp_2m", steps=3, prediction="eps",
+                       per_sample_seeds=torch.tensor([-5, 1]))
+    with pytest.raises(ValueError, match="not both"):  # seed= was silently ignored
+        fastgen.sample(gmm.model(fastgen.VPSDE(), "eps"), (2, 2), sampler="dpmpp_2m", steps=3, prediction="eps",
+                       per_sample_seeds=torch.tensor([5, 1]), seed=3)
 
 
 def test_verify_confines_the_manifest_to_the_folder_and_checks_shapes(tmp_path):

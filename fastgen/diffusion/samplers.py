@@ -568,6 +568,8 @@ class Sampler:
             if per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
                 raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got "
                                 f"{per_sample_seeds.dtype}")
+            if per_sample_seeds.device.type == "cpu":  # (a device tensor is not read back: no sync per draw)
+                _check_nonnegative(per_sample_seeds)
             self.sample_seeds.copy_(per_sample_seeds)
         if self.graph is not None:
             return self.replay()
@@ -705,7 +707,18 @@ def _check_noise(seed, generator, per_sample_seeds, batch: int) -> Noise:
         raise ValueError(f"per_sample_seeds must be an int tensor of shape ({batch},)")
     if per_sample_seeds is not None and per_sample_seeds.dtype not in (torch.int64, torch.int32, torch.int16):
         raise TypeError(f"per_sample_seeds must be an int64, int32 or int16 tensor, got {per_sample_seeds.dtype}")
+    if per_sample_seeds is not None:
+        if seed is not None or generator is not None:
+            raise ValueError("give seed (or generator) or per_sample_seeds, not both: with per-sample seeds every "
+                             "sample's noise comes from its own seed")
+        _check_nonnegative(per_sample_seeds)
     return Noise(resolve_seed(seed, generator), per_sample_seeds)
+
+
+def _check_nonnegative(seeds: torch.Tensor) -> None:
+    """Seeds are in [0, 2**63 - 1], as seed= takes them (one host read, when the sampler is built or drawn from)."""
+    if bool((seeds < 0).any()):
+        raise ValueError(f"per_sample_seeds must be >= 0 (0 to 2**63 - 1, as seed=), got {int(seeds.min())}")
 
 
 def make_sampler(
