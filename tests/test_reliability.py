@@ -470,3 +470,11 @@ def test_a_file_that_is_no_model_is_one_line(tmp_path):
                             timeout=300)
     assert result.returncode == 1 and "is neither a TorchScript, a torch.export nor a torch.save file" in \
         one_line(result)
+
+
+def test_likelihood_refuses_data_outside_the_dequantized_range():
+    """likelihood(dequantize=256) took data outside [-1, 1] and returned a bound for data it was not."""
+    sde = fastgen.VPSDE()
+    model = fastgen.targets.eight_gaussians().model(sde, "score")
+    with pytest.raises(ValueError, match="dequantize=256 is for data on 256 levels over"):
+        fastgen.likelihood(model, torch.full((2, 2), 2.0), sde=sde, dequantize=256)

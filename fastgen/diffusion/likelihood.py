@@ -69,6 +69,9 @@ def _check_likelihood(sde, x, *, prediction, method, solver, eps, dequantize) ->
         raise ValueError(f"dequantize must be None or the number of levels K >= 2, got {dequantize!r}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite")
+    if dequantize is not None and not bool((x.abs() <= 1).all()):
+        raise ValueError(f"dequantize={dequantize} is for data on {dequantize} levels over [-1, 1]; x has values "
+                         f"outside, up to {float(x.abs().max()):.4g} in magnitude")
 
 
 def _probability_flow(model, sde: SDE, prediction: str, trace: dict):
