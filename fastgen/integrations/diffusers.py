@@ -86,6 +86,14 @@ class _FusedStep:
             raise IndexError(f"timestep {t} is out of range: the table has timesteps 0 to {rows - 1}")
         return table[t:t + 1], None
 
+    def _clipped_step(self, model_output, sample, table, timestep, *, clip_eps, noise, output):
+        """DDPM's and DDIM's fused step with the config's prediction type and clipping: (prev, x0), or ``output``
+        (the scheduler's output class) holding them."""
+        prediction = _PREDICTIONS[self.config.prediction_type]
+        prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
+                             clip_eps=clip_eps, noise=noise, out_dtype=sample.dtype)
+        return (prev, x0) if output is None else output(prev_sample=prev, pred_original_sample=x0)
+
     def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype):
         coef, index = self._row(table, timestep, sample.device)
         prev = sample.to(out_dtype, copy=True).contiguous()
@@ -157,12 +165,8 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
             self._check_in_schedule(int(timestep))
         table = self._table("ddpm", self._build, sample.device)
-        prediction = _PREDICTIONS[self.config.prediction_type]
-        prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
-                             clip_eps=True, noise=noise, out_dtype=sample.dtype)
-        if not return_dict:
-            return prev, x0
-        return diffusers.schedulers.scheduling_ddpm.DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        output = diffusers.schedulers.scheduling_ddpm.DDPMSchedulerOutput if return_dict else None
+        return self._clipped_step(model_output, sample, table, timestep, clip_eps=True, noise=noise, output=output)
 
 
 class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
@@ -198,12 +202,9 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)
         table = self._table(("ddim", float(eta)), lambda: self._build(float(eta)), sample.device)
-        prediction = _PREDICTIONS[self.config.prediction_type]
-        prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
-                             clip_eps=use_clipped_model_output, noise=noise, out_dtype=sample.dtype)
-        if not return_dict:
-            return prev, x0
-        return diffusers.schedulers.scheduling_ddim.DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        output = diffusers.schedulers.scheduling_ddim.DDIMSchedulerOutput if return_dict else None
+        return self._clipped_step(model_output, sample, table, timestep, clip_eps=use_clipped_model_output,
+                                  noise=noise, output=output)
 
 
 class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscreteScheduler):
