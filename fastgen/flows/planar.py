@@ -59,7 +59,7 @@ class Planar(Transform):
         if self.reparametrize:
             return self.u + (-1 + softplus(wu) - wu) * self.w / self.w.square().sum().clamp_min(1e-30)
         if bool(wu < -1):
-            raise ValueError(f"planar parameters are not invertible: w.u = {float(wu):.4g} < -1 (use "
+            raise ValueError(f"planar parameters are not invertible: w.u = {float(wu.detach()):.4g} < -1 (use "
                              f"reparametrize=True)")
         return self.u
 
@@ -106,8 +106,8 @@ class Radial(Transform):
         if self.reparametrize:
             return alpha, -alpha + softplus(self.b)
         if bool(self.b < -alpha):
-            raise ValueError(f"radial parameters are not invertible: beta = {float(self.b):.4g} < -alpha = "
-                             f"{-float(alpha):.4g} (use reparametrize=True)")
+            raise ValueError(f"radial parameters are not invertible: beta = {float(self.b.detach()):.4g} < -alpha = "
+                             f"{-float(alpha.detach()):.4g} (use reparametrize=True)")
         return alpha, self.b
 
     def _log_det(self, r, alpha, beta) -> torch.Tensor:
@@ -170,7 +170,7 @@ class Sylvester(Transform):
             r_diag, rt_diag = torch.tanh(r_diag), torch.tanh(rt_diag)
         elif bool((r_diag * rt_diag <= -1).any()):
             raise ValueError(f"Sylvester parameters are not invertible: r_ii r~_ii = "
-                             f"{float((r_diag * rt_diag).min()):.4g} <= -1 (use reparametrize=True)")
+                             f"{float((r_diag * rt_diag).min().detach()):.4g} <= -1 (use reparametrize=True)")
         r = (self.r * self.upper + torch.diag(r_diag)).to(dtype)
         r_tilde = (self.r_tilde * self.upper + torch.diag(rt_diag)).to(dtype)
         if self.householder is not None:
