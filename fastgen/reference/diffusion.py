@@ -26,6 +26,8 @@ mask for every sample) the new state is known_keep known + known_std xi instead,
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..core.constants import COEF_WIDTH, AuxStore, Prediction
@@ -66,8 +68,11 @@ def guided(c, u, w, rescale: float = 0.0):
     g = u + w.reshape((-1,) + (1,) * (c.dim() - 1)) * (c - u)
     if rescale:
         dims = tuple(range(1, c.dim()))
-        std_c, std_g = c.double().std(dims, keepdim=True), g.double().std(dims, keepdim=True)
-        ratio = torch.where(std_g > 0, std_c / std_g, torch.ones_like(std_g))
+        if math.prod(c.shape[1:]) > 1:
+            std_c, std_g = c.double().std(dims, keepdim=True), g.double().std(dims, keepdim=True)
+            ratio = torch.where(std_g > 0, std_c / std_g, torch.ones_like(std_g))
+        else:  # one element per sample: no spread to rescale by (std would be NaN)
+            ratio = torch.ones((c.shape[0],) + (1,) * (c.dim() - 1), dtype=torch.float64, device=c.device)
         g = (g.double() * (rescale * ratio + 1 - rescale)).to(g.dtype)
     return g
 
