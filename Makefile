@@ -38,7 +38,7 @@ test: ctest
 test-slow: build
 	$(PYTEST) -m slow tests
 
-test-all: test test-slow
+test-all: test test-slow  # CI: make test, make lint, make test-slow
 
 lint: $(DEPS)
 	$(BIN)/ruff check .
