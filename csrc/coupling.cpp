@@ -92,36 +92,6 @@ void check_backward(const Tensor& grad_out, const Tensor& grad_log_det, const Te
   check_data_side(grad_out, grad_log_det, x);
 }
 
-// s and ds/dh of one logit, and exp(s), exp(-s): vectorizable (tanh and log-sigmoid through exp of a non-positive
-// argument; always inlined, since a call in the loop stops vectorization).
-struct Scale {
-  float s;
-  float ds;  // ds / dh
-  float up;  // exp(s)
-  float down;  // exp(-s)
-};
-
-template <int Mode>
-__attribute__((always_inline)) inline Scale scale_of(float h, float clamp) {
-  Scale r;
-  if (Mode == kSoftClamp) {  // s = clamp tanh(h / clamp), tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2 |u|)
-    const float e = cpu::exp_nonpositive(-2.0f * std::fabs(h) / clamp);
-    const float th = std::copysign((1.0f - e) / (1.0f + e), h);
-    r.s = clamp * th;
-    r.ds = 1.0f - th * th;
-  } else {  // s = log sigmoid(a) = min(a, 0) + log(1 / (1 + e)), e = exp(-|a|); ds/da = sigmoid(-a)
-    const float a = h + 2.0f;
-    const float e = cpu::exp_nonpositive(-std::fabs(a));
-    const float inv = 1.0f / (1.0f + e);
-    r.s = std::min(a, 0.0f) + cpu::log_unit(inv);
-    r.ds = a >= 0.0f ? e * inv : inv;
-  }
-  const float e = cpu::exp_nonpositive(-std::fabs(r.s)), big = 1.0f / e;  // exp(-|s|) and exp(|s|)
-  r.up = r.s > 0.0f ? big : e;
-  r.down = r.s > 0.0f ? e : big;
-  return r;
-}
-
 template <int Mode, bool Inverse>
 __attribute__((always_inline)) inline float forward_floats(const float* x, const float* h, const float* t, float* out,
                                                            int64_t n, float clamp) {
@@ -158,26 +128,33 @@ __attribute__((always_inline)) inline void backward_floats(const float* __restri
   }
 }
 
+// The options of one affine_coupling or affine_coupling_backward call.
+struct AffineCall {
+  int64_t split;
+  bool inverse;
+  int scale_mode;
+  float clamp;
+};
+
 // One block of a sample's transformed part, float32 (AVX2 clone when present); returns its log_det share.
 __attribute__((target_clones("avx2", "default"))) float forward_block(const float* x, const float* h, const float* t,
-                                                                      float* out, int64_t n, bool inverse, int mode,
-                                                                      float clamp) {
-  if (mode == kSoftClamp)
-    return inverse ? forward_floats<kSoftClamp, true>(x, h, t, out, n, clamp)
-                   : forward_floats<kSoftClamp, false>(x, h, t, out, n, clamp);
-  return inverse ? forward_floats<kSigmoid, true>(x, h, t, out, n, clamp)
-                 : forward_floats<kSigmoid, false>(x, h, t, out, n, clamp);
+                                                                      float* out, int64_t n, const AffineCall& c) {
+  if (c.scale_mode == kSoftClamp)
+    return c.inverse ? forward_floats<kSoftClamp, true>(x, h, t, out, n, c.clamp)
+                     : forward_floats<kSoftClamp, false>(x, h, t, out, n, c.clamp);
+  return c.inverse ? forward_floats<kSigmoid, true>(x, h, t, out, n, c.clamp)
+                   : forward_floats<kSigmoid, false>(x, h, t, out, n, c.clamp);
 }
 
 __attribute__((target_clones("avx2", "default"))) void backward_block(const float* g, const float* x, const float* h,
                                                                       float gl, float* grad_in, float* grad_h,
-                                                                      int64_t n, bool inverse, int mode, float clamp) {
-  if (mode == kSoftClamp) {
-    if (inverse) return backward_floats<kSoftClamp, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
-    return backward_floats<kSoftClamp, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
+                                                                      int64_t n, const AffineCall& c) {
+  if (c.scale_mode == kSoftClamp) {
+    if (c.inverse) return backward_floats<kSoftClamp, true>(g, x, h, gl, grad_in, grad_h, n, c.clamp);
+    return backward_floats<kSoftClamp, false>(g, x, h, gl, grad_in, grad_h, n, c.clamp);
   }
-  if (inverse) return backward_floats<kSigmoid, true>(g, x, h, gl, grad_in, grad_h, n, clamp);
-  backward_floats<kSigmoid, false>(g, x, h, gl, grad_in, grad_h, n, clamp);
+  if (c.inverse) return backward_floats<kSigmoid, true>(g, x, h, gl, grad_in, grad_h, n, c.clamp);
+  backward_floats<kSigmoid, false>(g, x, h, gl, grad_in, grad_h, n, c.clamp);
 }
 
 // p as float32: the pointer itself for float, else converted into buf.
@@ -200,13 +177,10 @@ void store_floats(const float* v, int64_t n, T* out) {
 
 int64_t rows_per_task(int64_t dim) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(dim, 1)); }
 
-std::tuple<Tensor, Tensor> affine_coupling_cpu(const Tensor& x, const Tensor& h, const Tensor& t, int64_t split,
-                                               bool inverse, int64_t scale_mode, double clamp) {
-  check_params(x, "x", h, &t, split, scale_mode, clamp);
-  Tensor out = at::empty_like(x);
-  const int64_t batch = x.size(0);
-  Tensor log_det = at::empty({batch}, x.options().dtype(at::kFloat));
-  if (batch == 0) return {out, log_det};
+void affine_forward_cpu(const Tensor& x, const Tensor& h, const Tensor& t, const AffineCall& c, Tensor& out,
+                        Tensor& log_det) {
+  const int64_t batch = x.size(0), split = c.split;
+  if (batch == 0) return;
   const int64_t dim = x.numel() / batch, part = dim - split;
   const int64_t hs = row_stride(h, part), ts = row_stride(t, part);
   float* ld = log_det.data_ptr<float>();
@@ -226,25 +200,19 @@ std::tuple<Tensor, Tensor> affine_coupling_cpu(const Tensor& x, const Tensor& h,
           const int64_t i = b * dim + split + j0;
           float* dst = std::is_same<T, float>::value ? reinterpret_cast<float*>(op + i) : ob;
           total += forward_block(as_floats(xp + i, n, xb), as_floats(hp + b * hs + j0, n, hb),
-                                 as_floats(tp + b * ts + j0, n, tb), dst,
-                                 n, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp));
+                                 as_floats(tp + b * ts + j0, n, tb), dst, n, c);
           store_floats(ob, n, op + i);
         }
         ld[b] = total;
       }
     });
   });
-  return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                        const Tensor& x, const Tensor& h, int64_t split, bool inverse,
-                                                        int64_t scale_mode, double clamp) {
-  check_backward(grad_out, grad_log_det, x, h, split, scale_mode, clamp);
-  Tensor grad_in = at::empty_like(grad_out);
-  Tensor grad_h = at::empty(h.sizes(), h.options());
-  const int64_t batch = x.size(0);
-  if (batch == 0) return {grad_in, grad_h};
+void affine_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& h,
+                         const AffineCall& c, Tensor& grad_in, Tensor& grad_h) {
+  const int64_t batch = x.size(0), split = c.split;
+  if (batch == 0) return;
   const int64_t dim = x.numel() / batch, part = dim - split, hs = row_stride(h, part);
   const float* gl = grad_log_det.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -265,15 +233,13 @@ std::tuple<Tensor, Tensor> affine_coupling_backward_cpu(const Tensor& grad_out, 
           float* in_dst = direct ? reinterpret_cast<float*>(gin + i) : ib;
           float* h_dst = direct ? reinterpret_cast<float*>(gh + p) : hgb;
           backward_block(as_floats(gp + i, n, gb), as_floats(xp + i, n, xb), as_floats(hp + b * hs + j0, n, hb), gl[b],
-                         in_dst,
-                         h_dst, n, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp));
+                         in_dst, h_dst, n, c);
           store_floats(ib, n, gin + i);
           store_floats(hgb, n, gh + p);
         }
       }
     });
   });
-  return {grad_in, grad_h};
 }
 
 // ---- Rational-quadratic spline coupling (rule: fastgen/reference/coupling.py; the maths: kernels/coupling.h, which
@@ -361,24 +327,21 @@ void check_spline(const Tensor& first, const char* first_name, const Tensor& par
                 dim - split, " * ", 3 * bins - 1, " elements per sample, batch first, got ", params.sizes());
 }
 
-SplineOptions spline_options(int64_t bins, double bound, double min_width, double min_height, double min_derivative) {
-  return {bins, bound, min_width, min_height, min_derivative};
-}
+// The options of one spline_coupling or spline_coupling_backward call.
+struct SplineCall {
+  int64_t split;
+  bool inverse;
+  SplineOptions o;
+};
 
 int64_t spline_rows_per_task(int64_t dim, int64_t bins) {
   return std::max<int64_t>(1, 2048 / std::max<int64_t>(dim * bins, 1));
 }
 
-std::tuple<Tensor, Tensor> spline_coupling_cpu(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
-                                               double bound, bool inverse, double min_width, double min_height,
-                                               double min_derivative) {
-  check_spline(x, "x", params, split, bins, bound, min_width, min_height, min_derivative);
-  Tensor out = at::empty_like(x);
-  const int64_t batch = x.size(0);
-  Tensor log_det = at::empty({batch}, x.options().dtype(at::kFloat));
-  if (batch == 0) return {out, log_det};
+void spline_forward_cpu(const Tensor& x, const Tensor& params, const SplineCall& c, Tensor& out, Tensor& log_det) {
+  const int64_t batch = x.size(0), split = c.split, bins = c.o.bins;
+  if (batch == 0) return;
   const int64_t dim = x.numel() / batch, part = dim - split, per = 3 * bins - 1;
-  const SplineOptions o = spline_options(bins, bound, min_width, min_height, min_derivative);
   float* ld = log_det.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -392,27 +355,19 @@ std::tuple<Tensor, Tensor> spline_coupling_cpu(const Tensor& x, const Tensor& pa
         for (int64_t j = 0; j < part; ++j) {
           const int64_t i = b * dim + split + j;
           op[i] = static_cast<T>(
-              spline_element(static_cast<double>(xp[i]), pp + (b * part + j) * per, o, inverse, total));
+              spline_element(static_cast<double>(xp[i]), pp + (b * part + j) * per, c.o, c.inverse, total));
         }
         ld[b] = static_cast<float>(total);
       }
     });
   });
-  return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor> spline_coupling_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                        const Tensor& x, const Tensor& params, int64_t split,
-                                                        int64_t bins, double bound, bool inverse, double min_width,
-                                                        double min_height, double min_derivative) {
-  check_spline(grad_out, "grad_out", params, split, bins, bound, min_width, min_height, min_derivative);
-  check_data_side(grad_out, grad_log_det, x);
-  Tensor grad_in = at::empty_like(grad_out);
-  Tensor grad_params = at::empty_like(params);
-  const int64_t batch = x.size(0);
-  if (batch == 0) return {grad_in, grad_params};
+void spline_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& params,
+                         const SplineCall& c, Tensor& grad_in, Tensor& grad_params) {
+  const int64_t batch = x.size(0), split = c.split, bins = c.o.bins;
+  if (batch == 0) return;
   const int64_t dim = x.numel() / batch, part = dim - split, per = 3 * bins - 1;
-  const SplineOptions o = spline_options(bins, bound, min_width, min_height, min_derivative);
   const float* gl = grad_log_det.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -427,115 +382,134 @@ std::tuple<Tensor, Tensor> spline_coupling_backward_cpu(const Tensor& grad_out, 
         for (int64_t j = 0; j < part; ++j) {
           const int64_t i = b * dim + split + j, q = (b * part + j) * per;
           gin[i] = static_cast<T>(spline_element_backward(static_cast<double>(gp[i]), gl[b],
-                                                          static_cast<double>(xp[i]), pp + q, gpp + q, o, inverse));
+                                                          static_cast<double>(xp[i]), pp + q, gpp + q, c.o, c.inverse));
         }
       }
     });
   });
-  return {grad_in, grad_params};
 }
 
 #ifdef FASTGEN_WITH_CUDA
-cuda::AffineCouplingArgs cuda_args(const Tensor& x, const Tensor& h, int64_t split, bool inverse, int64_t scale_mode,
-                                   double clamp) {
+cuda::AffineCouplingArgs affine_cuda_args(const Tensor& x, const Tensor& h, const AffineCall& c, Tensor& out) {
   cuda::AffineCouplingArgs a{};
   a.x = x.data_ptr();
   a.h = h.data_ptr();
+  a.out = out.data_ptr();
   a.dtype = cuda_dtype(x);
   a.batch = x.size(0);
   a.dim = a.batch ? x.numel() / a.batch : 0;
-  a.split = split;
-  a.inverse = inverse;
-  a.scale_mode = static_cast<int>(scale_mode);
-  a.clamp = static_cast<float>(clamp);
-  a.h_stride = row_stride(h, a.dim - split);
+  a.split = c.split;
+  a.inverse = c.inverse;
+  a.scale_mode = c.scale_mode;
+  a.clamp = c.clamp;
+  a.h_stride = row_stride(h, a.dim - c.split);
   return a;
 }
 
-std::tuple<Tensor, Tensor> affine_coupling_cuda(const Tensor& x, const Tensor& h, const Tensor& t, int64_t split,
-                                                bool inverse, int64_t scale_mode, double clamp) {
-  check_params(x, "x", h, &t, split, scale_mode, clamp);
+void affine_forward_cuda(const Tensor& x, const Tensor& h, const Tensor& t, const AffineCall& c, Tensor& out,
+                         Tensor& log_det) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor out = at::empty_like(x);
-  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  cuda::AffineCouplingArgs a = cuda_args(x, h, split, inverse, scale_mode, clamp);
+  cuda::AffineCouplingArgs a = affine_cuda_args(x, h, c, out);
   a.t = t.data_ptr();
-  a.t_stride = row_stride(t, a.dim - split);
-  a.out = out.data_ptr();
+  a.t_stride = row_stride(t, a.dim - c.split);
   a.log_det = log_det.data_ptr<float>();
   C10_CUDA_CHECK(cuda::affine_coupling(a, c10::cuda::getCurrentCUDAStream()));
-  return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor> affine_coupling_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                         const Tensor& x, const Tensor& h, int64_t split, bool inverse,
-                                                         int64_t scale_mode, double clamp) {
-  check_backward(grad_out, grad_log_det, x, h, split, scale_mode, clamp);
+void affine_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& h,
+                          const AffineCall& c, Tensor& grad_in, Tensor& grad_h) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor grad_in = at::empty_like(grad_out);
-  Tensor grad_h = at::empty(h.sizes(), h.options());
-  cuda::AffineCouplingArgs a = cuda_args(x, h, split, inverse, scale_mode, clamp);
+  cuda::AffineCouplingArgs a = affine_cuda_args(x, h, c, grad_in);
   a.grad_out = grad_out.data_ptr();
   a.grad_log_det = grad_log_det.data_ptr<float>();
-  a.out = grad_in.data_ptr();
   a.grad_h = grad_h.data_ptr();
   C10_CUDA_CHECK(cuda::affine_coupling_backward(a, c10::cuda::getCurrentCUDAStream()));
-  return {grad_in, grad_h};
 }
 
-cuda::SplineCouplingArgs spline_cuda_args(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
-                                          double bound, bool inverse, double min_width, double min_height,
-                                          double min_derivative) {
+cuda::SplineCouplingArgs spline_cuda_args(const Tensor& x, const Tensor& params, const SplineCall& c, Tensor& out) {
   cuda::SplineCouplingArgs a{};
   a.x = x.data_ptr();
   a.params = params.data_ptr();
+  a.out = out.data_ptr();
   a.dtype = cuda_dtype(x);
   a.batch = x.size(0);
   a.dim = a.batch ? x.numel() / a.batch : 0;
-  a.split = split;
-  a.bins = static_cast<int>(bins);
-  a.inverse = inverse;
-  a.bound = static_cast<float>(bound);
-  a.min_width = static_cast<float>(min_width);
-  a.min_height = static_cast<float>(min_height);
-  a.min_derivative = static_cast<float>(min_derivative);
+  a.split = c.split;
+  a.bins = static_cast<int>(c.o.bins);
+  a.inverse = c.inverse;
+  a.bound = static_cast<float>(c.o.bound);
+  a.min_width = static_cast<float>(c.o.min_width);
+  a.min_height = static_cast<float>(c.o.min_height);
+  a.min_derivative = static_cast<float>(c.o.min_derivative);
   return a;
 }
 
-std::tuple<Tensor, Tensor> spline_coupling_cuda(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
-                                                double bound, bool inverse, double min_width, double min_height,
-                                                double min_derivative) {
-  check_spline(x, "x", params, split, bins, bound, min_width, min_height, min_derivative);
+void spline_forward_cuda(const Tensor& x, const Tensor& params, const SplineCall& c, Tensor& out, Tensor& log_det) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor out = at::empty_like(x);
-  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  cuda::SplineCouplingArgs a =
-      spline_cuda_args(x, params, split, bins, bound, inverse, min_width, min_height, min_derivative);
-  a.out = out.data_ptr();
+  cuda::SplineCouplingArgs a = spline_cuda_args(x, params, c, out);
   a.log_det = log_det.data_ptr<float>();
   C10_CUDA_CHECK(cuda::spline_coupling(a, c10::cuda::getCurrentCUDAStream()));
+}
+
+void spline_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x, const Tensor& params,
+                          const SplineCall& c, Tensor& grad_in, Tensor& grad_params) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  cuda::SplineCouplingArgs a = spline_cuda_args(x, params, c, grad_in);
+  a.grad_out = grad_out.data_ptr();
+  a.grad_log_det = grad_log_det.data_ptr<float>();
+  a.grad_params = grad_params.data_ptr();
+  C10_CUDA_CHECK(cuda::spline_coupling_backward(a, c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+// ---- The ops' entries (one per schema, registered on every device key).
+
+std::tuple<Tensor, Tensor> affine_coupling(const Tensor& x, const Tensor& h, const Tensor& t, int64_t split,
+                                           bool inverse, int64_t scale_mode, double clamp) {
+  check_params(x, "x", h, &t, split, scale_mode, clamp);
+  const AffineCall c{split, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp)};
+  Tensor out = at::empty_like(x);
+  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  FASTGEN_ON_DEVICE(x, affine_forward_cpu(x, h, t, c, out, log_det), affine_forward_cuda(x, h, t, c, out, log_det));
   return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor> spline_coupling_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                         const Tensor& x, const Tensor& params, int64_t split,
-                                                         int64_t bins, double bound, bool inverse, double min_width,
-                                                         double min_height, double min_derivative) {
+std::tuple<Tensor, Tensor> affine_coupling_backward(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                    const Tensor& x, const Tensor& h, int64_t split, bool inverse,
+                                                    int64_t scale_mode, double clamp) {
+  check_backward(grad_out, grad_log_det, x, h, split, scale_mode, clamp);
+  const AffineCall c{split, inverse, static_cast<int>(scale_mode), static_cast<float>(clamp)};
+  Tensor grad_in = at::empty_like(grad_out);
+  Tensor grad_h = at::empty(h.sizes(), h.options());
+  FASTGEN_ON_DEVICE(x, affine_backward_cpu(grad_out, grad_log_det, x, h, c, grad_in, grad_h),
+                    affine_backward_cuda(grad_out, grad_log_det, x, h, c, grad_in, grad_h));
+  return {grad_in, grad_h};
+}
+
+std::tuple<Tensor, Tensor> spline_coupling(const Tensor& x, const Tensor& params, int64_t split, int64_t bins,
+                                           double bound, bool inverse, double min_width, double min_height,
+                                           double min_derivative) {
+  check_spline(x, "x", params, split, bins, bound, min_width, min_height, min_derivative);
+  const SplineCall c{split, inverse, {bins, bound, min_width, min_height, min_derivative}};
+  Tensor out = at::empty_like(x);
+  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  FASTGEN_ON_DEVICE(x, spline_forward_cpu(x, params, c, out, log_det), spline_forward_cuda(x, params, c, out, log_det));
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor> spline_coupling_backward(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                    const Tensor& x, const Tensor& params, int64_t split,
+                                                    int64_t bins, double bound, bool inverse, double min_width,
+                                                    double min_height, double min_derivative) {
   check_spline(grad_out, "grad_out", params, split, bins, bound, min_width, min_height, min_derivative);
   check_data_side(grad_out, grad_log_det, x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const SplineCall c{split, inverse, {bins, bound, min_width, min_height, min_derivative}};
   Tensor grad_in = at::empty_like(grad_out);
   Tensor grad_params = at::empty_like(params);
-  cuda::SplineCouplingArgs a =
-      spline_cuda_args(x, params, split, bins, bound, inverse, min_width, min_height, min_derivative);
-  a.grad_out = grad_out.data_ptr();
-  a.grad_log_det = grad_log_det.data_ptr<float>();
-  a.out = grad_in.data_ptr();
-  a.grad_params = grad_params.data_ptr();
-  C10_CUDA_CHECK(cuda::spline_coupling_backward(a, c10::cuda::getCurrentCUDAStream()));
+  FASTGEN_ON_DEVICE(x, spline_backward_cpu(grad_out, grad_log_det, x, params, c, grad_in, grad_params),
+                    spline_backward_cuda(grad_out, grad_log_det, x, params, c, grad_in, grad_params));
   return {grad_in, grad_params};
 }
-#endif
 
 }  // namespace
 

@@ -162,7 +162,7 @@ using diffusion::convert;
 // c * v, or exactly 0 where c == 0 (an infinite x0 with c_x0 == 0 adds nothing): a bit mask made
 // once per row, since GCC does not vectorize a select on a loop-invariant condition.
 inline uint32_t term_mask(float c) { return c != 0.0f ? 0xFFFFFFFFu : 0u; }
-inline float term(float c, float v, uint32_t mask) { return cpu::bits_to_float(cpu::float_to_bits(c * v) & mask); }
+inline float term(float c, float v, uint32_t mask) { return bits_to_float(float_to_bits(c * v) & mask); }
 
 // clip = +inf clips nothing (NaN stays NaN); ClipEps recomputes eps from the clipped x0.
 // Inlined always, so the AVX2 clone of step_block vectorizes this loop with 32-byte vectors.
@@ -275,8 +275,8 @@ __attribute__((target_clones("avx2", "default"))) void replace_known(float* __re
   const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t on = 0u - static_cast<uint32_t>(m[j]);
-    const uint32_t data = cpu::float_to_bits(keep * known[j] + scale * noise[j]);
-    next[j] = cpu::bits_to_float((data & on) | (cpu::float_to_bits(next[j]) & ~on));
+    const uint32_t data = float_to_bits(keep * known[j] + scale * noise[j]);
+    next[j] = bits_to_float((data & on) | (float_to_bits(next[j]) & ~on));
   }
 }
 
@@ -312,17 +312,14 @@ std::vector<float> rescale_factors(const T* c, const T* u, const float* guide, b
   return scales;
 }
 
-void diffusion_step_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                        int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
-                        int64_t aux_store, const OptTensor& noise, int64_t seed, int64_t offset,
-                        const OptTensor& rng_state, const OptTensor& sample_seeds, int64_t sample_offset,
-                        const OptTensor& uncond_out, const OptTensor& guidance, double guidance_rescale,
-                        const OptTensor& known, const OptTensor& known_mask, double known_keep, double known_std) {
-  const StepInputs in{x,      model_out,    coef,          index,    prediction,       clip,  clip_eps,
-                      aux,    aux_store,    noise,         seed,     offset,           rng_state,
-                      sample_seeds, sample_offset, uncond_out, guidance, guidance_rescale, known, known_mask,
-                      known_keep, known_std};
-  check_step(in);
+void diffusion_step_cpu(const StepInputs& in) {
+  const Tensor &x = in.x, &model_out = in.model_out;
+  const OptTensor &aux = in.aux, &uncond_out = in.uncond_out, &guidance = in.guidance, &known = in.known,
+                  &known_mask = in.known_mask;
+  const c10::optional<double> clip = in.clip;
+  const bool clip_eps = in.clip_eps;
+  const int64_t prediction = in.prediction, aux_store = in.aux_store;
+  const double guidance_rescale = in.guidance_rescale, known_keep = in.known_keep, known_std = in.known_std;
   if (x.numel() == 0) return;
   const float* guide = guidance.has_value() ? guidance->data_ptr<float>() : nullptr;
   const bool guide_shared = guidance.has_value() && guidance->numel() == 1;
@@ -444,11 +441,9 @@ StepInputs corrector_inputs(const Tensor& x, const Tensor& model_out, const Tens
   return in;
 }
 
-void langevin_correct_cpu(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                          int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
-                          const OptTensor& sample_seeds, int64_t sample_offset) {
-  const StepInputs in = corrector_inputs(x, model_out, coef, index, prediction, snr, seed, offset, rng_state,
-                                         sample_seeds, sample_offset);
+void langevin_correct_cpu(const StepInputs& in, double snr) {
+  const Tensor &x = in.x, &model_out = in.model_out;
+  const int64_t prediction = in.prediction;
   if (x.numel() == 0) return;
   const View v = view_of(in);
   const NoiseSource src = noise_source(in);
@@ -534,31 +529,40 @@ cuda::DiffusionStepArgs cuda_args(const StepInputs& in) {
   return a;
 }
 
-void diffusion_step_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                         int64_t prediction, c10::optional<double> clip, bool clip_eps, const OptTensor& aux,
-                        int64_t aux_store,
-                         const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
-                         const OptTensor& sample_seeds, int64_t sample_offset, const OptTensor& uncond_out,
-                         const OptTensor& guidance, double guidance_rescale, const OptTensor& known,
-                         const OptTensor& known_mask, double known_keep, double known_std) {
+void diffusion_step_cuda(const StepInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), c10::cuda::getCurrentCUDAStream()));
+}
+
+void langevin_correct_cuda(const StepInputs& in, double snr) {
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+// ---------------------------------------------------------------- The ops' entries (registered on every device key)
+
+void diffusion_step(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index, int64_t prediction,
+                    c10::optional<double> clip, bool clip_eps, const OptTensor& aux, int64_t aux_store,
+                    const OptTensor& noise, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                    const OptTensor& sample_seeds, int64_t sample_offset, const OptTensor& uncond_out,
+                    const OptTensor& guidance, double guidance_rescale, const OptTensor& known,
+                    const OptTensor& known_mask, double known_keep, double known_std) {
   const StepInputs in{x,      model_out,    coef,          index,    prediction,       clip,  clip_eps,
                       aux,    aux_store,    noise,         seed,     offset,           rng_state,
                       sample_seeds, sample_offset, uncond_out, guidance, guidance_rescale, known, known_mask,
                       known_keep, known_std};
   check_step(in);
-  const c10::cuda::CUDAGuard guard(x.device());
-  C10_CUDA_CHECK(cuda::diffusion_step(cuda_args(in), c10::cuda::getCurrentCUDAStream()));
+  FASTGEN_ON_DEVICE(x, diffusion_step_cpu(in), diffusion_step_cuda(in));
 }
 
-void langevin_correct_cuda(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
-                           int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
-                           const OptTensor& sample_seeds, int64_t sample_offset) {
+void langevin_correct(Tensor x, const Tensor& model_out, const Tensor& coef, const OptTensor& index,
+                      int64_t prediction, double snr, int64_t seed, int64_t offset, const OptTensor& rng_state,
+                      const OptTensor& sample_seeds, int64_t sample_offset) {
   const StepInputs in = corrector_inputs(x, model_out, coef, index, prediction, snr, seed, offset, rng_state,
                                          sample_seeds, sample_offset);
-  const c10::cuda::CUDAGuard guard(x.device());
-  C10_CUDA_CHECK(cuda::langevin_correct(cuda_args(in), static_cast<float>(snr), c10::cuda::getCurrentCUDAStream()));
+  FASTGEN_ON_DEVICE(x, langevin_correct_cpu(in, snr), langevin_correct_cuda(in, snr));
 }
-#endif
 
 }  // namespace
 

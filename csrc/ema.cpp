@@ -71,10 +71,7 @@ void ema_pair(const Tensor& average, const Tensor& value, float w, int64_t begin
   });
 }
 
-void ema_update_cpu(at::TensorList averages_in, at::TensorList values_in, double weight) {
-  const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
-  check_ema(averages, values, weight);
-  const float w = static_cast<float>(weight);
+void ema_update_cpu(const std::vector<Tensor>& averages, const std::vector<Tensor>& values, float w) {
   constexpr int64_t kLarge = 1 << 16;  // elements: a pair this big is split across threads on its own
   std::vector<size_t> small;
   for (size_t t = 0; t < averages.size(); ++t) {
@@ -95,10 +92,7 @@ void ema_update_cpu(at::TensorList averages_in, at::TensorList values_in, double
 }
 
 #ifdef FASTGEN_WITH_CUDA
-void ema_update_cuda(at::TensorList averages_in, at::TensorList values_in, double weight) {
-  const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
-  check_ema(averages, values, weight);
-  if (averages.empty()) return;
+void ema_update_cuda(const std::vector<Tensor>& averages, const std::vector<Tensor>& values, float w) {
   const c10::cuda::CUDAGuard guard(averages[0].device());
   std::vector<void*> a(averages.size());
   std::vector<const void*> v(values.size());
@@ -108,10 +102,19 @@ void ema_update_cuda(at::TensorList averages_in, at::TensorList values_in, doubl
     v[t] = values[t].data_ptr();
     n[t] = averages[t].numel();
   }
-  C10_CUDA_CHECK(cuda::ema_update(a.data(), v.data(), n.data(), static_cast<int>(a.size()), cuda_dtype(averages[0]),
-                                  static_cast<float>(weight), c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::ema_update(a.data(), v.data(), n.data(), static_cast<int>(a.size()), cuda_dtype(averages[0]), w,
+                                  c10::cuda::getCurrentCUDAStream()));
 }
 #endif
+
+// The op's entry (registered on every device key).
+void ema_update(at::TensorList averages_in, at::TensorList values_in, double weight) {
+  const std::vector<Tensor> averages = averages_in.vec(), values = values_in.vec();
+  check_ema(averages, values, weight);
+  if (averages.empty()) return;
+  const float w = static_cast<float>(weight);
+  FASTGEN_ON_DEVICE(averages[0], ema_update_cpu(averages, values, w), ema_update_cuda(averages, values, w));
+}
 
 }  // namespace
 

@@ -78,16 +78,15 @@ void check_actnorm_backward(const Tensor& grad_out, const Tensor& grad_log_det, 
   check_channel_vector(log_scale, "log_scale", grad_out, "grad_out");
 }
 
-std::tuple<Tensor, Tensor> actnorm_cpu(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
-  check_actnorm(x, log_scale, bias);
+void actnorm_cpu(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse, Tensor& out,
+                 Tensor& log_det) {
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
-  Tensor out = at::empty_like(x);
   const float* s = log_scale.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   double total = 0.0;
   for (int64_t c = 0; c < channels; ++c) total += s[c];
   total *= static_cast<double>(spatial);
-  Tensor log_det = at::full({batch}, inverse ? -total : total, x.options().dtype(at::kFloat));
+  log_det.fill_(inverse ? -total : total);
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* in = x.data_ptr<T>();
@@ -108,14 +107,12 @@ std::tuple<Tensor, Tensor> actnorm_cpu(const Tensor& x, const Tensor& log_scale,
       }
     });
   });
-  return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                        const Tensor& x, const Tensor& log_scale, bool inverse) {
-  check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
+// Writes grad_in; returns (grad_log_scale, grad_bias).
+std::tuple<Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x,
+                                                const Tensor& log_scale, bool inverse, Tensor& grad_in) {
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
-  Tensor grad_in = at::empty_like(grad_out);
   std::vector<double> sums(static_cast<size_t>(2 * batch * channels));
   const float* s = log_scale.data_ptr<float>();
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -168,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cpu(const Tensor& grad_out, 
     gs[c] = static_cast<float>(inverse ? -sum_gx - g_ld : std::exp(static_cast<double>(s[c])) * sum_gx + g_ld);
     gb[c] = static_cast<float>(inverse ? -std::exp(-static_cast<double>(s[c])) * sum_g : sum_g);
   }
-  return {grad_in, grad_log_scale, grad_bias};
+  return {grad_log_scale, grad_bias};
 }
 
 void check_weight(const Tensor& weight, const Tensor& x, const char* x_name) {
@@ -184,7 +181,7 @@ Tensor times_each(const Tensor& weight, const Tensor& columns) {  // weight @ co
   return at::bmm(weight.expand({columns.size(0), weight.size(0), weight.size(1)}), columns);
 }
 
-std::tuple<Tensor, Tensor> invconv1x1_any(const Tensor& x, const Tensor& weight, const Tensor& log_s) {
+std::tuple<Tensor, Tensor> invconv1x1(const Tensor& x, const Tensor& weight, const Tensor& log_s) {
   check_input(x, "x");
   check_weight(weight, x, "x");
   check_channel_vector(log_s, "log_s", x, "x");
@@ -194,7 +191,7 @@ std::tuple<Tensor, Tensor> invconv1x1_any(const Tensor& x, const Tensor& weight,
   return {out.view(x.sizes()), log_det};
 }
 
-std::tuple<Tensor, Tensor> invconv1x1_backward_any(const Tensor& grad_out, const Tensor& x, const Tensor& weight) {
+std::tuple<Tensor, Tensor> invconv1x1_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight) {
   check_input(grad_out, "grad_out");
   check_like_input(x, grad_out);
   check_weight(weight, grad_out, "grad_out");
@@ -249,8 +246,7 @@ void squeeze_planes(const E* in, E* out, int64_t batch, int64_t channels, int64_
   });
 }
 
-Tensor squeeze2d_cpu(const Tensor& x, bool inverse) {
-  Tensor out = at::empty(squeezed_sizes(x, inverse), x.options());
+void squeeze2d_cpu(const Tensor& x, bool inverse, Tensor& out) {
   const Tensor& big = inverse ? out : x;  // the unsqueezed side
   const int64_t batch = x.size(0), channels = big.size(1), height = big.size(2) / 2, width = big.size(3) / 2;
   if (x.element_size() == 2) {
@@ -260,7 +256,6 @@ Tensor squeeze2d_cpu(const Tensor& x, bool inverse) {
     squeeze_planes(static_cast<const uint32_t*>(x.data_ptr()), static_cast<uint32_t*>(out.data_ptr()), batch,
                  channels, height, width, inverse);
   }
-  return out;
 }
 
 #ifdef FASTGEN_WITH_CUDA
@@ -274,54 +269,64 @@ std::tuple<Tensor, Tensor> finish_actnorm_backward(const Tensor& partial, const 
   return {(log_scale.exp() * sum_gx + g_ld).contiguous(), sum_g.contiguous()};
 }
 
-std::tuple<Tensor, Tensor> actnorm_cuda(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
-  check_actnorm(x, log_scale, bias);
+void actnorm_cuda(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse, Tensor& out,
+                  Tensor& log_det) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor out = at::empty_like(x);
-  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
   cuda::ActNormArgs a{x.data_ptr(), log_scale.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr(),
                       log_det.data_ptr<float>(), nullptr, nullptr, cuda_dtype(x), x.size(0), x.size(1),
                       spatial_of(x), inverse};
   C10_CUDA_CHECK(cuda::actnorm(a, c10::cuda::getCurrentCUDAStream()));
-  return {out, log_det};
 }
 
-std::tuple<Tensor, Tensor, Tensor> actnorm_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det,
-                                                         const Tensor& x, const Tensor& log_scale, bool inverse) {
-  check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
+std::tuple<Tensor, Tensor> actnorm_backward_cuda(const Tensor& grad_out, const Tensor& grad_log_det, const Tensor& x,
+                                                 const Tensor& log_scale, bool inverse, Tensor& grad_in) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = x.size(0), channels = x.size(1), spatial = spatial_of(x);
-  Tensor grad_in = at::empty_like(grad_out);
   Tensor partial = at::zeros({batch, channels, 2}, x.options().dtype(at::kFloat));
   cuda::ActNormArgs a{x.data_ptr(), log_scale.data_ptr<float>(), nullptr, grad_in.data_ptr(), nullptr,
                       grad_out.data_ptr(), partial.data_ptr<float>(), cuda_dtype(x), batch, channels, spatial,
                       inverse};
   C10_CUDA_CHECK(cuda::actnorm_backward(a, c10::cuda::getCurrentCUDAStream()));
-  auto [grad_log_scale, grad_bias] = finish_actnorm_backward(partial, grad_log_det, log_scale, spatial, inverse);
-  return {grad_in, grad_log_scale, grad_bias};
+  return finish_actnorm_backward(partial, grad_log_det, log_scale, spatial, inverse);
 }
 
-Tensor squeeze2d_cuda(const Tensor& x, bool inverse) {
+void squeeze2d_cuda(const Tensor& x, bool inverse, Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor out = at::empty(squeezed_sizes(x, inverse), x.options());
   const Tensor& big = inverse ? out : x;
   cuda::SqueezeArgs a{x.data_ptr(), out.data_ptr(), x.size(0), big.size(1), big.size(2) / 2, big.size(3) / 2,
                       static_cast<int>(x.element_size()), inverse};
   C10_CUDA_CHECK(cuda::squeeze2d(a, c10::cuda::getCurrentCUDAStream()));
-  return out;
 }
 #endif
 
-}  // namespace
+// ---- The ops' entries (registered on every device key; the 1x1 convolution's are ATen's GEMMs on either device).
 
-constexpr auto& invconv1x1_cpu = invconv1x1_any;  // the same ATen code on both keys
-#ifdef FASTGEN_WITH_CUDA
-constexpr auto& invconv1x1_cuda = invconv1x1_any;
-#endif
-constexpr auto& invconv1x1_backward_cpu = invconv1x1_backward_any;  // the same ATen code on both keys
-#ifdef FASTGEN_WITH_CUDA
-constexpr auto& invconv1x1_backward_cuda = invconv1x1_backward_any;
-#endif
+std::tuple<Tensor, Tensor> actnorm(const Tensor& x, const Tensor& log_scale, const Tensor& bias, bool inverse) {
+  check_actnorm(x, log_scale, bias);
+  Tensor out = at::empty_like(x);
+  Tensor log_det = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  FASTGEN_ON_DEVICE(x, actnorm_cpu(x, log_scale, bias, inverse, out, log_det),
+                    actnorm_cuda(x, log_scale, bias, inverse, out, log_det));
+  return {out, log_det};
+}
+
+std::tuple<Tensor, Tensor, Tensor> actnorm_backward(const Tensor& grad_out, const Tensor& grad_log_det,
+                                                    const Tensor& x, const Tensor& log_scale, bool inverse) {
+  check_actnorm_backward(grad_out, grad_log_det, x, log_scale);
+  Tensor grad_in = at::empty_like(grad_out);
+  auto [grad_log_scale, grad_bias] =
+      FASTGEN_ON_DEVICE(x, actnorm_backward_cpu(grad_out, grad_log_det, x, log_scale, inverse, grad_in),
+                        actnorm_backward_cuda(grad_out, grad_log_det, x, log_scale, inverse, grad_in));
+  return {grad_in, grad_log_scale, grad_bias};
+}
+
+Tensor squeeze2d(const Tensor& x, bool inverse) {
+  Tensor out = at::empty(squeezed_sizes(x, inverse), x.options());
+  FASTGEN_ON_DEVICE(x, squeeze2d_cpu(x, inverse, out), squeeze2d_cuda(x, inverse, out));
+  return out;
+}
+
+}  // namespace
 
 #define GLOW_OPS(X) \
   X(actnorm, actnorm) \

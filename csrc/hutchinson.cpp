@@ -39,11 +39,9 @@ void check_hutchinson(const Tensor& vjp, int64_t seed, int64_t offset) {
   FASTGEN_CHECK(offset >= 0, "offset must be an int in [0, 2**63 - 1], got ", offset);
 }
 
-Tensor hutchinson_dot_cpu(const Tensor& vjp, int64_t seed, int64_t offset, bool rademacher) {
-  check_hutchinson(vjp, seed, offset);
+void hutchinson_dot_cpu(const Tensor& vjp, int64_t seed, int64_t offset, bool rademacher, Tensor& out) {
   const int64_t batch = vjp.size(0);
   const int64_t dim = batch ? vjp.numel() / batch : 0;
-  Tensor out = at::empty({batch}, vjp.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   dispatch_float(vjp.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -73,22 +71,27 @@ Tensor hutchinson_dot_cpu(const Tensor& vjp, int64_t seed, int64_t offset, bool 
       }
     });
   });
-  return out;
 }
 
 #ifdef FASTGEN_WITH_CUDA
-Tensor hutchinson_dot_cuda(const Tensor& vjp, int64_t seed, int64_t offset, bool rademacher) {
-  check_hutchinson(vjp, seed, offset);
+void hutchinson_dot_cuda(const Tensor& vjp, int64_t seed, int64_t offset, bool rademacher, Tensor& out) {
   const c10::cuda::CUDAGuard guard(vjp.device());
   const int64_t batch = vjp.size(0);
-  Tensor out = at::empty({batch}, vjp.options().dtype(at::kFloat));
   cuda::HutchinsonDotArgs args{vjp.data_ptr(), out.data_ptr<float>(), cuda_dtype(vjp), batch,
                                batch ? vjp.numel() / batch : 0, static_cast<uint64_t>(seed),
                                static_cast<uint64_t>(offset), rademacher};
   C10_CUDA_CHECK(cuda::hutchinson_dot(args, c10::cuda::getCurrentCUDAStream()));
-  return out;
 }
 #endif
+
+// The op's entry (registered on every device key).
+Tensor hutchinson_dot(const Tensor& vjp, int64_t seed, int64_t offset, bool rademacher) {
+  check_hutchinson(vjp, seed, offset);
+  Tensor out = at::empty({vjp.size(0)}, vjp.options().dtype(at::kFloat));
+  FASTGEN_ON_DEVICE(vjp, hutchinson_dot_cpu(vjp, seed, offset, rademacher, out),
+                    hutchinson_dot_cuda(vjp, seed, offset, rademacher, out));
+  return out;
+}
 
 }  // namespace
 

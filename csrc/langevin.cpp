@@ -37,8 +37,8 @@ void check_step(double step_size) {
   FASTGEN_CHECK(std::isfinite(step_size) && step_size > 0.0, "step_size must be finite and > 0, got ", step_size);
 }
 
-// Shared by ula_step_ (y is x) and mala_propose (y is new).
-struct UlaOptions {
+// The step and noise options of every Langevin op (the clamps and grad_clip are ula_step_'s alone).
+struct StepOptions {
   double step_size;
   OptTensor step_sizes;
   int64_t seed;
@@ -50,7 +50,7 @@ struct UlaOptions {
 };
 
 // `name`: the score argument's name in the op (score, or grad_log_prob for mala_propose).
-void check_ula(const Tensor& x, const Tensor& score, const UlaOptions& o, const char* name = "score") {
+void check_ula(const Tensor& x, const Tensor& score, const StepOptions& o, const char* name = "score") {
   check_state_dtype(x, "x");
   CHECK_CONTIGUOUS(x);
   FASTGEN_CHECK(x.dim() >= 1, "x must have a leading chain dimension, got a 0-d tensor");
@@ -71,6 +71,11 @@ void check_ula(const Tensor& x, const Tensor& score, const UlaOptions& o, const 
   }
   step_sizes_ptr(o.step_sizes, x, chains_of(x));
   rng_state_ptr(o.rng_state, x);
+}
+
+// The noise stream of a call on the chains x.
+RngArgs stream_args(const StepOptions& o, const Tensor& x) {
+  return RngArgs{static_cast<uint64_t>(o.seed), static_cast<uint64_t>(o.offset), rng_state_ptr(o.rng_state, x)};
 }
 
 float clamp_bound(const c10::optional<double>& v, float fallback) {
@@ -108,7 +113,7 @@ Tensor clip_scales_cpu(const S* score, int64_t chains, int64_t chain_size, doubl
 }
 
 template <typename T, typename S>
-void ula_cpu_typed(const Tensor& x, Tensor& y, const Tensor& score, const UlaOptions& o) {
+void ula_cpu_typed(const Tensor& x, Tensor& y, const Tensor& score, const StepOptions& o) {
   const int64_t numel = x.numel();
   if (numel == 0) return;
   const int64_t chains = chains_of(x);
@@ -124,8 +129,7 @@ void ula_cpu_typed(const Tensor& x, Tensor& y, const Tensor& score, const UlaOpt
     clip = clip_tensor.data_ptr<float>();
   }
   uint64_t seed, offset;
-  resolve_rng(RngArgs{static_cast<uint64_t>(o.seed), static_cast<uint64_t>(o.offset), rng_state_ptr(o.rng_state, x)},
-              &seed, &offset);
+  resolve_rng(stream_args(o, x), &seed, &offset);
   const bool has_clamp = o.clamp_lo.has_value() || o.clamp_hi.has_value();
   const float lo = clamp_bound(o.clamp_lo, -INFINITY);
   const float hi = clamp_bound(o.clamp_hi, INFINITY);
@@ -153,7 +157,7 @@ void ula_cpu_typed(const Tensor& x, Tensor& y, const Tensor& score, const UlaOpt
   });
 }
 
-void ula_cpu(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOptions& o) {
+void ula_cpu(const Tensor& x, Tensor& y, const Tensor& score_in, const StepOptions& o) {
   const Tensor score = score_in.contiguous();
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -165,34 +169,25 @@ void ula_cpu(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOption
   });
 }
 
-void ula_step_cpu(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
-                    int64_t offset, const OptTensor& rng_state, c10::optional<double> clamp_lo,
-                    c10::optional<double> clamp_hi, c10::optional<double> grad_clip) {
-  const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip};
-  check_ula(x, score, o);
-  ula_cpu(x, x, score, o);
-}
-
-void check_mala_propose(const Tensor& x, const Tensor& grad_log_prob, const UlaOptions& o) {
+void check_mala_propose(const Tensor& x, const Tensor& grad_log_prob, const StepOptions& o) {
   FASTGEN_CHECK_TYPE(grad_log_prob.scalar_type() == x.scalar_type(), "grad_log_prob must have the dtype of x (",
                 x.scalar_type(), "), got ", grad_log_prob.scalar_type());
   check_ula(x, grad_log_prob, o, "grad_log_prob");
 }
 
-Tensor mala_propose_cpu(const Tensor& x, const Tensor& grad_log_prob, double step_size, const OptTensor& step_sizes,
-                        int64_t seed, int64_t offset, const OptTensor& rng_state) {
-  const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, c10::nullopt, c10::nullopt, c10::nullopt};
-  check_mala_propose(x, grad_log_prob, o);
-  Tensor y = torch::empty_like(x);
-  ula_cpu(x, y, grad_log_prob, o);
-  return y;
-}
-
 // ---------------------------------------------------------------- MALA accept
 
-void check_mala_accept(const Tensor& x, const Tensor& log_prob, const Tensor& grad, const Tensor& y,
-                       const Tensor& log_prob_y, const Tensor& grad_y, double step_size, const OptTensor& step_sizes,
-                       int64_t seed, int64_t offset, const OptTensor& rng_state) {
+// A MALA state: the chains, their log-density and its gradient (the current state, updated in place, or the
+// proposal).
+struct MalaState {
+  Tensor x;
+  Tensor log_prob;
+  Tensor grad;
+};
+
+void check_mala_accept(const MalaState& cur, const MalaState& prop, const StepOptions& o) {
+  const Tensor &x = cur.x, &log_prob = cur.log_prob, &grad = cur.grad;
+  const Tensor &y = prop.x, &log_prob_y = prop.log_prob, &grad_y = prop.grad;
   check_state_dtype(x, "x");
   FASTGEN_CHECK(x.dim() >= 1, "x must have a leading chain dimension, got a 0-d tensor");
   const int64_t chains = x.size(0);
@@ -214,26 +209,23 @@ void check_mala_accept(const Tensor& x, const Tensor& log_prob, const Tensor& gr
                   name, " must be contiguous float32 of shape (", chains, ",), got ", t->scalar_type(), " ",
                   t->sizes());
   }
-  check_step(step_size);
-  check_rng(seed, offset);
-  step_sizes_ptr(step_sizes, x, chains);
-  rng_state_ptr(rng_state, x);
+  check_step(o.step_size);
+  check_rng(o.seed, o.offset);
+  step_sizes_ptr(o.step_sizes, x, chains);
+  rng_state_ptr(o.rng_state, x);
 }
 
-std::tuple<Tensor, Tensor> mala_accept_cpu(Tensor x, Tensor log_prob, Tensor grad, const Tensor& y,
-                                           const Tensor& log_prob_y, const Tensor& grad_y, double step_size,
-                                           const OptTensor& step_sizes, int64_t seed, int64_t offset,
-                                           const OptTensor& rng_state) {
-  check_mala_accept(x, log_prob, grad, y, log_prob_y, grad_y, step_size, step_sizes, seed, offset, rng_state);
+void mala_accept_cpu(const MalaState& cur, const MalaState& prop, const StepOptions& opt, Tensor& accepted,
+                     Tensor& accept_prob) {
+  const Tensor &x = cur.x, &log_prob = cur.log_prob, &grad = cur.grad;
+  const Tensor &y = prop.x, &log_prob_y = prop.log_prob, &grad_y = prop.grad;
   const int64_t chains = x.size(0);
-  const int64_t chain_size = chains == 0 ? 0 : x.numel() / chains;
-  Tensor accepted = torch::empty({chains}, x.options().dtype(torch::kBool));
-  Tensor accept_prob = torch::empty({chains}, x.options().dtype(torch::kFloat32));
-  if (chains == 0) return {accepted, accept_prob};
-  const float* steps = step_sizes_ptr(step_sizes, x, chains);
+  if (chains == 0) return;
+  const int64_t chain_size = x.numel() / chains;
+  const float* steps = step_sizes_ptr(opt.step_sizes, x, chains);
+  const double step_size = opt.step_size;
   uint64_t s, o;
-  resolve_rng(RngArgs{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, x)}, &s,
-              &o);
+  resolve_rng(stream_args(opt, x), &s, &o);
   float* lp = log_prob.data_ptr<float>();
   const float* lpy = log_prob_y.data_ptr<float>();
   bool* acc = accepted.data_ptr<bool>();
@@ -270,14 +262,12 @@ std::tuple<Tensor, Tensor> mala_accept_cpu(Tensor x, Tensor log_prob, Tensor gra
       }
     });
   });
-  return {accepted, accept_prob};
 }
 
 // ---------------------------------------------------------------- GMM Langevin
 
 void check_gmm(const Tensor& x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef, int64_t n_steps,
-               double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
-               const OptTensor& rng_state) {
+               const StepOptions& o) {
   check_state_dtype(x, "x");
   CHECK_CONTIGUOUS(x);
   FASTGEN_CHECK(x.dim() == 2, "x must have shape (chains, dim), got ", x.sizes());
@@ -297,10 +287,10 @@ void check_gmm(const Tensor& x, const Tensor& means, const Tensor& inv_vars, con
   CHECK_SAME_SHAPE(inv_vars, means);
   CHECK_SHAPE(log_coef, K);
   FASTGEN_CHECK(n_steps >= 0, "n_steps must be >= 0, got ", n_steps);
-  check_step(step_size);
-  check_rng(seed, offset);
-  step_sizes_ptr(step_sizes, x, x.size(0));
-  rng_state_ptr(rng_state, x);
+  check_step(o.step_size);
+  check_rng(o.seed, o.offset);
+  step_sizes_ptr(o.step_sizes, x, x.size(0));
+  rng_state_ptr(o.rng_state, x);
 }
 
 constexpr int kChainBlock = 64;
@@ -348,7 +338,7 @@ __attribute__((target_clones("avx2", "default"))) void gmm_block_steps(float* xs
     for (int k = 0; k < K; ++k) {  // responsibilities, unnormalized
       float* wk = weights + k * C;
       for (int c = 0; c < C; ++c) {
-        wk[c] = cpu::exp_nonpositive(wk[c] - top[c]);
+        wk[c] = exp_nonpositive(wk[c] - top[c]);
         total[c] += wk[c];
       }
     }
@@ -366,19 +356,17 @@ __attribute__((target_clones("avx2", "default"))) void gmm_block_steps(float* xs
   }
 }
 
-void gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
-                        int64_t n_steps, double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
-                        const OptTensor& rng_state) {
-  check_gmm(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state);
+void gmm_langevin_cpu(Tensor& x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef, int64_t n_steps,
+                      const StepOptions& opt) {
   const int64_t chains = x.size(0);
   if (chains == 0 || n_steps == 0) return;
   const int D = static_cast<int>(means.size(1));
   const GmmView g{means.data_ptr<float>(), inv_vars.data_ptr<float>(), log_coef.data_ptr<float>(),
                   static_cast<int>(means.size(0)), D};
-  const float* steps = step_sizes_ptr(step_sizes, x, chains);
+  const float* steps = step_sizes_ptr(opt.step_sizes, x, chains);
+  const double step_size = opt.step_size;
   uint64_t s, o;
-  resolve_rng(RngArgs{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, x)}, &s,
-              &o);
+  resolve_rng(stream_args(opt, x), &s, &o);
   const uint64_t numel = static_cast<uint64_t>(x.numel());
   dispatch_float(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -407,11 +395,8 @@ void gmm_langevin_cpu(Tensor x, const Tensor& means, const Tensor& inv_vars, con
 // ---------------------------------------------------------------- CUDA
 
 #ifdef FASTGEN_WITH_CUDA
-RngArgs rng_args(int64_t seed, int64_t offset, const OptTensor& rng_state, const Tensor& ref) {
-  return RngArgs{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, ref)};
-}
 
-void ula_cuda(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOptions& o) {
+void ula_cuda(const Tensor& x, Tensor& y, const Tensor& score_in, const StepOptions& o) {
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor score = score_in.contiguous();
   const int64_t chains = chains_of(x);
@@ -432,59 +417,34 @@ void ula_cuda(const Tensor& x, Tensor& y, const Tensor& score_in, const UlaOptio
   a.has_clamp = o.clamp_lo.has_value() || o.clamp_hi.has_value();
   a.clamp_lo = clamp_bound(o.clamp_lo, -INFINITY);
   a.clamp_hi = clamp_bound(o.clamp_hi, INFINITY);
-  a.rng = rng_args(o.seed, o.offset, o.rng_state, x);
+  a.rng = stream_args(o, x);
   C10_CUDA_CHECK(cuda::ula_step(a, c10::cuda::getCurrentCUDAStream()));
 }
 
-void ula_step_cuda(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
-                     int64_t offset, const OptTensor& rng_state, c10::optional<double> clamp_lo,
-                     c10::optional<double> clamp_hi, c10::optional<double> grad_clip) {
-  const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip};
-  check_ula(x, score, o);
-  ula_cuda(x, x, score, o);
-}
-
-Tensor mala_propose_cuda(const Tensor& x, const Tensor& grad_log_prob, double step_size, const OptTensor& step_sizes,
-                         int64_t seed, int64_t offset, const OptTensor& rng_state) {
-  const UlaOptions o{step_size, step_sizes, seed, offset, rng_state, c10::nullopt, c10::nullopt, c10::nullopt};
-  check_mala_propose(x, grad_log_prob, o);
-  Tensor y = torch::empty_like(x);
-  ula_cuda(x, y, grad_log_prob, o);
-  return y;
-}
-
-std::tuple<Tensor, Tensor> mala_accept_cuda(Tensor x, Tensor log_prob, Tensor grad, const Tensor& y,
-                                            const Tensor& log_prob_y, const Tensor& grad_y, double step_size,
-                                            const OptTensor& step_sizes, int64_t seed, int64_t offset,
-                                            const OptTensor& rng_state) {
-  check_mala_accept(x, log_prob, grad, y, log_prob_y, grad_y, step_size, step_sizes, seed, offset, rng_state);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t chains = x.size(0);
-  Tensor accepted = torch::empty({chains}, x.options().dtype(torch::kBool));
-  Tensor accept_prob = torch::empty({chains}, x.options().dtype(torch::kFloat32));
+void mala_accept_cuda(const MalaState& cur, const MalaState& prop, const StepOptions& o, Tensor& accepted,
+                      Tensor& accept_prob) {
+  const c10::cuda::CUDAGuard guard(cur.x.device());
+  const int64_t chains = cur.x.size(0);
   cuda::MalaAcceptArgs a;
-  a.x = x.data_ptr();
-  a.log_prob = log_prob.data_ptr<float>();
-  a.grad = grad.data_ptr();
-  a.y = y.data_ptr();
-  a.log_prob_y = log_prob_y.data_ptr<float>();
-  a.grad_y = grad_y.data_ptr();
-  a.dtype = cuda_dtype(x);
+  a.x = cur.x.data_ptr();
+  a.log_prob = cur.log_prob.data_ptr<float>();
+  a.grad = cur.grad.data_ptr();
+  a.y = prop.x.data_ptr();
+  a.log_prob_y = prop.log_prob.data_ptr<float>();
+  a.grad_y = prop.grad.data_ptr();
+  a.dtype = cuda_dtype(cur.x);
   a.chains = chains;
-  a.chain_size = chains == 0 ? 0 : x.numel() / chains;
-  a.step_size = static_cast<float>(step_size);
-  a.step_sizes = step_sizes_ptr(step_sizes, x, chains);
+  a.chain_size = chains == 0 ? 0 : cur.x.numel() / chains;
+  a.step_size = static_cast<float>(o.step_size);
+  a.step_sizes = step_sizes_ptr(o.step_sizes, cur.x, chains);
   a.accepted = accepted.data_ptr<bool>();
   a.accept_prob = accept_prob.data_ptr<float>();
-  a.rng = rng_args(seed, offset, rng_state, x);
+  a.rng = stream_args(o, cur.x);
   C10_CUDA_CHECK(cuda::mala_accept(a, c10::cuda::getCurrentCUDAStream()));
-  return {accepted, accept_prob};
 }
 
-void gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
-                         int64_t n_steps, double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
-                         const OptTensor& rng_state) {
-  check_gmm(x, means, inv_vars, log_coef, n_steps, step_size, step_sizes, seed, offset, rng_state);
+void gmm_langevin_cuda(Tensor& x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
+                       int64_t n_steps, const StepOptions& o) {
   const c10::cuda::CUDAGuard guard(x.device());
   cuda::GmmLangevinArgs a;
   a.x = x.data_ptr();
@@ -496,12 +456,56 @@ void gmm_langevin_cuda(Tensor x, const Tensor& means, const Tensor& inv_vars, co
   a.inv_vars = inv_vars.data_ptr<float>();
   a.log_coef = log_coef.data_ptr<float>();
   a.n_steps = n_steps;
-  a.step_size = static_cast<float>(step_size);
-  a.step_sizes = step_sizes_ptr(step_sizes, x, x.size(0));
-  a.rng = rng_args(seed, offset, rng_state, x);
+  a.step_size = static_cast<float>(o.step_size);
+  a.step_sizes = step_sizes_ptr(o.step_sizes, x, x.size(0));
+  a.rng = stream_args(o, x);
   C10_CUDA_CHECK(cuda::gmm_langevin(a, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
+
+// ---------------------------------------------------------------- The ops' entries (registered on every device key)
+
+void ula_step(Tensor x, const Tensor& score, double step_size, const OptTensor& step_sizes, int64_t seed,
+              int64_t offset, const OptTensor& rng_state, c10::optional<double> clamp_lo,
+              c10::optional<double> clamp_hi, c10::optional<double> grad_clip) {
+  const StepOptions o{step_size, step_sizes, seed, offset, rng_state, clamp_lo, clamp_hi, grad_clip};
+  check_ula(x, score, o);
+  FASTGEN_ON_DEVICE(x, ula_cpu(x, x, score, o), ula_cuda(x, x, score, o));
+}
+
+Tensor mala_propose(const Tensor& x, const Tensor& grad_log_prob, double step_size, const OptTensor& step_sizes,
+                    int64_t seed, int64_t offset, const OptTensor& rng_state) {
+  const StepOptions o{step_size, step_sizes, seed, offset, rng_state, c10::nullopt, c10::nullopt, c10::nullopt};
+  check_mala_propose(x, grad_log_prob, o);
+  Tensor y = torch::empty_like(x);
+  FASTGEN_ON_DEVICE(x, ula_cpu(x, y, grad_log_prob, o), ula_cuda(x, y, grad_log_prob, o));
+  return y;
+}
+
+std::tuple<Tensor, Tensor> mala_accept(Tensor x, Tensor log_prob, Tensor grad, const Tensor& y,
+                                       const Tensor& log_prob_y, const Tensor& grad_y, double step_size,
+                                       const OptTensor& step_sizes, int64_t seed, int64_t offset,
+                                       const OptTensor& rng_state) {
+  const MalaState cur{x, log_prob, grad}, prop{y, log_prob_y, grad_y};
+  const StepOptions o{step_size, step_sizes, seed, offset, rng_state, c10::nullopt, c10::nullopt, c10::nullopt};
+  check_mala_accept(cur, prop, o);
+  const int64_t chains = x.size(0);
+  Tensor accepted = torch::empty({chains}, x.options().dtype(torch::kBool));
+  Tensor accept_prob = torch::empty({chains}, x.options().dtype(torch::kFloat32));
+  FASTGEN_ON_DEVICE(x, mala_accept_cpu(cur, prop, o, accepted, accept_prob),
+                    mala_accept_cuda(cur, prop, o, accepted, accept_prob));
+  return {accepted, accept_prob};
+}
+
+void gmm_langevin(Tensor x, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef, int64_t n_steps,
+                  double step_size, const OptTensor& step_sizes, int64_t seed, int64_t offset,
+                  const OptTensor& rng_state) {
+  const StepOptions o{step_size, step_sizes, seed, offset, rng_state, c10::nullopt, c10::nullopt, c10::nullopt};
+  check_gmm(x, means, inv_vars, log_coef, n_steps, o);
+  FASTGEN_ON_DEVICE(x, gmm_langevin_cpu(x, means, inv_vars, log_coef, n_steps, o),
+                    gmm_langevin_cuda(x, means, inv_vars, log_coef, n_steps, o));
+}
+
 
 }  // namespace
 

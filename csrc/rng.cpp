@@ -174,11 +174,7 @@ void check_fill(const torch::Tensor& out, int64_t seed, int64_t offset) {
   FASTGEN_CHECK(offset >= 0, "offset must be non-negative, got ", offset);
 }
 
-void philox_fill_cpu(torch::Tensor out, int64_t seed, int64_t offset,
-                              const c10::optional<torch::Tensor>& rng_state, bool normal) {
-  check_fill(out, seed, offset);
-  const int64_t* state = rng_state_ptr(rng_state, out);
-  RngArgs rng{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), state};
+void philox_fill_cpu(torch::Tensor& out, const RngArgs& rng, bool normal) {
   uint64_t s, o;
   resolve_rng(rng, &s, &o);
   float* data = out.data_ptr<float>();
@@ -192,15 +188,20 @@ void philox_fill_cpu(torch::Tensor out, int64_t seed, int64_t offset,
 }
 
 #ifdef FASTGEN_WITH_CUDA
-void philox_fill_cuda(torch::Tensor out, int64_t seed, int64_t offset,
-                               const c10::optional<torch::Tensor>& rng_state, bool normal) {
-  check_fill(out, seed, offset);
+void philox_fill_cuda(torch::Tensor& out, const RngArgs& rng, bool normal) {
   const c10::cuda::CUDAGuard guard(out.device());
-  RngArgs rng{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, out)};
   C10_CUDA_CHECK(cuda::philox_fill(out.data_ptr<float>(), out.numel(), normal, rng,
                                    c10::cuda::getCurrentCUDAStream()));
 }
 #endif
+
+// The op's entry (registered on every device key).
+void philox_fill(torch::Tensor out, int64_t seed, int64_t offset, const c10::optional<torch::Tensor>& rng_state,
+                 bool normal) {
+  check_fill(out, seed, offset);
+  const RngArgs rng{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), rng_state_ptr(rng_state, out)};
+  FASTGEN_ON_DEVICE(out, philox_fill_cpu(out, rng, normal), philox_fill_cuda(out, rng, normal));
+}
 
 }  // namespace
 

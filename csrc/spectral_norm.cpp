@@ -162,9 +162,11 @@ float power_iteration(const Tensor& weight, const Tensor& u_in, const Tensor& v_
   return sigma;
 }
 
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> outputs_like(const std::vector<Tensor>& weights,
-                                                                            const std::vector<Tensor>& us,
-                                                                            const std::vector<Tensor>& vs) {
+// The op's outputs: sigmas, and the updated u and v of each weight.
+using PowerOutputs = std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>>;
+
+PowerOutputs outputs_like(const std::vector<Tensor>& weights, const std::vector<Tensor>& us,
+                          const std::vector<Tensor>& vs) {
   const auto device = weights.empty() ? at::Device(at::kCPU) : weights[0].device();
   Tensor sigmas = at::empty({static_cast<int64_t>(weights.size())}, at::TensorOptions().dtype(at::kFloat).device(device));
   std::vector<Tensor> us_out, vs_out;
@@ -175,11 +177,10 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> outputs_like(const 
   return {sigmas, us_out, vs_out};
 }
 
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> spectral_norm_power_cpu(
-    at::TensorList weights_in, at::TensorList us_in, at::TensorList vs_in, int64_t n_power_iterations, double eps) {
-  const std::vector<Tensor> weights = weights_in.vec(), us = us_in.vec(), vs = vs_in.vec();
-  check_spectral(weights, us, vs, n_power_iterations, eps);
-  auto [sigmas, us_out, vs_out] = outputs_like(weights, us, vs);
+void spectral_norm_power_cpu(const std::vector<Tensor>& weights, const std::vector<Tensor>& us,
+                             const std::vector<Tensor>& vs, int64_t n_power_iterations, double eps,
+                             PowerOutputs& out) {
+  auto& [sigmas, us_out, vs_out] = out;
   float* sigma = sigmas.data_ptr<float>();
   for (size_t t = 0; t < weights.size(); ++t) {
     dispatch_float(weights[t].scalar_type(), [&](auto tag) {
@@ -188,16 +189,13 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> spectral_norm_power
                                     static_cast<float>(eps));
     });
   }
-  return {sigmas, us_out, vs_out};
 }
 
 #ifdef FASTGEN_WITH_CUDA
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> spectral_norm_power_cuda(
-    at::TensorList weights_in, at::TensorList us_in, at::TensorList vs_in, int64_t n_power_iterations, double eps) {
-  const std::vector<Tensor> weights = weights_in.vec(), us = us_in.vec(), vs = vs_in.vec();
-  check_spectral(weights, us, vs, n_power_iterations, eps);
-  auto [sigmas, us_out, vs_out] = outputs_like(weights, us, vs);
-  if (weights.empty()) return {sigmas, us_out, vs_out};
+void spectral_norm_power_cuda(const std::vector<Tensor>& weights, const std::vector<Tensor>& us,
+                              const std::vector<Tensor>& vs, int64_t n_power_iterations, double eps,
+                              PowerOutputs& out) {
+  auto& [sigmas, us_out, vs_out] = out;
   const c10::cuda::CUDAGuard guard(weights[0].device());
   const size_t count = weights.size();
   std::vector<const void*> w(count), u(count), v(count);
@@ -219,9 +217,20 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> spectral_norm_power
                               static_cast<int>(count), cuda_dtype(weights[0]), static_cast<int>(n_power_iterations),
                               static_cast<float>(eps), sigmas.data_ptr<float>(), scratch.data_ptr<float>()};
   C10_CUDA_CHECK(cuda::spectral_norm_power(args, c10::cuda::getCurrentCUDAStream()));
-  return {sigmas, us_out, vs_out};
 }
 #endif
+
+// The op's entry (registered on every device key).
+PowerOutputs spectral_norm_power(at::TensorList weights_in, at::TensorList us_in, at::TensorList vs_in,
+                                 int64_t n_power_iterations, double eps) {
+  const std::vector<Tensor> weights = weights_in.vec(), us = us_in.vec(), vs = vs_in.vec();
+  check_spectral(weights, us, vs, n_power_iterations, eps);
+  PowerOutputs out = outputs_like(weights, us, vs);
+  if (weights.empty()) return out;
+  FASTGEN_ON_DEVICE(weights[0], spectral_norm_power_cpu(weights, us, vs, n_power_iterations, eps, out),
+                    spectral_norm_power_cuda(weights, us, vs, n_power_iterations, eps, out));
+  return out;
+}
 
 }  // namespace
 

@@ -46,14 +46,14 @@ void check_rsample(const Tensor& mean, const Tensor& log_std, int64_t seed, int6
   FASTGEN_CHECK(offset >= 0, "offset must be an int in [0, 2**63 - 1], got ", offset);
 }
 
-std::tuple<Tensor, Tensor> gaussian_rsample_cpu(const Tensor& mean, const Tensor& log_std, int64_t seed,
-                                                int64_t offset, bool path_derivative) {
-  check_rsample(mean, log_std, seed, offset);
-  Tensor z = at::empty_like(mean);
+// D log(2 pi) / 2, for the log-density of D standard normals.
+float log_norm_of(int64_t dim) { return static_cast<float>(0.5 * static_cast<double>(dim) * std::log(2.0 * M_PI)); }
+
+void gaussian_rsample_cpu(const Tensor& mean, const Tensor& log_std, int64_t seed, int64_t offset, Tensor& z,
+                          Tensor& log_prob) {
   const int64_t batch = mean.size(0);
   const int64_t dim = batch ? mean.numel() / batch : 0;
-  Tensor log_prob = at::empty({batch}, mean.options().dtype(at::kFloat));
-  const float log_norm = static_cast<float>(0.5 * static_cast<double>(dim) * std::log(2.0 * M_PI));
+  const float log_norm = log_norm_of(dim);
   float* lp = log_prob.data_ptr<float>();
   dispatch_float(mean.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -75,26 +75,31 @@ std::tuple<Tensor, Tensor> gaussian_rsample_cpu(const Tensor& mean, const Tensor
       }
     });
   });
-  return {z, log_prob};
 }
 
 #ifdef FASTGEN_WITH_CUDA
-std::tuple<Tensor, Tensor> gaussian_rsample_cuda(const Tensor& mean, const Tensor& log_std, int64_t seed,
-                                                 int64_t offset, bool path_derivative) {
-  check_rsample(mean, log_std, seed, offset);
+void gaussian_rsample_cuda(const Tensor& mean, const Tensor& log_std, int64_t seed, int64_t offset, Tensor& z,
+                           Tensor& log_prob) {
   const c10::cuda::CUDAGuard guard(mean.device());
-  Tensor z = at::empty_like(mean);
   const int64_t batch = mean.size(0);
   const int64_t dim = batch ? mean.numel() / batch : 0;
-  Tensor log_prob = at::empty({batch}, mean.options().dtype(at::kFloat));
   cuda::GaussianRsampleArgs args{mean.data_ptr(), log_std.data_ptr(), z.data_ptr(), log_prob.data_ptr<float>(),
                                  cuda_dtype(mean), batch, dim, static_cast<uint64_t>(seed),
-                                 static_cast<uint64_t>(offset),
-                                 static_cast<float>(0.5 * static_cast<double>(dim) * std::log(2.0 * M_PI))};
+                                 static_cast<uint64_t>(offset), log_norm_of(dim)};
   C10_CUDA_CHECK(cuda::gaussian_rsample(args, c10::cuda::getCurrentCUDAStream()));
-  return {z, log_prob};
 }
 #endif
+
+// The op's entry (registered on every device key); path_derivative matters to its autograd formula alone.
+std::tuple<Tensor, Tensor> gaussian_rsample(const Tensor& mean, const Tensor& log_std, int64_t seed, int64_t offset,
+                                            bool path_derivative) {
+  check_rsample(mean, log_std, seed, offset);
+  Tensor z = at::empty_like(mean);
+  Tensor log_prob = at::empty({mean.size(0)}, mean.options().dtype(at::kFloat));
+  FASTGEN_ON_DEVICE(mean, gaussian_rsample_cpu(mean, log_std, seed, offset, z, log_prob),
+                    gaussian_rsample_cuda(mean, log_std, seed, offset, z, log_prob));
+  return {z, log_prob};
+}
 
 }  // namespace
 

@@ -3,24 +3,15 @@
 // term stores its output and returns its log-det term), the backward elementwise.
 #include "common.cuh"
 #include "coupling.h"
+#include "fastmath.h"
 
 namespace fastgen {
 namespace cuda {
 namespace {
 
-struct LogScale {
-  float s;
-  float ds;  // ds / dh
-};
-
-__device__ __forceinline__ LogScale log_scale(float h, int mode, float clamp) {
-  if (mode == kSoftClamp) {  // s = clamp tanh(h / clamp)
-    const float th = tanhf(h / clamp);
-    return {clamp * th, 1.0f - th * th};
-  }
-  const float a = h + 2.0f;  // s = log sigmoid(a) = min(a, 0) - log1p(exp(-|a|)), ds/da = sigmoid(-a)
-  const float e = expf(-fabsf(a));
-  return {fminf(a, 0.0f) - log1pf(e), a >= 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e)};
+// fastmath.h's log-scale, as the CPU computes it, for the run-time scale mode.
+__device__ __forceinline__ Scale log_scale(float h, int mode, float clamp) {
+  return mode == kSoftClamp ? scale_of<kSoftClamp>(h, clamp) : scale_of<kSigmoid>(h, clamp);
 }
 
 template <typename T>
@@ -35,38 +26,49 @@ struct CouplingOp {
       return 0.0f;
     }
     const int64_t c = col - a.split;
-    const LogScale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
+    const Scale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
     const float t = load(static_cast<const T*>(a.t), row * a.t_stride + c);
-    store(static_cast<T*>(a.out), i, a.inverse ? (x - t) * expf(-s.s) : x * expf(s.s) + t);
+    store(static_cast<T*>(a.out), i, a.inverse ? (x - t) * s.down : x * s.up + t);
     return s.s;
   }
   __device__ void finish(int64_t row, float total) const { a.log_det[row] = a.inverse ? -total : total; }
 };
 
-template <typename T>
-__global__ void coupling_backward_kernel(AffineCouplingArgs a) {
-  const int64_t numel = a.batch * a.dim;
+// The backwards, elementwise: the kept part's gradient passes through, op.moved(i, row, c, g) writes the gradients
+// of transformed element i (column c of the transformed part) from its output gradient g.
+template <typename T, typename Op>
+__global__ void coupling_backward_kernel(Op op) {
+  const int64_t dim = op.a.dim, split = op.a.split, numel = op.a.batch * dim;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = i / a.dim, col = i - row * a.dim;
-    const float g = load(static_cast<const T*>(a.grad_out), i);
-    if (col < a.split) {
-      store(static_cast<T*>(a.out), i, g);
-      continue;
+    const int64_t row = i / dim, col = i - row * dim;
+    const float g = load(static_cast<const T*>(op.a.grad_out), i);
+    if (col < split) {
+      store(static_cast<T*>(op.a.out), i, g);
+    } else {
+      op.moved(i, row, col - split, g);
     }
-    const int64_t c = col - a.split, p = row * (a.dim - a.split) + c;  // grad_h is contiguous
-    const LogScale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
+  }
+}
+
+template <typename T>
+struct CouplingBackwardOp {
+  AffineCouplingArgs a;
+
+  __device__ void moved(int64_t i, int64_t row, int64_t c, float g) const {
+    const int64_t p = row * (a.dim - a.split) + c;  // grad_h is contiguous
+    const Scale s = log_scale(load(static_cast<const T*>(a.h), row * a.h_stride + c), a.scale_mode, a.clamp);
     const float x = load(static_cast<const T*>(a.x), i), gl = a.grad_log_det[row];
     if (a.inverse) {
-      store(static_cast<T*>(a.out), i, g * expf(-s.s));
+      store(static_cast<T*>(a.out), i, g * s.down);
       store(static_cast<T*>(a.grad_h), p, -(g * x + gl) * s.ds);
     } else {
-      const float gin = g * expf(s.s);
+      const float gin = g * s.up;
       store(static_cast<T*>(a.out), i, gin);
       store(static_cast<T*>(a.grad_h), p, (gin * x + gl) * s.ds);
     }
   }
-}
+};
 
 // ---- Rational-quadratic spline: one thread per element, its 3 bins - 1 parameters read from global memory.
 
@@ -123,25 +125,19 @@ struct SplineOp {
 };
 
 template <typename T>
-__global__ void spline_backward_kernel(SplineCouplingArgs a) {
-  const int64_t numel = a.batch * a.dim;
-  const int K = a.bins;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = i / a.dim, col = i - row * a.dim;
-    const float g = load(static_cast<const T*>(a.grad_out), i);
-    if (col < a.split) {
-      store(static_cast<T*>(a.out), i, g);
-      continue;
-    }
-    const int64_t q = (row * (a.dim - a.split) + (col - a.split)) * (3 * K - 1);
+struct SplineBackwardOp {
+  SplineCouplingArgs a;
+
+  __device__ void moved(int64_t i, int64_t row, int64_t c, float g) const {
+    const int K = a.bins;
+    const int64_t q = (row * (a.dim - a.split) + c) * (3 * K - 1);
     const T* p = static_cast<const T*>(a.params) + q;
     T* gp = static_cast<T*>(a.grad_params) + q;
     const float x = load(static_cast<const T*>(a.x), i);
     if (!(x >= -a.bound && x <= a.bound)) {
       for (int j = 0; j < 3 * K - 1; ++j) store(gp, j, 0.0f);
       store(static_cast<T*>(a.out), i, g);
-      continue;
+      return;
     }
     const spline::Options<float> o = spline_options(a);
     const Softmax<T> sw(p, K), sh(p + K, K);
@@ -150,7 +146,7 @@ __global__ void spline_backward_kernel(SplineCouplingArgs a) {
     store(static_cast<T*>(a.out), i, r.grad_in);
     spline::param_grads(b, r, o, sw, sh, Logits<T>{p}, StoreGrad<T>{gp});
   }
-}
+};
 
 }  // namespace
 
@@ -162,8 +158,9 @@ cudaError_t affine_coupling(const AffineCouplingArgs& a, cudaStream_t stream) {
 
 cudaError_t affine_coupling_backward(const AffineCouplingArgs& a, cudaStream_t stream) {
   return by_dtype(a.dtype, [&](auto tag) {
-    return launch_elementwise(coupling_backward_kernel<typename decltype(tag)::type>, a, a.batch * a.dim,
-                              kItemsPerThread, stream);
+    using T = typename decltype(tag)::type;
+    return launch_elementwise(coupling_backward_kernel<T, CouplingBackwardOp<T>>, CouplingBackwardOp<T>{a},
+                              a.batch * a.dim, kItemsPerThread, stream);
   });
 }
 
@@ -175,7 +172,9 @@ cudaError_t spline_coupling(const SplineCouplingArgs& a, cudaStream_t stream) {
 
 cudaError_t spline_coupling_backward(const SplineCouplingArgs& a, cudaStream_t stream) {
   return by_dtype(a.dtype, [&](auto tag) {
-    return launch_elementwise(spline_backward_kernel<typename decltype(tag)::type>, a, a.batch * a.dim, 1, stream);
+    using T = typename decltype(tag)::type;
+    return launch_elementwise(coupling_backward_kernel<T, SplineBackwardOp<T>>, SplineBackwardOp<T>{a},
+                              a.batch * a.dim, 1, stream);
   });
 }
 

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from ..core.constants import ScaleMode
+from ._tiles import row_tile
 from .rng import BLOCK
 
 SOFT_CLAMP = tl.constexpr(int(ScaleMode.SOFT_CLAMP))
@@ -33,10 +34,9 @@ def log_scale(h, SCALE_MODE: tl.constexpr, clamp):
 def tile(rows, start, batch, dim, split, BLOCK_D: tl.constexpr):
     """Columns start..start + BLOCK_D of `rows`: (in range, in the transformed part, index into x, column of the
     transformed part)."""
-    cols = start + tl.arange(0, BLOCK_D)
-    inside = (rows[:, None] < batch) & (cols[None, :] < dim)
-    moved = inside & (cols[None, :] >= split)
-    return inside, moved, rows[:, None] * dim + cols[None, :], cols[None, :] - split
+    inside, idx = row_tile(rows, start, batch, dim, BLOCK_D)
+    cols = start + tl.arange(0, BLOCK_D)[None, :]
+    return inside, inside & (cols >= split), idx, cols - split
 
 
 @triton.jit

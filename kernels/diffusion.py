@@ -267,6 +267,19 @@ def diffusion_step_(
 
 
 @triton.jit
+def corrector_chunk(
+    x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset, sample_offset,
+    PREDICTION: tl.constexpr, NOISE_MODE: tl.constexpr,
+):  # fmt: skip
+    """x, the score -eps / sigma and the noise at elements idx of one sample (both corrector passes read them)."""
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
+    xi = noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset, NOISE_MODE)
+    return x, -eps / sigma, xi
+
+
+@triton.jit
 def langevin_correct_kernel(
     x_ptr, out_ptr, coef_ptr, n_rows, index_ptr, seeds_ptr,
     size,  # D
@@ -289,12 +302,10 @@ def langevin_correct_kernel(
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
-        s = tl.where(mask, -eps / sigma, 0.0)
-        xi = tl.where(mask, noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset,
-                                     NOISE_MODE), 0.0)
+        _, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset,
+                                   sample_offset, PREDICTION, NOISE_MODE)
+        s = tl.where(mask, s, 0.0)
+        xi = tl.where(mask, xi, 0.0)
         score_sq += s * s
         noise_sq += xi * xi
     ratio = snr * tl.sqrt(tl.sum(noise_sq, axis=0)) / tl.sqrt(tl.sum(score_sq, axis=0))
@@ -302,11 +313,9 @@ def langevin_correct_kernel(
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
-        xi = noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset, NOISE_MODE)
-        nxt = x + step * (-eps / sigma) + tl.sqrt(2.0 * step) * xi
+        x, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset,
+                                   sample_offset, PREDICTION, NOISE_MODE)
+        nxt = x + step * s + tl.sqrt(2.0 * step) * xi
         tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
 
 

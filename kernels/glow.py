@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import row_tile
 from .rng import BLOCK
 
 
@@ -23,9 +24,7 @@ def actnorm_kernel(
     s = tl.load(log_scale_ptr + c, mask=r < rows, other=0.0)[:, None]
     b = tl.load(bias_ptr + c, mask=r < rows, other=0.0)[:, None]
     for start in range(0, spatial, BLOCK_S):
-        cols = start + tl.arange(0, BLOCK_S)
-        mask = (r[:, None] < rows) & (cols[None, :] < spatial)
-        idx = r[:, None] * spatial + cols[None, :]
+        mask, idx = row_tile(r, start, rows, spatial, BLOCK_S)
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         y = (x - b) * tl.exp(-s) if INVERSE else x * tl.exp(s) + b
         tl.store(out_ptr + idx, y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -49,9 +48,7 @@ def actnorm_backward_kernel(
     sum_g = tl.zeros((ROWS, BLOCK_S), dtype=tl.float32)
     sum_gx = tl.zeros((ROWS, BLOCK_S), dtype=tl.float32)
     for start in range(0, spatial, BLOCK_S):
-        cols = start + tl.arange(0, BLOCK_S)
-        mask = (r[:, None] < rows) & (cols[None, :] < spatial)
-        idx = r[:, None] * spatial + cols[None, :]
+        mask, idx = row_tile(r, start, rows, spatial, BLOCK_S)
         g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         tl.store(grad_in_ptr + idx, (g * m).to(grad_in_ptr.dtype.element_ty), mask=mask)

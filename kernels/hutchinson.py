@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import row_tile
 from .rng import BLOCK, normal_at, uniform_at
 
 
@@ -25,9 +26,7 @@ def hutchinson_dot_kernel(
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     total = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = (rows[:, None] < batch) & (cols[None, :] < dim)
-        idx = rows[:, None] * dim + cols[None, :]
+        mask, idx = row_tile(rows, start, batch, dim, BLOCK_D)
         v = tl.load(vjp_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         if RADEMACHER:
             eps = tl.where(uniform_at(seed, offset + idx) < 0.5, -1.0, 1.0)

@@ -10,14 +10,10 @@
 // No torch header here: nvcc compiles this without PyTorch.
 #pragma once
 
-#include <math.h>
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define FASTGEN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGEN_HD inline
-#endif
+#include "constants.h"
+#include "fastmath.h"
 
 namespace fastgen {
 
@@ -106,14 +102,21 @@ FASTGEN_HD float uniform_at(uint64_t seed, uint64_t n) {
   return uint_to_uniform((n & 1) ? odd : even);
 }
 
-// Box-Muller with the platform's float log/cos/sin (libm on the host, libdevice on CUDA).
+// The two normals of one lane pair: r cos(theta), r sin(theta) with r = sqrt(-2 log u1), theta = 2 pi u2, through
+// fastmath.h's log and sin/cos (the same polynomials on the CPU, whose loops vectorize them, and on CUDA).
+FASTGEN_HD SinCos box_muller(uint32_t lane_u, uint32_t lane_theta) {
+  float u1 = uint_to_uniform(lane_u);
+  const float u2 = uint_to_uniform(lane_theta);
+  u1 = u1 < kMinUniform ? kMinUniform : u1;
+  const float r = sqrt_float(-2.0f * log_unit(u1));
+  const SinCos t = sincos_twopi_range(kTwoPi * u2);
+  return SinCos{r * t.cos, r * t.sin};
+}
+
 FASTGEN_HD float normal_at(uint64_t seed, uint64_t n) {
   const Philox4 p = philox4x32(seed, n >> 2);
-  float u1 = uint_to_uniform((n & 2) ? p.lane[2] : p.lane[0]);
-  const float u2 = uint_to_uniform((n & 2) ? p.lane[3] : p.lane[1]);
-  u1 = u1 < kMinUniform ? kMinUniform : u1;
-  const float theta = kTwoPi * u2;
-  return sqrtf(-2.0f * logf(u1)) * ((n & 1) ? sinf(theta) : cosf(theta));
+  const SinCos z = box_muller((n & 2) ? p.lane[2] : p.lane[0], (n & 2) ? p.lane[3] : p.lane[1]);
+  return (n & 1) ? z.sin : z.cos;
 }
 
 }  // namespace fastgen

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import row_tile
 from .rng import BLOCK, normal_at
 
 
@@ -30,9 +31,7 @@ def gaussian_rsample_kernel(
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     total = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = (rows[:, None] < batch) & (cols[None, :] < dim)
-        idx = rows[:, None] * dim + cols[None, :]
+        mask, idx = row_tile(rows, start, batch, dim, BLOCK_D)
         mean = tl.load(mean_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         log_std = tl.load(log_std_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         eps = normal_at(seed, offset + idx)
