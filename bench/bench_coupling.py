@@ -20,9 +20,9 @@ from fastgen.ops import affine_coupling, spline_coupling
 from .common import (
     backward_from,
     copy_fn,
-    count_per_call,
     environment,
     markdown_table,
+    ratio_rows,
     time_interleaved_us,
     write_report,
 )
@@ -64,12 +64,8 @@ def arithmetic_rows(device: str, batch: int, dim: int) -> list[dict]:
         cases = dict(cases, **{"copy of the same bytes": copies[what]})
         for fn in cases.values():  # compile and warm up outside the timing
             fn()
-        times = time_interleaved_us(cases, device)
-        ours = times["fastgen fused op"]
-        for name, us in times.items():
-            counts = count_per_call(cases[name], device) if name != "copy of the same bytes" else {}
-            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}", **counts})
-            print("  coupling", rows[-1], flush=True)
+        rows += ratio_rows(time_interleaved_us(cases, device), "fastgen fused op", cases, device, "coupling",
+                           **{"pass": what})
     return rows
 
 
@@ -136,12 +132,7 @@ def _layer_table(layers: dict, conditioner: nn.Module, x: torch.Tensor, split: i
             cases = {name: backward_from(fn) for name, fn in cases.items()}
         if what == "forward + log-det":
             cases = {name: (lambda fn=fn: torch.no_grad()(fn)()) for name, fn in cases.items()}
-        times = time_interleaved_us(cases, device)
-        ours = times[ours_name]
-        for name, us in times.items():
-            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}",
-                         **count_per_call(cases[name], device)})
-            print(f"  {label}", rows[-1], flush=True)
+        rows += ratio_rows(time_interleaved_us(cases, device), ours_name, cases, device, label, **{"pass": what})
     return rows
 
 
@@ -219,12 +210,8 @@ def spline_rows(device: str, batch: int, dim: int, bins: int = 8, bound: float =
             except Exception as error:  # noqa: BLE001 - a peer that does not compile is reported, not fatal
                 print(f"  spline: {name} failed: {type(error).__name__}: {error}"[:300], flush=True)
                 del timed[name]
-        times = time_interleaved_us(timed, device)
-        ours = times["fastgen fused op"]
-        for name, us in times.items():
-            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / ours:.2f}",
-                         **count_per_call(timed[name], device)})
-            print("  spline", rows[-1], flush=True)
+        rows += ratio_rows(time_interleaved_us(timed, device), "fastgen fused op", timed, device, "spline",
+                           **{"pass": what})
     return rows
 
 

@@ -14,7 +14,15 @@ from torch import nn
 
 from fastgen.flows import IAF, MAF, ActNorm, ChannelCoupling, InvConv1x1LU, Squeeze
 
-from .common import backward_from, count_per_call, environment, markdown_table, time_interleaved_us, write_report
+from .common import (
+    backward_from,
+    count_per_call,
+    environment,
+    markdown_table,
+    ratio_rows,
+    time_interleaved_us,
+    write_report,
+)
 
 
 class _EagerCoupling(nn.Module):
@@ -85,12 +93,8 @@ def glow_rows(device: str, batch: int = 64, hidden: int = 512) -> list[dict]:
         timed = {name: (lambda fn=fn: torch.no_grad()(fn)(x)) if what == "forward + log-det"
                  else backward_from(fn, leaf)
                  for name, fn in cases.items()}
-        times = time_interleaved_us(timed, device)
-        base = times["fastgen Glow step"]
-        for name, us in times.items():
-            rows.append({"pass": what, "candidate": name, "µs": us, "time / fastgen's": f"{us / base:.2f}",
-                         **count_per_call(timed[name], device)})
-            print("  glow", rows[-1], flush=True)
+        rows += ratio_rows(time_interleaved_us(timed, device), "fastgen Glow step", timed, device, "glow",
+                           **{"pass": what})
     return rows
 
 

@@ -89,6 +89,17 @@ def count_per_call(fn, device: str, calls: int = 3) -> dict:
     return {"ops": len(top) / calls, "host_syncs": 0.0}
 
 
+def ratio_rows(times: dict, ours: str, cases: dict, device: str, label: str, **fields) -> list[dict]:
+    """One row per timed candidate: its time, its ratio to `ours`, its ops per call (not for the copy) and `fields`;
+    each row is printed under `label` as it is made."""
+    rows = []
+    for name, us in times.items():
+        counts = count_per_call(cases[name], device) if name != "copy of the same bytes" else {}
+        rows.append({**fields, "candidate": name, "µs": us, "time / fastgen's": f"{us / times[ours]:.2f}", **counts})
+        print(f"  {label}", rows[-1], flush=True)
+    return rows
+
+
 def backward_from(fn, *args):
     """A call of fn(*args) and its backward from fixed random output gradients, as a training loop hands a layer
     (a loss of .sum() would hand it an expanded gradient). Outputs that need no gradient are left out."""
