@@ -216,5 +216,45 @@ def test_lms_order_must_be_a_positive_int():
 def test_nan_sigmas_are_refused():
     """A NaN level passed the decreasing check (every comparison with NaN is false) and returned all NaN."""
     x = torch.randn(4, 2)
-    with pytest.raises(ValueError, match="sigmas must be a decreasing sequence"):
+    with pytest.raises(ValueError, match="sigmas must be a decreasing"):
         k_sampling.sample_euler(denoiser, x, torch.tensor([1.0, float("nan"), 0.0]), disable=True)
+
+
+NOISY = ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral", "sample_dpmpp_2m_sde"]
+INCREASING = [(name, None) for name in ("sample_euler", "sample_heun", "sample_dpm_2", "sample_lms", "sample_dpmpp_2m")]
+INCREASING += [(name, eta) for name in NOISY for eta in (0.0, 1.0)]
+
+
+@pytest.mark.parametrize("name,eta", INCREASING)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_increasing_sigmas_as_k_diffusion_takes_them(name, eta, dtype):
+    """Noising / inversion schedules (increasing sigmas), refused before, give k-diffusion's result: the ODE
+    samplers step backwards; the ancestral ones with eta > 0 go to x0 and add sigma_next noise (k-diffusion's
+    min(sigma_next, nan)); the 2M SDE's noise is NaN in k-diffusion for such steps, so eta > 0 is refused there."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    sigmas = K.get_sigmas_karras(6, 0.3, 10.0)[:-1].flip(0)
+    kwargs = {} if eta is None else {"eta": eta}
+    if name == "sample_dpmpp_2m_sde" and eta:
+        with pytest.raises(ValueError, match="eta must be 0 for increasing sigmas"):
+            k_sampling.sample_dpmpp_2m_sde(denoiser, x, sigmas, disable=True, **kwargs)
+        return
+    noises = {}
+
+    def noise_sampler(s, sn):
+        key = round(float(s), 6)
+        if key not in noises:
+            noises[key] = torch.randn(x.shape, generator=torch.Generator().manual_seed(len(noises)), dtype=dtype)
+        return noises[key]
+
+    if eta:
+        kwargs["noise_sampler"] = noise_sampler
+    want = getattr(K, name)(denoiser, x, sigmas, disable=True, **kwargs)
+    got = getattr(k_sampling, name)(denoiser, x, sigmas, disable=True, **kwargs)
+    assert torch.isfinite(want).all()
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_sigmas_neither_increasing_nor_decreasing_are_refused():
+    with pytest.raises(ValueError, match="decreasing .* or increasing"):
+        k_sampling.sample_euler(denoiser, torch.randn(4, 2), torch.tensor([1.0, 2.0, 0.5]), disable=True)

@@ -1,6 +1,8 @@
 """k-diffusion's samplers (same signatures and conventions as k_diffusion.sampling) whose steps are fused ops.
 ``model(x, sigma * s_in, **extra_args)`` returns the denoised x0 for x = x0 + sigma eps; ``sigmas`` is
-decreasing and ends in 0.
+decreasing and ends in 0 to sample, or, as k-diffusion allows, increasing (noising, DDIM-style inversion) for the
+samplers whose step is defined there (all but sample_dpmpp_2m_sde with eta > 0, whose noise k-diffusion makes NaN;
+the ancestral ones then step to x0 and add sigma_next noise, as k-diffusion's min(sigma_next, nan) has them).
 
 As k-diffusion: the model gets sigma as a contiguous (B,) tensor of x's dtype; the callback gets
 ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` with sigma and sigma_hat 0-d tensors and x the state before the
@@ -72,8 +74,10 @@ class _Loop:
         self.levels = [float(s) for s in self.host.tolist()]
         self.at = self.sigmas.unbind(0)  # the model's sigma at level i, as sigmas[i]
         decreasing = all(b < a for a, b in itertools.pairwise(self.levels))
-        if len(self.levels) < 2 or not decreasing or self.levels[-1] < 0:
-            raise ValueError("sigmas must be a decreasing sequence of at least 2 noise levels >= 0")
+        self.increasing = all(b > a for a, b in itertools.pairwise(self.levels))
+        if len(self.levels) < 2 or not (decreasing or self.increasing) or min(self.levels) < 0:
+            raise ValueError("sigmas must be a decreasing (sampling) or increasing (noising) sequence of at least 2 "
+                             f"noise levels >= 0, got {self.levels}")
         self.model, self.extra = model, extra_args or {}
         self.callback, self.noise_sampler, self.disable = callback, noise_sampler, disable
         self.x = x.clone(memory_format=torch.contiguous_format)
@@ -152,13 +156,20 @@ def _denoise(loop: _Loop, i: int, sigma_hat: torch.Tensor, churn=None) -> torch.
     return denoised
 
 
+def _no_noise_when_increasing(loop: _Loop, eta: float) -> None:
+    """The SDE's noise is defined for decreasing sigmas only (k-diffusion's step is NaN for increasing ones)."""
+    if eta and loop.increasing:
+        raise ValueError(f"eta must be 0 for increasing sigmas (the SDE has no noise term there), got {eta}")
+
+
 def _ancestral(loop: _Loop, eta: float):
     """Per step, sigma_down and sigma_up (host 0-d tensors, as k-diffusion's get_ancestral_step computes them:
     correctly rounded operations only, so one vectorized pass gives its values) and sigma_down's values."""
     sigma, sigma_next = loop.host[:-1], loop.host[1:]
     if not eta:
         return sigma_next.unbind(0), torch.zeros_like(sigma_next).unbind(0), loop.levels[1:]
-    up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    candidate = eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    up = torch.where(candidate < sigma_next, candidate, sigma_next)  # Python's min: a NaN (an increasing step) loses
     down = (sigma_next**2 - up**2) ** 0.5
     return down.unbind(0), up.unbind(0), down.tolist()
 
@@ -368,6 +379,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     s_noise sigma_next sqrt(1 - e^(-2 eta h)) noise per step, one fused pass each (see dpmpp_2m_sde_coefficients).
     Noise: noise_sampler (e.g. k-diffusion's BrownianTreeNoiseSampler) or fastgen's stream."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    _no_noise_when_increasing(loop, eta)
     table = ops.dpmpp_2m_sde_coefficients(torch.tensor(loop.levels, dtype=torch.float64), eta, s_noise, solver_type)
     noisy = (table[:, Coef.C_NOISE] != 0).tolist()
     rows = loop.rows(table)

@@ -246,12 +246,15 @@ def ddim_coefficients(schedule, t, t_prev, eta: float = 0.0, final_alpha_cumprod
 def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: float = 1.0, alpha=1.0) -> torch.Tensor:
     """k-diffusion's Euler ancestral step on x = x0 + sigma eps: with
     sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
-    sigma_down = sqrt(sigma_next^2 - sigma_up^2): x <- x + (sigma_down - sigma) eps + s_noise sigma_up xi.
+    sigma_down = sqrt(sigma_next^2 - sigma_up^2): x <- x + (sigma_down - sigma) eps + s_noise sigma_up xi (for an
+    increasing step, k-diffusion's min takes sigma_up = sigma_next: x <- x0 + s_noise sigma_next xi).
     The model sees alpha x (alpha = 1 / sqrt(1 + sigma^2) for a VP model)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
     up = torch.minimum(sigma_next, eta * (sigma_next.square() * (sigma.square() - sigma_next.square())
                                           / sigma.square()).clamp(min=0).sqrt())
+    if eta:  # an increasing step (noising), as k-diffusion's min(sigma_next, nan) takes it: to x0, then sigma_next xi
+        up = torch.where(sigma_next > sigma, sigma_next, up)
     down = (sigma_next.square() - up.square()).clamp(min=0).sqrt()
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
     return _rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
