@@ -404,7 +404,7 @@ def test_bad_flow_input_names_the_argument():
     with pytest.raises(ValueError, match=r"conditioner must return \(B, 4\)"):
         AffineCoupling(4, conditioner=torch.nn.Linear(2, 3))(torch.randn(3, 4))
     flow = RealNVP(3, layers=2)
-    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
         flow.log_prob(torch.randn(5, 4))
     with pytest.raises(ValueError, match="x must be finite"):
         flow.log_prob(torch.tensor([[0.0, float("nan"), 1.0]]))

@@ -478,3 +478,68 @@ def test_likelihood_refuses_data_outside_the_dequantized_range():
     model = fastgen.targets.eight_gaussians().model(sde, "score")
     with pytest.raises(ValueError, match="dequantize=256 is for data on 256 levels over"):
         fastgen.likelihood(model, torch.full((2, 2), 2.0), sde=sde, dequantize=256)
+
+
+def test_flows_name_bad_batches_and_dtypes_and_take_empty_ones():
+    """ResidualFlow took a 1-D x as a batch (shape (2,) back), a 3-D batch and an empty one gave raw torch errors,
+    sample(0) failed in max(); float16 / float64 data said "mat1 and mat2 must have the same dtype"."""
+    from fastgen.flows import RealNVP, ResidualFlow
+
+    for flow in (ResidualFlow(2, blocks=1, hidden=8, seed=0), RealNVP(2, layers=2)):
+        for bad in (torch.randn(2), torch.randn(2, 3, 2)):
+            with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+                flow.log_prob(bad)
+        for dtype in (torch.float16, torch.float64):
+            with pytest.raises(TypeError, match="x must have the flow's parameter dtype torch.float32"):
+                flow.log_prob(torch.randn(3, 2, dtype=dtype))
+        assert flow.log_prob(torch.randn(0, 2)).shape == (0,)
+        assert flow.sample(0).shape == (0, 2)
+        x, log_prob = flow.rsample_and_log_prob(0)
+        assert x.shape == (0, 2) and log_prob.shape == (0,)
+    flow = RealNVP(2, layers=2).double()  # converted as the message says, it runs
+    assert flow.log_prob(torch.randn(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_odeint_on_an_empty_batch_and_the_divergence_of_a_constant_field():
+    """An empty batch said "cannot reshape tensor of 0 elements"; a constant field's divergence said "element 0
+    of tensors does not require grad"."""
+    from fastgen.flows import divergence, odeint
+
+    assert odeint(lambda t, y: -y, torch.randn(0, 3), 0.0, 1.0).shape == (0, 3)
+    x = torch.randn(5, 3)
+    for method in ("hutchinson", "exact"):
+        div, frob = divergence(lambda v: torch.ones(5, 3), x, method=method, frobenius=True)
+        assert torch.equal(div, torch.zeros(5)) and torch.equal(frob, torch.zeros(5))
+        partly = divergence(lambda v: torch.cat([v[:, :1] * 2, torch.zeros(5, 2)], 1), x, method=method)
+        torch.testing.assert_close(partly, torch.full((5,), 2.0))  # a field constant in some coordinates
+
+
+def test_bernoulli_elbo_refuses_data_outside_the_unit_interval():
+    """x outside [0, 1] gave a positive "log-likelihood"."""
+    decoder = torch.nn.Linear(2, 4)
+    mean, log_std = torch.zeros(3, 2), torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+        fastgen.vae.elbo(torch.full((3, 4), 2.0), mean, log_std, decoder, likelihood="bernoulli")
+    assert fastgen.vae.elbo(torch.full((3, 4), 0.5), mean, log_std, decoder, likelihood="bernoulli").shape == (3,)
+
+
+def test_dropins_take_float64_as_diffusers_does_and_refuse_zero_steps():
+    """The DDPM drop-in's step refused float64 (diffusers takes it); set_timesteps(0) raised ZeroDivisionError."""
+    import diffusers
+
+    from fastgen.integrations import diffusers as dropins
+
+    for name in ("DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler"):
+        ours, theirs = getattr(dropins, name)(), getattr(diffusers, name)()
+        with pytest.raises(ValueError, match="num_inference_steps must be an int >= 1, got 0"):
+            ours.set_timesteps(0)
+        ours.set_timesteps(5)
+        theirs.set_timesteps(5)
+        sample = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        t = ours.timesteps[0]
+        sample_in = ours.scale_model_input(sample, t) if hasattr(ours, "scale_model_input") else sample
+        out = ours.step(0.3 * sample_in, t, sample, generator=torch.Generator().manual_seed(1)).prev_sample
+        want = theirs.step(0.3 * sample_in, theirs.timesteps[0], sample,
+                           generator=torch.Generator().manual_seed(1)).prev_sample
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, want)

@@ -62,9 +62,13 @@ class Flow(nn.Module, Distribution):
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.event_shape)
-        if not isinstance(x, torch.Tensor) or tuple(x.shape[x.dim() - n:]) != tuple(self.event_shape):
-            raise ValueError(f"x must have shape (..., {', '.join(map(str, self.event_shape))}), got "
+        if not isinstance(x, torch.Tensor) or x.dim() != n + 1 or tuple(x.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        if dtype is not None and x.dtype != dtype:  # as torch's layers, no silent cast; but say what to do
+            raise TypeError(f"x must have the flow's parameter dtype {dtype}, got {x.dtype}: convert x "
+                            f"(x.to({dtype})) or the flow (flow.to({x.dtype}))")
         if not bool(torch.isfinite(x).all()):  # (one host read per call: a NaN would otherwise come back as a density)
             raise ValueError("x must be finite: it has NaN or infinite values")
         return x
@@ -98,6 +102,8 @@ class Flow(nn.Module, Distribution):
         x = self._check(x)
         context = self._context(context, x.shape[0], x.device)
         total = x.new_zeros(x.shape[0])
+        if x.shape[0] == 0:  # an empty batch maps to an empty batch
+            return x.clone(), total
         for t in self.transforms:
             x, log_abs_det = t(x, *_with(t, context))
             total = total + log_abs_det
@@ -130,6 +136,8 @@ class Flow(nn.Module, Distribution):
         """Reparametrized draws of shape sample_shape + event_shape (given ``context``, (C,) or one row per
         draw, for a conditional flow)."""
         z = self._base_draws(sample_shape, generator, seed)
+        if z.numel() == 0:  # sample(0): no draws to map
+            return z
         flat = z.reshape((-1,) + tuple(self.event_shape))
         return self.from_base(flat, context).reshape(z.shape)
 
@@ -153,6 +161,8 @@ class Flow(nn.Module, Distribution):
         """x ~ the flow (reparametrized) and log p(x) = log p_base(z) + sum of the forward log-dets, taken on the
         sampling pass (``Transform.inverse_and_log_det``: one pass for couplings and IAF)."""
         z = self._base_draws(sample_shape, generator, seed)
+        if z.numel() == 0:  # no draws: nothing to map, no densities
+            return z, z.new_zeros(z.shape[:z.dim() - len(self.event_shape)])
         flat = z.reshape((-1,) + tuple(self.event_shape))
         context = self._context(context, flat.shape[0], flat.device)
         log_prob = self._base_log_prob(flat)

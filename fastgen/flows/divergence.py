@@ -51,12 +51,16 @@ def divergence_terms(f, x: torch.Tensor, *, method: str, probes: int, noise: str
             raise ValueError(f"f must map x to its own shape {tuple(x.shape)}, got "
                              f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
         batch = x.shape[0]
+        if not y.requires_grad:  # f does not depend on x (a constant field): J = 0
+            zeros = xg.new_zeros(batch)
+            return y, zeros, (zeros.clone() if frobenius else None)
         if method == "exact":
             if x.dim() != 2:
                 raise ValueError(f"method='exact' takes flat inputs (B, D), got shape {tuple(x.shape)}")
             div, frob = xg.new_zeros(batch), xg.new_zeros(batch)
             for i in range(x.shape[1]):
-                row = torch.autograd.grad(y[:, i].sum(), xg, retain_graph=True, create_graph=create_graph)[0]
+                row = torch.autograd.grad(y[:, i].sum(), xg, retain_graph=True, create_graph=create_graph,
+                                      materialize_grads=True)[0]
                 div = div + row[:, i]
                 if frobenius:
                     frob = frob + row.square().sum(1)
@@ -66,7 +70,8 @@ def divergence_terms(f, x: torch.Tensor, *, method: str, probes: int, noise: str
         for k in range(probes):
             at = offset + k * reserve(x.numel())
             eps = probe(x.shape, seed, at, rademacher=rademacher, device=x.device, dtype=y.dtype)
-            vjp = torch.autograd.grad(y, xg, eps, retain_graph=True, create_graph=create_graph)[0]
+            vjp = torch.autograd.grad(y, xg, eps, retain_graph=True, create_graph=create_graph,
+                                      materialize_grads=True)[0]
             if vjp.dtype == torch.float64:  # beyond the fused op's dtypes: the probe is at hand anyway
                 div = div + (vjp * eps).reshape(batch, -1).sum(1)
             else:

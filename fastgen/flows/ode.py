@@ -427,7 +427,7 @@ def odeint(
                           sync_every=sync_every, first_step=first_step, check_finite=check_finite, stats=stats)
     call = f if not single else (lambda t, state: (f(t, state[0]),))
     t0, t1 = float(t0), float(t1)
-    if t0 == t1:
+    if t0 == t1 or y[0].shape[0] == 0:  # nothing to integrate: no time, or an empty batch
         return y0
     if adjoint:
         if adjoint_params is None:

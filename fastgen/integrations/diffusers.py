@@ -20,6 +20,8 @@ variances run diffusers' own step.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 try:
@@ -40,8 +42,11 @@ class _FusedStep:
     machinery reads the constructor's signature (from_config, save_config, compatibles, deprecated kwargs), so
     each drop-in keeps its diffusers class's constructor unchanged."""
 
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
+    def set_timesteps(self, num_inference_steps=None, *args, **kwargs):
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or not isinstance(
+                num_inference_steps, numbers.Integral) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        super().set_timesteps(num_inference_steps, *args, **kwargs)
         self.__dict__.pop("_fused_tables", None)
         self.__dict__.pop("_fused_valid", None)
 
@@ -59,6 +64,11 @@ class _FusedStep:
             valid = self.__dict__["_fused_valid"] = frozenset(self._schedule().tolist())
         if timestep not in valid:
             raise IndexError(f"timestep {timestep} is not one of the scheduler's timesteps (set_timesteps sets them)")
+
+    @staticmethod
+    def _fused_dtype(sample: torch.Tensor) -> bool:
+        """The fused step takes float32, float16 and bfloat16 states; others (float64) run diffusers' own step."""
+        return sample.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
     @staticmethod
     def _noise_args(sample: torch.Tensor, noise: torch.Tensor | None) -> dict:
@@ -151,7 +161,8 @@ class DDPMScheduler(_FusedStep, diffusers.DDPMScheduler):
 
     def _fusable(self, model_output, sample) -> bool:
         return (self.variance_type in ("fixed_small", "fixed_large") and not self.config.thresholding
-                and model_output.shape == sample.shape and self.config.prediction_type in _PREDICTIONS)
+                and model_output.shape == sample.shape and self.config.prediction_type in _PREDICTIONS
+                and self._fused_dtype(sample))
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         """x_{t-1} from x_t: the posterior mean from the predicted x0 (clipped as configured) plus
@@ -191,7 +202,7 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        if self.config.thresholding or self.config.prediction_type not in _PREDICTIONS:
+        if self.config.thresholding or self.config.prediction_type not in _PREDICTIONS or not self._fused_dtype(sample):
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if variance_noise is not None and generator is not None:
@@ -228,7 +239,7 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
             raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
                              "`EulerDiscreteScheduler.step()` is not supported. Make sure to pass one of the "
                              "`scheduler.timesteps` as a timestep.")
-        if self.config.prediction_type not in ("epsilon", "v_prediction"):
+        if self.config.prediction_type not in ("epsilon", "v_prediction") or not self._fused_dtype(sample):
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if self.step_index is None:
             self._init_step_index(timestep)

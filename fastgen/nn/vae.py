@@ -68,6 +68,8 @@ def log_likelihood(x: torch.Tensor, decoded: torch.Tensor, likelihood: str = "be
     lead = decoded.dim() - x.dim() + 1  # sample dimensions and the batch
     x = x.expand_as(decoded)
     if likelihood == "bernoulli":
+        if not bool(((x >= 0) & (x <= 1)).all()):  # (one host read: outside [0, 1] the "log-likelihood" can be > 0)
+            raise ValueError("x must lie in [0, 1] for likelihood='bernoulli' (scale it, or use 'gaussian')")
         terms = -F.binary_cross_entropy_with_logits(decoded, x, reduction="none")
     else:
         if not std > 0:
