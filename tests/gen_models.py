@@ -36,3 +36,12 @@ def missing_key(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def labelled(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A class-conditional eps model (class k pulls towards k, the null label -1 towards 0), row-wise."""
     return 0.5 * x - 0.3 * y.to(x.dtype).reshape(-1, *[1] * (x.dim() - 1)).clamp_min(0)
+
+
+_W1 = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 0.3
+_W2 = torch.randn(64, 4, generator=torch.Generator().manual_seed(1)) * 0.1
+
+
+def mlp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """An eps model on 4-D samples whose own tensors (a 64-wide hidden layer) outweigh the state 16 to 1."""
+    return torch.tanh(x @ _W1 + t.reshape(-1, 1)) @ _W2

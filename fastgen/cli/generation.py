@@ -26,6 +26,7 @@ header states dtype and shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -56,10 +57,13 @@ SETTINGS = "settings.json"
 LOCK = ".lock"
 MAX_SHARDS = 10**6  # shard-000000 ... shard-999999
 MAX_SEED = 2**64  # seeds are uint64
-# State-sized float32 buffers a chunk's working set is counted as: the samplers hold up to 5 at once (state,
-# model input and output, history; ode_heun and dpmpp_2m), and the heap's churn within a chunk adds about half
-# again; 8 keeps every sampler's peak near 1.1x the budget (measured, tests/test_reliability.py and the README).
-WORKING_SET_COPIES = 8
+# Probe chunk sizes for measuring a run's working set (the peak bytes its sampling loop holds at once): two draws,
+# whose difference is the per-sample part and whose rest the fixed part.
+PROBE_SAMPLES = (2, 8)
+# Blocks from this size up are mapped and unmapped one by one (glibc's M_MMAP_THRESHOLD, fixed for a run): the
+# resident memory then follows the live tensor bytes that the probes measure, where glibc's default (a threshold
+# that rises to 32 MB as large blocks are freed) keeps freed blocks and held 1.9-2.6x the live bytes.
+MAP_THRESHOLD = 256 * 1024
 
 
 class GenerateError(RuntimeError):
@@ -326,7 +330,7 @@ def _shard_problem(out: str, k: int, start: int, stop: int, nbytes: int) -> str 
 
 def _release_freed_memory():
     """glibc's malloc_trim: hand the heap's free pages back to the system after a chunk (blocks under malloc's
-    dynamic mmap threshold, up to 32 MB, are otherwise kept and fragment as chunks come and go)."""
+    mmap threshold are otherwise kept and fragment as chunks come and go)."""
     try:
         import ctypes
 
@@ -334,6 +338,18 @@ def _release_freed_memory():
     except (OSError, AttributeError):
         return lambda: None
     return lambda: trim(0)
+
+
+def _map_large_blocks() -> None:
+    """glibc's mmap threshold fixed at MAP_THRESHOLD for the process (no effect elsewhere): a generate run's chunk
+    buffers are then returned to the system when freed, so its resident memory stays near the measured working
+    set (at a cost in page faults: gmm8's 3-step draws, 30% slower)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, MAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 _trim_heap = _release_freed_memory()
@@ -515,17 +531,74 @@ def _check_guidance(guidance_scale, null_label, label_values) -> None:
         raise SettingsError("null_label is for guidance: give guidance_scale")
 
 
-def _chunk_size(chunk_size, budget: int, src, per_shard: int) -> int:
-    """Samples per draw: chunk_size, or the most whose working set fits the budget; then evened out so that every
+def _chunk_size(chunk_size, budget: int, job, per_shard: int) -> int:
+    """Samples per draw: chunk_size, or the most whose measured working set (:func:`_working_set`: the sampler's
+    buffers and the model's own tensors, at this run's settings) fits the budget; then evened out so that every
     draw of a shard has one size (the last one padded with the next samples' seeds and cut): allocations of one
     size reuse the freed blocks, where mixed sizes fragment the heap."""
-    per_sample = math.prod(src.shape) * 4
     if chunk_size is None:
-        chunk_size = budget // (WORKING_SET_COPIES * per_sample)
+        fixed, per_sample = _working_set(job)
+        chunk_size = (budget - fixed) // per_sample
         if chunk_size < 1:
-            raise SettingsError(f"memory_budget of {budget:,} bytes is less than one sample's working set "
-                                f"({WORKING_SET_COPIES * per_sample:,} bytes for shape {src.shape})")
+            raise SettingsError(f"memory_budget of {budget:,} bytes is less than one sample's working set: "
+                                f"{fixed + per_sample:,} bytes at least for shape {job.src.shape} ({per_sample:,} "
+                                f"per sample and {fixed:,} fixed, measured on probe draws)")
     return -(-per_shard // -(-per_shard // min(chunk_size, per_shard)))
+
+
+def _working_set(job) -> tuple[int, int]:
+    """(fixed, per-sample) bytes the run's draws hold at once, from two probe draws of PROBE_SAMPLES samples
+    through the run's own loop (model, sampler, guidance, the copy to the host), thrown away."""
+    peaks = []
+    for size in PROBE_SAMPLES:
+        probe = _Drawer(dataclasses.replace(job, chunk_size=size))
+        try:
+            peaks.append(_peak_bytes(lambda probe=probe, size=size: probe(0, size), job.device))
+        except GenerateError as err:
+            raise GenerateError(f"measuring the working set for --memory-budget: {err} (or set the chunk size "
+                                "yourself: --chunk-size)") from None
+    (small, a), (large, b) = zip(PROBE_SAMPLES, peaks, strict=True)
+    per_sample = max(1, math.ceil((b - a) / (large - small)))
+    host = math.prod(job.src.shape)  # the finiteness check's bool per element (numpy's, not seen by the profiler)
+    return max(0, a - small * per_sample), per_sample + host
+
+
+def _peak_bytes(fn, device: torch.device) -> int:
+    """The most bytes of tensors that fn() holds at once beyond those alive before it: the CUDA allocator's peak
+    statistic, or elsewhere the running sum of the profiler's allocation events."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """File descriptor 2 sent to /dev/null (the profiler's C++ start and stop lines go there); Python errors
+    still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _settings(src, n: int, sampler: str, steps: int, seed: int, shard_size: int) -> dict:
@@ -546,8 +619,9 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
              null_label: int | None = None) -> dict:
     """Generate n samples into folder `out` (see the module docstring); returns the manifest.
 
-    The chunk size (samples per sampling call) is chunk_size, or the most samples whose working set
-    (WORKING_SET_COPIES float32 copies of the state) fits in memory_budget; the model's own activations come on top.
+    The chunk size (samples per sampling call) is chunk_size, or the most samples whose working set fits in
+    memory_budget: the peak bytes of the run's own loop (the sampler's buffers and the model's tensors), measured on
+    two small probe draws before anything is written.
     ``labels`` ("balanced:K" or a .npy file of n integers) gives sample i the class label labels[i], passed to the
     model as the keyword ``label_key``; with ``guidance_scale`` the model is guided against ``null_label``.
     Labels, key and guidance are part of the settings a resumed run must repeat.
@@ -568,7 +642,7 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
     label_values, label_record = _labels(labels, n)
     _check_guidance(guidance_scale, null_label, label_values)
     src = load_source(source, sampler, shape, prediction)
-    chunk_size = _chunk_size(chunk_size, budget, src, min(shard_size, n))
+    _map_large_blocks()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world, distributed = _world()
     if device.type == "cuda" and distributed:
@@ -582,8 +656,9 @@ def generate(source: str, n: int, out: str, *, sampler: str = "ddim", steps: int
         settings.update(guidance_scale=float(guidance_scale), null_label=int(null_label))
     job = _Job(src=src, out=out, settings=settings, ranges=[(k, k * shard_size, min(n, (k + 1) * shard_size))
                                                            for k in range(shards)],
-               rank=rank, world=world, distributed=distributed, device=device, chunk_size=chunk_size, quiet=quiet,
-               allow_nonfinite=allow_nonfinite, labels=label_values)
+               rank=rank, world=world, distributed=distributed, device=device, chunk_size=chunk_size or 1,
+               quiet=quiet, allow_nonfinite=allow_nonfinite, labels=label_values)
+    job = dataclasses.replace(job, chunk_size=_chunk_size(chunk_size, budget, job, min(shard_size, n)))
     lock = None
     if rank == 0:
         try:
