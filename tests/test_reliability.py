@@ -287,6 +287,10 @@ def test_sigint_exits_130_with_one_line_and_keeps_finished_shards(tmp_path):
 
 def test_runtime_errors_are_one_line(tmp_path):
     result = cli("generate", "gen_models:missing_key", "--shape", "2", "-n", "5", "--out", str(tmp_path / "k"))
+    assert result.returncode == 1 and "failed on a probe batch (for the memory budget) of 2: KeyError: 'eps'" in \
+        one_line(result)
+    result = cli("generate", "gen_models:missing_key", "--shape", "2", "-n", "5", "--chunk-size", "5", "--out",
+                 str(tmp_path / "k2"))  # no probe with a chunk size given
     assert result.returncode == 1 and "failed on a batch of 5: KeyError: 'eps'" in one_line(result)
 
     class Net(torch.nn.Module):

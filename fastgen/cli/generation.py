@@ -551,12 +551,8 @@ def _working_set(job) -> tuple[int, int]:
     through the run's own loop (model, sampler, guidance, the copy to the host), thrown away."""
     peaks = []
     for size in PROBE_SAMPLES:
-        probe = _Drawer(dataclasses.replace(job, chunk_size=size))
-        try:
-            peaks.append(_peak_bytes(lambda probe=probe, size=size: probe(0, size), job.device))
-        except GenerateError as err:
-            raise GenerateError(f"measuring the working set for --memory-budget: {err} (or set the chunk size "
-                                "yourself: --chunk-size)") from None
+        probe = _Drawer(dataclasses.replace(job, chunk_size=size), "a probe batch (for the memory budget)")
+        peaks.append(_peak_bytes(lambda probe=probe, size=size: probe(0, size), job.device))
     (small, a), (large, b) = zip(PROBE_SAMPLES, peaks, strict=True)
     per_sample = max(1, math.ceil((b - a) / (large - small)))
     host = math.prod(job.src.shape)  # the finiteness check's bool per element (numpy's, not seen by the profiler)
@@ -731,8 +727,8 @@ class _Drawer:
     """Draws chunks of samples: the loop is planned (on CUDA: captured) once, at the first chunk, and drawn for
     every chunk with that chunk's per-sample seeds and labels."""
 
-    def __init__(self, job: _Job):
-        self.job, self.loop = job, None
+    def __init__(self, job: _Job, batch: str = "a batch"):
+        self.job, self.loop, self.batch = job, None, batch  # batch: what an error calls a draw
 
     def _kwargs(self, lo: int):
         """The chunk's labels (its padding past n takes label 0: those samples are cut)."""
@@ -775,8 +771,8 @@ class _Drawer:
         except Exception as err:
             hint = (" (a torch.export program traced at a fixed batch size runs only at that batch: export it with "
                     "a dynamic batch dimension, or set the chunk and shard sizes to it)" if job.src.exported else "")
-            raise GenerateError(f"sampling {job.src.name!r} failed on a batch of {hi - lo}: {type(err).__name__}: "
-                                f"{err}{hint}") from None
+            raise GenerateError(f"sampling {job.src.name!r} failed on {self.batch} of {hi - lo}: "
+                                f"{type(err).__name__}: {err}{hint}") from None
         return x[: hi - lo].float().cpu().numpy()
 
 
