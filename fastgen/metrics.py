@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .core.checks import check_batch
+
 
 def _flat(t: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[0] < 2:
@@ -86,8 +88,9 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 12
 
 def mode_weights(x: torch.Tensor, gmm) -> torch.Tensor:
     """Share of the samples whose nearest component mean is mode k, shape (K,)."""
-    if x.dim() != 2 or x.shape[1] != gmm.dim:
-        raise ValueError(f"x must have shape (n, {gmm.dim}), got {tuple(x.shape)}")
+    check_batch(x, "x", dims=2)
+    if x.shape[1] != gmm.dim or len(x) == 0:
+        raise ValueError(f"x must have shape (n, {gmm.dim}) with n >= 1, got {tuple(x.shape)}")
     means = gmm.means.to(x.device, torch.float32)
     nearest = torch.empty(len(x), dtype=torch.int64, device=x.device)
     for start in range(0, len(x), 1 << 16):  # bounded memory for millions of samples

@@ -556,3 +556,18 @@ def test_dropins_take_float64_as_diffusers_does_and_refuse_zero_steps():
                            generator=torch.Generator().manual_seed(1)).prev_sample
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, want)
+
+
+def test_likelihood_of_an_empty_batch_and_odeint_in_float16():
+    """likelihood on an empty batch said "cannot reshape tensor of 0 elements"; a float16 y0 ran to max_steps
+    (14 s) and said "did not reach t1"."""
+    from fastgen.diffusion.likelihood import likelihood
+    from fastgen.flows import odeint
+
+    model = fastgen.targets.eight_gaussians().model(fastgen.VPSDE(), "eps")
+    out = likelihood(model, torch.randn(0, 2), sde=fastgen.VPSDE(), prediction="eps")
+    assert out.log_prob.shape == out.bits_per_dim.shape == (0,) and out.z.shape == (0, 2) and out.nfe == 0
+    start = time.perf_counter()
+    y = odeint(lambda t, v: -v, torch.ones(3, 2, dtype=torch.float16), 0.0, 1.0)
+    assert y.dtype == torch.float16 and time.perf_counter() - start < 5
+    torch.testing.assert_close(y.float(), torch.full((3, 2), math.exp(-1)), rtol=2e-3, atol=2e-3)

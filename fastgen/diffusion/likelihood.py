@@ -136,6 +136,9 @@ def likelihood(
     _check_likelihood(sde, x, prediction=prediction, method=method, solver=solver, eps=eps, dequantize=dequantize)
     seed = resolve_seed(seed, generator)
     batch, dims = x.shape[0], math.prod(x.shape[1:])
+    if batch == 0:  # an empty batch: no densities, no solve
+        empty = x.new_zeros(0)
+        return Likelihood(empty, empty.clone(), x.detach().clone(), 0)
     offset = 0
     x = x.detach()
     if dequantize is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..core.checks import check_finite
 from ..core.rng import reserve, resolve_seed
 from ..ops import gmm_langevin_, mala_accept_, mala_propose, ula_step_
 from ..ops._common import check_state
@@ -43,7 +44,7 @@ def _checked_step_size(step_size, x: torch.Tensor):
 
 def _start(x0: torch.Tensor) -> torch.Tensor:
     check_state(x0, "x0") if x0.is_contiguous() else check_state(x0.contiguous(), "x0")
-    return x0.detach().clone(memory_format=torch.contiguous_format)
+    return check_finite(x0, "x0").detach().clone(memory_format=torch.contiguous_format)
 
 
 def _check_output(value, x: torch.Tensor, name: str, shape) -> torch.Tensor:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..core.checks import check_batch
 from ..core.rng import resolve_seed
 from ..ops import gaussian_rsample
 
@@ -84,6 +85,8 @@ def elbo(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, decoder: Ca
     """The (beta-weighted) evidence lower bound per row, one reparameterized sample, analytic KL:
 
         E_q[log p(x | z)] - beta KL(q(z | x) || N(0, I))."""
+    check_batch(mean, "mean")
+    check_batch(log_std, "log_std")
     if mean.shape[0] != x.shape[0]:
         raise ValueError(f"mean must have x's batch size {x.shape[0]}, got {mean.shape[0]}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
