@@ -513,6 +513,18 @@ def test_flows_name_bad_batches_and_dtypes_and_take_empty_ones():
     assert flow.log_prob(torch.randn(3, 2, dtype=torch.float64)).dtype == torch.float64
 
 
+def test_every_flow_names_a_dtype_other_than_its_parameters():
+    from fastgen.flows import CNF, IAF, MAF, NSF, Glow, MLPDynamics
+
+    flows = [NSF(2), MAF(2), IAF(2), CNF(MLPDynamics(2, hidden=(8,)), event_shape=(2,)),
+             Glow((3, 8, 8), levels=1, depth=1, hidden=8)]
+    for flow in flows:
+        shape = (3, *flow.event_shape)
+        for dtype in (torch.float16, torch.float64):
+            with pytest.raises(TypeError, match="x must have the flow's parameter dtype torch.float32"):
+                flow.log_prob(torch.randn(shape, dtype=dtype))
+
+
 def test_odeint_on_an_empty_batch_and_the_divergence_of_a_constant_field():
     """An empty batch said "cannot reshape tensor of 0 elements"; a constant field's divergence said "element 0
     of tensors does not require grad"."""
