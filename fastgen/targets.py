@@ -173,6 +173,47 @@ class GaussianMixture:
 
         return exact
 
+    def posterior(self, x: torch.Tensor, alpha, sigma, y: torch.Tensor | None = None):
+        """(E[x0 | x], E[eps | x]) for x = alpha x0 + sigma eps, x0 ~ p (or its component y_b for sample b; y_b = -1
+        the whole mixture), alpha and sigma floats or (B,) tensors: per component, x0's posterior mean
+        mu_k + alpha s_k^2 (x - alpha mu_k) / v_k and eps's sigma (x - alpha mu_k) / v_k, v_k = alpha^2 s_k^2 +
+        sigma^2, weighted by the components' responsibilities. Defined at alpha = 0 and at sigma = 0."""
+        log_comp, _ = self._components(x, sigma, alpha)  # (B, K)
+        dtype = log_comp.dtype
+
+        def per_sample(v):
+            v = torch.as_tensor(v, dtype=dtype, device=x.device)
+            return v.reshape(-1, 1, 1) if v.dim() > 0 else v
+
+        a, s = per_sample(alpha), per_sample(sigma)
+        means, var0 = self.means.to(x.device, dtype)[None], self.stds.to(x.device, dtype).square()[None]
+        resid = x.to(dtype)[:, None, :] - a * means  # (B, K, D)
+        var = a.square() * var0 + s.square()
+        x0 = means + a * var0 * resid / var
+        eps = s * resid / var
+        weights = torch.softmax(log_comp, dim=-1)
+        if y is not None:
+            y = torch.as_tensor(y, device=x.device).long()
+            own = torch.nn.functional.one_hot(y.clamp_min(0), self.n_components).to(dtype)
+            weights = torch.where((y < 0)[:, None], weights, own)
+        return (weights[..., None] * x0).sum(1).to(x.dtype), (weights[..., None] * eps).sum(1).to(x.dtype)
+
+    def velocity(self, path, conditional: bool = False):
+        """The exact flow-matching velocity of this target under an affine path (fastgen.flows.matching; data at
+        t = 0): (x, t) -> alpha'(t) E[x0 | x_t] + sigma'(t) E[eps | x_t], t a float or (B,) tensor. With
+        ``conditional=True``, (x, t, y) -> the velocity of component y_b's path (y_b = -1: the whole mixture)."""
+
+        def exact(x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+            if conditional and (not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],)):
+                raise ValueError(f"y must be a ({x.shape[0]},) integer tensor of component labels, got {y!r}")
+            alpha, sigma = path.marginal(t)
+            d_alpha, d_sigma = path.derivative(t)
+            x0, eps = self.posterior(x.double(), alpha, sigma, y if conditional else None)
+            rows = [v.to(x.device).reshape(-1, 1) if v.dim() else v.to(x.device) for v in (d_alpha, d_sigma)]
+            return (rows[0] * x0 + rows[1] * eps).to(x.dtype)
+
+        return exact
+
     def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
                device=None, dtype=torch.float32) -> torch.Tensor:
         """n exact samples (component by weight, then Gaussian), shape (n, D)."""

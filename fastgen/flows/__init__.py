@@ -10,6 +10,10 @@ Layers: :class:`AffineCoupling`, :class:`SplineCoupling` (fused coupling ops), :
 
 Continuous flows: :class:`CNF` (FFJORD, ``continuous``), on the batched ODE solver :func:`odeint` (``ode``) and
 the per-sample divergences :func:`divergence` (``divergence``: Hutchinson probes from the noise stream, or exact).
+
+Flow matching (``matching``): probability paths (:class:`LinearPath`, :class:`PolynomialPath`, :class:`CosinePath`,
+:class:`VPPath`), the losses :func:`cfm_loss` (CFM, OT-CFM, Schrödinger-bridge CFM), :func:`sample_flow` and
+:func:`flow_log_prob`; minibatch optimal transport (``optimal_transport``): :func:`assignment`, :func:`sinkhorn`.
 """
 
 from .autoregressive import IAF, MADE, MAF, InverseAutoregressive, MaskedAutoregressive
@@ -18,7 +22,21 @@ from .core import Flow, Transform
 from .coupling import NSF, AffineCoupling, RealNVP, Reverse, SplineCoupling
 from .divergence import divergence
 from .glow import ActNorm, ChannelCoupling, Glow, InvConv1x1LU, Split, Squeeze, Unsqueeze, gaussian_prior
+from .matching import (
+    AffinePath,
+    CosinePath,
+    LinearPath,
+    PolynomialPath,
+    VPPath,
+    cfm_loss,
+    flow_log_prob,
+    sample_flow,
+    shift_time,
+    time_grid,
+    to_x0_eps,
+)
 from .ode import odeint
+from .optimal_transport import assignment, sinkhorn
 from .planar import Planar, Radial, Sylvester
 from .residual import LipSwish, ResidualBlock, ResidualFlow
 
@@ -26,4 +44,5 @@ __all__ = ["CNF", "IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "Cha
            "Flow", "Glow", "MLPDynamics", "divergence", "odeint",
            "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
            "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Sylvester", "Transform",
-           "Unsqueeze", "gaussian_prior"]
+           "Unsqueeze", "gaussian_prior", "AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath",
+           "assignment", "cfm_loss", "flow_log_prob", "sample_flow", "shift_time", "sinkhorn", "time_grid", "to_x0_eps"]
