@@ -172,6 +172,22 @@ struct GaussianRsampleArgs {
   float log_norm;          // dim log(2 pi) / 2
 };
 
+// flow_matching.cu: x_t = alpha_b x0 + sigma_b eps and target = alpha'_b x0 + sigma'_b eps, eps_bj the normal at
+// offset + p_b dim + j (p = pairing, or the identity); grid-stride over the elements.
+struct CfmInterpolateArgs {
+  const void* x0;          // (batch, dim), dtype
+  const float* coef;       // (batch, 4): alpha, sigma, alpha', sigma'
+  const int64_t* pairing;  // (batch,) noise rows, or nullptr
+  void* x_t;               // (batch, dim) output, dtype
+  void* target;            // (batch, dim) output, dtype
+  DType dtype;             // kFloat32, kFloat16 or kBFloat16
+  int64_t batch;
+  int64_t dim;
+  uint64_t seed;
+  uint64_t offset;         // stream position of row 0's element 0
+};
+cudaError_t cfm_interpolate(const CfmInterpolateArgs& args, cudaStream_t stream);
+
 // hutchinson.cu: out_b = sum_i vjp[b, i] eps(offset + b dim + i), eps = sign(u - 1/2) of the stream's uniform
 // (+1 where u >= 1/2) or its normal; one warp per sample up to 2048 elements, else one block.
 struct HutchinsonDotArgs {

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import load_example
+from conftest import Sample, cpu_backends, load_example, run_on
 
 import fastgen
 from fastgen.flows import (
@@ -28,6 +28,40 @@ from fastgen.metrics import mode_weights, within_mode_spread
 
 GMM = fastgen.targets.eight_gaussians()
 PATHS = [LinearPath(), PolynomialPath(2.0), CosinePath(), VPPath()]
+
+
+def _interpolate_samples(device, dtype):
+    out = []
+    for shape, paired in [((3, 5), False), ((4, 7), True), ((0, 4), False), ((2, 3, 4, 5), True),
+                          ((1, 1000003), False), ((700, 3), True)]:
+        g = torch.Generator().manual_seed(shape[0])
+        t = torch.rand(shape[0], generator=g, dtype=torch.float64)
+        coef = torch.stack([*LinearPath().marginal(t), *CosinePath().derivative(t)], 1).float().to(device)
+        pairing = torch.randperm(shape[0], generator=g).to(device) if paired else None
+        out.append(Sample(x0=torch.randn(shape, generator=g).to(device, dtype), coef=coef, pairing=pairing, seed=7,
+                          offset=3, grad=("x0",)))
+    return out
+
+
+SAMPLES = {"cfm_interpolate": _interpolate_samples}
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_the_fused_interpolation_is_the_path_with_the_streams_noise(backend):
+    """x_t and the target from the op equal the path's interpolate() on the stream's noise (rows permuted by the
+    pairing), on every backend; the pairing is checked on the CPU."""
+    x0 = GMM.sample(64, seed=0)
+    t = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    path = CosinePath()
+    coef = torch.stack([*path.marginal(t), *path.derivative(t)], 1).float()
+    pairing = torch.randperm(64, generator=torch.Generator().manual_seed(2))
+    x_t, target = run_on(backend, fastgen.ops.cfm_interpolate, x0, coef, 9, 4, pairing=pairing)
+    eps = fastgen.ops.normal((64, 2), 9, 4)[pairing]
+    want_x, want_u = path.interpolate(x0.double(), eps.double(), t)
+    torch.testing.assert_close(x_t.double(), want_x, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(target.double(), want_u, rtol=1e-5, atol=2e-5)
+    with pytest.raises(IndexError, match=r"pairing must hold rows in \[0, 64\)"):
+        run_on(backend, fastgen.ops.cfm_interpolate, x0, coef, 9, 4, pairing=pairing + 1)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)

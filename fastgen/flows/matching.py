@@ -19,7 +19,8 @@ import torch
 
 from ..core.checks import check_batch
 from ..core.rng import reserve, resolve_seed
-from ..ops import normal, uniform
+from ..ops import cfm_interpolate, normal, uniform
+from ..ops._common import STATE_DTYPES
 from .divergence import divergence_terms
 from .ode import _FIXED, odeint
 from .optimal_transport import assignment, sinkhorn
@@ -177,8 +178,9 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
     squared distance: OT-CFM, Tong et al. 2023) or "sinkhorn" (pairs drawn from the entropic plan of ``reg`` times
     the mean cost). sigma > 0: the Schrödinger-bridge variant on the linear path, x_t + sigma sqrt(t (1 - t)) z
     with the bridge's velocity u_t + (1 - 2t) / (2 t (1 - t)) sigma sqrt(t (1 - t)) z (coupling "sinkhorn" with
-    reg = 2 sigma^2 is the bridge's static plan). Its gradient in the model's parameters is that of the marginal
-    flow-matching loss (tests/test_flow_matching.py)."""
+    reg = 2 sigma^2 is the bridge's static plan). x_t and u_t come from one fused pass
+    (:func:`fastgen.ops.cfm_interpolate`, the noise regenerated at its paired rows). Its gradient in the model's
+    parameters is that of the marginal flow-matching loss (tests/test_flow_matching.py)."""
     path = LinearPath() if path is None else path
     x0 = check_batch(x0, "x0")
     if coupling not in (None, "ot", "sinkhorn"):
@@ -191,14 +193,14 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
         raise ValueError("sigma > 0 (the Schrödinger bridge) is defined on the LinearPath")
     seed = resolve_seed(seed, generator)
     batch, device = x0.shape[0], x0.device
-    eps = normal(x0.shape, seed, 0, device=device).to(x0.dtype)
-    offset = reserve(x0.numel())
+    offset = reserve(x0.numel())  # the noise: positions 0 .. numel - 1
     t = _draw_times(batch, time, loc, scale, seed, offset, device)
     offset += reserve(batch)
-    if coupling is not None:
-        eps = eps[_pairing(x0, eps, coupling, reg, seed, offset)]
+    pairing = None
+    if coupling is not None:  # the noise drawn once more for the costs; the op regenerates its paired rows
+        pairing = _pairing(x0, normal(x0.shape, seed, 0, device=device), coupling, reg, seed, offset)
         offset += reserve(batch)
-    x_t, target = path.interpolate(x0, eps, t)
+    x_t, target = _interpolate(path, x0, t, seed, pairing)
     if sigma > 0:
         tt = _rows(t, x0)
         z = normal(x0.shape, seed, offset, device=device).to(x0.dtype)
@@ -210,6 +212,16 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
         raise ValueError(f"velocity must return a tensor of x0's shape {tuple(x0.shape)}, got "
                          f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
     return (v - target).square().reshape(batch, -1).mean(1)
+
+
+def _interpolate(path: AffinePath, x0: torch.Tensor, t: torch.Tensor, seed: int, pairing) -> tuple:
+    """(x_t, u_t) with the stream's noise at position 0 (rows paired as given): the fused op for float32,
+    float16 and bfloat16 data, the path's own arithmetic otherwise (float64)."""
+    if x0.dtype in STATE_DTYPES:
+        coef = torch.stack([*path.marginal(t), *path.derivative(t)], dim=1).float()
+        return cfm_interpolate(x0.contiguous(), coef, seed, 0, pairing=pairing)
+    eps = normal(x0.shape, seed, 0, device=x0.device).to(x0.dtype)
+    return path.interpolate(x0, eps if pairing is None else eps[pairing], t)
 
 
 def _draw_times(batch: int, time: str, loc: float, scale: float, seed: int, offset: int, device) -> torch.Tensor:

@@ -1,0 +1,120 @@
+// The flow-matching interpolation, cfm_interpolate (schema: fastgen/ops/flow_matching.py; rule:
+// fastgen/reference/flow_matching.py): x_t = alpha_b x0 + sigma_b eps, target = alpha'_b x0 + sigma'_b eps, eps_bj
+// the stream's normal at offset + p_b D + j. CPU: samples split across threads, each sample's noise drawn in
+// blocks of cpu::kBlock; CUDA: kernels/flow_matching.cu.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "checks.h"
+#include "register.h"
+#include "cpu_math.h"
+
+#ifdef FASTGEN_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../kernels/launchers.h"
+#endif
+
+namespace fastgen {
+namespace {
+
+using torch::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+void check_interpolate(const Tensor& x0, const Tensor& coef, const OptTensor& pairing, int64_t seed, int64_t offset) {
+  check_state_dtype(x0, "x0");
+  FASTGEN_CHECK(x0.dim() >= 1 && x0.is_contiguous(), "x0 must be contiguous with a leading batch dimension");
+  const int64_t batch = x0.size(0);
+  FASTGEN_CHECK_TYPE(coef.scalar_type() == at::kFloat, "coef must be float32, got ", coef.scalar_type());
+  FASTGEN_CHECK(coef.device() == x0.device() && coef.dim() == 2 && coef.size(0) == batch && coef.size(1) == 4 &&
+                    coef.is_contiguous(),
+                "coef must be contiguous (", batch, ", 4) (alpha, sigma, alpha', sigma' per sample) on x0's device, "
+                "got ", coef.sizes(), " on ", coef.device());
+  if (pairing.has_value()) {
+    const Tensor& p = *pairing;
+    FASTGEN_CHECK_TYPE(p.scalar_type() == at::kLong, "pairing must be int64, got ", p.scalar_type());
+    FASTGEN_CHECK(p.device() == x0.device() && p.dim() == 1 && p.size(0) == batch && p.is_contiguous(),
+                  "pairing must be contiguous (", batch, ",) on x0's device, got ", p.sizes(), " on ", p.device());
+  }
+  FASTGEN_CHECK(seed >= 0, "seed must be an int in [0, 2**63 - 1], got ", seed);
+  FASTGEN_CHECK(offset >= 0, "offset must be an int in [0, 2**63 - 1], got ", offset);
+}
+
+// The noise rows, their stream and the outputs of one call.
+struct Interpolation {
+  const int64_t* pairing;  // (batch,) or nullptr: the identity
+  uint64_t seed;
+  uint64_t offset;
+};
+
+void cfm_interpolate_cpu(const Tensor& x0, const Tensor& coef, const Interpolation& in, Tensor& x_t,
+                         Tensor& target) {
+  const int64_t batch = x0.size(0);
+  if (batch == 0) return;
+  const int64_t dim = x0.numel() / batch;
+  const float* c = coef.data_ptr<float>();
+  dispatch_float(x0.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x0.data_ptr<T>();
+    T* xt = x_t.data_ptr<T>();
+    T* tg = target.data_ptr<T>();
+    at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b0, int64_t b1) {
+      float eps[cpu::kBlock];
+      for (int64_t b = b0; b < b1; ++b) {
+        const float alpha = c[4 * b], sigma = c[4 * b + 1], d_alpha = c[4 * b + 2], d_sigma = c[4 * b + 3];
+        const int64_t source = in.pairing != nullptr ? in.pairing[b] : b;
+        for (int64_t j0 = 0; j0 < dim; j0 += cpu::kBlock) {
+          const int64_t n = std::min(cpu::kBlock, dim - j0);
+          cpu::fill_normals(in.seed, in.offset + static_cast<uint64_t>(source * dim + j0), n, eps);
+          const int64_t i = b * dim + j0;
+          for (int64_t j = 0; j < n; ++j) {
+            const float x = static_cast<float>(xp[i + j]);
+            xt[i + j] = static_cast<T>(alpha * x + sigma * eps[j]);
+            tg[i + j] = static_cast<T>(d_alpha * x + d_sigma * eps[j]);
+          }
+        }
+      }
+    });
+  });
+}
+
+#ifdef FASTGEN_WITH_CUDA
+void cfm_interpolate_cuda(const Tensor& x0, const Tensor& coef, const Interpolation& in, Tensor& x_t,
+                          Tensor& target) {
+  const c10::cuda::CUDAGuard guard(x0.device());
+  const int64_t batch = x0.size(0);
+  cuda::CfmInterpolateArgs a{x0.data_ptr(), coef.data_ptr<float>(), in.pairing, x_t.data_ptr(), target.data_ptr(),
+                             cuda_dtype(x0), batch, batch ? x0.numel() / batch : 0, in.seed, in.offset};
+  C10_CUDA_CHECK(cuda::cfm_interpolate(a, c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+// The op's entry (registered on every device key).
+std::tuple<Tensor, Tensor> cfm_interpolate(const Tensor& x0, const Tensor& coef, const OptTensor& pairing,
+                                           int64_t seed, int64_t offset) {
+  check_interpolate(x0, coef, pairing, seed, offset);
+  if (pairing.has_value() && !pairing->is_cuda() && pairing->numel() > 0) {
+    const int64_t* p = pairing->data_ptr<int64_t>();
+    const auto [lo, hi] = std::minmax_element(p, p + pairing->numel());
+    FASTGEN_CHECK_INDEX(*lo >= 0 && *hi < x0.size(0), "pairing must hold rows in [0, ", x0.size(0), "), got values "
+                        "from ", *lo, " to ", *hi);
+  }
+  const Interpolation in{pairing.has_value() ? pairing->data_ptr<int64_t>() : nullptr, static_cast<uint64_t>(seed),
+                         static_cast<uint64_t>(offset)};
+  Tensor x_t = at::empty_like(x0), target = at::empty_like(x0);
+  FASTGEN_ON_DEVICE(x0, cfm_interpolate_cpu(x0, coef, in, x_t, target),
+                    cfm_interpolate_cuda(x0, coef, in, x_t, target));
+  return {x_t, target};
+}
+
+}  // namespace
+
+#define FLOW_MATCHING_OPS(X) X(cfm_interpolate, cfm_interpolate)
+FASTGEN_REGISTER_LOOP(FLOW_MATCHING_OPS)
+
+}  // namespace fastgen
