@@ -52,34 +52,65 @@ struct Interpolation {
   uint64_t offset;
 };
 
+// Elements [i, stop) of one row: x_t and target from x0, the row's coefficients and its noise.
+template <typename T>
+void interpolate_row(const T* x0, const float* c, const float* eps, int64_t n, T* x_t, T* target) {
+  const float alpha = c[0], sigma = c[1], d_alpha = c[2], d_sigma = c[3];
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = static_cast<float>(x0[j]);
+    x_t[j] = static_cast<T>(alpha * x + sigma * eps[j]);
+    target[j] = static_cast<T>(d_alpha * x + d_sigma * eps[j]);
+  }
+}
+
+// Unpaired, the noise positions follow the elements: one fill per block of elements, whatever the rows.
+template <typename T>
+void interpolate_unpaired(const T* xp, const float* c, const Interpolation& in, int64_t numel, int64_t dim, T* xt,
+                          T* tg) {
+  at::parallel_for(0, numel, 1 << 14, [&](int64_t begin, int64_t end) {
+    float eps[cpu::kBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += cpu::kBlock) {
+      const int64_t n = std::min(cpu::kBlock, end - i0);
+      cpu::fill_normals(in.seed, in.offset + static_cast<uint64_t>(i0), n, eps);
+      for (int64_t i = i0; i < i0 + n;) {  // the block's rows, one segment each
+        const int64_t row = i / dim, stop = std::min(i0 + n, (row + 1) * dim);
+        interpolate_row(xp + i, c + 4 * row, eps + (i - i0), stop - i, xt + i, tg + i);
+        i = stop;
+      }
+    }
+  });
+}
+
+// Paired, each row's noise is drawn at its noise row's positions.
+template <typename T>
+void interpolate_paired(const T* xp, const float* c, const Interpolation& in, int64_t batch, int64_t dim, T* xt,
+                        T* tg) {
+  at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b0, int64_t b1) {
+    float eps[cpu::kBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t j0 = 0; j0 < dim; j0 += cpu::kBlock) {
+        const int64_t n = std::min(cpu::kBlock, dim - j0), i = b * dim + j0;
+        cpu::fill_normals(in.seed, in.offset + static_cast<uint64_t>(in.pairing[b] * dim + j0), n, eps);
+        interpolate_row(xp + i, c + 4 * b, eps, n, xt + i, tg + i);
+      }
+    }
+  });
+}
+
 void cfm_interpolate_cpu(const Tensor& x0, const Tensor& coef, const Interpolation& in, Tensor& x_t,
                          Tensor& target) {
   const int64_t batch = x0.size(0);
-  if (batch == 0) return;
+  if (x0.numel() == 0) return;
   const int64_t dim = x0.numel() / batch;
-  const float* c = coef.data_ptr<float>();
   dispatch_float(x0.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x0.data_ptr<T>();
-    T* xt = x_t.data_ptr<T>();
-    T* tg = target.data_ptr<T>();
-    at::parallel_for(0, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b0, int64_t b1) {
-      float eps[cpu::kBlock];
-      for (int64_t b = b0; b < b1; ++b) {
-        const float alpha = c[4 * b], sigma = c[4 * b + 1], d_alpha = c[4 * b + 2], d_sigma = c[4 * b + 3];
-        const int64_t source = in.pairing != nullptr ? in.pairing[b] : b;
-        for (int64_t j0 = 0; j0 < dim; j0 += cpu::kBlock) {
-          const int64_t n = std::min(cpu::kBlock, dim - j0);
-          cpu::fill_normals(in.seed, in.offset + static_cast<uint64_t>(source * dim + j0), n, eps);
-          const int64_t i = b * dim + j0;
-          for (int64_t j = 0; j < n; ++j) {
-            const float x = static_cast<float>(xp[i + j]);
-            xt[i + j] = static_cast<T>(alpha * x + sigma * eps[j]);
-            tg[i + j] = static_cast<T>(d_alpha * x + d_sigma * eps[j]);
-          }
-        }
-      }
-    });
+    const float* c = coef.data_ptr<float>();
+    if (in.pairing == nullptr) {
+      interpolate_unpaired(xp, c, in, x0.numel(), dim, x_t.data_ptr<T>(), target.data_ptr<T>());
+    } else {
+      interpolate_paired(xp, c, in, batch, dim, x_t.data_ptr<T>(), target.data_ptr<T>());
+    }
   });
 }
 

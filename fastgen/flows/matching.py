@@ -31,12 +31,27 @@ __all__ = ["AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath",
 
 class AffinePath:
     """x_t = alpha(t) x0 + sigma(t) eps on t in [0, 1], alpha(0) = 1, sigma(0) = 0, alpha(1) = 0, sigma(1) = 1.
-    Subclasses give ``marginal(t) -> (alpha, sigma)`` and ``derivative(t) -> (alpha', sigma')`` in float64."""
+    Subclasses give ``_marginal(t) -> (alpha, sigma)`` and ``_derivative(t) -> (alpha', sigma')`` of float64 times
+    already checked; ``marginal`` and ``derivative`` check them (one host read for a tensor)."""
 
     def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(alpha(t), sigma(t)) in float64."""
+        return self._marginal(_time(t))
 
     def derivative(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha'(t), sigma'(t)) in float64."""
+        return self._derivative(_time(t))
+
+    def coefficients(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, 4) float32 rows (alpha, sigma, alpha', sigma') at per-sample times t in [0, 1], unchecked (no host
+        read): the fused interpolation's ``coef``."""
+        t = t.double()
+        return torch.stack([*self._marginal(t), *self._derivative(t)], dim=1).float()
+
+    def _marginal(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def interpolate(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +67,10 @@ class AffinePath:
 class LinearPath(AffinePath):
     """The conditional-OT (rectified-flow) path: alpha = 1 - t, sigma = t; u = eps - x0."""
 
-    def marginal(self, t):
-        t = _time(t)
+    def _marginal(self, t):
         return 1 - t, t.clone()
 
-    def derivative(self, t):
-        t = _time(t)
+    def _derivative(self, t):
         return -torch.ones_like(t), torch.ones_like(t)
 
 
@@ -69,12 +82,11 @@ class PolynomialPath(AffinePath):
             raise ValueError(f"n must be a finite number > 0, got {n!r}")
         self.n = float(n)
 
-    def marginal(self, t):
-        s = _time(t) ** self.n
+    def _marginal(self, t):
+        s = t ** self.n
         return 1 - s, s
 
-    def derivative(self, t):
-        t = _time(t)
+    def _derivative(self, t):
         d = self.n * t ** (self.n - 1)
         return -d, d
 
@@ -85,12 +97,10 @@ class PolynomialPath(AffinePath):
 class CosinePath(AffinePath):
     """alpha = cos(pi t / 2), sigma = sin(pi t / 2) (variance preserving, alpha^2 + sigma^2 = 1)."""
 
-    def marginal(self, t):
-        t = _time(t)
+    def _marginal(self, t):
         return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
 
-    def derivative(self, t):
-        t = _time(t)
+    def _derivative(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t), 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
 
 
@@ -104,14 +114,12 @@ class VPPath(AffinePath):
             raise ValueError(f"need 0 <= beta_min < beta_max (finite), got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
-    def marginal(self, t):
-        t = _time(t)
+    def _marginal(self, t):
         alpha = torch.exp(-0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t.square()))
         return alpha, torch.sqrt(1 - alpha.square())
 
-    def derivative(self, t):
-        t = _time(t)
-        alpha, sigma = self.marginal(t)
+    def _derivative(self, t):
+        alpha, sigma = self._marginal(t)
         d_alpha = -0.5 * (self.beta_min + (self.beta_max - self.beta_min) * t) * alpha
         return d_alpha, -alpha * d_alpha / sigma.clamp_min(1e-300)
 
@@ -218,8 +226,7 @@ def _interpolate(path: AffinePath, x0: torch.Tensor, t: torch.Tensor, seed: int,
     """(x_t, u_t) with the stream's noise at position 0 (rows paired as given): the fused op for float32,
     float16 and bfloat16 data, the path's own arithmetic otherwise (float64)."""
     if x0.dtype in STATE_DTYPES:
-        coef = torch.stack([*path.marginal(t), *path.derivative(t)], dim=1).float()
-        return cfm_interpolate(x0.contiguous(), coef, seed, 0, pairing=pairing)
+        return cfm_interpolate(x0.contiguous(), path.coefficients(t), seed, 0, pairing=pairing)
     eps = normal(x0.shape, seed, 0, device=x0.device).to(x0.dtype)
     return path.interpolate(x0, eps if pairing is None else eps[pairing], t)
 
