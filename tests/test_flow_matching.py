@@ -283,3 +283,31 @@ def test_the_2d_example_learns_the_mixture_and_ot_straightens_the_paths(tmp_path
                                           held_out) for coupling in (None, "ot")}
     assert results[None]["kl"] < 0.2 and results["ot"]["kl"] < 0.15, {k: v["kl"] for k, v in results.items()}
     assert results["ot"]["straightness"] < 1.05 < 1.2 < results[None]["straightness"]
+
+
+def test_the_bridge_draws_its_spread_and_targets_its_velocity():
+    """sigma > 0: x_t = (1 - t) x0 + t eps + sigma sqrt(t (1 - t)) z with eps and z from the stream, and the loss
+    against a zero model is |u|^2 / D for the bridge's velocity u = eps - x0 + (1 - 2t) / (2 t (1 - t)) (x_t - mu_t)
+    (Tong et al. 2023's Schrödinger-bridge CFM): recomputed here from the stream's draws."""
+    from fastgen.core.rng import reserve
+
+    x0 = GMM.sample(4096, seed=6)
+    seen = {}
+
+    def record(x, t):
+        seen["x_t"], seen["t"] = x, t
+        return torch.zeros_like(x)
+
+    sigma = 0.5
+    loss = cfm_loss(record, x0, sigma=sigma, seed=8)
+    n = x0.numel()
+    eps = fastgen.ops.normal(x0.shape, 8, 0)
+    z = fastgen.ops.normal(x0.shape, 8, reserve(n) + reserve(4096))
+    t = seen["t"].double()[:, None]
+    mu = (1 - t) * x0 + t * eps
+    spread = sigma * torch.sqrt(t * (1 - t))
+    torch.testing.assert_close(seen["x_t"].double(), mu + spread * z, rtol=1e-5, atol=1e-5)
+    u = eps - x0 + (1 - 2 * t) / (2 * t * (1 - t)) * spread * z
+    torch.testing.assert_close(loss.double(), u.square().mean(1), rtol=1e-4, atol=1e-5)
+    standardized = (seen["x_t"].double() - mu) / spread  # the bridge's noise: standard normal
+    assert abs(float(standardized.std()) - 1) < 4 / math.sqrt(2 * n)
