@@ -311,3 +311,42 @@ def test_the_bridge_draws_its_spread_and_targets_its_velocity():
     torch.testing.assert_close(loss.double(), u.square().mean(1), rtol=1e-4, atol=1e-5)
     standardized = (seen["x_t"].double() - mu) / spread  # the bridge's noise: standard normal
     assert abs(float(standardized.std()) - 1) < 4 / math.sqrt(2 * n)
+
+
+def test_img2img_from_exact_samples_keeps_the_law_and_the_modes():
+    """init drawn from the mixture, strength 0.5: alpha(s) init + sigma(s) noise is exactly the path's marginal at s,
+    so the exact field carries it to the mixture (mode weights within 4 SEs). At strength 0.2 the modes of
+    0.8 init + 0.2 noise are 5 standard deviations apart: nearly every sample keeps its init's mode (> 95%).
+    Strength 1 is plain sampling."""
+    velocity, n = GMM.velocity(LinearPath()), 4000
+    init = GMM.sample(n, seed=11)
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(12))
+    x = sample_flow(velocity, noise, steps=20, method="heun", init=init, strength=0.5)
+    assert float((mode_weights(x, GMM)[:8] - 1 / 8).abs().max()) < 4 * math.sqrt(1 / 8 * 7 / 8 / n)
+    x = sample_flow(velocity, noise, steps=20, method="heun", init=init, strength=0.2)
+    nearest = torch.cdist(torch.stack([x, init]).reshape(-1, 2), GMM.means.float()).argmin(1).reshape(2, n)
+    assert float((nearest[0] == nearest[1]).float().mean()) > 0.95
+    plain = sample_flow(velocity, noise, steps=20, method="heun")
+    torch.testing.assert_close(sample_flow(velocity, noise, steps=20, method="heun", init=init, strength=1.0), plain)
+
+
+def test_inpainting_keeps_the_data_and_the_unknown_follows_its_conditional_law():
+    """A product mixture (coordinates independent given nothing): replacement is exact, so the known coordinate
+    is the data and the unknown one follows GaussianMixture.conditional (its two components' weights within 4
+    binomial SEs, its mean within 4 SEs)."""
+    gmm = fastgen.targets.GaussianMixture(torch.tensor([[2.3, -1.5], [2.3, 1.5]]), 0.3)
+    n = 4000
+    known = torch.zeros(n, 2)
+    known[:, 0] = 2.3
+    mask = torch.tensor([True, False])
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(13))
+    x = sample_flow(gmm.velocity(LinearPath()), noise, steps=40, method="heun", known=known, known_mask=mask)
+    assert torch.equal(x[:, 0], known[:, 0])
+    law = gmm.conditional(mask, torch.tensor([2.3, 0.0]))
+    upper = float((x[:, 1] > 0).float().mean())
+    assert abs(upper - float(law.weights[1])) < 4 * math.sqrt(0.25 / n)
+    assert abs(float(x[:, 1].mean()) - float((law.weights * law.means[:, 0]).sum())) < 4 * 1.53 / math.sqrt(n)
+    with pytest.raises(ValueError, match="known_mask must be a bool tensor"):
+        sample_flow(gmm.velocity(LinearPath()), noise, known=known, known_mask=mask.float())
+    with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
+        sample_flow(gmm.velocity(LinearPath()), noise, init=known, strength=0.0)

@@ -266,25 +266,32 @@ def _pairing(x0: torch.Tensor, eps: torch.Tensor, coupling: str, reg: float, see
 def sample_flow(velocity: Callable, noise: torch.Tensor, *, path: AffinePath | None = None, steps: int = 50,
                 method: str = "euler", grid: torch.Tensor | None = None, shift: float | None = None,
                 mu: float | None = None, model_kwargs: dict | None = None, guidance_scale: float | None = None,
-                uncond_kwargs: dict | None = None, rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
+                uncond_kwargs: dict | None = None, init: torch.Tensor | None = None, strength: float | None = None,
+                known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None, rtol: float = 1e-5,
+                atol: float = 1e-5) -> torch.Tensor:
     """x0 from noise x1 (B, ...) by integrating dx/dt = v(x, t) from t = 1 to 0.
 
     method: "euler", "heun", "midpoint" or "rk4" on the time grid (``grid``, decreasing from 1 to 0; else
     :func:`time_grid` of ``steps``, ``shift`` / ``mu``), or "dopri5" (adaptive, per sample: fastgen.flows.odeint).
     Classifier-free guidance: with ``guidance_scale`` w, v = v_u + w (v_c - v_u), v_c with ``model_kwargs`` and
-    v_u with ``uncond_kwargs`` (w = 1: the conditional field, 0: the unconditional one)."""
+    v_u with ``uncond_kwargs`` (w = 1: the conditional field, 0: the unconditional one).
+    img2img: ``init`` (like noise) and ``strength`` s in (0, 1]: the run starts at t = s from
+    alpha(s) init + sigma(s) noise, on the grid scaled by s. Inpainting: where ``known_mask`` (bool, the shape of
+    noise or of one sample) is True, the state is set after every step to the path's point alpha(t) known +
+    sigma(t) noise, and the result to ``known``."""
     path = LinearPath() if path is None else path
-    x = check_batch(noise, "noise")
-    field = _guided(velocity, x.shape[0], model_kwargs, guidance_scale, uncond_kwargs)
+    noise = check_batch(noise, "noise")
+    field = _guided(velocity, noise.shape[0], model_kwargs, guidance_scale, uncond_kwargs)
+    start, x = _start(path, noise, init, strength)
+    replace = _replacement(path, noise, known, known_mask)
     if method == "dopri5":
-        if grid is not None or shift is not None or mu is not None:
-            raise ValueError("grid, shift and mu are for the fixed-step methods; dopri5 chooses its own steps")
-        return odeint(lambda t, y: field(y, t), x, 1.0, 0.0, rtol=rtol, atol=atol)
+        if grid is not None or shift is not None or mu is not None or replace is not None:
+            raise ValueError("grid, shift, mu and known are for the fixed-step methods; dopri5 chooses its own steps")
+        return odeint(lambda t, y: field(y, t), x, start, 0.0, rtol=rtol, atol=atol)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join((*_METHODS, 'dopri5'))}, got {method!r}")
-    ts = time_grid(steps, shift, mu) if grid is None else _check_grid(grid)
+    ts = (time_grid(steps, shift, mu) if grid is None else _check_grid(grid)) * start
     c, a, b = _METHODS[method]
-    x = x.clone()
     with torch.no_grad():
         for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist(), strict=True):
             h = t_next - t
@@ -293,7 +300,48 @@ def sample_flow(velocity: Callable, noise: torch.Tensor, *, path: AffinePath | N
                 xi = x + sum((h * aij) * kj for aij, kj in zip(row, k, strict=False)) if row else x
                 k.append(field(xi, t + ci * h))
             x = x + sum((h * bi) * ki for bi, ki in zip(b, k, strict=True) if bi)
+            if replace is not None:
+                x = replace(x, t_next)
     return x
+
+
+def _start(path: AffinePath, noise: torch.Tensor, init, strength) -> tuple[float, torch.Tensor]:
+    """(the first time, the first state): 1 and the noise, or img2img's s and alpha(s) init + sigma(s) noise."""
+    if init is None and strength is None:
+        return 1.0, noise.clone()
+    if init is None or strength is None:
+        raise ValueError("img2img needs init and strength, both")
+    init = check_batch(init, "init")
+    if init.shape != noise.shape:
+        raise ValueError(f"init must have noise's shape {tuple(noise.shape)}, got {tuple(init.shape)}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    alpha, sigma = (float(v) for v in path.marginal(float(strength)))
+    return float(strength), alpha * init.to(noise) + sigma * noise
+
+
+def _replacement(path: AffinePath, noise: torch.Tensor, known, known_mask):
+    """(x, t) -> x with its known part set to the path's point at t (None without inpainting)."""
+    if known is None and known_mask is None:
+        return None
+    if known is None or known_mask is None:
+        raise ValueError("inpainting needs known and known_mask, both")
+    known = check_batch(known, "known")
+    if known.shape != noise.shape:
+        raise ValueError(f"known must have noise's shape {tuple(noise.shape)}, got {tuple(known.shape)}")
+    if not isinstance(known_mask, torch.Tensor) or known_mask.dtype != torch.bool or \
+            known_mask.shape not in (noise.shape, noise.shape[1:]):
+        raise ValueError(f"known_mask must be a bool tensor of noise's shape {tuple(noise.shape)} or of one sample "
+                         f"{tuple(noise.shape[1:])}")
+    known, mask, fixed = known.to(noise), known_mask.to(noise.device), noise.clone()
+
+    def replace(x: torch.Tensor, t: float) -> torch.Tensor:
+        if t <= 0:
+            return torch.where(mask, known, x)
+        alpha, sigma = (float(v) for v in path.marginal(t))
+        return torch.where(mask, alpha * known + sigma * fixed, x)
+
+    return replace
 
 
 _METHODS = _FIXED
