@@ -4,6 +4,10 @@ marginal flow-matching gradient; the exact OT assignment against scipy's, Sinkho
 exact class-conditional velocities."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,8 +64,11 @@ def test_the_fused_interpolation_is_the_path_with_the_streams_noise(backend):
     want_x, want_u = path.interpolate(x0.double(), eps.double(), t)
     torch.testing.assert_close(x_t.double(), want_x, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(target.double(), want_u, rtol=1e-5, atol=2e-5)
-    with pytest.raises(IndexError, match=r"pairing must hold rows in \[0, 64\)"):
-        run_on(backend, fastgen.ops.cfm_interpolate, x0, coef, 9, 4, pairing=pairing + 1)
+    with pytest.raises(IndexError, match="pairing must hold stream rows >= 0"):
+        run_on(backend, fastgen.ops.cfm_interpolate, x0, coef, 9, 4, pairing=pairing - 1)
+    x_t, _ = run_on(backend, fastgen.ops.cfm_interpolate, x0, coef, 9, 4, pairing=pairing + 64)  # a global batch's
+    eps = fastgen.ops.normal((128, 2), 9, 4)[pairing + 64]
+    torch.testing.assert_close(x_t.double(), path.interpolate(x0.double(), eps.double(), t)[0], rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)
@@ -350,3 +357,46 @@ def test_inpainting_keeps_the_data_and_the_unknown_follows_its_conditional_law()
         sample_flow(gmm.velocity(LinearPath()), noise, known=known, known_mask=mask.float())
     with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
         sample_flow(gmm.velocity(LinearPath()), noise, init=known, strength=0.0)
+
+
+_RANK_SCRIPT = """
+import sys, torch, torch.distributed as dist, fastgen
+from fastgen.flows import cfm_loss
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+data = fastgen.targets.eight_gaussians().sample(64 * world, seed=21)
+mine = data[rank * 64:(rank + 1) * 64]
+net = torch.nn.Linear(3, 2)
+torch.manual_seed(0); net.reset_parameters()
+model = lambda x, t: net(torch.cat([x, t[:, None]], 1))
+out = [cfm_loss(model, mine, coupling=c, sigma=s, seed=5, group=dist.group.WORLD).detach()
+       for c, s in ((None, 0.0), ("ot", 0.0), ("sinkhorn", 0.3))]
+torch.save(out, sys.argv[1] + f"/rank{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_torchrun_group_trains_on_the_global_batch_as_one_process(tmp_path):
+    """Two gloo ranks with 64 samples each give, for CFM, OT-CFM over the global batch and the bridge with a
+    Sinkhorn plan, the losses of one process on the 128 samples (same seed): the noise, times and plan are the
+    global batch's."""
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANK_SCRIPT)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    data = GMM.sample(128, seed=21)
+    net = torch.nn.Linear(3, 2)
+    torch.manual_seed(0)
+    net.reset_parameters()
+
+    def model(x, t):
+        return net(torch.cat([x, t[:, None]], 1))
+
+    for k, (coupling, sigma) in enumerate(((None, 0.0), ("ot", 0.0), ("sinkhorn", 0.3))):
+        whole = cfm_loss(model, data, coupling=coupling, sigma=sigma, seed=5).detach()
+        torch.testing.assert_close(torch.cat([ranks[0][k], ranks[1][k]]), whole, rtol=1e-5, atol=1e-6)

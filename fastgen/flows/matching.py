@@ -176,8 +176,8 @@ def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = None, coupling: str | None = None,
              time: str = "uniform", loc: float = 0.0, scale: float = 1.0, sigma: float = 0.0, reg: float = 0.05,
-             seed: int | None = None, generator: torch.Generator | None = None,
-             model_kwargs: dict | None = None) -> torch.Tensor:
+             seed: int | None = None, generator: torch.Generator | None = None, model_kwargs: dict | None = None,
+             group=None) -> torch.Tensor:
     """Per-sample conditional flow-matching loss |v(x_t, t) - u_t|^2 / D, x_t and u_t from the path between the
     data x0 (B, ...) and noise eps (the noise stream at ``seed``), t ~ U(0, 1) (``time="uniform"``) or the
     logit-normal sigmoid(loc + scale n) (SD3's, ``time="logit_normal"``).
@@ -188,7 +188,13 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
     with the bridge's velocity u_t + (1 - 2t) / (2 t (1 - t)) sigma sqrt(t (1 - t)) z (coupling "sinkhorn" with
     reg = 2 sigma^2 is the bridge's static plan). x_t and u_t come from one fused pass
     (:func:`fastgen.ops.cfm_interpolate`, the noise regenerated at its paired rows). Its gradient in the model's
-    parameters is that of the marginal flow-matching loss (tests/test_flow_matching.py)."""
+    parameters is that of the marginal flow-matching loss (tests/test_flow_matching.py).
+
+    group: a torch.distributed process group (``torch.distributed.group.WORLD`` under torchrun) whose ranks
+    each hold an equal share of the global batch and pass the same seed: the noise and times are those of the
+    global batch (rank r's rows are global rows r B ... (r + 1) B - 1), and a coupling is planned over the global
+    batch (the data all-gathered, the plan made on rank 0 and broadcast, each rank's noise rows regenerated
+    locally): each rank's losses equal those of one process on the concatenated batch."""
     path = LinearPath() if path is None else path
     x0 = check_batch(x0, "x0")
     if coupling not in (None, "ot", "sinkhorn"):
@@ -201,17 +207,19 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
         raise ValueError("sigma > 0 (the Schrödinger bridge) is defined on the LinearPath")
     seed = resolve_seed(seed, generator)
     batch, device = x0.shape[0], x0.device
-    offset = reserve(x0.numel())  # the noise: positions 0 .. numel - 1
-    t = _draw_times(batch, time, loc, scale, seed, offset, device)
-    offset += reserve(batch)
-    pairing = None
+    rank, world = _place(group)
+    total = world * batch  # the global batch: the noise at positions 0 .. total D - 1, then the times
+    offset = reserve(total * x0[0].numel())
+    t = _draw_times(batch, time, loc, scale, seed, offset + rank * batch, device)
+    offset += reserve(total)
+    pairing = None if world == 1 else torch.arange(rank * batch, (rank + 1) * batch, device=device)
     if coupling is not None:  # the noise drawn once more for the costs; the op regenerates its paired rows
-        pairing = _pairing(x0, normal(x0.shape, seed, 0, device=device), coupling, reg, seed, offset)
-        offset += reserve(batch)
+        pairing = _global_pairing(x0, coupling, reg, seed, offset, group)
+        offset += reserve(total)
     x_t, target = _interpolate(path, x0, t, seed, pairing)
     if sigma > 0:
         tt = _rows(t, x0)
-        z = normal(x0.shape, seed, offset, device=device).to(x0.dtype)
+        z = normal(x0.shape, seed, offset + rank * x0.numel(), device=device).to(x0.dtype)
         spread = sigma * torch.sqrt(tt * (1 - tt))
         x_t = x_t + spread * z
         target = target + (1 - 2 * tt) / (2 * tt * (1 - tt)).clamp_min(1e-12) * spread * z
@@ -244,6 +252,36 @@ def _draw_times(batch: int, time: str, loc: float, scale: float, seed: int, offs
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
     return torch.sigmoid(loc + scale * math.sqrt(2) * torch.erfinv(2 * u - 1))
+
+
+def _place(group) -> tuple[int, int]:
+    """(rank, world size) in a process group, (0, 1) without one."""
+    if group is None:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise ValueError("group is given but torch.distributed is not initialized (init_process_group first)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _global_pairing(x0: torch.Tensor, coupling: str, reg: float, seed: int, offset: int, group) -> torch.Tensor:
+    """The global noise row of each local data row: the coupling of the whole batch (all-gathered), planned on the
+    group's first rank and broadcast; this rank's share of it."""
+    rank, world = _place(group)
+    if world == 1:
+        return _pairing(x0, normal(x0.shape, seed, 0, device=x0.device), coupling, reg, seed, offset)
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x0) for _ in range(world)]
+    dist.all_gather(parts, x0.contiguous(), group=group)
+    batch = x0.shape[0]
+    plan = torch.empty(world * batch, dtype=torch.int64, device=x0.device)
+    if rank == 0:
+        data = torch.cat(parts)
+        plan = _pairing(data, normal(data.shape, seed, 0, device=x0.device), coupling, reg, seed, offset)
+    dist.broadcast(plan, src=dist.get_global_rank(group, 0), group=group)
+    return plan[rank * batch:(rank + 1) * batch]
 
 
 def _pairing(x0: torch.Tensor, eps: torch.Tensor, coupling: str, reg: float, seed: int, offset: int) -> torch.Tensor:

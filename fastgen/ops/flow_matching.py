@@ -70,12 +70,11 @@ def cfm_interpolate(
 
         eps_bj = normal at offset + p_b D + j,   x_t = alpha_b x0 + sigma_b eps,   target = alpha'_b x0 + sigma'_b eps,
 
-    p = pairing (an OT-CFM coupling's noise rows: no permuted copy of the noise is made) or the identity. Returns
-    (x_t, target) in x0's dtype, differentiable in x0. Pairing values select stream positions only, never memory:
-    they must lie in [0, B) (checked for CPU tensors; on a GPU another value draws another row's noise). Reserves
-    ``x0.numel()`` stream positions."""
+    p = pairing (an OT-CFM coupling's noise rows, of this batch or of a global batch across processes: no
+    permuted copy of the noise is made) or the identity. Returns (x_t, target) in x0's dtype, differentiable in x0.
+    Pairing values select stream rows only, never memory: they must be >= 0 (checked for CPU tensors). Reserves
+    ``(max(p) + 1) * D`` stream positions (``x0.numel()`` unpaired)."""
     if pairing is not None and isinstance(pairing, torch.Tensor) and pairing.device.type == "cpu" and \
-            pairing.numel() and not bool(((pairing >= 0) & (pairing < x0.shape[0])).all()):
-        raise IndexError(f"pairing must hold rows in [0, {x0.shape[0]}), got values from {int(pairing.min())} to "
-                         f"{int(pairing.max())}")
+            pairing.numel() and int(pairing.min()) < 0:
+        raise IndexError(f"pairing must hold stream rows >= 0, got {int(pairing.min())}")
     return _cfm_interpolate(x0=x0, coef=coef, pairing=pairing, seed=seed, offset=offset)
