@@ -30,6 +30,7 @@ from .matching import (
     VPPath,
     cfm_loss,
     flow_log_prob,
+    reflow_pairs,
     sample_flow,
     shift_time,
     time_grid,
@@ -45,4 +46,5 @@ __all__ = ["CNF", "IAF", "MADE", "MAF", "NSF", "ActNorm", "AffineCoupling", "Cha
            "InvConv1x1LU", "InverseAutoregressive", "LipSwish", "MaskedAutoregressive", "Planar", "Radial", "RealNVP",
            "ResidualBlock", "ResidualFlow", "Reverse", "SplineCoupling", "Split", "Squeeze", "Sylvester", "Transform",
            "Unsqueeze", "gaussian_prior", "AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath",
-           "assignment", "cfm_loss", "flow_log_prob", "sample_flow", "shift_time", "sinkhorn", "time_grid", "to_x0_eps"]
+           "assignment", "cfm_loss", "flow_log_prob", "reflow_pairs", "sample_flow", "shift_time", "sinkhorn",
+           "time_grid", "to_x0_eps"]

@@ -26,7 +26,7 @@ from .ode import _FIXED, odeint
 from .optimal_transport import assignment, sinkhorn
 
 __all__ = ["AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath", "cfm_loss", "flow_log_prob",
-           "sample_flow", "shift_time", "time_grid", "to_x0_eps"]
+           "reflow_pairs", "sample_flow", "shift_time", "time_grid", "to_x0_eps"]
 
 
 class AffinePath:
@@ -177,7 +177,7 @@ def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = None, coupling: str | None = None,
              time: str = "uniform", loc: float = 0.0, scale: float = 1.0, sigma: float = 0.0, reg: float = 0.05,
              seed: int | None = None, generator: torch.Generator | None = None, model_kwargs: dict | None = None,
-             group=None) -> torch.Tensor:
+             group=None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample conditional flow-matching loss |v(x_t, t) - u_t|^2 / D, x_t and u_t from the path between the
     data x0 (B, ...) and noise eps (the noise stream at ``seed``), t ~ U(0, 1) (``time="uniform"``) or the
     logit-normal sigmoid(loc + scale n) (SD3's, ``time="logit_normal"``).
@@ -189,6 +189,8 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
     reg = 2 sigma^2 is the bridge's static plan). x_t and u_t come from one fused pass
     (:func:`fastgen.ops.cfm_interpolate`, the noise regenerated at its paired rows). Its gradient in the model's
     parameters is that of the marginal flow-matching loss (tests/test_flow_matching.py).
+
+    noise: the noise paired with each x0 row, given (reflow's pairs, :func:`reflow_pairs`), instead of drawn.
 
     group: a torch.distributed process group (``torch.distributed.group.WORLD`` under torchrun) whose ranks
     each hold an equal share of the global batch and pass the same seed: the noise and times are those of the
@@ -216,7 +218,10 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
     if coupling is not None:  # the noise drawn once more for the costs; the op regenerates its paired rows
         pairing = _global_pairing(x0, coupling, reg, seed, offset, group)
         offset += reserve(total)
-    x_t, target = _interpolate(path, x0, t, seed, pairing)
+    if noise is None:
+        x_t, target = _interpolate(path, x0, t, seed, pairing)
+    else:
+        x_t, target = path.interpolate(x0, _given_noise(noise, x0, coupling, group), t.to(x0.dtype))
     if sigma > 0:
         tt = _rows(t, x0)
         z = normal(x0.shape, seed, offset + rank * x0.numel(), device=device).to(x0.dtype)
@@ -252,6 +257,23 @@ def _draw_times(batch: int, time: str, loc: float, scale: float, seed: int, offs
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
     return torch.sigmoid(loc + scale * math.sqrt(2) * torch.erfinv(2 * u - 1))
+
+
+def _given_noise(noise, x0: torch.Tensor, coupling, group) -> torch.Tensor:
+    if coupling is not None or group is not None:
+        raise ValueError("noise (given pairs) goes without coupling and group: the pairs are the coupling")
+    noise = check_batch(noise, "noise")
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+    return noise.to(x0.dtype)
+
+
+def reflow_pairs(velocity: Callable, noise: torch.Tensor, *, steps: int = 50, method: str = "heun",
+                 **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified flow's reflow (Liu et al. 2022): (x0, noise), x0 = the flow's sample from that noise (:func:`
+    sample_flow` with ``steps``, ``method`` and ``options``). Training a new field with ``cfm_loss(model, x0,
+    noise=noise)`` on such pairs straightens the paths, so fewer steps sample as well."""
+    return sample_flow(velocity, noise, steps=steps, method=method, **options), noise
 
 
 def _place(group) -> tuple[int, int]:
