@@ -12,19 +12,7 @@
 #include "checks.h"
 #include "register.h"
 
-#ifdef FASTGEN_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-namespace fastgen {
-namespace cuda {
-// kernels/ema.cu
-cudaError_t ema_update(void* const* averages, const void* const* values, const int64_t* numels, int count,
-                       DType dtype, float weight, cudaStream_t stream);
-}  // namespace cuda
-}  // namespace fastgen
-#endif
+#include "cuda_host.h"
 
 namespace fastgen {
 namespace {

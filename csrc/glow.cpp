@@ -15,13 +15,7 @@
 #include "checks.h"
 #include "register.h"
 
-#ifdef FASTGEN_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "../kernels/launchers.h"
-#endif
+#include "cuda_host.h"
 
 namespace fastgen {
 namespace {

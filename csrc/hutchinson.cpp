@@ -11,18 +11,7 @@
 #include "register.h"
 #include "cpu_math.h"
 
-#ifdef FASTGEN_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-namespace fastgen {
-namespace cuda {
-// kernels/hutchinson.cu
-cudaError_t hutchinson_dot(const HutchinsonDotArgs& args, cudaStream_t stream);
-}  // namespace cuda
-}  // namespace fastgen
-#endif
+#include "cuda_host.h"
 
 namespace fastgen {
 namespace {

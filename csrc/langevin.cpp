@@ -12,13 +12,7 @@
 #include "register.h"
 #include "cpu_math.h"
 
-#ifdef FASTGEN_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include "../kernels/launchers.h"
-#endif
+#include "cuda_host.h"
 
 namespace fastgen {
 namespace {

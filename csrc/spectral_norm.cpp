@@ -16,18 +16,7 @@
 #include "checks.h"
 #include "register.h"
 
-#ifdef FASTGEN_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-namespace fastgen {
-namespace cuda {
-// kernels/spectral_norm.cu
-cudaError_t spectral_norm_power(const SpectralNormArgs& args, cudaStream_t stream);
-}  // namespace cuda
-}  // namespace fastgen
-#endif
+#include "cuda_host.h"
 
 namespace fastgen {
 namespace {

@@ -38,49 +38,49 @@ class Velocity(nn.Module):
         return self.net(torch.cat([x, t.to(x.dtype)[:, None]], dim=1))
 
 
-def train(target: str = "eight_gaussians", coupling: str | None = None, steps: int = 4000, *, batch: int = 256,
-          lr: float = 3e-3, seed: int = 0, log_every: int = 0) -> Velocity:
-    """A velocity field trained by the CFM loss (``coupling`` None) or OT-CFM (``coupling="ot"``)."""
+def fit(loss_at, steps: int, *, lr: float = 3e-3, seed: int = 0, label: str = "", log_every: int = 0) -> Velocity:
+    """A new velocity field trained for ``steps`` Adam steps (cosine schedule) on loss_at(model, step)."""
     torch.manual_seed(seed)
     model = Velocity()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        x0 = fastgen.targets.toy_2d(target, batch, seed=seed * 1_000_003 + step)
-        loss = cfm_loss(model, x0, coupling=coupling, seed=seed * 7_919 + step).mean()
+        loss = loss_at(model, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         if log_every and step % log_every == 0:
-            print(f"{coupling or 'cfm'} step {step:5d}  {time.perf_counter() - start:6.1f} s  loss {loss.item():.4f}")
+            print(f"{label} step {step:5d}  {time.perf_counter() - start:6.1f} s  loss {loss.item():.4f}")
     return model.eval()
 
 
-def reflow(teacher: nn.Module, steps: int = 4000, *, pairs: int = 20_000, batch: int = 256, lr: float = 3e-3,
-           seed: int = 0, log_every: int = 0) -> Velocity:
+def train(target: str = "eight_gaussians", coupling: str | None = None, steps: int = 4000, *, batch: int = 256,
+          seed: int = 0, log_every: int = 0) -> Velocity:
+    """A velocity field trained by the CFM loss (``coupling`` None) or OT-CFM (``coupling="ot"``)."""
+
+    def loss_at(model, step):
+        x0 = fastgen.targets.toy_2d(target, batch, seed=seed * 1_000_003 + step)
+        return cfm_loss(model, x0, coupling=coupling, seed=seed * 7_919 + step).mean()
+
+    return fit(loss_at, steps, seed=seed, label=coupling or "cfm", log_every=log_every)
+
+
+def reflow(teacher: nn.Module, steps: int = 4000, *, pairs: int = 20_000, batch: int = 256, seed: int = 0,
+           log_every: int = 0) -> Velocity:
     """A 2-rectified flow: ``pairs`` (sample, noise) pairs drawn from the teacher (Heun, 50 steps), then a new
     field trained by the CFM loss on those fixed pairs."""
     noise = torch.randn(pairs, 2, generator=torch.Generator().manual_seed(seed + 17))
     with torch.no_grad():
         x0, noise = reflow_pairs(teacher, noise, steps=50)
-    torch.manual_seed(seed)
-    model = Velocity()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     order = torch.Generator().manual_seed(seed + 18)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
+
+    def loss_at(model, step):
         index = torch.randint(pairs, (batch,), generator=order)
-        loss = cfm_loss(model, x0[index], noise=noise[index], seed=seed * 7_919 + step).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if log_every and step % log_every == 0:
-            print(f"reflow step {step:5d}  {time.perf_counter() - start:6.1f} s  loss {loss.item():.4f}")
-    return model.eval()
+        return cfm_loss(model, x0[index], noise=noise[index], seed=seed * 7_919 + step).mean()
+
+    return fit(loss_at, steps, seed=seed, label="reflow", log_every=log_every)
 
 
 def trajectories(model: nn.Module, noise: torch.Tensor, steps: int = 50) -> torch.Tensor:

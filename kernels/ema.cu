@@ -1,6 +1,6 @@
 // CUDA kernel of the multi-tensor EMA: averages[t] <- averages[t] + weight (values[t] - averages[t]) for every
 // tensor pair t, up to kEmaChunk pairs per launch (their pointers travel in the kernel's parameters).
-// The launcher is declared in csrc/ema.cpp (a mismatch is a link error: C++ names carry their parameter types).
+// The launcher is declared in launchers.h (a mismatch is a link error: C++ names carry their parameter types).
 #include "common.cuh"
 
 namespace fastgen {

@@ -1,5 +1,5 @@
 // CUDA kernel of the Hutchinson reduction (see csrc/hutchinson.cpp for the rule), as per-row sums (common.cuh's
-// launch_row_sums) with the probe regenerated from the stream. The launcher is declared in csrc/hutchinson.cpp.
+// launch_row_sums) with the probe regenerated from the stream. The launcher is declared in launchers.h.
 #include "common.cuh"
 
 namespace fastgen {

@@ -147,6 +147,7 @@ struct SpectralNormArgs {
   float* sigmas;               // (count,) device output, float32
   float* workspace;            // device float32 scratch: sum over matrices of spectral_norm_workspace(rows, cols)
 };
+cudaError_t spectral_norm_power(const SpectralNormArgs& args, cudaStream_t stream);
 
 // Row chunks of the W^T u pass (each block sums one chunk; the chunks are added in order).
 inline int64_t spectral_norm_row_chunks(int64_t rows) {
@@ -171,6 +172,7 @@ struct GaussianRsampleArgs {
   uint64_t offset;         // stream position of element 0
   float log_norm;          // dim log(2 pi) / 2
 };
+cudaError_t gaussian_rsample(const GaussianRsampleArgs& args, cudaStream_t stream);
 
 // flow_matching.cu: x_t = alpha_b x0 + sigma_b eps and target = alpha'_b x0 + sigma'_b eps, eps_bj the normal at
 // offset + p_b dim + j (p = pairing, or the identity); grid-stride over the elements.
@@ -200,6 +202,7 @@ struct HutchinsonDotArgs {
   uint64_t offset;         // stream position of element 0
   bool rademacher;         // signs instead of normals
 };
+cudaError_t hutchinson_dot(const HutchinsonDotArgs& args, cudaStream_t stream);
 
 // coupling.cu: affine coupling (fastgen/reference/coupling.py): per sample of dim elements the first split are
 // copied, the rest y = x exp(s) + t (inverse: (x - t) exp(-s)) with s from h by scale_mode (0: clamp tanh(h /
@@ -283,6 +286,10 @@ struct SqueezeArgs {
   bool inverse;
 };
 cudaError_t squeeze2d(const SqueezeArgs& args, cudaStream_t stream);
+
+// ema.cu: averages[t] <- averages[t] + weight (values[t] - averages[t]) for each of `count` pairs (device pointers).
+cudaError_t ema_update(void* const* averages, const void* const* values, const int64_t* numels, int count,
+                       DType dtype, float weight, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastgen

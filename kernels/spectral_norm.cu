@@ -6,7 +6,7 @@
 //   matvec_t    partial[k] = W_k^T u    one thread per column, one block row per chunk k of rows
 //   finish      s = sum_k partial[k];  v = s / max(|s|, eps);  sigma = |s|^2 / max(|s|, eps)
 // All arithmetic in float32; the float32 u, v live in the workspace between steps. Sums are in a fixed order.
-// The launcher is declared in csrc/spectral_norm.cpp.
+// The launcher is declared in launchers.h.
 #include "common.cuh"
 
 namespace fastgen {

@@ -1,6 +1,6 @@
 // CUDA kernel of the fused Gaussian reparameterization (see csrc/vae.cpp for the rule), as per-row sums
 // (common.cuh's launch_row_sums): each element's term stores z, each row's sum is its log-density.
-// The launcher is declared in csrc/vae.cpp.
+// The launcher is declared in launchers.h.
 #include "common.cuh"
 
 namespace fastgen {
