@@ -90,12 +90,42 @@ def test_velocity_converts_to_x0_and_eps_exactly(path):
     gen = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(6, 3, generator=gen, dtype=torch.float64), torch.randn(6, 3, generator=gen,
                                                                                  dtype=torch.float64)
-    for t in (1e-3, 0.3, 1.0):  # (at t = 0, x_t = x0 whatever eps; a polynomial path's velocity is 0 there)
+    last = 0.999 if isinstance(path, PolynomialPath) else 1.0  # (a polynomial path's velocity is 0 at t = 1)
+    for t in (1e-3, 0.3, last):  # (at t = 0, x_t = x0 whatever eps)
         times = torch.full((6,), t, dtype=torch.float64)
         x_t, u = path.interpolate(x0, eps, times)
         got_x0, got_eps = to_x0_eps(u, x_t, times, path)
         torch.testing.assert_close(got_x0, x0)
         torch.testing.assert_close(got_eps, eps)
+
+
+@pytest.mark.parametrize("ours,theirs", [(LinearPath(), ("CondOTScheduler", {})),
+                                         (PolynomialPath(3.0), ("PolynomialConvexScheduler", {"n": 3.0})),
+                                         (CosinePath(), ("CosineScheduler", {})), (VPPath(), ("VPScheduler", {}))],
+                         ids=["linear", "polynomial", "cosine", "vp"])
+def test_paths_are_flow_matchings_at_the_reversed_time(ours, theirs):
+    """facebookresearch/flow_matching's schedulers and AffineProbPath (data at its t = 1, noise at 0) at time 1 - t:
+    the same coefficients, the same x_t, and the velocity with its sign turned."""
+    scheduler = pytest.importorskip("flow_matching.path.scheduler")
+    from flow_matching.path import AffineProbPath
+
+    name, options = theirs
+    peer = AffineProbPath(scheduler=getattr(scheduler, name)(**options))
+    t = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
+    out = peer.scheduler(1 - t)
+    alpha, sigma = ours.marginal(t)
+    d_alpha, d_sigma = ours.derivative(t)
+    torch.testing.assert_close(alpha, out.alpha_t)
+    torch.testing.assert_close(sigma, out.sigma_t)
+    torch.testing.assert_close(d_alpha, -out.d_alpha_t)
+    torch.testing.assert_close(d_sigma, -out.d_sigma_t)
+    gen = torch.Generator().manual_seed(0)
+    data, noise = torch.randn(25, 3, generator=gen, dtype=torch.float64), torch.randn(25, 3, generator=gen,
+                                                                                      dtype=torch.float64)
+    sample = peer.sample(x_0=noise, x_1=data, t=1 - t)
+    x_t, u = ours.interpolate(data, noise, t)
+    torch.testing.assert_close(x_t, sample.x_t)
+    torch.testing.assert_close(u, -sample.dx_t)
 
 
 def test_shifts_keep_the_ends_and_match_sd3_and_flux():

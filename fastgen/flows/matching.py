@@ -12,6 +12,7 @@ t = 1 down to 0. A model is ``velocity(x, t, **model_kwargs) -> v`` with t a (B,
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ __all__ = ["AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath",
            "reflow_pairs", "sample_flow", "shift_time", "time_grid", "to_x0_eps"]
 
 
-class AffinePath:
+class AffinePath(abc.ABC):
     """x_t = alpha(t) x0 + sigma(t) eps on t in [0, 1], alpha(0) = 1, sigma(0) = 0, alpha(1) = 0, sigma(1) = 1.
     Subclasses give ``_marginal(t) -> (alpha, sigma)`` and ``_derivative(t) -> (alpha', sigma')`` of float64 times
     already checked; ``marginal`` and ``derivative`` check them (one host read for a tensor)."""
@@ -48,11 +49,13 @@ class AffinePath:
         t = t.double()
         return torch.stack([*self._marginal(t), *self._derivative(t)], dim=1).float()
 
+    @abc.abstractmethod
     def _marginal(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(alpha, sigma) at checked float64 times."""
 
+    @abc.abstractmethod
     def _derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(alpha', sigma') at checked float64 times."""
 
     def interpolate(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, u_t): the point of the path at per-sample times t (B,) and its velocity."""
@@ -75,7 +78,8 @@ class LinearPath(AffinePath):
 
 
 class PolynomialPath(AffinePath):
-    """alpha = 1 - t^n, sigma = t^n (flow_matching's polynomial convex scheduler, n = 1 the linear path)."""
+    """alpha = (1 - t)^n, sigma = 1 - (1 - t)^n: flow_matching's PolynomialConvexScheduler (alpha = s^n at its time
+    s = 1 - t, data at s = 1); n = 1 is the linear path."""
 
     def __init__(self, n: float = 2.0):
         if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
@@ -83,11 +87,11 @@ class PolynomialPath(AffinePath):
         self.n = float(n)
 
     def _marginal(self, t):
-        s = t ** self.n
-        return 1 - s, s
+        a = (1 - t) ** self.n
+        return a, 1 - a
 
     def _derivative(self, t):
-        d = self.n * t ** (self.n - 1)
+        d = self.n * (1 - t) ** (self.n - 1)
         return -d, d
 
     def __repr__(self) -> str:
@@ -150,8 +154,8 @@ def time_grid(steps: int, shift: float | None = None, mu: float | None = None) -
 def to_x0_eps(v: torch.Tensor, x: torch.Tensor, t, path: AffinePath) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) from a velocity v at (x, t): the 2 x 2 solve of x = alpha x0 + sigma eps, v = alpha' x0 +
     sigma' eps (the score is -eps / sigma). Defined wherever alpha sigma' - sigma alpha' != 0: for every t on the
-    linear, cosine and VP paths, t = 1 included; for t > 0 on a polynomial path of degree n > 1 (whose velocity
-    vanishes at t = 0)."""
+    linear, cosine and VP paths, t = 1 included; for t < 1 on a polynomial path of degree n > 1 (whose velocity
+    vanishes at t = 1)."""
     alpha, sigma = (_rows(u, x) for u in path.marginal(t))
     d_alpha, d_sigma = (_rows(u, x) for u in path.derivative(t))
     det = alpha * d_sigma - sigma * d_alpha
