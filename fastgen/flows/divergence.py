@@ -28,7 +28,7 @@ def divergence(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, me
     returns |J|_F^2 per sample: |eps^T J|^2 averaged over the probes (exact with method="exact"), the
     regularizer of RNODE-style training, from the same products."""
     if isinstance(x, torch.Tensor):
-        check_finite(x, "x")
+        check_finite((x, "x"))
     _, div, frob = divergence_terms(f, x, method=method, probes=probes, noise=noise,
                                     seed=resolve_seed(seed, generator) if method == "hutchinson" else 0,
                                     create_graph=create_graph, frobenius=frobenius)

@@ -68,7 +68,7 @@ class _Loop:
             raise ValueError("x must be a tensor of shape (B, ...)")
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
-        check_finite(x, "x")
+        check_finite((x, "x"))
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         self.sigmas = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, device=x.device)

@@ -44,7 +44,8 @@ def _checked_step_size(step_size, x: torch.Tensor):
 
 def _start(x0: torch.Tensor) -> torch.Tensor:
     check_state(x0, "x0") if x0.is_contiguous() else check_state(x0.contiguous(), "x0")
-    return check_finite(x0, "x0").detach().clone(memory_format=torch.contiguous_format)
+    check_finite((x0, "x0"))
+    return x0.detach().clone(memory_format=torch.contiguous_format)
 
 
 def _check_output(value, x: torch.Tensor, name: str, shape) -> torch.Tensor:

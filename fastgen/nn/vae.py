@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core.checks import check_batch
+from ..core.checks import check_batch, check_finite
 from ..core.rng import resolve_seed
 from ..ops import gaussian_rsample
 
@@ -85,8 +85,9 @@ def elbo(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, decoder: Ca
     """The (beta-weighted) evidence lower bound per row, one reparameterized sample, analytic KL:
 
         E_q[log p(x | z)] - beta KL(q(z | x) || N(0, I))."""
-    check_batch(mean, "mean")
-    check_batch(log_std, "log_std")
+    check_batch(mean, "mean", finite=False)
+    check_batch(log_std, "log_std", finite=False)
+    check_finite((mean, "mean"), (log_std, "log_std"))  # one host read for both
     if mean.shape[0] != x.shape[0]:
         raise ValueError(f"mean must have x's batch size {x.shape[0]}, got {mean.shape[0]}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
