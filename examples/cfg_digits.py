@@ -115,15 +115,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="cfg_digits.png")
     args = parser.parse_args(argv)
     model = train(args.steps, seed=args.seed, log_every=max(1, args.steps // 10))
-    judge = classifier(args.seed)
-    for scale in SCALES:
-        x, labels = guided_samples(model, scale, per_class=50, seed=args.seed)
-        print(f"guidance scale {scale:.0f}: class accuracy {accuracy(judge, x, labels):.1%} (500 samples)")
-    grid = torch.cat([guided_samples(model, scale, per_class=1, seed=args.seed + 1)[0] for scale in SCALES])
-    image_grid(grid, args.out, columns=10,
-               title="classes 0-9; rows: guidance scale " + ", ".join(f"{s:.0f}" for s in SCALES))
-    print(f"wrote {args.out}")
+    report(model, guided_samples, SCALES, args.out, args.seed)
     return 0
+
+
+def report(model: nn.Module, sampler, scales, out: str, seed: int = 0) -> None:
+    """The class accuracy per guidance scale (500 samples, this file's classifier), and a grid with a row per scale
+    of one sample per class: ``sampler(model, scale, per_class=, seed=)`` draws them."""
+    judge = classifier(seed)
+    for scale in scales:
+        x, labels = sampler(model, scale, per_class=50, seed=seed)
+        print(f"guidance scale {scale:.0f}: class accuracy {accuracy(judge, x, labels):.1%} (500 samples)")
+    grid = torch.cat([sampler(model, scale, per_class=1, seed=seed + 1)[0] for scale in scales])
+    title = "classes 0-9; rows: guidance scale " + ", ".join(f"{s:.0f}" for s in scales)
+    image_grid(grid, out, columns=10, title=title)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

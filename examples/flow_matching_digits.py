@@ -19,11 +19,10 @@ import time
 import torch
 from torch import nn
 
-from fastgen.cli.demo import image_grid
 from fastgen.flows import cfm_loss, sample_flow
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the digits, network and classifier of cfg_digits
-from cfg_digits import NULL, ConditionalScoreNet, accuracy, classifier, load_digits  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # cfg_digits: digits, network, classifier, report
+from cfg_digits import NULL, ConditionalScoreNet, accuracy, classifier, load_digits, report  # noqa: E402,F401
 
 SCALES = (1.0, 2.0, 4.0)
 
@@ -68,14 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="flow_matching_digits.png")
     args = parser.parse_args(argv)
     model = train(args.steps, seed=args.seed, log_every=max(1, args.steps // 10))
-    judge = classifier(args.seed)
-    for scale in SCALES:
-        x, labels = guided_samples(model, scale, per_class=50, seed=args.seed)
-        print(f"guidance scale {scale:.0f}: class accuracy {accuracy(judge, x, labels):.1%} (500 samples)")
-    grid = torch.cat([guided_samples(model, scale, per_class=1, seed=args.seed + 1)[0] for scale in SCALES])
-    image_grid(grid, args.out, columns=10,
-               title="classes 0-9; rows: guidance scale " + ", ".join(f"{s:.0f}" for s in SCALES))
-    print(f"wrote {args.out}")
+    report(model, guided_samples, SCALES, args.out, args.seed)
     return 0
 
 
