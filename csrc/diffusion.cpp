@@ -63,8 +63,8 @@ void check_step(const StepInputs& in) {
                 "), got ", in.model_out.scalar_type());
   FASTGEN_CHECK(in.coef.device() == x.device() && in.coef.scalar_type() == torch::kFloat32 && in.coef.is_contiguous() &&
                     in.coef.dim() == 2 && in.coef.size(1) == kCoefWidth && (in.coef.size(0) >= 1 || batch == 0),
-                "coef must be contiguous float32 of shape (rows, 8) on the device of x, got ", in.coef.scalar_type(), " ",
-                in.coef.sizes(), " on ", in.coef.device());
+                "coef must be contiguous float32 of shape (rows, ", kCoefWidth, ") on the device of x, got ",
+                in.coef.scalar_type(), " ", in.coef.sizes(), " on ", in.coef.device());
   if (in.index.has_value()) {
     const Tensor& idx = *in.index;
     FASTGEN_CHECK(idx.device() == x.device() && idx.scalar_type() == torch::kInt64 && idx.is_contiguous() &&
@@ -82,7 +82,7 @@ void check_step(const StepInputs& in) {
     FASTGEN_CHECK(in.coef.size(0) == 1 || in.coef.size(0) == batch, "coef must have 1 or ", batch,
                   " rows without an index, got ", in.coef.size(0));
   }
-  FASTGEN_CHECK(in.prediction >= 0 && in.prediction <= 3, "prediction must be 0 (eps), 1 (x0), 2 (v) or 3 (score)");
+  FASTGEN_CHECK(in.prediction >= 0 && in.prediction <= 4, "prediction must be 0 (eps), 1 (x0), 2 (v), 3 (score) or 4 (velocity)");
   FASTGEN_CHECK(in.aux_store >= 0 && in.aux_store <= 2, "aux_store must be 0, 1 or 2");
   FASTGEN_CHECK(in.aux_store == 0 || in.aux.has_value(), "aux_store needs an aux tensor");
   for (const OptTensor* t : {&in.aux, &in.noise}) {
@@ -165,15 +165,16 @@ __attribute__((always_inline)) inline void step_floats(const float* x, const flo
                                                        const float* aux, const float* row, float clip, int64_t n,
                                                        float* next, float* x0_out) {
   // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
-  const float alpha = row[kAlpha], sigma = row[kSigma], k = row[kK], c_x = row[kCX], c_x0 = row[kCX0],
-              c_eps = row[kCEps], c_aux = row[kCAux], c_noise = row[kCNoise], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+  const diffusion::Scales s = diffusion::scales_of(row);
+  const float k = row[kK], c_x = row[kCX], c_x0 = row[kCX0], c_eps = row[kCEps], c_aux = row[kCAux],
+              c_noise = row[kCNoise];
   const uint32_t m_x = term_mask(c_x), m_x0 = term_mask(c_x0), m_eps = term_mask(c_eps), m_aux = term_mask(c_aux),
                  m_noise = term_mask(c_noise);
   for (int64_t j = 0; j < n; ++j) {
     const float xm = k * x[j];
-    const Conversion r = convert<P>(out[j], xm, alpha, sigma, inv_alpha, inv_sigma);
+    const Conversion r = convert<P>(out[j], xm, s);
     const float x0 = std::min(std::max(r.x0, -clip), clip);
-    const float eps = ClipEps ? (xm - alpha * x0) * inv_sigma : r.eps;
+    const float eps = ClipEps ? (xm - s.alpha * x0) * s.inv_sigma : r.eps;
     next[j] = term(c_x, x[j], m_x) + term(c_x0, x0, m_x0) + term(c_eps, eps, m_eps) + term(c_aux, aux[j], m_aux) +
               term(c_noise, noise[j], m_noise);
     x0_out[j] = x0;
@@ -191,6 +192,8 @@ __attribute__((always_inline)) inline void step_prediction(int prediction, const
       return step_floats<kX0, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
     case kV:
       return step_floats<kV, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+    case kVelocity:
+      return step_floats<kVelocity, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
     default:
       return step_floats<kScore, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
   }
@@ -253,6 +256,8 @@ void dispatch(at::ScalarType dtype, int64_t prediction, F&& f) {
         return f(tag, std::integral_constant<int, kX0>{});
       case kV:
         return f(tag, std::integral_constant<int, kV>{});
+      case kVelocity:
+        return f(tag, std::integral_constant<int, kVelocity>{});
       default:
         return f(tag, std::integral_constant<int, kScore>{});
     }
@@ -464,15 +469,15 @@ void langevin_correct_cpu(const StepInputs& in, double snr) {
         }
         for (int64_t b = g0; b < g1; ++b) {
           const float* c = v.row(b);
-          const float alpha = c[kAlpha], sigma = c[kSigma], k = c[kK], inv_alpha = 1.0f / alpha, inv_sigma = 1.0f / sigma;
+          const diffusion::Scales row = diffusion::scales_of(c);
+          const float sigma = row.sigma, k = c[kK];
           const int64_t first = b * size;
           float* sc = score.data() + (b - g0) * size;
           const float* nz = noise.data() + (b - g0) * size;
           double score_sq = 0.0, noise_sq = 0.0;
           for (int64_t j = 0; j < size; ++j) {
             const Conversion r = convert<decltype(p)::value>(static_cast<float>(op[first + j]),
-                                                             k * static_cast<float>(xp[first + j]), alpha, sigma,
-                                                             inv_alpha, inv_sigma);
+                                                             k * static_cast<float>(xp[first + j]), row);
             sc[j] = -r.eps / sigma;
             score_sq += static_cast<double>(sc[j]) * sc[j];
             noise_sq += static_cast<double>(nz[j]) * nz[j];

@@ -13,14 +13,16 @@
 namespace fastgen {
 
 // What a diffusion model returns (fastgen.constants.Prediction).
-enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3 };
+enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3, kVelocity = 4 };
 
 // What a diffusion step leaves in aux (fastgen.constants.AuxStore).
 enum AuxStore : int { kAuxNone = 0, kAuxX0 = 1, kAuxIncrement = 2 };
 
 // Columns of a diffusion coefficient row (fastgen.constants.Coef).
-enum Coef : int { kAlpha = 0, kSigma = 1, kK = 2, kCX = 3, kCX0 = 4, kCEps = 5, kCAux = 6, kCNoise = 7 };
-constexpr int kCoefWidth = 8;
+enum Coef : int {
+  kAlpha = 0, kSigma = 1, kK = 2, kCX = 3, kCX0 = 4, kCEps = 5, kCAux = 6, kCNoise = 7, kDAlpha = 8, kDSigma = 9
+};
+constexpr int kCoefWidth = 10;
 
 // How an affine coupling's log-scale comes from its logits (fastgen.constants.ScaleMode).
 enum ScaleMode : int { kSoftClamp = 0, kSigmoid = 1 };

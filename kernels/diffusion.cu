@@ -11,7 +11,7 @@ using diffusion::Conversion;
 
 // The coefficients of a sample whose index is out of range: its state becomes NaN, an error flag that costs no
 // host sync (a loop's check_finite reads it once, after the loop); nothing is read outside coef.
-__device__ const float kNanRow[kCoefWidth] = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+__device__ const float kNanRow[kCoefWidth] = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
 
 __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int64_t sample) {
   int64_t row = a.coef_rows == 1 ? 0 : sample;
@@ -23,25 +23,28 @@ __device__ __forceinline__ const float* coef_row(const DiffusionStepArgs& a, int
 // (x0, eps) from the model output, read at x_m = k x where x_m = alpha x0 + sigma eps.
 __device__ __forceinline__ Conversion convert(float out, float x, const float* c, int prediction, float clip,
                                               bool clip_eps) {
-  const float alpha = c[kAlpha], sigma = c[kSigma], xm = c[kK] * x, inv_alpha = 1.0f / alpha,
-              inv_sigma = 1.0f / sigma;
+  const diffusion::Scales s = diffusion::scales_of(c);
+  const float xm = c[kK] * x;
   Conversion r;
   switch (prediction) {
     case kEps:
-      r = diffusion::convert<kEps>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
+      r = diffusion::convert<kEps>(out, xm, s);
       break;
     case kX0:
-      r = diffusion::convert<kX0>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
+      r = diffusion::convert<kX0>(out, xm, s);
       break;
     case kV:
-      r = diffusion::convert<kV>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
+      r = diffusion::convert<kV>(out, xm, s);
+      break;
+    case kVelocity:
+      r = diffusion::convert<kVelocity>(out, xm, s);
       break;
     default:
-      r = diffusion::convert<kScore>(out, xm, alpha, sigma, inv_alpha, inv_sigma);
+      r = diffusion::convert<kScore>(out, xm, s);
   }
   if (clip > 0.0f) {
     r.x0 = fminf(fmaxf(r.x0, -clip), clip);
-    if (clip_eps) r.eps = (xm - alpha * r.x0) / sigma;
+    if (clip_eps) r.eps = (xm - s.alpha * r.x0) * s.inv_sigma;
   }
   return r;
 }

@@ -12,10 +12,12 @@ from .rng import BLOCK, load_rng, normal_at
 
 # fastgen.core.constants as Triton compile-time constants.
 EPS, X0, V = tl.constexpr(int(Prediction.EPS)), tl.constexpr(int(Prediction.X0)), tl.constexpr(int(Prediction.V))
+VELOCITY = tl.constexpr(int(Prediction.VELOCITY))
 AUX_X0, AUX_INCREMENT = tl.constexpr(int(AuxStore.X0)), tl.constexpr(int(AuxStore.INCREMENT))
 WIDTH = tl.constexpr(COEF_WIDTH)
 ALPHA, SIGMA, K, C_X = (tl.constexpr(int(c)) for c in (Coef.ALPHA, Coef.SIGMA, Coef.K, Coef.C_X))
 C_X0, C_EPS, C_AUX, C_NOISE = (tl.constexpr(int(c)) for c in (Coef.C_X0, Coef.C_EPS, Coef.C_AUX, Coef.C_NOISE))
+D_ALPHA, D_SIGMA = tl.constexpr(int(Coef.D_ALPHA)), tl.constexpr(int(Coef.D_SIGMA))
 
 
 @triton.jit
@@ -34,7 +36,8 @@ def coef_rows(index_ptr, sample, mask, n_rows, COEF_PER_SAMPLE: tl.constexpr, IN
 
 
 @triton.jit
-def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr, CLIP_EPS: tl.constexpr):
+def convert(out, x, alpha, sigma, k, d_alpha, d_sigma, PREDICTION: tl.constexpr, clip, HAS_CLIP: tl.constexpr,
+            CLIP_EPS: tl.constexpr):
     xm = k * x
     if PREDICTION == EPS:
         eps = out
@@ -45,6 +48,10 @@ def convert(out, x, alpha, sigma, k, PREDICTION: tl.constexpr, clip, HAS_CLIP: t
     elif PREDICTION == V:
         x0 = alpha * xm - sigma * out
         eps = sigma * xm + alpha * out
+    elif PREDICTION == VELOCITY:
+        inv_det = 1.0 / (alpha * d_sigma - sigma * d_alpha)
+        x0 = (d_sigma * xm - sigma * out) * inv_det
+        eps = (alpha * out - d_alpha * xm) * inv_det
     else:
         eps = -sigma * out
         x0 = (xm + sigma * sigma * out) / alpha
@@ -91,11 +98,13 @@ def step_elements(
     c_eps = tl.load(coef_ptr + row + C_EPS, mask=mask, other=0.0)
     c_aux = tl.load(coef_ptr + row + C_AUX, mask=mask, other=0.0)
     c_noise = tl.load(coef_ptr + row + C_NOISE, mask=mask, other=0.0)
+    d_alpha = tl.load(coef_ptr + row + D_ALPHA, mask=mask, other=0.0)
+    d_sigma = tl.load(coef_ptr + row + D_SIGMA, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     if GUIDE_MODE > 0:  # classifier-free guidance: (u + w (c - u)) scale
         out = guided(out_ptr, uncond_ptr, guidance_ptr, idx, sample, mask, GUIDE_MODE) * scale
-    x0, eps = convert(out, x, alpha, sigma, k, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
+    x0, eps = convert(out, x, alpha, sigma, k, d_alpha, d_sigma, PREDICTION, clip, HAS_CLIP, CLIP_EPS)
     xi = noise_of(noise_ptr, seeds_ptr, idx, sample, size, mask, seed, offset, sample_offset, NOISE_MODE)
     nxt = term(c_x, x) + term(c_x0, x0) + term(c_eps, eps) + term(c_noise, xi)
     if HAS_AUX:
@@ -129,7 +138,7 @@ def guided(out_ptr, uncond_ptr, guidance_ptr, idx, sample, mask, GUIDE_MODE: tl.
 def diffusion_step_kernel(
     x_ptr,  # (B * D,) state, in place
     out_ptr,  # (B * D,) model output
-    coef_ptr,  # (rows, 8) float32
+    coef_ptr,  # (rows, COEF_WIDTH) float32
     n_rows,  # rows of coef
     index_ptr,  # (1,) or (B,) int64 rows when INDEX_MODE > 0
     aux_ptr,  # (B * D,) float32 when HAS_AUX
@@ -268,13 +277,13 @@ def diffusion_step_(
 
 @triton.jit
 def corrector_chunk(
-    x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset, sample_offset,
-    PREDICTION: tl.constexpr, NOISE_MODE: tl.constexpr,
+    x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha, d_sigma, seed, offset,
+    sample_offset, PREDICTION: tl.constexpr, NOISE_MODE: tl.constexpr,
 ):  # fmt: skip
     """x, the score -eps / sigma and the noise at elements idx of one sample (both corrector passes read them)."""
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    _, eps = convert(out, x, alpha, sigma, k, PREDICTION, 0.0, False, False)
+    _, eps = convert(out, x, alpha, sigma, k, d_alpha, d_sigma, PREDICTION, 0.0, False, False)
     xi = noise_of(x_ptr, seeds_ptr, idx, samples, size, mask, seed, offset, sample_offset, NOISE_MODE)
     return x, -eps / sigma, xi
 
@@ -296,14 +305,15 @@ def langevin_correct_kernel(
     sigma = tl.where(bad, float("nan"), tl.load(coef_ptr + row + SIGMA))
     k = tl.load(coef_ptr + row + K)
     a = tl.load(coef_ptr + row + C_X)
+    d_alpha, d_sigma = tl.load(coef_ptr + row + D_ALPHA), tl.load(coef_ptr + row + D_SIGMA)
     first = sample * size
     score_sq = tl.zeros([BLOCK], dtype=tl.float32)
     noise_sq = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        _, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset,
-                                   sample_offset, PREDICTION, NOISE_MODE)
+        _, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha, d_sigma,
+                                   seed, offset, sample_offset, PREDICTION, NOISE_MODE)
         s = tl.where(mask, s, 0.0)
         xi = tl.where(mask, xi, 0.0)
         score_sq += s * s
@@ -313,8 +323,8 @@ def langevin_correct_kernel(
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        x, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, seed, offset,
-                                   sample_offset, PREDICTION, NOISE_MODE)
+        x, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha, d_sigma,
+                                   seed, offset, sample_offset, PREDICTION, NOISE_MODE)
         nxt = x + step * s + tl.sqrt(2.0 * step) * xi
         tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
 

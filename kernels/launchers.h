@@ -85,8 +85,9 @@ namespace cuda {
 
 // diffusion.cu: one generic fused step for every affine diffusion update rule.
 // Per sample b the coefficient row r = coef + row(b) * kCoefWidth holds (columns: enum Coef, constants.h)
-//   [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]:
-// the model output is read in the model's space x_m = k x (x_m = alpha x0 + sigma eps),
+//   [alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise, alpha', sigma']:
+// the model output is read in the model's space x_m = k x (x_m = alpha x0 + sigma eps; a flow path's velocity
+// alpha' x0 + sigma' eps for the velocity prediction),
 // converted to (x0, eps) by `prediction`, x0 optionally clamped to [-clip, clip]
 // (eps then re-derived from it when clip_eps), and
 //   x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi   (terms with a zero coefficient dropped).
@@ -100,7 +101,7 @@ struct DiffusionStepArgs {
   DType dtype;                    // dtype of x and model_out
   int64_t numel;                  // B * D
   int64_t sample_size;            // D
-  const float* coef;              // (rows, 8)
+  const float* coef;              // (rows, kCoefWidth)
   int64_t coef_rows;              // 1: shared by all samples; B: one per sample; else a table read through index
   const int64_t* index;           // (1,) or (B,) rows into coef, or null
   int64_t index_size;             // 1 or B

@@ -45,8 +45,9 @@ def op_cases():
     x, s = _inputs(1, 37, 5), _inputs(2, 37, 5)
     steps = _inputs(3, 37).abs() * 0.1 + 0.01
     gmm = fastgen.targets.eight_gaussians()
-    coef = torch.tensor([[0.8, 0.6, 1.0, 0.9, 0.3, 0.2, 0.1, 0.4]])
-    table = torch.rand(6, 8, generator=torch.Generator().manual_seed(4)) + 0.1
+    # (the rows' velocity columns D_ALPHA, D_SIGMA, added later, are 0: those predictions do not read them)
+    coef = torch.tensor([[0.8, 0.6, 1.0, 0.9, 0.3, 0.2, 0.1, 0.4, 0.0, 0.0]])
+    table = torch.cat([torch.rand(6, 8, generator=torch.Generator().manual_seed(4)) + 0.1, torch.zeros(6, 2)], 1)
     cases = {
         "uniform": lambda: ops.uniform(1001, 7, 2**33 + 5),
         "normal": lambda: ops.normal(1001, 7, 13),

@@ -9,6 +9,7 @@ import torch
 from conftest import Sample, run_on
 
 import fastgen
+from fastgen.core.constants import COEF_WIDTH
 from fastgen.diffusion.processes import VESDE, VPSDE, DDPMSchedule, SubVPSDE, get_sigmas_karras
 from fastgen.ops import diffusion as D
 from fastgen.reference import diffusion as R
@@ -25,12 +26,13 @@ def rows(batch, g, per_sample):
     alpha = torch.rand(n, generator=g) * 0.8 + 0.2
     sigma = (1 - alpha.square()).sqrt()
     cols = [alpha, sigma, torch.rand(n, generator=g) + 0.5] + [torch.randn(n, generator=g) for _ in range(5)]
+    cols += [-torch.rand(n, generator=g) - 0.5, torch.rand(n, generator=g) + 0.5]  # alpha', sigma': det >= 0.1
     return torch.stack(cols, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (1, 1000003), (37, 3, 5)])
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score", "velocity"])
 def test_diffusion_step_matches_reference(device_backend, dtype, shape, prediction):
     device, backend = device_backend
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
@@ -89,7 +91,7 @@ def test_langevin_correct_matches_reference(device_backend, shape):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g).to(device)
     out = torch.randn(shape, generator=g).to(device)
-    coef = torch.tensor([[0.8, 0.6, 1.0, 0.99, 0, 0, 0, 0]], device=device)
+    coef = torch.tensor([[0.8, 0.6, 1.0, 0.99, 0, 0, 0, 0, 0, 0]], device=device)
     got = run_on(backend, D.langevin_correct_, x.clone(), out, coef, snr=0.16, seed=4, offset=9)
     want = run_on("torch", D.langevin_correct_, x.clone(), out, coef, snr=0.16, seed=4, offset=9)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -98,7 +100,7 @@ def test_langevin_correct_matches_reference(device_backend, shape):
 def test_sample_seeds_make_noise_independent_of_the_batch(device_backend):
     device, backend = device_backend
     seeds = torch.tensor([5, 9, 2**50 + 1, 77], device=device)
-    coef = torch.tensor([[1.0, 1.0, 1.0, 0, 0, 0, 0, 1.0]], device=device)  # x <- xi
+    coef = torch.tensor([[1.0, 1.0, 1.0, 0, 0, 0, 0, 1.0, 0, 0]], device=device)  # x <- xi
     batch = torch.zeros(4, 6, device=device)
     run_on(backend, D.diffusion_step_, batch, batch.clone(), coef, sample_seeds=seeds, sample_offset=12)
     for b in range(4):
@@ -116,7 +118,7 @@ def test_ddpm_rule_is_the_posterior_mean_plus_noise():
     t, s = 500, 480
     abar_t, abar_s = sched.alphas_cumprod[t], sched.alphas_cumprod[s]
     beta = 1 - abar_t / abar_s
-    alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = D.ddpm_coefficients(sched, t, s)[0].tolist()
+    alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = D.ddpm_coefficients(sched, t, s)[0].tolist()[:8]
     assert math.isclose(c_x0, abar_s.sqrt() * beta / (1 - abar_t))
     assert math.isclose(c_x, (1 - beta).sqrt() * (1 - abar_s) / (1 - abar_t))
     assert math.isclose(c_noise ** 2, beta * (1 - abar_s) / (1 - abar_t))
@@ -173,20 +175,20 @@ def test_diffusion_step_bad_input():
     x = torch.randn(4, 3)
     out = torch.randn(4, 3)
     before = x.clone()
-    with pytest.raises(ValueError, match="prediction must be one of eps, x0, v, score"):
-        D.diffusion_step_(x, out, torch.zeros(8), prediction="noise")
+    with pytest.raises(ValueError, match="prediction must be one of eps, x0, v, score, velocity"):
+        D.diffusion_step_(x, out, torch.zeros(COEF_WIDTH), prediction="noise")
     with pytest.raises(ValueError, match="model_out must have the shape of x"):
-        D.diffusion_step_(x, out[:2], torch.zeros(8))
+        D.diffusion_step_(x, out[:2], torch.zeros(COEF_WIDTH))
     with pytest.raises(ValueError, match="coef must have 1 or 4 rows"):
-        D.diffusion_step_(x, out, torch.zeros(3, 8))
+        D.diffusion_step_(x, out, torch.zeros(3, COEF_WIDTH))
     with pytest.raises(ValueError, match="coef must be a tensor of shape"):
         D.diffusion_step_(x, out, torch.zeros(7))
     with pytest.raises(ValueError, match="aux_store needs an aux tensor"):
-        D.diffusion_step_(x, out, torch.zeros(8), aux_store="x0")
+        D.diffusion_step_(x, out, torch.zeros(COEF_WIDTH), aux_store="x0")
     with pytest.raises(ValueError, match="per_sample_seeds must be"):
-        D.diffusion_step_(x, out, torch.zeros(8), sample_seeds=torch.zeros(3, dtype=torch.int64))
+        D.diffusion_step_(x, out, torch.zeros(COEF_WIDTH), sample_seeds=torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="snr must be"):
-        D.langevin_correct_(x, out, torch.zeros(8), snr=0.0)
+        D.langevin_correct_(x, out, torch.zeros(COEF_WIDTH), snr=0.0)
     assert torch.equal(x, before)
 
 
@@ -209,7 +211,7 @@ def test_convenience_steps_equal_the_generic_op_with_their_rule():
     # Per-sample times give one row per sample.
     t = torch.tensor([900, 500, 100, 50, 10, 1])
     rows_ = D.ddpm_coefficients(sched, t, t - 1)
-    assert rows_.shape == (6, 8)
+    assert rows_.shape == (6, COEF_WIDTH)
     D.diffusion_step_(x.clone(), out, rows_, seed=0)
 
 
@@ -236,7 +238,7 @@ def _table(device, rows_=6, seed=4):
 def _step_samples(device, dtype):
     out = []
     g = torch.Generator().manual_seed(1)
-    for shape, prediction in [((1, 1), 0), ((3, 1), 1), ((1, 1000003), 2), ((37, 3, 5), 3), ((0, 4), 0)]:
+    for shape, prediction in [((1, 1), 0), ((3, 1), 1), ((1, 1000003), 2), ((37, 3, 5), 3), ((0, 4), 0), ((9, 7), 4)]:
         x = torch.randn(shape, generator=g).to(device, dtype)
         model_out = torch.randn(shape, generator=g).to(device, dtype)
         out.append(Sample(x=x, model_out=model_out, coef=rows(1, g, False).to(device), prediction=prediction,
@@ -314,9 +316,9 @@ def test_out_of_range_index_is_an_error_on_every_backend_and_writes_nothing(inde
     idx = torch.tensor(index)  # one shared row, or one per sample
     for backend in cpu_backends():
         with fastgen.use_backend(backend), pytest.raises(IndexError, match="index"):
-            D.diffusion_step_(x, torch.randn(3, 4), torch.rand(6, 8) + 0.5, index=idx, seed=0)
+            D.diffusion_step_(x, torch.randn(3, 4), torch.rand(6, COEF_WIDTH) + 0.5, index=idx, seed=0)
         with fastgen.use_backend(backend), pytest.raises(IndexError, match="index"):
-            D.langevin_correct_(x, torch.randn(3, 4), torch.rand(6, 8) + 0.5, index=idx, snr=0.1)
+            D.langevin_correct_(x, torch.randn(3, 4), torch.rand(6, COEF_WIDTH) + 0.5, index=idx, snr=0.1)
         assert torch.equal(x, before), backend
 
 

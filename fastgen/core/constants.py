@@ -16,6 +16,7 @@ class Prediction(IntEnum):
     X0 = 1
     V = 2
     SCORE = 3
+    VELOCITY = 4  # a flow path's u = alpha'(t) x0 + sigma'(t) eps (rows carry D_ALPHA, D_SIGMA)
 
 
 class AuxStore(IntEnum):
@@ -28,7 +29,8 @@ class AuxStore(IntEnum):
 
 class Coef(IntEnum):
     """Columns of a diffusion coefficient row: the model reads x_m = k x = alpha x0 + sigma eps, and
-    x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi. The Langevin corrector reads C_X as a_b."""
+    x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi. The Langevin corrector reads C_X as a_b.
+    D_ALPHA, D_SIGMA are alpha'(t), sigma'(t), read by the velocity prediction only (0 elsewhere)."""
 
     ALPHA = 0
     SIGMA = 1
@@ -38,9 +40,11 @@ class Coef(IntEnum):
     C_EPS = 5
     C_AUX = 6
     C_NOISE = 7
+    D_ALPHA = 8
+    D_SIGMA = 9
 
 
-COEF_WIDTH = len(Coef)  # 8 columns per row
+COEF_WIDTH = len(Coef)  # 10 columns per row
 
 
 class ScaleMode(IntEnum):

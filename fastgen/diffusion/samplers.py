@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.constants import Coef
+from ..core.constants import COEF_WIDTH, Coef
 from ..core.rng import RNGState, resolve_seed
 from ..ops import REGISTRY
 from ..ops import diffusion as ops
@@ -163,7 +163,7 @@ def _plan_heun(process: SDE, s: Settings, grid) -> Plan:
     """ode_heun: stage 2i is Euler at t_i (keeping its increment), 2i + 1 Heun's correction at t_{i+1}."""
     t, t_next, lands = _sde_grid(process, s, grid)
     coef = torch.stack([ops.ode_euler_coefficients(process, t, t_next),
-                        ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, 8)
+                        ops.ode_heun_correction_coefficients(process, t, t_next)], dim=1).reshape(-1, COEF_WIDTH)
     model_times = torch.stack([t, t_next], dim=1).reshape(-1)
     stages = [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False) if j == 0 else
               Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False, lands=lands[i])

@@ -51,7 +51,7 @@ class _FusedStep:
         self.__dict__.pop("_fused_valid", None)
 
     def _table(self, key, build, device) -> torch.Tensor:
-        """The (rows, 8) float32 table for `key` on `device`, built once per set_timesteps."""
+        """The (rows, COEF_WIDTH) float32 table for `key` on `device`, built once per set_timesteps."""
         tables = self.__dict__.setdefault("_fused_tables", {})
         if (key, device) not in tables:
             tables[(key, device)] = build().to(device=device, dtype=torch.float32).contiguous()
@@ -114,13 +114,12 @@ class _FusedStep:
 
 
 def _rows(alpha, sigma, c_x=None, c_x0=None, c_eps=None, noise=None) -> torch.Tensor:
-    """A (rows, 8) float32 coefficient table (the layout of fastgen.constants.Coef) from per-row columns; the model
-    output is read at the state itself (k = 1), absent columns are 0."""
+    """A (rows, COEF_WIDTH) float32 coefficient table (the layout of fastgen.constants.Coef) from per-row columns;
+    the model output is read at the state itself (k = 1), absent columns are 0."""
     zero = torch.zeros_like(alpha)
     columns = {Coef.ALPHA: alpha, Coef.SIGMA: sigma, Coef.K: torch.ones_like(alpha), Coef.C_X: c_x, Coef.C_X0: c_x0,
-               Coef.C_EPS: c_eps, Coef.C_AUX: None, Coef.C_NOISE: noise}
-    table = torch.stack([zero if columns[c] is None else columns[c].float() for c in sorted(columns)], dim=1)
-    return table
+               Coef.C_EPS: c_eps, Coef.C_NOISE: noise}
+    return torch.stack([columns[c].float() if columns.get(c) is not None else zero for c in Coef], dim=1)
 
 
 def _clip(config) -> float | None:
@@ -224,14 +223,11 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
     def _build(self) -> torch.Tensor:
         """Row i: the step from sigmas[i] to sigmas[i+1], the model output read at x / sqrt(sigma^2 + 1)."""
         sigmas = self.sigmas.double().cpu()
-        rows = []
-        for i in range(len(sigmas) - 1):
-            s, s_next = sigmas[i], sigmas[i + 1]
-            up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
-            down = (s_next**2 - up**2).sqrt()
-            scale = 1 / (s**2 + 1).sqrt()
-            rows.append([float(scale), float(s * scale), float(scale), 1.0, 0.0, float(down - s), 0.0, float(up)])
-        return torch.tensor(rows, dtype=torch.float64)
+        s, s_next = sigmas[:-1], sigmas[1:]
+        up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
+        down = (s_next**2 - up**2).sqrt()
+        scale = 1 / (s**2 + 1).sqrt()
+        return ops.coefficient_rows(scale, s * scale, scale, 1.0, 0.0, down - s, 0.0, up)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         """x <- x + (sigma_down - sigma) (x - x0) / sigma + sigma_up noise, in float32, one pass."""

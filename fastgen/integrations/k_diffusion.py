@@ -95,7 +95,7 @@ class _Loop:
         return torch.stack(list(levels)).to(self.sigmas.device).unbind(0)
 
     def rows(self, table: torch.Tensor) -> tuple:
-        """A (steps, 8) coefficient table moved to x's device in one copy, one (1, 8) row per step."""
+        """A (steps, COEF_WIDTH) coefficient table moved to x's device in one copy, one row per step."""
         return table.to(self.x.device).split(1)
 
     def denoise(self, sigma: torch.Tensor) -> torch.Tensor:

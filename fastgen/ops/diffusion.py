@@ -34,7 +34,8 @@ from ._common import (
 )
 from ._registry import Loop
 
-PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE}
+PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE,
+               "velocity": Prediction.VELOCITY}
 AUX_STORE = {None: AuxStore.NONE, "x0": AuxStore.X0, "increment": AuxStore.INCREMENT}
 
 loop = Loop("diffusion")
@@ -141,8 +142,10 @@ def prediction_code(prediction: str) -> int:
     return int(PREDICTIONS[prediction])
 
 
-def _rows(*columns) -> torch.Tensor:
-    """Stack the 8 broadcastable columns of fastgen.constants.Coef, in order, into (R, 8) float64 rows."""
+def coefficient_rows(*columns) -> torch.Tensor:
+    """Stack broadcastable columns of fastgen.constants.Coef, in order, into (R, COEF_WIDTH) float64 rows; the
+    velocity prediction's D_ALPHA, D_SIGMA are 0 when not given."""
+    columns = columns + (0.0,) * (COEF_WIDTH - len(columns))
     cols = torch.broadcast_tensors(*[torch.as_tensor(c, dtype=torch.float64) for c in columns])
     return torch.stack([c.reshape(-1) for c in cols], dim=1)
 
@@ -156,7 +159,7 @@ def euler_maruyama_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    return _rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -g.square() * dt / sigma, 0.0, g * dt.sqrt())
+    return coefficient_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -g.square() * dt / sigma, 0.0, g * dt.sqrt())
 
 
 def reverse_diffusion_coefficients(process, t, t_next) -> torch.Tensor:
@@ -166,7 +169,7 @@ def reverse_diffusion_coefficients(process, t, t_next) -> torch.Tensor:
     alpha_s, sigma_s = process.marginal(t_next)
     a = alpha / alpha_s
     g2 = (sigma.square() - a.square() * sigma_s.square()).clamp(min=0)
-    return _rows(alpha, sigma, 1.0, 2 - a, 0.0, -g2 / sigma, 0.0, g2.sqrt())
+    return coefficient_rows(alpha, sigma, 1.0, 2 - a, 0.0, -g2 / sigma, 0.0, g2.sqrt())
 
 
 def ode_euler_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
@@ -174,7 +177,7 @@ def ode_euler_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    return _rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -0.5 * g.square() * dt / sigma, 0.0, 0.0)
+    return coefficient_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -0.5 * g.square() * dt / sigma, 0.0, 0.0)
 
 
 def ode_heun_correction_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
@@ -183,7 +186,7 @@ def ode_heun_correction_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t_next)
     f, g = sde.drift_coef(t_next), sde.diffusion(t_next)
-    return _rows(alpha, sigma, 1.0, 1 - 0.5 * f * dt, 0.0, -0.25 * g.square() * dt / sigma, -0.5, 0.0)
+    return coefficient_rows(alpha, sigma, 1.0, 1 - 0.5 * f * dt, 0.0, -0.25 * g.square() * dt / sigma, -0.5, 0.0)
 
 
 def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
@@ -194,7 +197,7 @@ def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
         a = (alpha / process.marginal(t_next)[0]).square()
     else:
         a = torch.ones_like(alpha)
-    return _rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
+    return coefficient_rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
 
 
 def langevin_noise_level_coefficients(process, t, t_next, snr: float) -> torch.Tensor:
@@ -205,7 +208,7 @@ def langevin_noise_level_coefficients(process, t, t_next, snr: float) -> torch.T
     alpha, sigma = process.marginal(t)
     a = langevin_corrector_coefficients(process, t, t_next)[:, Coef.C_X]
     h = 2 * a * (snr * sigma).square()
-    return _rows(alpha, sigma, 1.0, 1.0, 0.0, -h / sigma, 0.0, (2 * h).sqrt())
+    return coefficient_rows(alpha, sigma, 1.0, 1.0, 0.0, -h / sigma, 0.0, (2 * h).sqrt())
 
 
 def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_small") -> torch.Tensor:
@@ -224,7 +227,7 @@ def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_
     var = (1 - abar_s) / (1 - abar_t) * beta
     var = var.clamp(min=1e-20) if variance == "fixed_small" else beta
     noise = torch.where(t > 0, var.sqrt(), torch.zeros_like(var))
-    return _rows(alpha, sigma, 1.0, a.sqrt() * (1 - abar_s) / (1 - abar_t), abar_s.sqrt() * beta / (1 - abar_t), 0.0,
+    return coefficient_rows(alpha, sigma, 1.0, a.sqrt() * (1 - abar_s) / (1 - abar_t), abar_s.sqrt() * beta / (1 - abar_t), 0.0,
                  0.0, noise)
 
 
@@ -240,7 +243,7 @@ def ddim_coefficients(schedule, t, t_prev, eta: float = 0.0, final_alpha_cumprod
                              abar_s)
     var = (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
     std = eta * var.clamp(min=0).sqrt()
-    return _rows(alpha, sigma, 1.0, 0.0, abar_s.sqrt(), (1 - abar_s - std.square()).clamp(min=0).sqrt(), 0.0, std)
+    return coefficient_rows(alpha, sigma, 1.0, 0.0, abar_s.sqrt(), (1 - abar_s - std.square()).clamp(min=0).sqrt(), 0.0, std)
 
 
 def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: float = 1.0, alpha=1.0) -> torch.Tensor:
@@ -257,7 +260,7 @@ def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: f
         up = torch.where(sigma_next > sigma, sigma_next, up)
     down = (sigma_next.square() - up.square()).clamp(min=0).sqrt()
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
-    return _rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
+    return coefficient_rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
 
 
 def euler_coefficients(sigma, sigma_next, alpha=1.0) -> torch.Tensor:
@@ -271,7 +274,7 @@ def heun_correction_coefficients(sigma, sigma_next, alpha_next=1.0) -> torch.Ten
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
     alpha = torch.as_tensor(alpha_next, dtype=torch.float64)
-    return _rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
+    return coefficient_rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
 
 
 def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Tensor:
@@ -279,7 +282,7 @@ def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Ten
     x <- x_2 - aux + (sigma_next - sigma_hat) eps(x_2, sigma_mid)."""
     sigma_hat, sigma_mid, sigma_next = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma_hat, sigma_mid,
                                                                                           sigma_next))
-    return _rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
+    return coefficient_rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
 
 
 def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise=0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,8 +292,8 @@ def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise=0.0) -> tuple[torc
     sigma, sigma_mid, sigma_down = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma, sigma_mid, sigma_down))
     h = torch.log(sigma / sigma_down)
     ratio = sigma_down / sigma
-    return (_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
-            _rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise))
+    return (coefficient_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
+            coefficient_rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise))
 
 
 def _log_steps(sigmas: torch.Tensor):
@@ -316,7 +319,7 @@ def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     scale = -torch.expm1(-h)
     c_x0 = torch.where(ends, 1.0, torch.where(first, scale, scale * (1 + 1 / (2 * r))))
     c_aux = torch.where(ends | first, 0.0, -scale / (2 * r))
-    return _rows(alphas, alphas * s, alphas, torch.where(ends, 0.0, s_next / s), c_x0, 0.0, c_aux, 0.0)
+    return coefficient_rows(alphas, alphas * s, alphas, torch.where(ends, 0.0, s_next / s), c_x0, 0.0, c_aux, 0.0)
 
 
 def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0,
@@ -334,7 +337,7 @@ def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: f
     b = -torch.expm1(-h - eta_h)
     c = torch.where(first, 0.0, b / (2 * r) if solver_type == "midpoint" else (b / (-h - eta_h) + 1) / r)
     noise = s_noise * s_next * (-torch.expm1(-2 * eta_h)).sqrt() if eta else torch.zeros_like(s)
-    return _rows(1.0, s, 1.0, torch.where(ends, 0.0, s_next / s * torch.exp(-eta_h)), torch.where(ends, 1.0, b + c),
+    return coefficient_rows(1.0, s, 1.0, torch.where(ends, 0.0, s_next / s * torch.exp(-eta_h)), torch.where(ends, 1.0, b + c),
                  0.0, torch.where(ends, 0.0, -c), torch.where(ends, 0.0, noise))
 
 
@@ -451,7 +454,7 @@ def langevin_correct_(
 
 
 def noise_row(std: float, keep: float = 0.0, device=None) -> torch.Tensor:
-    """The (1, 8) row of x <- keep x + std xi (no model term)."""
+    """The (1, COEF_WIDTH) row of x <- keep x + std xi (no model term)."""
     row = torch.zeros(1, COEF_WIDTH, dtype=torch.float32, device=device)
     row[0, [Coef.ALPHA, Coef.SIGMA, Coef.K]] = 1.0
     row[0, Coef.C_X] = keep

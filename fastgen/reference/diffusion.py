@@ -1,7 +1,7 @@
 """Plain-PyTorch specification of the diffusion step ops (same arguments as the
 registered ops).
 
-Sample b uses the coefficient row ``[alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise]``
+Sample b uses the coefficient row ``[alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise, alpha', sigma']``
 (row b of ``coef``, row 0 when it has one row, or ``coef[index]``). The model
 output is read in the model's space ``x_m = k x`` where ``x_m = alpha x0 + sigma eps``:
 
@@ -9,6 +9,8 @@ output is read in the model's space ``x_m = k x`` where ``x_m = alpha x0 + sigma
     prediction 1 (x0):    x0 = out,             eps = (x_m - alpha x0) / sigma
     prediction 2 (v):     x0 = alpha x_m - sigma v,  eps = sigma x_m + alpha v
     prediction 3 (score): eps = -sigma out,     x0 = (x_m + sigma^2 out) / alpha
+    prediction 4 (velocity of a flow path, u = alpha' x0 + sigma' eps, det = alpha sigma' - sigma alpha'):
+                          x0 = (sigma' x_m - sigma u) / det,  eps = (alpha u - alpha' x_m) / det
 
 x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip_eps), and
 
@@ -30,12 +32,12 @@ import math
 
 import torch
 
-from ..core.constants import COEF_WIDTH, AuxStore, Prediction
+from ..core.constants import COEF_WIDTH, AuxStore, Coef, Prediction
 from .rng import counters, normal_at
 
 
 def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """The (B, 8) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef column."""
+    """The (B, COEF_WIDTH) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef column."""
     batch = x.shape[0]
     if index is not None:
         r = coef[index.reshape(-1)].expand(batch, COEF_WIDTH) if index.numel() == 1 else coef[index]
@@ -44,7 +46,9 @@ def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> tor
     return r.reshape((batch, COEF_WIDTH) + (1,) * (x.dim() - 1)).unbind(1)
 
 
-def convert(out, x, alpha, sigma, k, prediction: int, clip, clip_eps: bool = True):
+def convert(out, x, row, prediction: int, clip, clip_eps: bool = True):
+    """(x0, eps) from the model output; ``row`` the columns of :func:`rows`."""
+    alpha, sigma, k, d_alpha, d_sigma = (row[c] for c in (Coef.ALPHA, Coef.SIGMA, Coef.K, Coef.D_ALPHA, Coef.D_SIGMA))
     xm = k * x
     if prediction == Prediction.EPS:
         eps, x0 = out, (xm - sigma * out) / alpha
@@ -52,6 +56,9 @@ def convert(out, x, alpha, sigma, k, prediction: int, clip, clip_eps: bool = Tru
         x0, eps = out, (xm - alpha * out) / sigma
     elif prediction == Prediction.V:
         x0, eps = alpha * xm - sigma * out, sigma * xm + alpha * out
+    elif prediction == Prediction.VELOCITY:
+        det = alpha * d_sigma - sigma * d_alpha
+        x0, eps = (d_sigma * xm - sigma * out) / det, (alpha * out - d_alpha * xm) / det
     else:
         eps = -sigma * out
         x0 = (xm + sigma * sigma * out) / alpha
@@ -100,13 +107,14 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
     guided(c, u, w, phi) under classifier-free guidance, and known_keep known + known_std xi where known_mask."""
     if x.numel() == 0:
         return
-    alpha, sigma, k, c_x, c_x0, c_eps, c_aux, c_noise = rows(x, coef, index)
+    row = rows(x, coef, index)
+    c_x, c_x0, c_eps, c_aux, c_noise = (row[c] for c in (Coef.C_X, Coef.C_X0, Coef.C_EPS, Coef.C_AUX, Coef.C_NOISE))
     work = torch.float64 if x.dtype == torch.float64 else torch.float32  # (float64: k_sampling's float64 path)
     xf = x.to(work)
     out = model_out.to(work)
     if uncond_out is not None:
         out = guided(out, uncond_out.to(work), guidance.to(work), guidance_rescale)
-    x0, eps = convert(out, xf, alpha, sigma, k, prediction, clip, clip_eps)
+    x0, eps = convert(out, xf, row, prediction, clip, clip_eps)
     xi = normals(x, noise, seed, offset, rng_state, sample_seeds, sample_offset).to(work)
     nxt = _term(c_x, xf) + _term(c_x0, x0) + _term(c_eps, eps) + _term(c_noise, xi)
     if aux is not None:
@@ -128,9 +136,10 @@ def langevin_correct_(x, model_out, coef, index, prediction, snr, seed, offset, 
     fluctuate (low dimension)."""
     if x.numel() == 0:
         return
-    alpha, sigma, k, a = rows(x, coef, index)[:4]
+    row = rows(x, coef, index)
+    sigma, a = row[Coef.SIGMA], row[Coef.C_X]
     xf = x.float()
-    _, eps = convert(model_out.float(), xf, alpha, sigma, k, prediction, None)
+    _, eps = convert(model_out.float(), xf, row, prediction, None)
     score = -eps / sigma
     xi = normals(x, None, seed, offset, rng_state, sample_seeds, sample_offset)
     dims = tuple(range(1, x.dim()))
