@@ -2,8 +2,8 @@
 against eager PyTorch, torch.compile, torchcfm's ConditionalFlowMatcher and flow_matching's AffineProbPath (each
 drawing its own noise and times) and the copy of the same bytes; the minibatch OT coupling (exact and entropic)
 against POT on the same cost matrices, with the transport cost each reaches; and the sampling loop of a null
-velocity model (Euler, 50 steps; dopri5) against flow_matching's ODESolver. Peers not installed are skipped and
-said so."""
+velocity model (Euler, 50 steps, fastgen.sample's fused step and sample_flow; dopri5) against flow_matching's
+ODESolver and torchcfm's sampler (torchdyn's NeuralODE). Peers not installed are skipped and said so."""
 
 from __future__ import annotations
 
@@ -95,7 +95,10 @@ def sampling_rows(device: str, batch: int = 1024, dim: int = 2) -> list[dict]:
     def null(x, t):
         return torch.zeros_like(x)
 
-    cases = {"fastgen sample_flow euler 50": lambda: sample_flow(null, noise, steps=50),
+    fused = fastgen.make_sampler(null, (batch, dim), sde=LinearPath(), sampler="ode_euler", steps=50, seed=0,
+                                 device=device)
+    cases = {"fastgen.sample ode_euler 50 (fused step)": fused.draw,
+             "fastgen sample_flow euler 50": lambda: sample_flow(null, noise, steps=50),
              "fastgen sample_flow dopri5": lambda: sample_flow(null, noise, method="dopri5")}
     if _have("flow_matching") and _have("torchdiffeq"):
         from flow_matching.solver import ODESolver
@@ -110,10 +113,19 @@ def sampling_rows(device: str, batch: int = 1024, dim: int = 2) -> list[dict]:
                                                                            method="euler", time_grid=grid)
         cases["flow_matching ODESolver dopri5"] = lambda: solver.sample(x_init=noise, step_size=None,
                                                                          method="dopri5", time_grid=grid)
+    if _have("torchdyn"):  # torchcfm's sampler: torchdyn's NeuralODE over its torch_wrapper (data at t = 1)
+        from torchdyn.core import NeuralODE
+
+        class Wrapped(torch.nn.Module):
+            def forward(self, t, x, *args, **kwargs):
+                return torch.zeros_like(x)
+
+        node, span = NeuralODE(Wrapped(), solver="euler"), torch.linspace(0, 1, 51, device=device)
+        cases["torchcfm + torchdyn NeuralODE euler 50"] = lambda: node.trajectory(noise, t_span=span)
     for fn in cases.values():
         fn()
-    return ratio_rows(time_interleaved_us(cases, device), "fastgen sample_flow euler 50", cases, device, "sampling",
-                      **{"B x D": f"{batch} x {dim}"})
+    return ratio_rows(time_interleaved_us(cases, device), "fastgen.sample ode_euler 50 (fused step)", cases, device,
+                      "sampling", **{"B x D": f"{batch} x {dim}"})
 
 
 def run(device: str, out: str, max_log2: int) -> str:
@@ -121,8 +133,8 @@ def run(device: str, out: str, max_log2: int) -> str:
               for row in interpolation_rows(device, batch, dim)]
     sizes = ((256, 2), (256, 3072)) + (((1024, 2),) if device == "cpu" else ())  # the GPU check's time is short
     coupling = [row for n, dim in sizes for row in coupling_rows(device, n, dim)]
-    sampling = sampling_rows(device)
-    missing = [name for name in ("torchcfm", "flow_matching", "ot") if not _have(name)]
+    sampling = [row for dim in (2, 3072) for row in sampling_rows(device, 1024, dim)]
+    missing = [name for name in ("torchcfm", "torchdyn", "flow_matching", "ot") if not _have(name)]
     columns = [("candidate", "candidate"), ("µs", "µs per call"), ("time / fastgen's", "time / fastgen's")]
     sections = {
         "The training step's interpolation (noise, x_t, target)":

@@ -99,7 +99,7 @@ def step_elements(
     c_aux = tl.load(coef_ptr + row + C_AUX, mask=mask, other=0.0)
     c_noise = tl.load(coef_ptr + row + C_NOISE, mask=mask, other=0.0)
     d_alpha = tl.load(coef_ptr + row + D_ALPHA, mask=mask, other=0.0)
-    d_sigma = tl.load(coef_ptr + row + D_SIGMA, mask=mask, other=0.0)
+    d_sigma = tl.load(coef_ptr + row + D_SIGMA, mask=mask, other=1.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     if GUIDE_MODE > 0:  # classifier-free guidance: (u + w (c - u)) scale
@@ -312,8 +312,8 @@ def langevin_correct_kernel(
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        _, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha, d_sigma,
-                                   seed, offset, sample_offset, PREDICTION, NOISE_MODE)
+        _, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha,
+                                   d_sigma, seed, offset, sample_offset, PREDICTION, NOISE_MODE)
         s = tl.where(mask, s, 0.0)
         xi = tl.where(mask, xi, 0.0)
         score_sq += s * s
@@ -323,8 +323,8 @@ def langevin_correct_kernel(
     for start in range(0, size, BLOCK):
         idx = first + start + lanes
         mask = start + lanes < size
-        x, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha, d_sigma,
-                                   seed, offset, sample_offset, PREDICTION, NOISE_MODE)
+        x, s, xi = corrector_chunk(x_ptr, out_ptr, seeds_ptr, idx, mask, samples, size, alpha, sigma, k, d_alpha,
+                                   d_sigma, seed, offset, sample_offset, PREDICTION, NOISE_MODE)
         nxt = x + step * s + tl.sqrt(2.0 * step) * xi
         tl.store(x_ptr + idx, nxt.to(x_ptr.dtype.element_ty), mask=mask)
 

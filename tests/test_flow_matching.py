@@ -195,6 +195,126 @@ def test_guidance_with_exact_class_velocities():
     assert float((weights[:8] - 1 / 8).abs().max()) < 4 * math.sqrt(1 / 8 * 7 / 8 / 4000)
 
 
+# ------------------------------------------------------------------ fastgen.sample on a flow path (the fused step)
+
+
+FUSED = [("ode_euler", "euler"), ("ode_heun", "heun"), ("ode_midpoint", "midpoint")]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+@pytest.mark.parametrize("sampler,method", FUSED)
+def test_fastgen_sample_on_a_path_is_sample_flow_from_the_streams_noise(path, sampler, method):
+    """fastgen.sample(sde=path) draws its prior from the stream (fastgen.ops.normal at offset 0) and steps the same
+    rule as sample_flow, the velocity read through the fused step's conversion: the two agree to float32 rounding.
+    The VP path's derivative is infinite at t = 0, where Heun's last correction would read it: the fused loop makes
+    that step Euler's (one stage fewer)."""
+    velocity = GMM.velocity(path)
+    x = fastgen.sample(velocity, (512, 2), sde=path, sampler=sampler, steps=20, seed=3, device="cpu")
+    if isinstance(path, VPPath) and sampler == "ode_heun":
+        runner = fastgen.make_sampler(velocity, (512, 2), sde=path, sampler=sampler, steps=20, seed=3, device="cpu")
+        assert len(runner.stages) == 2 * 20 - 1 and bool(torch.isfinite(x).all())
+        return
+    want = sample_flow(velocity, fastgen.ops.normal((512, 2), 3, 0), path=path, steps=20, method=method)
+    torch.testing.assert_close(x, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_the_fused_flow_step_is_the_same_on_every_backend(backend):
+    """Heun on the cosine path with guidance and per-sample seeds, every CPU backend against the torch reference."""
+    velocity = GMM.velocity(CosinePath(), conditional=True)
+    options = dict(sde=CosinePath(), sampler="ode_heun", steps=8, per_sample_seeds=torch.arange(64), device="cpu",
+                   model_kwargs={"y": torch.arange(64) % 8}, uncond_kwargs={"y": torch.tensor([-1])},
+                   guidance_scale=2.5)
+    with fastgen.use_backend("torch"):
+        want = fastgen.sample(velocity, (64, 2), **options)
+    with fastgen.use_backend(backend):
+        got = fastgen.sample(velocity, (64, 2), **options)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _x0_model(path):
+    """The mixture's exact x0-denoiser E[x0 | x_t] on `path` (defined at alpha = 0, t = 1)."""
+    return lambda x, t: GMM.posterior(x, *path.marginal(t))[0]
+
+
+FUSED_RUNS = [("ode_euler", 100, "velocity", {}), ("ode_heun", 20, "velocity", {}),
+              ("ode_midpoint", 20, "velocity", {}), ("ode_euler", 100, "x0", {}),
+              ("euler_maruyama", 100, "velocity", {}), ("euler_maruyama", 100, "x0", {"eta": 0.3})]
+
+
+@pytest.mark.parametrize("sampler,steps,prediction,options", FUSED_RUNS,
+                         ids=[f"{s}-{n}-{p}-{o}" for s, n, p, o in FUSED_RUNS])
+def test_the_fused_samplers_reproduce_the_mixture_on_the_linear_path(sampler, steps, prediction, options):
+    """16,000 draws through fastgen.sample on the linear path (SD3's): mode weights within 4 binomial SEs, the
+    within-mode spread within 3%, for the velocity model and the x0-denoiser read as a velocity, and for the
+    stochastic variant (euler_maruyama: the reverse SDE with g^2 = 2 eta sigma(t), which has the path's
+    marginals)."""
+    path, n = LinearPath(), 16000
+    model = GMM.velocity(path) if prediction == "velocity" else _x0_model(path)
+    x = fastgen.sample(model, (n, 2), sde=path, sampler=sampler, steps=steps, prediction=prediction, seed=0,
+                       device="cpu", **options)
+    assert float((mode_weights(x, GMM)[:8] - 1 / 8).abs().max()) < 4 * math.sqrt(1 / 8 * 7 / 8 / n)
+    assert abs(float(within_mode_spread(x, GMM).mean()) - 1) < 0.03
+
+
+def test_fused_guidance_img2img_and_inpainting_on_a_path():
+    """Through fastgen.sample on the linear path: guidance scale 1 samples the class and 0 the mixture; img2img
+    from exact samples at strength 0.5 keeps the law; inpainting returns the data where known and the unknown
+    coordinate's conditional law (a product mixture, where replacement is exact)."""
+    n, se = 4000, 4 * math.sqrt(1 / 8 * 7 / 8 / 4000)
+    velocity = GMM.velocity(LinearPath(), conditional=True)
+    options = dict(sde=LinearPath(), sampler="ode_heun", steps=20, seed=3, device="cpu",
+                   model_kwargs={"y": torch.full((n,), 3)}, uncond_kwargs={"y": torch.tensor([-1])})
+    assert float(mode_weights(fastgen.sample(velocity, (n, 2), guidance_scale=1.0, **options), GMM)[3]) > 0.995
+    weights = mode_weights(fastgen.sample(velocity, (n, 2), guidance_scale=0.0, **options), GMM)
+    assert float((weights[:8] - 1 / 8).abs().max()) < se
+    x = fastgen.sample(GMM.velocity(LinearPath()), (n, 2), sde=LinearPath(), sampler="ode_heun", steps=20, seed=4,
+                       device="cpu", init=GMM.sample(n, seed=11), strength=0.5)
+    assert float((mode_weights(x, GMM)[:8] - 1 / 8).abs().max()) < se
+    gmm = fastgen.targets.GaussianMixture(torch.tensor([[2.3, -1.5], [2.3, 1.5]]), 0.3)
+    known, mask = torch.zeros(n, 2), torch.tensor([True, False])
+    known[:, 0] = 2.3
+    x = fastgen.sample(gmm.velocity(LinearPath()), (n, 2), sde=LinearPath(), sampler="ode_heun", steps=40, seed=5,
+                       device="cpu", known=known, known_mask=mask)
+    assert torch.equal(x[:, 0], known[:, 0])
+    law = gmm.conditional(mask, torch.tensor([2.3, 0.0]))
+    assert abs(float((x[:, 1] > 0).float().mean()) - float(law.weights[1])) < 4 * math.sqrt(0.25 / n)
+
+
+def test_a_shifted_grid_is_the_spacing():
+    """spacing=time_grid(steps, shift=3.0) runs on SD3's shifted times: the model sees exactly those times."""
+    seen = []
+
+    def velocity(x, t):
+        seen.append(float(t[0]))
+        return GMM.velocity(LinearPath())(x, t)
+
+    grid = time_grid(10, shift=3.0)
+    fastgen.sample(velocity, (16, 2), sde=LinearPath(), sampler="ode_euler", steps=10, spacing=grid, device="cpu")
+    torch.testing.assert_close(torch.tensor(seen, dtype=torch.float64), grid[:-1].float().double())
+
+
+def test_fastgen_sample_on_a_path_rejects_what_does_not_apply():
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    run = lambda **kw: fastgen.sample(zero, (4, 2), steps=4, device="cpu", **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="sampler 'ddim' does not run on a flow path"):
+        run(sde=LinearPath(), sampler="ddim")
+    with pytest.raises(ValueError, match="prediction 'velocity' is a flow path's"):
+        run(sde=fastgen.VPSDE(), sampler="ode_euler", prediction="velocity")
+    with pytest.raises(ValueError, match="'ode_midpoint' runs on a flow path"):
+        run(sde=fastgen.VPSDE(), sampler="ode_midpoint")
+    with pytest.raises(ValueError, match="prediction 'v' is the variance-preserving v"):
+        run(sde=CosinePath(), sampler="ode_euler", prediction="v")
+    with pytest.raises(ValueError, match="steps \\+ 1 = 5 decreasing times from 1 to 0"):
+        run(sde=LinearPath(), sampler="ode_euler", spacing=time_grid(5))
+    with pytest.raises(ValueError, match="spacing on a flow path must be 'uniform' or a tensor"):
+        run(sde=LinearPath(), sampler="ode_euler", spacing="karras")
+    with pytest.raises(ValueError, match="eta is DDIM's noise scale, and euler_maruyama's on a flow path"):
+        run(sde=LinearPath(), sampler="ode_euler", eta=0.5)
+    with pytest.raises(ValueError, match="a time grid as spacing is for the flow paths"):
+        run(sde=fastgen.VPSDE(), sampler="ode_euler", spacing=time_grid(4))
+
+
 def _linear_model():
     torch.manual_seed(0)
     return torch.nn.Linear(3, 2).double()

@@ -27,11 +27,12 @@ from ..ops import REGISTRY
 from ..ops import diffusion as ops
 from ..ops._common import STATE_DTYPES, backend_for, positive_float
 from ..reference.diffusion import guided
-from .processes import SDE, VESDE, VPSDE, DDPMSchedule, get_sigmas_karras
+from .processes import SDE, VESDE, VPSDE, AffinePath, DDPMSchedule, get_sigmas_karras
 
 SAMPLERS = ("euler_maruyama", "pc", "ode_euler", "ode_heun", "ddpm", "ddim", "euler_ancestral", "dpmpp_2m")
 SIGMA_SAMPLERS = ("euler_ancestral", "dpmpp_2m")
 DISCRETE_SAMPLERS = ("ddpm", "ddim")
+FLOW_SAMPLERS = ("ode_euler", "ode_heun", "ode_midpoint", "euler_maruyama")  # on a flow path (fastgen.flows.LinearPath)
 
 
 @dataclasses.dataclass
@@ -78,6 +79,8 @@ def spacings(sampler: str, process) -> tuple[str, ...]:
     at low noise that, with an exact score, narrow modes keep their width (tests/test_samplers_diffusion.py)."""
     if isinstance(process, DDPMSchedule):
         return ("quadratic", "leading", "trailing")
+    if isinstance(process, AffinePath):
+        return ("uniform",)
     return ("karras", "quadratic", "uniform") if sampler in SIGMA_SAMPLERS else ("quadratic", "uniform")
 
 
@@ -94,7 +97,7 @@ class Settings:
     sampler: str
     steps: int
     prediction: str
-    spacing: str
+    spacing: str | torch.Tensor  # a name, or a flow path's time grid
     eta: float = 0.0  # ddim
     denoise: bool = True  # the SDE samplers' noise-free last step
     corrector: str = "noise_level"  # pc
@@ -105,7 +108,8 @@ def _plan(process, settings: Settings, skip: int = 0) -> Plan:
     """Model times, input scales, all coefficient rows (computed at once) and the stage list. ``skip`` > 0 drops
     the first ``skip`` steps of the time grid (img2img) and records where the remaining run starts."""
     grid = _grid_of(process, settings.sampler, settings.steps, settings.spacing)[skip:] if skip else None
-    plan = PLANS[settings.sampler](process, dataclasses.replace(settings, steps=settings.steps - skip), grid)
+    rule = _plan_flow if isinstance(process, AffinePath) else PLANS[settings.sampler]
+    plan = rule(process, dataclasses.replace(settings, steps=settings.steps - skip), grid)
     plan.level = _level(process, settings.sampler, plan.times[0])
     if skip:
         plan.start = plan.level
@@ -113,8 +117,10 @@ def _plan(process, settings: Settings, skip: int = 0) -> Plan:
 
 
 def _grid_of(process, sampler: str, steps: int, spacing: str) -> torch.Tensor:
-    """The step times of a full run: DDPM timesteps, the sigma samplers' model times, or the SDE time grid (with
-    its end point)."""
+    """The step times of a full run: DDPM timesteps, the sigma samplers' model times, or the SDE or flow path's time
+    grid (with its end point)."""
+    if isinstance(process, AffinePath):
+        return spacing if isinstance(spacing, torch.Tensor) else torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     if sampler in DISCRETE_SAMPLERS or (sampler in SIGMA_SAMPLERS and isinstance(process, DDPMSchedule)):
         return torch.tensor(process.timesteps(steps, spacing))
     if sampler in SIGMA_SAMPLERS:
@@ -203,7 +209,39 @@ def _plan_pc(process: SDE, s: Settings, grid) -> Plan:
     return Plan(times, [1.0] * s.steps, coef, stages, process.prior_std(), s.prediction)
 
 
-PLANS = {  # sampler -> plan(process, settings, grid or None)
+def _plan_flow(path: AffinePath, s: Settings, grid) -> Plan:
+    """ode_euler, ode_heun, ode_midpoint, euler_maruyama on a flow path, from t = 1 to 0 (the model's output, a
+    velocity by default, read as the path's velocity through the rows' alpha', sigma'). Heun and midpoint: stage 2i
+    an Euler step keeping its increment, 2i + 1 the second stage; Heun's correction at t = 0 only where the path's
+    derivative is finite there (the VP path's last step is Euler's)."""
+    grid = _grid_of(path, s.sampler, s.steps, s.spacing) if grid is None else grid
+    t, t_next = grid[:-1], grid[1:]
+    lands = [_level(path, s.sampler, tn) for tn in t_next[:-1]] + [DATA]
+    if s.sampler in ("ode_euler", "euler_maruyama"):
+        coef = ops.flow_euler_coefficients(path, t, t_next) if s.sampler == "ode_euler" else \
+            ops.flow_sde_coefficients(path, t, t_next, s.eta)
+        if s.denoise:
+            coef[-1, Coef.C_NOISE] = 0.0  # the last step returns the mean
+        noisy = (coef[:, Coef.C_NOISE] != 0).tolist()
+        stages = [Stage(i, i, noise=noisy[i], lands=lands[i]) for i in range(len(t))]
+        return Plan(t, [1.0] * len(t), coef, stages, 1.0, s.prediction)
+    if s.sampler == "ode_heun":
+        first = ops.flow_euler_coefficients(path, t, t_next)
+        second = ops.flow_heun_correction_coefficients(path, t, t_next)
+        times = torch.stack([t, t_next], dim=1).reshape(-1)
+    else:
+        first, second = ops.flow_midpoint_coefficients(path, t, t_next)
+        times = torch.stack([t, (t + t_next) / 2], dim=1).reshape(-1)
+    coef = torch.stack([first, second], dim=1).reshape(-1, COEF_WIDTH)
+    stages = []
+    for i, finite in enumerate(torch.isfinite(second.float()).all(1).tolist()):
+        stages += [Stage(2 * i, 2 * i, aux_store="increment", uses_aux=True, noise=False),
+                   Stage(2 * i + 1, 2 * i + 1, uses_aux=True, noise=False, lands=lands[i])] if finite else \
+            [Stage(2 * i, 2 * i, noise=False, lands=lands[i])]
+    return Plan(times, [1.0] * len(times), coef, stages, 1.0, s.prediction)
+
+
+PLANS = {  # sampler -> plan(process, settings, grid or None); on a flow path, _plan_flow
     "euler_maruyama": _plan_sde, "pc": _plan_pc, "ode_euler": _plan_sde, "ode_heun": _plan_heun,
     "ddpm": _plan_discrete, "ddim": _plan_discrete, "euler_ancestral": _plan_sigma, "dpmpp_2m": _plan_sigma,
 }
@@ -645,8 +683,9 @@ def _check_init(init, strength, shape, steps: int) -> int:
 
 def _check_call(model, shape, sampler: str, prediction: str, steps, callback) -> tuple[int, ...]:
     """The arguments every sampler takes; the shape as a tuple of ints."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler not in SAMPLERS + FLOW_SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(dict.fromkeys(SAMPLERS + FLOW_SAMPLERS))}, got "
+                         f"{sampler!r}")
     ops.prediction_code(prediction)
     if not callable(model):
         raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
@@ -662,11 +701,13 @@ def _check_call(model, shape, sampler: str, prediction: str, steps, callback) ->
     return tuple(int(s) for s in shape)
 
 
-def _check_sampler_options(sampler: str, eta, snr, corrector) -> tuple[float, float, str]:
+def _check_sampler_options(sampler: str, process, eta, snr, corrector) -> tuple[float, float, str]:
     """(eta, snr, corrector): each only where its sampler takes it."""
-    if eta is not None and sampler != "ddim":
-        raise ValueError(f"eta is DDIM's noise scale: it does not apply to sampler {sampler!r}")
-    eta = 0.0 if eta is None else eta
+    flow_sde = sampler == "euler_maruyama" and isinstance(process, AffinePath)
+    if eta is not None and sampler != "ddim" and not flow_sde:
+        raise ValueError(f"eta is DDIM's noise scale, and euler_maruyama's on a flow path: it does not apply to "
+                         f"sampler {sampler!r} on {type(process).__name__}")
+    eta = (1.0 if flow_sde else 0.0) if eta is None else eta
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     if snr is not None and sampler != "pc":
@@ -678,8 +719,24 @@ def _check_sampler_options(sampler: str, eta, snr, corrector) -> tuple[float, fl
     return eta, positive_float(0.16 if snr is None else snr, "snr"), corrector or "noise_level"
 
 
-def _check_process(sampler: str, sde, schedule, spacing, prediction: str):
+def _check_process(sampler: str, sde, schedule, spacing, prediction: str, steps: int):
     """(the process the sampler runs on, its spacing)."""
+    if isinstance(sde, AffinePath):
+        if schedule is not None:
+            raise ValueError("give sde (here a flow path) or schedule, not both")
+        if sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} does not run on a flow path: {', '.join(FLOW_SAMPLERS)} do")
+        if prediction == "v":
+            raise ValueError("prediction 'v' is the variance-preserving v of diffusion models; a flow path's model "
+                             "predicts 'velocity' (or eps, x0, score)")
+        return sde, _check_flow_spacing(spacing, steps)
+    if sampler == "ode_midpoint":
+        raise ValueError("sampler 'ode_midpoint' runs on a flow path (sde=fastgen.flows.LinearPath(), ...)")
+    if prediction == "velocity":
+        raise ValueError(f"prediction 'velocity' is a flow path's (sde=fastgen.flows.LinearPath(), ...), not "
+                         f"{type(sde or schedule).__name__}'s")
+    if isinstance(spacing, torch.Tensor):
+        raise ValueError("a time grid as spacing is for the flow paths; on SDEs and schedules spacing is a name")
     if schedule is not None and not isinstance(schedule, DDPMSchedule):
         raise ValueError(f"schedule must be a DDPMSchedule (step spacing: spacing=...), got {schedule!r}")
     if schedule is not None and sde is not None:
@@ -699,6 +756,22 @@ def _check_process(sampler: str, sde, schedule, spacing, prediction: str):
     if prediction == "v" and isinstance(process, VESDE):
         raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
     return process, spacing or allowed[0]
+
+
+def _check_flow_spacing(spacing, steps: int):
+    """"uniform" (the default), or a time grid: steps + 1 decreasing times from 1 to 0 (e.g.
+    fastgen.flows.time_grid(steps, shift=3.0), SD3's shift; ``mu=`` for Flux's)."""
+    if spacing is None or (isinstance(spacing, str) and spacing == "uniform"):
+        return "uniform"
+    if not isinstance(spacing, torch.Tensor):
+        raise ValueError(f"spacing on a flow path must be 'uniform' or a tensor of steps + 1 times from 1 to 0 "
+                         f"(fastgen.flows.time_grid(steps, shift=...)), got {spacing!r}")
+    grid = spacing.detach().to("cpu", torch.float64).reshape(-1)
+    if grid.numel() != steps + 1 or float(grid[0]) != 1.0 or float(grid[-1]) != 0.0 or \
+            not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"spacing (a time grid) must hold steps + 1 = {steps + 1} decreasing times from 1 to 0, got "
+                         f"{grid.tolist()}")
+    return grid
 
 
 def _check_noise(seed, generator, per_sample_seeds, batch: int) -> Noise:
@@ -730,7 +803,7 @@ def make_sampler(
     sampler: str = "euler_maruyama",
     spacing: str | None = None,
     steps: int,
-    prediction: str = "score",
+    prediction: str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     per_sample_seeds: torch.Tensor | None = None,
@@ -760,9 +833,10 @@ def make_sampler(
     plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s; every one is checked here,
     once, and the options that travel together are gathered (:class:`Settings`, :class:`Options`,
     :class:`Guidance`, :class:`Inpainting`, :class:`Noise`)."""
+    prediction = prediction or ("velocity" if isinstance(sde, AffinePath) else "score")
     shape = _check_call(model, shape, sampler, prediction, steps, callback)
-    eta, snr, corrector = _check_sampler_options(sampler, eta, snr, corrector)
-    process, spacing = _check_process(sampler, sde, schedule, spacing, prediction)
+    process, spacing = _check_process(sampler, sde, schedule, spacing, prediction, steps)
+    eta, snr, corrector = _check_sampler_options(sampler, process, eta, snr, corrector)
     dtype = dtype or torch.float32
     if dtype not in STATE_DTYPES:
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -786,14 +860,22 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
         model: callable (x, t, **model_kwargs) -> prediction, with t a (B,) tensor: continuous time for an SDE,
             integer timesteps for a DDPMSchedule.
         shape: (B, ...) of the samples.
-        sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers.
+        sde: VPSDE (default), SubVPSDE or VESDE for the SDE/ODE and sigma samplers; or a flow-matching path
+            (fastgen.flows.LinearPath, PolynomialPath, CosinePath, VPPath: data at t = 0, noise at t = 1) for
+            ode_euler, ode_heun, ode_midpoint (the ODE dx/dt = u(x, t) from t = 1 to 0) and euler_maruyama (its
+            reverse SDE with g(t)^2 = 2 eta sigma(t), which keeps the path's marginals; eta default 1).
         schedule: a DDPMSchedule for "ddpm"/"ddim" (default: DDPMSchedule()), or for the sigma samplers.
         sampler: euler_maruyama (reverse SDE), pc (reverse-diffusion predictor + Langevin corrector),
-            ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m.
+            ode_euler / ode_heun (probability-flow ODE), ddpm, ddim (eta), euler_ancestral, dpmpp_2m; on a flow
+            path also ode_midpoint.
         steps: number of steps (Heun and PC make two model calls per step).
         spacing: where the steps go (see :func:`spacings`); default: "karras" for euler_ancestral and dpmpp_2m
-            on an SDE, else "quadratic" in time. An option that does not apply to the sampler is an error.
-        prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process).
+            on an SDE, "uniform" on a flow path, else "quadratic" in time. On a flow path also a tensor of
+            steps + 1 times from 1 to 0, e.g. ``fastgen.flows.time_grid(steps, shift=3.0)`` (SD3's shift; mu=
+            for Flux's). An option that does not apply to the sampler is an error.
+        prediction: what the model returns: score, eps, x0 or v (v needs a variance-preserving process), or on a
+            flow path "velocity" (its default; u = alpha'(t) x0 + sigma'(t) eps, converted inside the fused step);
+            default "score" elsewhere.
         seed, generator: the noise stream's seed, or a generator to draw it from.
         per_sample_seeds: (B,) int64; sample b's noise depends on its own seed only, so a sample
             is the same at any batch size or position (for a model that treats samples independently).
@@ -804,11 +886,12 @@ def sample(model: Callable, shape, **options) -> torch.Tensor:
         progress: a progress bar on stderr.
         dtype: state dtype (float32 default; float16/bfloat16 keep float32 arithmetic).
         device: where to sample (default: CUDA when available).
-        eta: DDIM's noise scale (default 0). snr: the pc corrector's signal-to-noise ratio (default 0.16).
+        eta: DDIM's noise scale (default 0); on a flow path euler_maruyama's (default 1).
+        snr: the pc corrector's signal-to-noise ratio (default 0.16).
         corrector: the pc corrector's step h: "noise_level" (default), h = 2 a (snr sigma_t)^2, the same for every
             sample; "per_sample", score_sde's h = 2 a (snr |xi_b| / |s_b|)^2 from each sample's norms, which
             biases the stationary law in low dimension (the norms fluctuate with position).
-            clip: clamp x0 to [-clip, clip].
+        clip: clamp x0 to [-clip, clip].
         check_finite: find on the device the first stage whose state went non-finite, and raise
             FloatingPointError naming it (one host read after the loop).
         model_kwargs: keyword arguments for every model call (class labels, embeddings, ...): tensors whose

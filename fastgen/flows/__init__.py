@@ -12,7 +12,8 @@ Continuous flows: :class:`CNF` (FFJORD, ``continuous``), on the batched ODE solv
 the per-sample divergences :func:`divergence` (``divergence``: Hutchinson probes from the noise stream, or exact).
 
 Flow matching (``matching``): probability paths (:class:`LinearPath`, :class:`PolynomialPath`, :class:`CosinePath`,
-:class:`VPPath`), the losses :func:`cfm_loss` (CFM, OT-CFM, Schrödinger-bridge CFM), :func:`sample_flow` and
+:class:`VPPath`; processes of fastgen.diffusion, so ``fastgen.sample(velocity, shape, sde=LinearPath(), ...)`` runs
+the fused loop on them), the losses :func:`cfm_loss` (CFM, OT-CFM, Schrödinger-bridge CFM), :func:`sample_flow` and
 :func:`flow_log_prob`; minibatch optimal transport (``optimal_transport``): :func:`assignment`, :func:`sinkhorn`.
 """
 

@@ -12,7 +12,6 @@ t = 1 down to 0. A model is ``velocity(x, t, **model_kwargs) -> v`` with t a (B,
 
 from __future__ import annotations
 
-import abc
 import math
 from collections.abc import Callable
 
@@ -20,6 +19,16 @@ import torch
 
 from ..core.checks import check_batch
 from ..core.rng import reserve, resolve_seed
+from ..diffusion.processes import (
+    AffinePath,
+    CosinePath,
+    LinearPath,
+    PolynomialPath,
+    VPPath,
+    per_sample,
+    shift_time,
+    time_grid,
+)
 from ..ops import cfm_interpolate, normal, uniform
 from ..ops._common import STATE_DTYPES
 from .divergence import divergence_terms
@@ -30,149 +39,15 @@ __all__ = ["AffinePath", "CosinePath", "LinearPath", "PolynomialPath", "VPPath",
            "reflow_pairs", "sample_flow", "shift_time", "time_grid", "to_x0_eps"]
 
 
-class AffinePath(abc.ABC):
-    """x_t = alpha(t) x0 + sigma(t) eps on t in [0, 1], alpha(0) = 1, sigma(0) = 0, alpha(1) = 0, sigma(1) = 1.
-    Subclasses give ``_marginal(t) -> (alpha, sigma)`` and ``_derivative(t) -> (alpha', sigma')`` of float64 times
-    already checked; ``marginal`` and ``derivative`` check them (one host read for a tensor)."""
-
-    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha(t), sigma(t)) in float64."""
-        return self._marginal(_time(t))
-
-    def derivative(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha'(t), sigma'(t)) in float64."""
-        return self._derivative(_time(t))
-
-    def coefficients(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, 4) float32 rows (alpha, sigma, alpha', sigma') at per-sample times t in [0, 1], unchecked (no host
-        read): the fused interpolation's ``coef``."""
-        t = t.double()
-        return torch.stack([*self._marginal(t), *self._derivative(t)], dim=1).float()
-
-    @abc.abstractmethod
-    def _marginal(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, sigma) at checked float64 times."""
-
-    @abc.abstractmethod
-    def _derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha', sigma') at checked float64 times."""
-
-    def interpolate(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_t, u_t): the point of the path at per-sample times t (B,) and its velocity."""
-        alpha, sigma = (_rows(v, x0) for v in self.marginal(t))
-        d_alpha, d_sigma = (_rows(v, x0) for v in self.derivative(t))
-        return alpha * x0 + sigma * eps, d_alpha * x0 + d_sigma * eps
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class LinearPath(AffinePath):
-    """The conditional-OT (rectified-flow) path: alpha = 1 - t, sigma = t; u = eps - x0."""
-
-    def _marginal(self, t):
-        return 1 - t, t.clone()
-
-    def _derivative(self, t):
-        return -torch.ones_like(t), torch.ones_like(t)
-
-
-class PolynomialPath(AffinePath):
-    """alpha = (1 - t)^n, sigma = 1 - (1 - t)^n: flow_matching's PolynomialConvexScheduler (alpha = s^n at its time
-    s = 1 - t, data at s = 1); n = 1 is the linear path."""
-
-    def __init__(self, n: float = 2.0):
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
-            raise ValueError(f"n must be a finite number > 0, got {n!r}")
-        self.n = float(n)
-
-    def _marginal(self, t):
-        a = (1 - t) ** self.n
-        return a, 1 - a
-
-    def _derivative(self, t):
-        d = self.n * (1 - t) ** (self.n - 1)
-        return -d, d
-
-    def __repr__(self) -> str:
-        return f"PolynomialPath(n={self.n:g})"
-
-
-class CosinePath(AffinePath):
-    """alpha = cos(pi t / 2), sigma = sin(pi t / 2) (variance preserving, alpha^2 + sigma^2 = 1)."""
-
-    def _marginal(self, t):
-        return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
-
-    def _derivative(self, t):
-        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t), 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
-
-
-class VPPath(AffinePath):
-    """The variance-preserving path of score_sde's VP SDE: alpha = exp(-B(t) / 2), sigma = sqrt(1 - alpha^2),
-    B(t) = beta_min t + (beta_max - beta_min) t^2 / 2. alpha(1) is exp(-5.03) at the defaults, not 0: the
-    prior N(0, I) at t = 1 is then the path's end up to that much."""
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        if not 0 <= beta_min < beta_max or not math.isfinite(beta_max):
-            raise ValueError(f"need 0 <= beta_min < beta_max (finite), got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-
-    def _marginal(self, t):
-        alpha = torch.exp(-0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t.square()))
-        return alpha, torch.sqrt(1 - alpha.square())
-
-    def _derivative(self, t):
-        alpha, sigma = self._marginal(t)
-        d_alpha = -0.5 * (self.beta_min + (self.beta_max - self.beta_min) * t) * alpha
-        return d_alpha, -alpha * d_alpha / sigma.clamp_min(1e-300)
-
-
-def shift_time(t, shift: float | None = None, mu: float | None = None) -> torch.Tensor:
-    """SD3's timestep shift t' = shift t / (1 + (shift - 1) t), or Flux's resolution-dependent one
-    t' = e^mu / (e^mu + 1/t - 1) (the same map with shift = e^mu); both keep 0 and 1 fixed."""
-    if (shift is None) == (mu is None):
-        raise ValueError("give shift or mu (shift = exp(mu)), one of them")
-    if mu is not None:
-        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
-            raise ValueError(f"mu must be a finite number, got {mu!r}")
-        shift = math.exp(mu)
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
-        raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
-    t = _time(t)
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def time_grid(steps: int, shift: float | None = None, mu: float | None = None) -> torch.Tensor:
-    """steps + 1 times from 1 down to 0, uniform, or shifted (:func:`shift_time`) when shift or mu is given."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    grid = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    return grid if shift is None and mu is None else shift_time(grid, shift, mu)
-
-
 def to_x0_eps(v: torch.Tensor, x: torch.Tensor, t, path: AffinePath) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) from a velocity v at (x, t): the 2 x 2 solve of x = alpha x0 + sigma eps, v = alpha' x0 +
     sigma' eps (the score is -eps / sigma). Defined wherever alpha sigma' - sigma alpha' != 0: for every t on the
     linear, cosine and VP paths, t = 1 included; for t < 1 on a polynomial path of degree n > 1 (whose velocity
     vanishes at t = 1)."""
-    alpha, sigma = (_rows(u, x) for u in path.marginal(t))
-    d_alpha, d_sigma = (_rows(u, x) for u in path.derivative(t))
+    alpha, sigma = (per_sample(u, x) for u in path.marginal(t))
+    d_alpha, d_sigma = (per_sample(u, x) for u in path.derivative(t))
     det = alpha * d_sigma - sigma * d_alpha
     return (d_sigma * x - sigma * v) / det, (alpha * v - d_alpha * x) / det
-
-
-def _time(t) -> torch.Tensor:
-    t = t.double() if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
-    if not bool(((t >= 0) & (t <= 1)).all()):
-        raise ValueError(f"t must lie in [0, 1], got {t}")
-    return t
-
-
-def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A float64 time coefficient, 0-d or per sample (B,), as like's dtype and device, broadcast over a sample."""
-    v = v.to(like.device, like.dtype)
-    return v.reshape(-1, *[1] * (like.dim() - 1)) if v.dim() else v
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -227,7 +102,7 @@ def cfm_loss(velocity: Callable, x0: torch.Tensor, *, path: AffinePath | None = 
     else:
         x_t, target = path.interpolate(x0, _given_noise(noise, x0, coupling, group), t.to(x0.dtype))
     if sigma > 0:
-        tt = _rows(t, x0)
+        tt = per_sample(t, x0)
         z = normal(x0.shape, seed, offset + rank * x0.numel(), device=device).to(x0.dtype)
         spread = sigma * torch.sqrt(tt * (1 - tt))
         x_t = x_t + spread * z

@@ -227,7 +227,7 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
         up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
         down = (s_next**2 - up**2).sqrt()
         scale = 1 / (s**2 + 1).sqrt()
-        return ops.coefficient_rows(scale, s * scale, scale, 1.0, 0.0, down - s, 0.0, up)
+        return ops.coef_rows(scale, s * scale, scale, 1.0, 0.0, down - s, 0.0, up)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         """x <- x + (sigma_down - sigma) (x - x0) / sigma + sigma_up noise, in float32, one pass."""

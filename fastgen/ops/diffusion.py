@@ -21,7 +21,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from ..core.constants import COEF_WIDTH, AuxStore, Coef, Prediction
-from ..diffusion.processes import SDE, VPSDE, DDPMSchedule
+from ..diffusion.processes import SDE, VPSDE, AffinePath, DDPMSchedule
 from ._common import (
     check_like,
     check_rng_ints,
@@ -142,7 +142,7 @@ def prediction_code(prediction: str) -> int:
     return int(PREDICTIONS[prediction])
 
 
-def coefficient_rows(*columns) -> torch.Tensor:
+def coef_rows(*columns) -> torch.Tensor:
     """Stack broadcastable columns of fastgen.constants.Coef, in order, into (R, COEF_WIDTH) float64 rows; the
     velocity prediction's D_ALPHA, D_SIGMA are 0 when not given."""
     columns = columns + (0.0,) * (COEF_WIDTH - len(columns))
@@ -159,7 +159,7 @@ def euler_maruyama_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    return coefficient_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -g.square() * dt / sigma, 0.0, g * dt.sqrt())
+    return coef_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -g.square() * dt / sigma, 0.0, g * dt.sqrt())
 
 
 def reverse_diffusion_coefficients(process, t, t_next) -> torch.Tensor:
@@ -169,7 +169,7 @@ def reverse_diffusion_coefficients(process, t, t_next) -> torch.Tensor:
     alpha_s, sigma_s = process.marginal(t_next)
     a = alpha / alpha_s
     g2 = (sigma.square() - a.square() * sigma_s.square()).clamp(min=0)
-    return coefficient_rows(alpha, sigma, 1.0, 2 - a, 0.0, -g2 / sigma, 0.0, g2.sqrt())
+    return coef_rows(alpha, sigma, 1.0, 2 - a, 0.0, -g2 / sigma, 0.0, g2.sqrt())
 
 
 def ode_euler_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
@@ -177,7 +177,7 @@ def ode_euler_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     f, g = sde.drift_coef(t), sde.diffusion(t)
-    return coefficient_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -0.5 * g.square() * dt / sigma, 0.0, 0.0)
+    return coef_rows(alpha, sigma, 1.0, 1 - f * dt, 0.0, -0.5 * g.square() * dt / sigma, 0.0, 0.0)
 
 
 def ode_heun_correction_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
@@ -186,7 +186,7 @@ def ode_heun_correction_coefficients(sde: SDE, t, t_next) -> torch.Tensor:
     dt = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(t_next, dtype=torch.float64)
     alpha, sigma = sde.marginal(t_next)
     f, g = sde.drift_coef(t_next), sde.diffusion(t_next)
-    return coefficient_rows(alpha, sigma, 1.0, 1 - 0.5 * f * dt, 0.0, -0.25 * g.square() * dt / sigma, -0.5, 0.0)
+    return coef_rows(alpha, sigma, 1.0, 1 - 0.5 * f * dt, 0.0, -0.25 * g.square() * dt / sigma, -0.5, 0.0)
 
 
 def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
@@ -197,7 +197,7 @@ def langevin_corrector_coefficients(process, t, t_next) -> torch.Tensor:
         a = (alpha / process.marginal(t_next)[0]).square()
     else:
         a = torch.ones_like(alpha)
-    return coefficient_rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
+    return coef_rows(alpha, sigma, 1.0, a, 0.0, 0.0, 0.0, 0.0)
 
 
 def langevin_noise_level_coefficients(process, t, t_next, snr: float) -> torch.Tensor:
@@ -208,7 +208,7 @@ def langevin_noise_level_coefficients(process, t, t_next, snr: float) -> torch.T
     alpha, sigma = process.marginal(t)
     a = langevin_corrector_coefficients(process, t, t_next)[:, Coef.C_X]
     h = 2 * a * (snr * sigma).square()
-    return coefficient_rows(alpha, sigma, 1.0, 1.0, 0.0, -h / sigma, 0.0, (2 * h).sqrt())
+    return coef_rows(alpha, sigma, 1.0, 1.0, 0.0, -h / sigma, 0.0, (2 * h).sqrt())
 
 
 def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_small") -> torch.Tensor:
@@ -227,8 +227,8 @@ def ddpm_coefficients(schedule: DDPMSchedule, t, t_prev, variance: str = "fixed_
     var = (1 - abar_s) / (1 - abar_t) * beta
     var = var.clamp(min=1e-20) if variance == "fixed_small" else beta
     noise = torch.where(t > 0, var.sqrt(), torch.zeros_like(var))
-    return coefficient_rows(alpha, sigma, 1.0, a.sqrt() * (1 - abar_s) / (1 - abar_t), abar_s.sqrt() * beta / (1 - abar_t), 0.0,
-                 0.0, noise)
+    c_x, c_x0 = a.sqrt() * (1 - abar_s) / (1 - abar_t), abar_s.sqrt() * beta / (1 - abar_t)
+    return coef_rows(alpha, sigma, 1.0, c_x, c_x0, 0.0, 0.0, noise)
 
 
 def ddim_coefficients(schedule, t, t_prev, eta: float = 0.0, final_alpha_cumprod: float | None = None) -> torch.Tensor:
@@ -243,7 +243,7 @@ def ddim_coefficients(schedule, t, t_prev, eta: float = 0.0, final_alpha_cumprod
                              abar_s)
     var = (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
     std = eta * var.clamp(min=0).sqrt()
-    return coefficient_rows(alpha, sigma, 1.0, 0.0, abar_s.sqrt(), (1 - abar_s - std.square()).clamp(min=0).sqrt(), 0.0, std)
+    return coef_rows(alpha, sigma, 1.0, 0.0, abar_s.sqrt(), (1 - abar_s - std.square()).clamp(min=0).sqrt(), 0.0, std)
 
 
 def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: float = 1.0, alpha=1.0) -> torch.Tensor:
@@ -260,7 +260,7 @@ def euler_ancestral_coefficients(sigma, sigma_next, eta: float = 1.0, s_noise: f
         up = torch.where(sigma_next > sigma, sigma_next, up)
     down = (sigma_next.square() - up.square()).clamp(min=0).sqrt()
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
-    return coefficient_rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
+    return coef_rows(alpha, alpha * sigma, alpha, 1.0, 0.0, down - sigma, 0.0, s_noise * up)
 
 
 def euler_coefficients(sigma, sigma_next, alpha=1.0) -> torch.Tensor:
@@ -274,7 +274,7 @@ def heun_correction_coefficients(sigma, sigma_next, alpha_next=1.0) -> torch.Ten
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
     alpha = torch.as_tensor(alpha_next, dtype=torch.float64)
-    return coefficient_rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
+    return coef_rows(alpha, alpha * sigma_next, alpha, 1.0, 0.0, 0.5 * (sigma_next - sigma), -0.5, 0.0)
 
 
 def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Tensor:
@@ -282,7 +282,7 @@ def dpm_2_correction_coefficients(sigma_hat, sigma_mid, sigma_next) -> torch.Ten
     x <- x_2 - aux + (sigma_next - sigma_hat) eps(x_2, sigma_mid)."""
     sigma_hat, sigma_mid, sigma_next = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma_hat, sigma_mid,
                                                                                           sigma_next))
-    return coefficient_rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
+    return coef_rows(1.0, sigma_mid, 1.0, 1.0, 0.0, sigma_next - sigma_hat, -1.0, 0.0)
 
 
 def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise=0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,8 +292,8 @@ def dpmpp_2s_coefficients(sigma, sigma_mid, sigma_down, noise=0.0) -> tuple[torc
     sigma, sigma_mid, sigma_down = (torch.as_tensor(v, dtype=torch.float64) for v in (sigma, sigma_mid, sigma_down))
     h = torch.log(sigma / sigma_down)
     ratio = sigma_down / sigma
-    return (coefficient_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
-            coefficient_rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise))
+    return (coef_rows(1.0, sigma, 1.0, sigma_mid / sigma, -torch.expm1(-h / 2), 0.0, 0.0, 0.0),
+            coef_rows(1.0, sigma_mid, 1.0, ratio, -torch.expm1(-h), 0.0, -ratio, noise))
 
 
 def _log_steps(sigmas: torch.Tensor):
@@ -319,7 +319,7 @@ def dpmpp_2m_coefficients(sigmas: torch.Tensor, alphas=None) -> torch.Tensor:
     scale = -torch.expm1(-h)
     c_x0 = torch.where(ends, 1.0, torch.where(first, scale, scale * (1 + 1 / (2 * r))))
     c_aux = torch.where(ends | first, 0.0, -scale / (2 * r))
-    return coefficient_rows(alphas, alphas * s, alphas, torch.where(ends, 0.0, s_next / s), c_x0, 0.0, c_aux, 0.0)
+    return coef_rows(alphas, alphas * s, alphas, torch.where(ends, 0.0, s_next / s), c_x0, 0.0, c_aux, 0.0)
 
 
 def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0,
@@ -337,8 +337,50 @@ def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: f
     b = -torch.expm1(-h - eta_h)
     c = torch.where(first, 0.0, b / (2 * r) if solver_type == "midpoint" else (b / (-h - eta_h) + 1) / r)
     noise = s_noise * s_next * (-torch.expm1(-2 * eta_h)).sqrt() if eta else torch.zeros_like(s)
-    return coefficient_rows(1.0, s, 1.0, torch.where(ends, 0.0, s_next / s * torch.exp(-eta_h)), torch.where(ends, 1.0, b + c),
-                 0.0, torch.where(ends, 0.0, -c), torch.where(ends, 0.0, noise))
+    return coef_rows(1.0, s, 1.0, torch.where(ends, 0.0, s_next / s * torch.exp(-eta_h)), torch.where(ends, 1.0, b + c),
+                     0.0, torch.where(ends, 0.0, -c), torch.where(ends, 0.0, noise))
+
+
+def _velocity_rows(path: AffinePath, s, h, c_aux=0.0, eta=0.0, noise=0.0) -> torch.Tensor:
+    """x <- x + h (u(s) + eta eps) + c_aux aux + noise xi on a flow path, u = alpha'(s) x0 + sigma'(s) eps the
+    velocity at time s (read from a velocity model through the rows' alpha', sigma')."""
+    alpha, sigma = path.marginal(s)
+    d_alpha, d_sigma = path.derivative(s)
+    return coef_rows(alpha, sigma, 1.0, 1.0, h * d_alpha, h * (d_sigma + eta), c_aux, noise, d_alpha, d_sigma)
+
+
+def flow_euler_coefficients(path: AffinePath, t, t_next) -> torch.Tensor:
+    """Euler on a flow path's ODE dx/dt = u(x, t): x <- x + (t_next - t) u(t)."""
+    t, t_next = _time_pair(t, t_next)
+    return _velocity_rows(path, t, t_next - t)
+
+
+def flow_heun_correction_coefficients(path: AffinePath, t, t_next) -> torch.Tensor:
+    """Heun's correction after an Euler step that kept its increment h u(t) in aux, h = t_next - t:
+    x <- x - aux / 2 + (h / 2) u(t_next), so that x = x_t + h (u(t) + u(t_next)) / 2."""
+    t, t_next = _time_pair(t, t_next)
+    return _velocity_rows(path, t_next, (t_next - t) / 2, c_aux=-0.5)
+
+
+def flow_midpoint_coefficients(path: AffinePath, t, t_next) -> tuple[torch.Tensor, torch.Tensor]:
+    """The midpoint rule's two stages, h = t_next - t: x <- x + (h / 2) u(t) keeping the increment in aux, then
+    x <- x - aux + h u(t + h / 2)."""
+    t, t_next = _time_pair(t, t_next)
+    h = t_next - t
+    return _velocity_rows(path, t, h / 2), _velocity_rows(path, t + h / 2, h, c_aux=-1.0)
+
+
+def flow_sde_coefficients(path: AffinePath, t, t_next, eta: float = 1.0) -> torch.Tensor:
+    """Euler-Maruyama on the reverse-time SDE of a flow path with diffusion g(t)^2 = 2 eta sigma(t), which has the
+    path's marginals: dx = (u - g^2 s / 2) dt + g dW, s = -eps / sigma the score, dt = t_next - t < 0:
+    x <- x + dt (u + eta eps) + sqrt(2 eta sigma |dt|) xi."""
+    t, t_next = _time_pair(t, t_next)
+    h = t_next - t
+    return _velocity_rows(path, t, h, eta=eta, noise=(2 * eta * path.marginal(t)[1] * -h).sqrt())
+
+
+def _time_pair(t, t_next) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(t_next, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------- the fused ops

@@ -37,7 +37,8 @@ from .rng import counters, normal_at
 
 
 def rows(x: torch.Tensor, coef: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """The (B, COEF_WIDTH) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef column."""
+    """The (B, COEF_WIDTH) coefficient rows of the batch, shaped to broadcast: one (B, 1, ..., 1) tensor per Coef
+    column."""
     batch = x.shape[0]
     if index is not None:
         r = coef[index.reshape(-1)].expand(batch, COEF_WIDTH) if index.numel() == 1 else coef[index]
