@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastgen
+from fastgen.core.constants import COEF_WIDTH
 from fastgen.targets import GaussianMixture
 
 
@@ -462,7 +463,7 @@ def test_bad_inpainting_input_names_the_argument():
     x = torch.randn(4, 2)
     before = x.clone()  # the op itself: a float mask is an error naming it, and nothing is written
     with pytest.raises((TypeError, ValueError), match="known_mask"):
-        fastgen.ops.diffusion.diffusion_step_(x, torch.randn(4, 2), torch.rand(8) + 0.5, known=known,
+        fastgen.ops.diffusion.diffusion_step_(x, torch.randn(4, 2), torch.rand(COEF_WIDTH) + 0.5, known=known,
                                               known_mask=torch.ones(4, 2))
     assert torch.equal(x, before)
 

@@ -77,6 +77,109 @@ def test_euler_ancestral(config):
     assert_same(run(ours, 30, sample, 4), run(theirs, 30, sample, 4))
 
 
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(prediction_type="v_prediction", beta_schedule="scaled_linear", use_karras_sigmas=True),
+    dict(prediction_type="sample", timestep_spacing="trailing", final_sigmas_type="zero"),
+    dict(timestep_type="continuous", prediction_type="v_prediction", use_exponential_sigmas=True),
+])
+def test_euler(config):
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = fast.EulerDiscreteScheduler(**config)
+    theirs = diffusers.EulerDiscreteScheduler(**config)
+    assert_same(run(ours, 30, sample, 4), run(theirs, 30, sample, 4))
+
+
+def test_euler_with_churn_runs_diffusers_step():
+    """s_churn > 0: diffusers' own step (with its generator draws), so the runs are equal."""
+    sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    churn = dict(s_churn=0.5, s_tmin=0.2, s_tmax=10.0)
+    assert_same(run(fast.EulerDiscreteScheduler(), 20, sample, 5, **churn),
+                run(diffusers.EulerDiscreteScheduler(), 20, sample, 5, **churn))
+
+
+def run_flow(scheduler, steps, sample, seed, **set_kwargs):
+    scheduler.set_timesteps(steps, **set_kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    x, outs = sample, []
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=generator).prev_sample
+        outs.append((x, x))
+    return outs
+
+
+@pytest.mark.parametrize("config,set_kwargs", [
+    (dict(), {}),
+    (dict(shift=3.0), {}),  # SD3
+    (dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), dict(mu=0.9)),  # Flux
+    (dict(stochastic_sampling=True, shift=3.0), {}),
+    (dict(use_karras_sigmas=True), {}),
+    (dict(shift_terminal=0.1), {}),
+])
+def test_flow_match_euler(config, set_kwargs):
+    """28 steps (SD3's default) from the same noise, deterministic and stochastic (diffusers' generator draws)."""
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = fast.FlowMatchEulerDiscreteScheduler(**config)
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+    assert_same(run_flow(ours, 28, sample, 4, **set_kwargs), run_flow(theirs, 28, sample, 4, **set_kwargs))
+
+
+def test_flow_match_custom_sigmas_and_scale_noise():
+    """Custom sigmas; scale_noise with a timestep per sample (repeated and distinct ones) equals diffusers' loop,
+    and a host timestep off the schedule raises as diffusers' does."""
+    sigmas = [1.0, 0.8, 0.5, 0.3, 0.1]
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert_same(run_flow(fast.FlowMatchEulerDiscreteScheduler(), None, sample, 4, sigmas=sigmas),
+                run_flow(diffusers.FlowMatchEulerDiscreteScheduler(), None, sample, 4, sigmas=sigmas))
+    ours, theirs = fast.FlowMatchEulerDiscreteScheduler(shift=3.0), diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for s in (ours, theirs):
+        s.set_timesteps(10)
+    x, noise = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    t = theirs.timesteps[[0, 3, 3, 9]]
+    torch.testing.assert_close(ours.scale_noise(x, t, noise), theirs.scale_noise(x, t, noise), rtol=0, atol=0)
+    ours.set_begin_index(2)
+    theirs.set_begin_index(2)
+    torch.testing.assert_close(ours.scale_noise(x, t[:1], noise), theirs.scale_noise(x, t[:1], noise))
+    ours = fast.FlowMatchEulerDiscreteScheduler()
+    ours.set_timesteps(10)
+    with pytest.raises(IndexError):
+        ours.scale_noise(x, torch.tensor([12.5]), noise)
+
+
+@pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler"])
+def test_steps_read_no_tensor_value(cls):
+    """With the begin index set (as diffusers' pipelines do), step reads no tensor's value on the host (item,
+    tolist, bool, int, float: each a device sync on a GPU): the fused op takes its row of a table built once per
+    set_timesteps (from diffusers' host sigmas) by the step index."""
+    s = getattr(fast, cls)()
+    s.set_timesteps(6)
+    s.set_begin_index(0)
+    x = torch.randn(2, 4, 8, 8) * getattr(s, "init_noise_sigma", 1.0)
+    s.step(model(x, s.timesteps[0]), s.timesteps[0], x)  # builds the table
+    s.set_timesteps(6)
+    s.set_begin_index(0)
+    s.step(model(x, s.timesteps[0]), s.timesteps[0], x)
+    reads, names = [], ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    real = {name: getattr(torch.Tensor, name) for name in names}
+
+    def spy(name):
+        def read(self, *args):
+            reads.append((name, tuple(self.shape)))
+            return real[name](self, *args)
+        return read
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, spy(name))
+        for t in s.timesteps[1:]:  # (the stand-in model without its host read of t)
+            net_in = s.scale_model_input(x, t) if cls != "FlowMatchEulerDiscreteScheduler" else x
+            x = s.step(0.3 * net_in + 0.5 * torch.sin(2 * net_in + t / 100.0), t, x).prev_sample
+    finally:
+        for name in names:
+            setattr(torch.Tensor, name, real[name])
+    assert reads == [] and torch.isfinite(x).all()
+
+
 def test_interface_and_fused_noise():
     s = fast.DDPMScheduler.from_config(diffusers.DDPMScheduler(num_train_timesteps=500).config)
     assert isinstance(s, diffusers.DDPMScheduler) and s.config.num_train_timesteps == 500
@@ -90,7 +193,8 @@ def test_interface_and_fused_noise():
     assert noisy.shape == x.shape and s.order == 1
 
 
-@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler"])
+@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler",
+                                 "EulerDiscreteScheduler"])
 def test_from_config_builds_what_the_config_says(cls):
     """A Stable-Diffusion-style config through from_config: the schedule is the config's, not the defaults."""
     theirs = getattr(diffusers, cls)(num_train_timesteps=500, beta_start=0.00085, beta_end=0.012,
@@ -157,13 +261,15 @@ def tiny_dit():
     return transformer, vae
 
 
-@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler"])
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
+                                       "EulerDiscreteScheduler"])
 def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
     """diffusers' class-conditional DiTPipeline, classifier-free guidance included (it concatenates the batch, splits
     the output, combines and steps on the doubled latents), with a small random DiT and VAE and fastgen's scheduler
-    swapped in with from_config. DDIM (deterministic) gives diffusers' images; DDPM and Euler ancestral, whose step
-    the pipeline calls without a generator, draw fastgen's stream (module docstring of fastgen.diffusers), so their
-    runs repeat under torch.manual_seed as diffusers' do."""
+    swapped in with from_config. DDIM and Euler (deterministic) give diffusers' images; DDPM and Euler ancestral,
+    whose step the pipeline calls without a generator, draw fastgen's stream (module docstring of
+    fastgen.diffusers), so their runs repeat under torch.manual_seed as diffusers' do.
+    """
     transformer, vae = tiny_dit()
     theirs = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=getattr(diffusers, scheduler)())
     ours = diffusers.DiTPipeline(transformer=transformer, vae=vae,
@@ -176,7 +282,49 @@ def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
 
     images = run(ours)
     assert images.shape == (3, 8, 8, 3) and (images >= 0).all() and (images <= 1).all()
-    if scheduler == "DDIMScheduler":
+    if scheduler in ("DDIMScheduler", "EulerDiscreteScheduler"):
         assert abs(run(theirs) - images).max() < 1e-4
     else:
         assert (run(ours) == images).all() and (run(ours, seed=12) != images).any()
+
+
+def _mixture_run(cls, steps, config, n=16000):
+    """The drop-in's loop on the 8-Gaussian mixture with its exact model (Euler: eps at the scaled input;
+    FlowMatchEuler: the linear path's velocity), from seeded noise."""
+    import fastgen
+
+    gmm = fastgen.targets.eight_gaussians()
+    s = getattr(fast, cls)(**config)
+    s.set_timesteps(steps)
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0)) * getattr(s, "init_noise_sigma", 1.0)
+    velocity = gmm.velocity(fastgen.flows.LinearPath())
+    for i, t in enumerate(s.timesteps):
+        sigma = float(s.sigmas[i])
+        if cls == "EulerDiscreteScheduler":
+            alpha = 1 / (sigma**2 + 1) ** 0.5
+            out = gmm.posterior(s.scale_model_input(x, t), alpha, sigma * alpha)[1]
+        else:
+            out = velocity(x, torch.full((n,), sigma))
+        x = s.step(out, t, x).prev_sample
+    return gmm, x
+
+
+@pytest.mark.parametrize("cls,steps,config,spread", [
+    ("EulerDiscreteScheduler", 50, {}, None),
+    ("EulerDiscreteScheduler", 30, dict(use_karras_sigmas=True), None),
+    ("FlowMatchEulerDiscreteScheduler", 28, {}, 0.05),
+    ("FlowMatchEulerDiscreteScheduler", 28, dict(shift=3.0), None),
+])
+def test_new_drop_ins_with_exact_models_reproduce_the_mixture_modes(cls, steps, config, spread):
+    """16,000 draws at the schedulers' usual step counts: mode weights within 4 binomial SEs of 1/8. The within-mode
+    spread is within 5% for FlowMatchEuler at 28 unshifted steps; Euler at 50 steps (0.935 of the true spread) and
+    with Karras sigmas at 30 (1.12), and FlowMatchEuler with SD3's shift 3 (0.933), are first-order steps too coarse
+    at low noise to keep narrow modes' width: the method's, not the fusion's (the same runs through diffusers' own
+    classes agree to 1e-4, test_euler and test_flow_match_euler)."""
+    from fastgen.metrics import mode_weights, within_mode_spread
+
+    gmm, x = _mixture_run(cls, steps, config)
+    n = x.shape[0]
+    assert float((mode_weights(x, gmm)[:8] - 1 / 8).abs().max()) < 4 * (1 / 8 * 7 / 8 / n) ** 0.5
+    if spread is not None:
+        assert abs(float(within_mode_spread(x, gmm).mean()) - 1) < spread

@@ -1,5 +1,6 @@
-"""Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler and
-EulerAncestralDiscreteScheduler whose ``step`` is one fused pass.
+"""Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler,
+EulerAncestralDiscreteScheduler, EulerDiscreteScheduler and
+FlowMatchEulerDiscreteScheduler whose ``step`` is one fused pass.
 
 They subclass diffusers' classes, so configuration, ``from_config``,
 ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
@@ -9,7 +10,8 @@ also builds a device table of step coefficients indexed by timestep, and
 sync. Noise: with ``generator=`` (or DDIM's ``variance_noise=``) step draws it
 exactly as diffusers does, so both give the same samples; without, it comes
 from fastgen's counter-based stream under a seed drawn from torch's global RNG
-at each step, so ``torch.manual_seed`` before a run reproduces it.
+at each step, so ``torch.manual_seed`` before a run reproduces it; a
+deterministic step (DDIM at eta = 0, Euler, FlowMatchEuler) draws nothing.
 Configurations that need per-sample statistics (dynamic thresholding) or learned
 variances run diffusers' own step.
 
@@ -32,6 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without diffuser
 
 from ..core.constants import Coef
 from ..core.rng import resolve_seed
+from ..diffusion.processes import LinearPath
 from ..ops import diffusion as ops
 
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -96,20 +99,24 @@ class _FusedStep:
             raise IndexError(f"timestep {t} is out of range: the table has timesteps 0 to {rows - 1}")
         return table[t:t + 1], None
 
-    def _clipped_step(self, model_output, sample, table, timestep, *, clip_eps, noise, output):
+    def _clipped_step(self, model_output, sample, table, timestep, *, clip_eps, noise, output, noisy=True):
         """DDPM's and DDIM's fused step with the config's prediction type and clipping: (prev, x0), or ``output``
         (the scheduler's output class) holding them."""
         prediction = _PREDICTIONS[self.config.prediction_type]
         prev, x0 = self._run(model_output, sample, table, timestep, prediction=prediction, clip=_clip(self.config),
-                             clip_eps=clip_eps, noise=noise, out_dtype=sample.dtype)
+                             clip_eps=clip_eps, noise=noise, out_dtype=sample.dtype, noisy=noisy)
         return (prev, x0) if output is None else output(prev_sample=prev, pred_original_sample=x0)
 
-    def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype):
+    def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype,
+             noisy: bool = True):
+        """(prev, x0) of the fused step; a step that is not ``noisy`` draws no seed (diffusers' deterministic steps
+        leave torch's global RNG alone, and so does this)."""
         coef, index = self._row(table, timestep, sample.device)
         prev = sample.to(out_dtype, copy=True).contiguous()
         x0 = torch.empty(sample.shape, device=sample.device, dtype=torch.float32)
         ops.diffusion_step_(prev, model_output.to(out_dtype), coef, index=index, prediction=prediction, clip=clip,
-                            clip_eps=clip_eps, aux=x0, aux_store="x0", **self._noise_args(prev, noise))
+                            clip_eps=clip_eps, aux=x0, aux_store="x0",
+                            **(self._noise_args(prev, noise) if noisy else {}))
         return prev, x0.to(out_dtype)
 
 
@@ -214,7 +221,7 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
         table = self._table(("ddim", float(eta)), lambda: self._build(float(eta)), sample.device)
         output = diffusers.schedulers.scheduling_ddim.DDIMSchedulerOutput if return_dict else None
         return self._clipped_step(model_output, sample, table, timestep, clip_eps=use_clipped_model_output,
-                                  noise=noise, output=output)
+                                  noise=noise, output=output, noisy=eta > 0)
 
 
 class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscreteScheduler):
@@ -254,3 +261,114 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
             return prev, x0
         return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
             prev_sample=prev, pred_original_sample=x0)
+
+
+class EulerDiscreteScheduler(_FusedStep, diffusers.EulerDiscreteScheduler):
+    """diffusers.EulerDiscreteScheduler with a fused ``step`` (epsilon, sample and v prediction, any of its sigma
+    schedules): x <- x + (sigma_next - sigma) eps in one pass, eps and x0 read from the model output at
+    x / sqrt(sigma^2 + 1). A step with churn (s_churn > 0 inside [s_tmin, s_tmax]) runs diffusers' own step."""
+
+    def _build(self) -> torch.Tensor:
+        """Row i: the step from sigmas[i] to sigmas[i+1]."""
+        sigmas = self.sigmas.double().cpu()
+        s, s_next = sigmas[:-1], sigmas[1:]
+        scale = 1 / (s**2 + 1).sqrt()
+        return ops.coef_rows(scale, s * scale, scale, 1.0, 0.0, s_next - s, 0.0, 0.0)
+
+    def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
+             s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, return_dict: bool = True):
+        """x <- x + (sigma_next - sigma) eps, in float32, one pass; returns (prev_sample, pred_original_sample)."""
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`EulerDiscreteScheduler.step()` is not supported. Make sure to pass one of the "
+                             "`scheduler.timesteps` as a timestep.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        churn = s_churn > 0 and s_tmin <= float(self.sigmas[self._step_index]) <= s_tmax  # diffusers' host sigmas
+        if churn or self.config.prediction_type not in _PREDICTIONS or \
+                not self._fused_dtype(sample) or model_output.shape != sample.shape:
+            return super().step(model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, generator,
+                                return_dict)
+        table = self._table("euler", self._build, sample.device)
+        prev, x0 = self._run(model_output.float(), sample.float(), table, self._step_index,
+                             prediction=_PREDICTIONS[self.config.prediction_type], clip=None, clip_eps=True,
+                             noise=None, out_dtype=torch.float32, noisy=False)
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return prev, x0
+        return diffusers.schedulers.scheduling_euler_discrete.EulerDiscreteSchedulerOutput(
+            prev_sample=prev, pred_original_sample=x0)
+
+
+class FlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDiscreteScheduler):
+    """diffusers.FlowMatchEulerDiscreteScheduler (SD3, Flux) with a fused ``step`` and a vectorized ``scale_noise``.
+
+    step: x <- x + (sigma_next - sigma) v, or with ``stochastic_sampling`` x <- (1 - sigma_next) x0 + sigma_next xi,
+    x0 = x - sigma v, in one pass (the model output read as the linear path's velocity); any of its sigma schedules
+    (shift, dynamic shifting with mu, custom sigmas, Karras / exponential / beta). Per-token timesteps run diffusers'
+    own step. scale_noise: sigma noise + (1 - sigma) sample with every sample's sigma looked up on the device at once
+    (diffusers loops over the batch with a host read per sample)."""
+
+    def _build(self, stochastic: bool) -> torch.Tensor:
+        """Row i: the step from sigmas[i] to sigmas[i+1] on the linear path (alpha = 1 - sigma, velocity read through
+        alpha' = -1, sigma' = 1)."""
+        sigmas = self.sigmas.double().cpu()
+        s, s_next = sigmas[:-1], sigmas[1:]
+        if stochastic:
+            return ops.coef_rows(1 - s, s, 1.0, 0.0, 1 - s_next, 0.0, 0.0, s_next, -1.0, 1.0)
+        return ops.flow_euler_coefficients(LinearPath(), s, s_next)
+
+    def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
+             s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, per_token_timesteps=None,
+             return_dict: bool = True):
+        """One Euler step of the flow ODE (or the stochastic sampler's), in float32, one pass."""
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`FlowMatchEulerDiscreteScheduler.step()` is not supported. Make sure to pass one of "
+                             "the `scheduler.timesteps` as a timestep.")
+        if per_token_timesteps is not None or not self._fused_dtype(sample) or model_output.shape != sample.shape:
+            return super().step(model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, generator,
+                                per_token_timesteps, return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        stochastic = bool(self.config.stochastic_sampling)
+        noise = None
+        if stochastic and generator is not None:  # diffusers' draw, for identical samples
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        table = self._table(("flow_euler", stochastic), lambda: self._build(stochastic), sample.device)
+        prev = sample.float().contiguous().clone()
+        coef, _ = self._row(table, self._step_index, sample.device)
+        ops.diffusion_step_(prev, model_output.float().contiguous(), coef, prediction="velocity",
+                            **(self._noise_args(prev, noise) if stochastic else {}))
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return (prev,)
+        return diffusers.schedulers.scheduling_flow_match_euler_discrete.FlowMatchEulerDiscreteSchedulerOutput(
+            prev_sample=prev)
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """sigma noise + (1 - sigma) sample (the forward process at timestep), sigma per sample looked up on the
+        device without a host read (diffusers' rule: the second match of a repeated timestep when the schedule has
+        no begin index, else the step or begin index). A timestep off the schedule: IndexError when it is on the
+        host; on a GPU its samples come out NaN."""
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if timestep.shape[0] not in (1, sample.shape[0]):
+            raise ValueError(f"timestep must hold one timestep or one per sample ({sample.shape[0]}), got "
+                             f"{tuple(timestep.shape)}")
+        sigmas = self.sigmas.to(sample.device, torch.float32)
+        if self.begin_index is None:
+            schedule = self.timesteps.to(sample.device)
+            matches = schedule[None, :] == timestep[:, None].to(schedule.dtype)
+            count = matches.sum(1, keepdim=True)
+            pick = matches & (matches.cumsum(1) == torch.where(count > 1, 2, 1))
+            if timestep.device.type == "cpu" and not bool(count.all()):
+                raise IndexError(f"timestep {timestep[~count.squeeze(1).bool()][0].item()} is not one of the "
+                                 "scheduler's timesteps")
+            sigma = torch.where(count.squeeze(1) > 0, sigmas[pick.int().argmax(1)], float("nan"))
+        else:
+            index = self.step_index if self.step_index is not None else self.begin_index
+            sigma = sigmas[index].expand(timestep.shape[0])
+        sigma = sigma.reshape(-1, *[1] * (sample.dim() - 1))
+        return (sigma * noise.to(sample.device, torch.float32) + (1.0 - sigma) * sample.float()).to(sample.dtype)

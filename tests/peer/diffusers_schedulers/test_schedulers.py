@@ -30,7 +30,6 @@ from diffusers import (
     DEISMultistepScheduler,
     DiffusionPipeline,
     EDMEulerScheduler,
-    EulerDiscreteScheduler,
     IPNDMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -40,7 +39,11 @@ from diffusers import (
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
-from fastgen.diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler  # fastgen: the classes under test
+from fastgen.diffusers import (  # fastgen: the classes under test
+    DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 
 from ..others.test_utils import TOKEN, USER, is_staging_test
 from ..testing_utils import CaptureLogger, torch_device
