@@ -419,6 +419,43 @@ def bench_guided_loop(device: str, steps: int = 20, batch: int = 16, size: int =
     return rows
 
 
+def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
+    """A whole loop of each drop-in (Euler, FlowMatchEuler) and of diffusers' own class, the model's output a fixed
+    tensor (µs per step, candidates interleaved): the schedulers' own cost."""
+    try:
+        import diffusers
+
+        from fastgen.integrations import diffusers as fast
+    except ImportError:
+        return []
+    rows = []
+    for name in ("EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"):
+        for shape in shapes:
+            x0, out = torch.randn(shape, device=device), torch.randn(shape, device=device) * 0.1
+            cases = {}
+            for who, cls in (("diffusers", getattr(diffusers, name)), ("fastgen", getattr(fast, name))):
+                scheduler = cls()
+                scheduler.set_timesteps(steps, device=device)
+
+                def loop(scheduler=scheduler):
+                    scheduler.set_timesteps(steps, device=device)
+                    scheduler.set_begin_index(0)
+                    x = x0
+                    for t in scheduler.timesteps:
+                        if hasattr(scheduler, "scale_model_input"):
+                            scheduler.scale_model_input(x, t)
+                        x = scheduler.step(out, t, x).prev_sample
+                    return x
+
+                cases[who] = loop
+            times = time_interleaved_us(cases, device)
+            rows.append({"scheduler": name, "shape": "x".join(map(str, shape)),
+                         "diffusers": times["diffusers"] / steps, "fastgen": times["fastgen"] / steps,
+                         "ratio": f"{times['diffusers'] / times['fastgen']:.2f}"})
+            print("  drop-in loop", rows[-1], flush=True)
+    return rows
+
+
 def bench_counts(device: str) -> list[dict]:
     x = torch.randn(16, 4, 64, 64, device=device)
     out = torch.randn_like(x)
@@ -444,6 +481,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     k_rows = bench_k_sampling(device)
     guided = bench_guided_step(device, [(16, 4, 64, 64), (256, 4, 64, 64)])
     guided_loop = bench_guided_loop(device)
+    dropins = bench_dropin_loops(device, [(1, 4, 64, 64), (16, 4, 64, 64)])
     counts = bench_counts(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
@@ -471,6 +509,9 @@ def run(device: str, out: str, max_log2: int) -> str:
                           ("diffusers ÷ this", "diffusers ÷ this"),
                           (count_key, "kernels per step" if device == "cuda" else "ops per step"),
                           ("host_syncs", "host syncs per step")]),
+        "diffusers' Euler and FlowMatchEuler against the drop-ins, 30-step loop, fixed model output (µs per step)":
+            markdown_table(dropins, [("scheduler", "scheduler"), ("shape", "shape"), ("diffusers", "diffusers"),
+                                     ("fastgen", "fastgen drop-in"), ("ratio", "diffusers ÷ fastgen")]),
         "Launches and host syncs per step": markdown_table(counts, [
             ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
             ("host_syncs", "host syncs")]),
