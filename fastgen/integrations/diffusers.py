@@ -107,6 +107,17 @@ class _FusedStep:
                              clip_eps=clip_eps, noise=noise, out_dtype=sample.dtype, noisy=noisy)
         return (prev, x0) if output is None else output(prev_sample=prev, pred_original_sample=x0)
 
+    def _sigma_step(self, model_output, sample, table, *, noise, noisy: bool, output):
+        """The sigma schedulers' step (Euler, Euler ancestral): row ``step_index``, in float32 as diffusers
+        computes it, prev cast to the model output's dtype; the index advanced. (prev, x0), or ``output`` holding
+        them."""
+        prev, x0 = self._run(model_output.float(), sample.float(), table, self._step_index,
+                             prediction=_PREDICTIONS[self.config.prediction_type], clip=None, clip_eps=True,
+                             noise=noise, out_dtype=torch.float32, noisy=noisy)
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        return (prev, x0) if output is None else output(prev_sample=prev, pred_original_sample=x0)
+
     def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype,
              noisy: bool = True):
         """(prev, x0) of the fused step; a step that is not ``noisy`` draws no seed (diffusers' deterministic steps
@@ -251,16 +262,9 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                                  generator=generator)
         table = self._table("euler_a", self._build, sample.device)
-        index = self._step_index
-        prev, x0 = self._run(model_output.float(), sample.float(), table, index,
-                             prediction=_PREDICTIONS[self.config.prediction_type], clip=None, clip_eps=True,
-                             noise=noise, out_dtype=torch.float32)
-        self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return prev, x0
-        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=x0)
+        output = diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput
+        return self._sigma_step(model_output, sample, table, noise=noise, noisy=True,
+                                output=output if return_dict else None)
 
 
 class EulerDiscreteScheduler(_FusedStep, diffusers.EulerDiscreteScheduler):
@@ -290,15 +294,9 @@ class EulerDiscreteScheduler(_FusedStep, diffusers.EulerDiscreteScheduler):
             return super().step(model_output, timestep, sample, s_churn, s_tmin, s_tmax, s_noise, generator,
                                 return_dict)
         table = self._table("euler", self._build, sample.device)
-        prev, x0 = self._run(model_output.float(), sample.float(), table, self._step_index,
-                             prediction=_PREDICTIONS[self.config.prediction_type], clip=None, clip_eps=True,
-                             noise=None, out_dtype=torch.float32, noisy=False)
-        self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return prev, x0
-        return diffusers.schedulers.scheduling_euler_discrete.EulerDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=x0)
+        output = diffusers.schedulers.scheduling_euler_discrete.EulerDiscreteSchedulerOutput
+        return self._sigma_step(model_output, sample, table, noise=None, noisy=False,
+                                output=output if return_dict else None)
 
 
 class FlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDiscreteScheduler):
@@ -337,7 +335,7 @@ class FlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDiscre
         if stochastic and generator is not None:  # diffusers' draw, for identical samples
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
         table = self._table(("flow_euler", stochastic), lambda: self._build(stochastic), sample.device)
-        prev = sample.float().contiguous().clone()
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # one copy
         coef, _ = self._row(table, self._step_index, sample.device)
         ops.diffusion_step_(prev, model_output.float().contiguous(), coef, prediction="velocity",
                             **(self._noise_args(prev, noise) if stochastic else {}))
