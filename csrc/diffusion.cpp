@@ -83,7 +83,7 @@ void check_step(const StepInputs& in) {
                   " rows without an index, got ", in.coef.size(0));
   }
   FASTGEN_CHECK(in.prediction >= 0 && in.prediction <= 4, "prediction must be 0 (eps), 1 (x0), 2 (v), 3 (score) or 4 (velocity)");
-  FASTGEN_CHECK(in.aux_store >= 0 && in.aux_store <= 2, "aux_store must be 0, 1 or 2");
+  FASTGEN_CHECK(in.aux_store >= 0 && in.aux_store <= 3, "aux_store must be 0, 1, 2 or 3");
   FASTGEN_CHECK(in.aux_store == 0 || in.aux.has_value(), "aux_store needs an aux tensor");
   for (const OptTensor* t : {&in.aux, &in.noise}) {
     if (!t->has_value()) continue;
@@ -158,12 +158,13 @@ using diffusion::convert;
 inline uint32_t term_mask(float c) { return c != 0.0f ? 0xFFFFFFFFu : 0u; }
 inline float term(float c, float v, uint32_t mask) { return bits_to_float(float_to_bits(c * v) & mask); }
 
-// clip = +inf clips nothing (NaN stays NaN); ClipEps recomputes eps from the clipped x0.
+// clip = +inf clips nothing (NaN stays NaN); ClipEps recomputes eps from the clipped x0; kept_out receives x0, or eps
+// with StoreEps.
 // Inlined always, so the AVX2 clone of step_block vectorizes this loop with 32-byte vectors.
-template <int P, bool ClipEps>
+template <int P, bool ClipEps, bool StoreEps>
 __attribute__((always_inline)) inline void step_floats(const float* x, const float* out, const float* noise,
                                                        const float* aux, const float* row, float clip, int64_t n,
-                                                       float* next, float* x0_out) {
+                                                       float* next, float* kept_out) {
   // Scalars, not loads through `row`: the loop's stores could alias it, which stops vectorization.
   const diffusion::Scales s = diffusion::scales_of(row);
   const float k = row[kK], c_x = row[kCX], c_x0 = row[kCX0], c_eps = row[kCEps], c_aux = row[kCAux],
@@ -177,35 +178,40 @@ __attribute__((always_inline)) inline void step_floats(const float* x, const flo
     const float eps = ClipEps ? (xm - s.alpha * x0) * s.inv_sigma : r.eps;
     next[j] = term(c_x, x[j], m_x) + term(c_x0, x0, m_x0) + term(c_eps, eps, m_eps) + term(c_aux, aux[j], m_aux) +
               term(c_noise, noise[j], m_noise);
-    x0_out[j] = x0;
+    kept_out[j] = StoreEps ? eps : x0;
   }
 }
 
-template <bool ClipEps>
+template <bool ClipEps, bool StoreEps>
 __attribute__((always_inline)) inline void step_prediction(int prediction, const float* x, const float* out,
                                                            const float* noise, const float* aux, const float* c,
-                                                           float clip, int64_t n, float* next, float* x0) {
+                                                           float clip, int64_t n, float* next, float* kept) {
   switch (prediction) {
     case kEps:
-      return step_floats<kEps, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+      return step_floats<kEps, ClipEps, StoreEps>(x, out, noise, aux, c, clip, n, next, kept);
     case kX0:
-      return step_floats<kX0, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+      return step_floats<kX0, ClipEps, StoreEps>(x, out, noise, aux, c, clip, n, next, kept);
     case kV:
-      return step_floats<kV, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+      return step_floats<kV, ClipEps, StoreEps>(x, out, noise, aux, c, clip, n, next, kept);
     case kVelocity:
-      return step_floats<kVelocity, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+      return step_floats<kVelocity, ClipEps, StoreEps>(x, out, noise, aux, c, clip, n, next, kept);
     default:
-      return step_floats<kScore, ClipEps>(x, out, noise, aux, c, clip, n, next, x0);
+      return step_floats<kScore, ClipEps, StoreEps>(x, out, noise, aux, c, clip, n, next, kept);
   }
 }
 
-// next = c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi on float buffers of one row (AVX2 clone when present).
+// next = c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi on float buffers of one row (AVX2 clone when present);
+// x0 (eps with store_eps) into kept.
 __attribute__((target_clones("avx2", "default"))) void step_block(int prediction, const float* x, const float* out,
                                                                   const float* noise, const float* aux, const float* c,
-                                                                  float clip, bool clip_eps, int64_t n, float* next,
-                                                                  float* x0) {
-  if (clip_eps) return step_prediction<true>(prediction, x, out, noise, aux, c, clip, n, next, x0);
-  step_prediction<false>(prediction, x, out, noise, aux, c, clip, n, next, x0);
+                                                                  float clip, bool clip_eps, bool store_eps, int64_t n,
+                                                                  float* next, float* kept) {
+  if (store_eps) {
+    if (clip_eps) return step_prediction<true, true>(prediction, x, out, noise, aux, c, clip, n, next, kept);
+    return step_prediction<false, true>(prediction, x, out, noise, aux, c, clip, n, next, kept);
+  }
+  if (clip_eps) return step_prediction<true, false>(prediction, x, out, noise, aux, c, clip, n, next, kept);
+  step_prediction<false, false>(prediction, x, out, noise, aux, c, clip, n, next, kept);
 }
 
 // Noise for flat elements [first, first + n) into buf: any range with the call's stream or explicit
@@ -397,12 +403,12 @@ void diffusion_step_cpu(const StepInputs& in) {
         if constexpr (direct) {
           if (aux_store != kAuxIncrement) next_out = reinterpret_cast<float*>(xp + i);
         }
-        float* x0_out = aux_store == kAuxX0 ? aux_ptr + i : x0;
+        float* kept_out = aux_store == kAuxX0 || aux_store == kAuxEps ? aux_ptr + i : x0;
         for (int64_t j = 0; j < n;) {  // one call per row: the whole block when the row is shared
           const int64_t b = (i + j) / size;
           const int64_t stop = shared_row ? n : std::min(n, (b + 1) * size - i);
           step_block(static_cast<int>(prediction), x_in + j, out_in + j, noise_buf + j, aux_in + j, v.row(b),
-                     clip_value, clip_eps_on, stop - j, next_out + j, x0_out + j);
+                     clip_value, clip_eps_on, aux_store == kAuxEps, stop - j, next_out + j, kept_out + j);
           j = stop;
         }
         if (aux_store == kAuxIncrement) {

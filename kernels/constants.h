@@ -16,7 +16,7 @@ namespace fastgen {
 enum Prediction : int { kEps = 0, kX0 = 1, kV = 2, kScore = 3, kVelocity = 4 };
 
 // What a diffusion step leaves in aux (fastgen.constants.AuxStore).
-enum AuxStore : int { kAuxNone = 0, kAuxX0 = 1, kAuxIncrement = 2 };
+enum AuxStore : int { kAuxNone = 0, kAuxX0 = 1, kAuxIncrement = 2, kAuxEps = 3 };
 
 // Columns of a diffusion coefficient row (fastgen.constants.Coef).
 enum Coef : int {

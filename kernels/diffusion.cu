@@ -85,6 +85,7 @@ __device__ __forceinline__ void step_element(const DiffusionStepArgs& a, int64_t
   if (c[kCNoise] != 0.0f) next += c[kCNoise] * xi;
   if (a.aux_store == kAuxX0) a.aux[i] = r.x0;
   if (a.aux_store == kAuxIncrement) a.aux[i] = next - xv;
+  if (a.aux_store == kAuxEps) a.aux[i] = r.eps;
   // inpainting: the known region re-noised to the level the step lands on
   if (known) next = a.known_keep * a.known[i] + a.known_std * xi;
   store(x, i, next);

@@ -14,6 +14,7 @@ from .rng import BLOCK, load_rng, normal_at
 EPS, X0, V = tl.constexpr(int(Prediction.EPS)), tl.constexpr(int(Prediction.X0)), tl.constexpr(int(Prediction.V))
 VELOCITY = tl.constexpr(int(Prediction.VELOCITY))
 AUX_X0, AUX_INCREMENT = tl.constexpr(int(AuxStore.X0)), tl.constexpr(int(AuxStore.INCREMENT))
+AUX_EPS = tl.constexpr(int(AuxStore.EPS))
 WIDTH = tl.constexpr(COEF_WIDTH)
 ALPHA, SIGMA, K, C_X = (tl.constexpr(int(c)) for c in (Coef.ALPHA, Coef.SIGMA, Coef.K, Coef.C_X))
 C_X0, C_EPS, C_AUX, C_NOISE = (tl.constexpr(int(c)) for c in (Coef.C_X0, Coef.C_EPS, Coef.C_AUX, Coef.C_NOISE))
@@ -113,6 +114,8 @@ def step_elements(
             tl.store(aux_ptr + idx, x0, mask=mask)
         if AUX_STORE == AUX_INCREMENT:
             tl.store(aux_ptr + idx, nxt - x, mask=mask)
+        if AUX_STORE == AUX_EPS:
+            tl.store(aux_ptr + idx, eps, mask=mask)
     if KNOWN_MODE > 0:  # inpainting: the known region re-noised to the level the step lands on
         where = idx
         if KNOWN_MODE == 2:

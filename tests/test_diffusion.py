@@ -52,7 +52,8 @@ def test_diffusion_step_matches_reference(device_backend, dtype, shape, predicti
     torch.testing.assert_close(results[backend][1], results["torch"][1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["index-shared", "index-per-sample", "explicit-noise", "sample-seeds", "increment"])
+@pytest.mark.parametrize("mode", ["index-shared", "index-per-sample", "explicit-noise", "sample-seeds", "increment",
+                                  "eps"])
 def test_diffusion_step_modes_match_reference(device_backend, mode):
     device, backend = device_backend
     g = torch.Generator().manual_seed(5)
@@ -71,18 +72,18 @@ def test_diffusion_step_modes_match_reference(device_backend, mode):
     if mode == "sample-seeds":
         kwargs["sample_seeds"] = torch.randint(0, 2**40, (9,), generator=g).to(device)
         kwargs["sample_offset"] = 24
-    aux = torch.randn(9, 4, 3, generator=g).to(device) if mode == "increment" else None
+    aux = torch.randn(9, 4, 3, generator=g).to(device) if mode in ("increment", "eps") else None
     results = {}
     for name in (backend, "torch"):
         xs = x.clone()
         a = None if aux is None else aux.clone()
-        run_on(name, D.diffusion_step_, xs, out, table, aux=a, aux_store="increment" if a is not None else None,
-               **kwargs)
+        run_on(name, D.diffusion_step_, xs, out, table, aux=a, aux_store=mode if a is not None else None, **kwargs)
         results[name] = (xs, a)
     torch.testing.assert_close(results[backend][0], results["torch"][0], rtol=1e-5, atol=1e-5)
     if aux is not None:
         torch.testing.assert_close(results[backend][1], results["torch"][1], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(results["torch"][1], results["torch"][0] - x, rtol=1e-5, atol=1e-5)
+        kept = results["torch"][0] - x if mode == "increment" else out  # eps prediction: the output is eps
+        torch.testing.assert_close(results["torch"][1], kept, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 2), (3, 1000)])

@@ -25,6 +25,7 @@ class AuxStore(IntEnum):
     NONE = 0
     X0 = 1  # the step's x0 estimate
     INCREMENT = 2  # x_new - x
+    EPS = 3  # the step's eps estimate
 
 
 class Coef(IntEnum):

@@ -1,6 +1,7 @@
 """Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler,
-EulerAncestralDiscreteScheduler, EulerDiscreteScheduler and
-FlowMatchEulerDiscreteScheduler whose ``step`` is one fused pass.
+EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+FlowMatchEulerDiscreteScheduler and DPMSolverMultistepScheduler whose ``step`` is
+one fused pass.
 
 They subclass diffusers' classes, so configuration, ``from_config``,
 ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
@@ -11,7 +12,7 @@ sync. Noise: with ``generator=`` (or DDIM's ``variance_noise=``) step draws it
 exactly as diffusers does, so both give the same samples; without, it comes
 from fastgen's counter-based stream under a seed drawn from torch's global RNG
 at each step, so ``torch.manual_seed`` before a run reproduces it; a
-deterministic step (DDIM at eta = 0, Euler, FlowMatchEuler) draws nothing.
+deterministic step (DDIM at eta = 0, Euler, FlowMatchEuler, DPM-Solver's ODE solvers) draws nothing.
 Configurations that need per-sample statistics (dynamic thresholding) or learned
 variances run diffusers' own step.
 
@@ -370,3 +371,157 @@ class FlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDiscre
             sigma = sigmas[index].expand(timestep.shape[0])
         sigma = sigma.reshape(-1, *[1] * (sample.dim() - 1))
         return (sigma * noise.to(sample.device, torch.float32) + (1.0 - sigma) * sample.float()).to(sample.dtype)
+
+
+def _dpm_rows(sigmas: torch.Tensor, algorithm: str, solver_type: str, order: int, flow: bool):
+    """DPM-Solver's step i from sigmas[i] to sigmas[i+1] at ``order`` (1 to 3) as x <- c_x x + b0 m0 + b1 m1 +
+    b2 m2 + c_noise xi, m0 the current converted output (x0 for the ++ types, eps else), m1 and m2 the previous two:
+    diffusers' first-, second- and third-order updates with D1, D2 expanded into the m's (float64). Returns the
+    columns (alpha_s0, sigma_s0, c_x, b0, b1, b2, c_noise), one entry per step; rows without enough history are
+    NaN (never read)."""
+    s = sigmas.double().cpu()
+    n = s.shape[0] - 1
+
+    def at(offset):  # sigmas[i + offset] for every step i (NaN before the schedule starts)
+        idx = torch.arange(n) + offset
+        return torch.where(idx >= 0, s[idx.clamp(min=0)], float("nan"))
+
+    def alpha_sigma(sig):
+        return (1 - sig, sig) if flow else (1 / (sig**2 + 1) ** 0.5, sig / (sig**2 + 1) ** 0.5)
+
+    (a_t, s_t), (a0, s0), (a1, s1), (a2, s2) = (alpha_sigma(at(k)) for k in (1, 0, -1, -2))
+    lam = [a.log() - sg.log() for a, sg in ((a_t, s_t), (a0, s0), (a1, s1), (a2, s2))]
+    h, h0, h1 = lam[0] - lam[1], lam[1] - lam[2], lam[2] - lam[3]
+    r0, r1 = h0 / h, h1 / h
+    em, ep = torch.expm1(-h), torch.expm1(h)
+    zero = torch.zeros_like(h)
+    if algorithm == "dpmsolver++":
+        c_x, noise, a = s_t / s0, zero, -a_t * em
+        b = -0.5 * a_t * em if solver_type == "midpoint" and order == 2 else a_t * (em / h + 1)
+        c = -a_t * ((em + h) / h**2 - 0.5)
+    elif algorithm == "dpmsolver":
+        c_x, noise, a = a_t / a0, zero, -s_t * ep
+        b = -0.5 * s_t * ep if solver_type == "midpoint" and order == 2 else -s_t * (ep / h - 1)
+        c = -s_t * ((ep - h) / h**2 - 0.5)
+    elif algorithm == "sde-dpmsolver++":
+        e2 = -torch.expm1(-2 * h)  # 1 - exp(-2h)
+        c_x, noise, a = s_t / s0 * torch.exp(-h), s_t * e2.sqrt(), a_t * e2
+        b = 0.5 * a_t * e2 if solver_type == "midpoint" and order == 2 else a_t * (e2 / (-2 * h) + 1)
+        c = a_t * ((e2 - 2 * h) / (2 * h) ** 2 - 0.5)
+    else:  # sde-dpmsolver (orders 1 and 2)
+        c_x, noise, a = a_t / a0, s_t * torch.expm1(2 * h).sqrt(), -2 * s_t * ep
+        b = -s_t * ep if solver_type == "midpoint" else -2 * s_t * (ep / h - 1)
+        c = torch.full_like(h, float("nan"))
+    if order == 1:
+        b0, b1, b2 = a, zero, zero
+    elif order == 2:  # D1 = (m0 - m1) / r0
+        b0, b1, b2 = a + b / r0, -b / r0, zero
+    else:  # D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)
+        p = b * (1 + r0 / (r0 + r1)) + c / (r0 + r1)  # on D1_0 = (m0 - m1) / r0
+        q = -b * r0 / (r0 + r1) - c / (r0 + r1)  # on D1_1 = (m1 - m2) / r1
+        b0, b1, b2 = a + p / r0, -p / r0 + q / r1, -q / r1
+    return a0, s0, c_x, b0, b1, b2, noise
+
+
+
+class DPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepScheduler):
+    """diffusers.DPMSolverMultistepScheduler (DPM-Solver++ and DPM-Solver, orders 1 to 3, midpoint and heun, the SDE
+    variants, any of its sigma schedules, flow sigmas) with a fused ``step``.
+
+    Step i is x <- c_x x + b0 m0 + b1 m1 + b2 m2 + c_noise xi, m0 the model output converted inside the pass (x0
+    for the ++ types, eps for the others), m1 and m2 the previous steps' (``model_outputs``), the coefficients those
+    of diffusers' first-, second- or third-order update (as its lower_order_final, euler_at_final and
+    final_sigmas_type rules pick) in tables built once per set_timesteps. Orders 1 and 2 take one pass, which reads
+    the oldest entry the solver keeps from its buffer and leaves m0 there; with solver_order 3 one more kernel adds
+    b1 m1. ``model_outputs`` holds the entries later steps read, in float32 buffers the scheduler owns (the entry
+    overwritten in place reads None); history set from outside is copied, never written. Dynamic thresholding and
+    learned variances run diffusers' own step."""
+
+    def _build(self, order: int, b1_only: bool = False) -> torch.Tensor:
+        """Rows of steps at ``order``: c_aux is the coefficient on the oldest entry the solver keeps (m1 for
+        solver_order 2, m2 for 3). With b1_only: b1 of each step, (steps, 1), for solver_order 3's extra kernel."""
+        flow, plus, keep = bool(self.config.use_flow_sigmas), self.config.algorithm_type.endswith("++"), \
+            self.config.solver_order
+        a0, s0, c_x, b0, b1, b2, noise = _dpm_rows(self.sigmas, self.config.algorithm_type, self.config.solver_type,
+                                                   order, flow)
+        if b1_only:
+            return b1.reshape(-1, 1)
+        return ops.coef_rows(a0, s0, 1.0, c_x, b0 if plus else 0.0, 0.0 if plus else b0,
+                             {1: 0.0, 2: b1, 3: b2}[keep], noise, -1.0 if flow else 0.0, 1.0 if flow else 0.0)
+
+    def _order(self, i: int) -> int:
+        """The order diffusers' step uses at step index i."""
+        n, c = len(self.timesteps), self.config
+        final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
+        second = i == n - 2 and c.lower_order_final and n < 15
+        if c.solver_order == 1 or self.lower_order_nums < 1 or final:
+            return 1
+        if c.solver_order == 2 or self.lower_order_nums < 2 or second:
+            return 2
+        return 3
+
+    def _buffer(self, sample: torch.Tensor, avoid) -> torch.Tensor:
+        """One of the scheduler's float32 history buffers shaped like sample that is not in ``avoid``."""
+        pool = self.__dict__.setdefault("_fused_history", {}).setdefault(
+            (tuple(sample.shape), sample.device), [])
+        for b in pool:
+            if not any(b is a for a in avoid):
+                return b
+        pool.append(torch.empty(sample.shape, device=sample.device, dtype=torch.float32))
+        return pool[-1]
+
+    def _owned(self, t) -> bool:
+        return t is not None and any(t is b for pool in self.__dict__.get("_fused_history", {}).values() for b in pool)
+
+    def _fusable(self, model_output, sample, order) -> bool:
+        c = self.config
+        predictions = ("epsilon", "sample", "v_prediction") + (("flow_prediction",) if c.algorithm_type.endswith(
+            "++") else ())
+        return (not c.thresholding and c.variance_type not in ("learned", "learned_range")
+                and c.prediction_type in predictions and model_output.shape == sample.shape
+                and self._fused_dtype(sample) and not (order == 3 and c.algorithm_type == "sde-dpmsolver"))
+
+    def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
+        """One multistep DPM-Solver step in float32, one fused pass (two with solver_order 3); returns
+        (prev_sample,)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i, keep = self._step_index, self.config.solver_order
+        order = self._order(i)
+        if not self._fusable(model_output, sample, order):
+            return super().step(model_output, timestep, sample, generator, variance_noise, return_dict)
+        noise = None
+        if self.config.algorithm_type.startswith("sde"):
+            if variance_noise is not None:
+                noise = variance_noise.to(sample.device, torch.float32)
+            elif generator is not None:  # diffusers' draw, for identical samples
+                noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                     dtype=torch.float32)
+        table = self._table(("dpm", order), lambda: self._build(order), sample.device)
+        history = list(self.model_outputs)
+        oldest = history[1] if keep > 1 else None  # the entry this step drops from the solver's memory
+        read = order >= keep > 1  # the pass reads it (c_aux != 0)
+        if self._owned(oldest):
+            aux = oldest
+        else:
+            aux = self._buffer(sample, history)
+            if read:
+                aux.copy_(oldest)
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        ops.diffusion_step_(prev, model_output.float().contiguous(), table[i:i + 1],
+                            prediction="velocity" if self.config.prediction_type == "flow_prediction" else
+                            _PREDICTIONS[self.config.prediction_type],
+                            aux=aux, aux_store="x0" if self.config.algorithm_type.endswith("++") else "eps",
+                            **(self._noise_args(prev, noise) if self.config.algorithm_type.startswith("sde") else {}))
+        if keep == 3 and order >= 2:
+            b1 = self._table(("dpm_b1", order), lambda: self._build(order, b1_only=True), sample.device)
+            prev.addcmul_(b1[i, 0], history[2])
+        self.model_outputs = [None] * (keep - 1) + [aux] if keep < 3 else [None, history[2], aux]
+        if self.lower_order_nums < keep:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        return diffusers.schedulers.scheduling_utils.SchedulerOutput(prev_sample=prev) if return_dict else (prev,)

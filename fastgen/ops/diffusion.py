@@ -36,7 +36,7 @@ from ._registry import Loop
 
 PREDICTIONS = {"eps": Prediction.EPS, "x0": Prediction.X0, "v": Prediction.V, "score": Prediction.SCORE,
                "velocity": Prediction.VELOCITY}
-AUX_STORE = {None: AuxStore.NONE, "x0": AuxStore.X0, "increment": AuxStore.INCREMENT}
+AUX_STORE = {None: AuxStore.NONE, "x0": AuxStore.X0, "increment": AuxStore.INCREMENT, "eps": AuxStore.EPS}
 
 loop = Loop("diffusion")
 
@@ -396,7 +396,7 @@ def diffusion_step_(
     clip: float | None = None,
     clip_eps: bool = True,
     aux: torch.Tensor | None = None,  # (B, ...) float32
-    aux_store: str | None = None,  # None, "x0" or "increment"
+    aux_store: str | None = None,  # None, "x0", "eps" or "increment"
     noise: torch.Tensor | None = None,  # explicit xi instead of the stream
     seed=0,
     offset: int = 0,
@@ -433,7 +433,7 @@ def diffusion_step_(
     pred = prediction_code(prediction)
     coef = _check_coef(coef, x, index)
     if aux_store not in AUX_STORE:
-        raise ValueError(f"aux_store must be None, 'x0' or 'increment', got {aux_store!r}")
+        raise ValueError(f"aux_store must be None, 'x0', 'eps' or 'increment', got {aux_store!r}")
     if aux is not None:
         check_like(aux, "aux", x, dtypes=(torch.float32,))
     elif aux_store is not None:

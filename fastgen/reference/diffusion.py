@@ -17,7 +17,7 @@ x0 is optionally clamped to [-clip, clip] (eps then re-derived from it when clip
     x <- c_x x + c_x0 x0 + c_eps eps + c_aux aux + c_noise xi,
 
 terms with a zero coefficient dropped (so an unset x may enter with c_x = 0). aux_store 1 keeps x0 in aux, 2 keeps the
-increment x_new - x. xi is ``noise`` if given; else with ``sample_seeds`` sample b
+increment x_new - x, 3 keeps eps. xi is ``noise`` if given; else with ``sample_seeds`` sample b
 draws key sample_seeds[b] at positions sample_offset + j (j its element index);
 else element i draws position offset + i. Under classifier-free guidance the model output read is g = u + w (c - u), c
 the conditional output, u ``uncond_out`` and w ``guidance`` (one value, or one per sample); with guidance_rescale
@@ -124,6 +124,8 @@ def diffusion_step_(x, model_out, coef, index, prediction, clip, clip_eps, aux, 
             aux.copy_(x0)
         elif aux_store == AuxStore.INCREMENT:
             aux.copy_(nxt - xf)
+        elif aux_store == AuxStore.EPS:
+            aux.copy_(eps)
     if known is not None:
         nxt = torch.where(known_mask, known_keep * known.to(work) + known_std * xi, nxt)
     x.copy_(nxt)
