@@ -191,6 +191,58 @@ def test_dpm_solver_multistep_fp16_history_from_outside_and_passes(monkeypatch):
         assert len(calls) == (0 if thresholding else 7)
 
 
+def run_pair(scheduler, steps, sample, seed, dtype=torch.float32, **step_kwargs):
+    """Whole loop of LCM / TCD: (prev_sample, second output) per step."""
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x, outs = sample.to(dtype), []
+    for t in scheduler.timesteps:
+        prev, second = scheduler.step(model(x, t).to(dtype), t, x, generator=generator, return_dict=False,
+                                      **step_kwargs)
+        outs.append((prev, second))
+        x = prev
+    return outs
+
+
+@pytest.mark.parametrize("config", [dict(), dict(prediction_type="v_prediction", timestep_scaling=5.0),
+                                    dict(prediction_type="sample", clip_sample=True, clip_sample_range=0.8),
+                                    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                         set_alpha_to_one=False)])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_lcm(config, steps):
+    """LCM loops (prev_sample and denoised at every step) equal diffusers' on its generator draws."""
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert_same(run_pair(fast.LCMScheduler(**config), steps, sample, 4),
+                run_pair(diffusers.LCMScheduler(**config), steps, sample, 4))
+
+
+@pytest.mark.parametrize("config", [dict(), dict(prediction_type="v_prediction"), dict(prediction_type="sample")])
+@pytest.mark.parametrize("steps,eta", [(1, 0.3), (4, 0.0), (4, 0.3), (8, 1.0)])
+def test_tcd(config, steps, eta):
+    """TCD loops (prev_sample and pred_noised_sample) equal diffusers' at gamma 0, 0.3 and 1."""
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert_same(run_pair(fast.TCDScheduler(**config), steps, sample, 4, eta=eta),
+                run_pair(diffusers.TCDScheduler(**config), steps, sample, 4, eta=eta))
+
+
+def test_lcm_tcd_float16_and_passes(monkeypatch):
+    """float16 loops stay float16 and near diffusers'; two fused passes per step, one on the last (its second
+    output is prev)."""
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    for cls in ("LCMScheduler", "TCDScheduler"):
+        a = run_pair(getattr(fast, cls)(), 4, sample, 1, torch.float16)
+        b = run_pair(getattr(diffusers, cls)(), 4, sample, 1, torch.float16)
+        assert a[-1][0].dtype == torch.float16
+        torch.testing.assert_close(a[-1][0], b[-1][0], rtol=2e-2, atol=2e-2)
+    calls = []
+    real = fast.ops.diffusion_step_
+    monkeypatch.setattr(fast.ops, "diffusion_step_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for cls in ("LCMScheduler", "TCDScheduler"):
+        calls.clear()
+        run_pair(getattr(fast, cls)(), 4, sample, 1)
+        assert len(calls) == 2 * 4 - 1
+
+
 def test_flow_match_custom_sigmas_and_scale_noise():
     """Custom sigmas; scale_noise with a timestep per sample (repeated and distinct ones) equals diffusers' loop,
     and a host timestep off the schedule raises as diffusers' does."""
@@ -214,11 +266,14 @@ def test_flow_match_custom_sigmas_and_scale_noise():
 
 
 @pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler",
-                                 "DPMSolverMultistepScheduler"])
-def test_steps_read_no_tensor_value(cls):
+                                 "DPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler"])
+def test_steps_read_no_tensor_value(cls, monkeypatch):
     """With the begin index set (as diffusers' pipelines do), step reads no tensor's value on the host (item,
     tolist, bool, int, float: each a device sync on a GPU): the fused op takes its row of a table built once per
-    set_timesteps (from diffusers' host sigmas) by the step index."""
+    set_timesteps (from diffusers' host sigmas) by the step index. The noisy steps' seed is drawn from torch's CPU
+    generator (resolve_seed, a host read that involves no device), counted apart."""
+    seeds = []
+    monkeypatch.setattr(fast, "resolve_seed", lambda: seeds.append(1) or len(seeds))
     s = getattr(fast, cls)()
     s.set_timesteps(6)
     s.set_begin_index(0)
@@ -330,13 +385,14 @@ def tiny_dit():
 
 
 @pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
-                                       "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+                                       "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "LCMScheduler",
+                                       "TCDScheduler"])
 def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
     """diffusers' class-conditional DiTPipeline, classifier-free guidance included (it concatenates the batch, splits
     the output, combines and steps on the doubled latents), with a small random DiT and VAE and fastgen's scheduler
-    swapped in with from_config. DDIM, Euler and DPM-Solver++ (deterministic) give diffusers' images; DDPM and Euler
-    ancestral, whose step the pipeline calls without a generator, draw fastgen's stream (module docstring of
-    fastgen.diffusers), so their runs repeat under torch.manual_seed as diffusers' do.
+    swapped in with from_config. DDIM, Euler and DPM-Solver++ (deterministic) give diffusers' images; DDPM, Euler
+    ancestral, LCM and TCD, whose step the pipeline calls without a generator, draw fastgen's stream (module
+    docstring of fastgen.diffusers), so their runs repeat under torch.manual_seed as diffusers' do.
     """
     transformer, vae = tiny_dit()
     theirs = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=getattr(diffusers, scheduler)())

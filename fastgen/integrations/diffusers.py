@@ -1,7 +1,8 @@
 """Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler,
 EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-FlowMatchEulerDiscreteScheduler and DPMSolverMultistepScheduler whose ``step`` is
-one fused pass.
+FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler and
+TCDScheduler whose ``step`` is one fused pass (two where it returns a second
+tensor or reads a third-order history).
 
 They subclass diffusers' classes, so configuration, ``from_config``,
 ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
@@ -525,3 +526,113 @@ class DPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepSchedu
         self._step_index += 1
         prev = prev.to(model_output.dtype)
         return diffusers.schedulers.scheduling_utils.SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+
+
+class _TwoOutputStep(_FusedStep):
+    """LCM's and TCD's step, per step index i: prev = c_x x + c_x0 x0 + c_eps eps + c_noise xi in one fused pass that
+    keeps x0, and the step's second output d = a x0 + b x (LCM's denoised, TCD's pred_noised_sample) in a second pass
+    over the kept x0; where d equals prev (the last step, no noise) the second pass is skipped. A subclass's
+    ``_rows(*key[1:])`` gives the step rows, (a, b) per step and the host list of steps whose d is prev."""
+
+    def _two_output_step(self, model_output, sample, key, generator, *, noisy: bool):
+        """(prev, d) of step ``self._step_index`` in float32 passes, cast to the sample's dtype; the index advanced."""
+        tables = self.__dict__.setdefault("_fused_tables", {})
+        if (key, sample.device) not in tables:
+            step_rows, second, same = self._rows(*key[1:])
+            tables[(key, sample.device)] = (step_rows.to(sample.device, torch.float32).contiguous(),
+                                            ops.coef_rows(1.0, 1.0, 1.0, second[0], 0.0, second[1], 0.0, 0.0).to(
+                                                sample.device, torch.float32).contiguous(), same)
+        step_rows, second, same = tables[(key, sample.device)]
+        i = self._step_index
+        noise = None
+        if noisy and generator is not None and not same[i]:  # diffusers' draw, for identical samples
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=torch.float32)
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        x0 = torch.empty_like(prev)
+        ops.diffusion_step_(prev, model_output.float().contiguous(), step_rows[i:i + 1],
+                            prediction=_PREDICTIONS[self.config.prediction_type], clip=_clip(self.config), aux=x0,
+                            aux_store="x0", **(self._noise_args(prev, noise) if noisy and not same[i] else {}))
+        if same[i]:
+            d = prev
+        else:  # d = a x0 + b x: the kept x0 as the state, x read as an eps prediction at alpha = sigma = 1
+            d = ops.diffusion_step_(x0, sample.to(torch.float32).contiguous(), second[i:i + 1], prediction="eps")
+        self._step_index += 1
+        return prev.to(sample.dtype), d.to(sample.dtype)
+
+    def _fusable(self, model_output, sample) -> bool:
+        return (not self.config.thresholding and self.config.prediction_type in _PREDICTIONS
+                and model_output.shape == sample.shape and self._fused_dtype(sample))
+
+    def _begin(self, timestep) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+
+    def _abar(self, t: torch.Tensor) -> torch.Tensor:
+        """alphas_cumprod at timesteps t (float64), final_alpha_cumprod where t < 0."""
+        abar = self.alphas_cumprod.double()
+        return torch.where(t >= 0, abar[t.clamp(min=0)], self.final_alpha_cumprod.double())
+
+
+class LCMScheduler(_TwoOutputStep, diffusers.LCMScheduler):
+    """diffusers.LCMScheduler with a fused ``step``: prev = sqrt(abar') (c_skip x + c_out x0) + sqrt(1 - abar') xi
+    (no noise on the last step) in one pass, and ``denoised`` = c_skip x + c_out x0 in a second (the first's output
+    on the last step). Its tables live on the device: no host read of a device timestep (diffusers indexes its CPU
+    alphas_cumprod with it, a sync per step). Thresholding runs diffusers' own step."""
+
+    def _rows(self):
+        t = self.timesteps.cpu().long()
+        n = t.shape[0]
+        prev_t = torch.cat([t[1:], t[-1:]])
+        abar_t, abar_prev = self._abar(t), self._abar(prev_t)
+        c_skip, c_out = (c.double() for c in self.get_scalings_for_boundary_condition_discrete(t.double()))
+        last = torch.arange(n) == self.num_inference_steps - 1
+        keep, noise = torch.where(last, 1.0, abar_prev.sqrt()), torch.where(last, 0.0, (1 - abar_prev).sqrt())
+        rows = ops.coef_rows(abar_t.sqrt(), (1 - abar_t).sqrt(), 1.0, keep * c_skip, keep * c_out, 0.0, 0.0, noise)
+        return rows, (c_out, c_skip), last.tolist()
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        """One LCM step; returns (prev_sample, denoised)."""
+        self._begin(timestep)
+        if not self._fusable(model_output, sample):
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        prev, denoised = self._two_output_step(model_output, sample, ("lcm",), generator, noisy=True)
+        if not return_dict:
+            return prev, denoised
+        return diffusers.schedulers.scheduling_lcm.LCMSchedulerOutput(prev_sample=prev, denoised=denoised)
+
+
+class TCDScheduler(_TwoOutputStep, diffusers.TCDScheduler):
+    """diffusers.TCDScheduler with a fused ``step``: the predicted noised sample at s = floor((1 - eta) t'),
+    x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps, and prev = sqrt(abar'/abar_s) x_s + sqrt(1 - abar'/abar_s) xi
+    (eta > 0, not on the last step) in one pass; x_s itself (``pred_noised_sample``) in a second."""
+
+    def _rows(self, eta: float):
+        t = self.timesteps.cpu().long()
+        n = t.shape[0]
+        prev_t = torch.cat([t[1:], torch.zeros(1, dtype=torch.long)])
+        s = torch.floor((1 - eta) * prev_t).long()
+        abar_t, abar_prev, abar_s = self._abar(t), self._abar(prev_t), self._abar(s)
+        plain = (torch.arange(n) == self.num_inference_steps - 1) | (eta <= 0)  # prev is x_s
+        ratio = abar_prev / abar_s
+        keep, noise = torch.where(plain, 1.0, ratio.sqrt()), torch.where(plain, 0.0, (1 - ratio).sqrt())
+        sa, sb = abar_s.sqrt(), (1 - abar_s).sqrt()
+        rows = ops.coef_rows(abar_t.sqrt(), (1 - abar_t).sqrt(), 1.0, 0.0, keep * sa, keep * sb, 0.0, noise)
+        # x_s in x0 and x: eps = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+        b = sb / (1 - abar_t).sqrt()
+        return rows, (sa - b * abar_t.sqrt(), b), plain.tolist()
+
+    def step(self, model_output, timestep, sample, eta: float = 0.3, generator=None, return_dict: bool = True):
+        """One TCD step with gamma = eta; returns (prev_sample, pred_noised_sample)."""
+        self._begin(timestep)
+        assert 0 <= eta <= 1.0, "gamma must be less than or equal to 1.0"
+        if not self._fusable(model_output, sample):
+            return super().step(model_output, timestep, sample, eta, generator, return_dict)
+        prev, noised = self._two_output_step(model_output, sample, ("tcd", float(eta)), generator, noisy=eta > 0)
+        if not return_dict:
+            return prev, noised
+        return diffusers.schedulers.scheduling_tcd.TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised)
