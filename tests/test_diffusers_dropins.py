@@ -243,6 +243,35 @@ def test_lcm_tcd_float16_and_passes(monkeypatch):
         assert len(calls) == 2 * 4 - 1
 
 
+@pytest.mark.parametrize("config", [dict(), dict(prediction_type="v_prediction", use_karras_sigmas=True),
+                                    dict(prediction_type="sample", clip_sample=True, clip_sample_range=1.5),
+                                    dict(use_exponential_sigmas=True, timestep_spacing="trailing")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_heun(config, dtype):
+    """Heun loops (both stages' prev_sample and pred_original_sample) equal diffusers' own, the model called on the
+    scaled input as pipelines do. float16: the drop-in computes in float32 and rounds once per stage, diffusers in
+    float16 throughout: its mean distance from diffusers' float32 loop is at most diffusers' float16 loop's."""
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+
+    def loop(s, dtype):
+        s.set_timesteps(12)
+        x, out = sample.to(dtype) * s.init_noise_sigma, []
+        for t in s.timesteps:
+            step = s.step(model(s.scale_model_input(x, t), t).to(dtype), t, x)
+            x = step.prev_sample
+            out.append((x, step.pred_original_sample))
+        return out
+
+    ours, theirs = loop(fast.HeunDiscreteScheduler(**config), dtype), loop(
+        diffusers.HeunDiscreteScheduler(**config), torch.float32)
+    assert ours[-1][0].dtype == dtype
+    if dtype == torch.float32:
+        assert_same(ours, theirs)
+    else:
+        half = loop(diffusers.HeunDiscreteScheduler(**config), dtype)
+        assert (ours[-1][0].float() - theirs[-1][0]).abs().mean() <= (half[-1][0].float() - theirs[-1][0]).abs().mean()
+
+
 def test_flow_match_custom_sigmas_and_scale_noise():
     """Custom sigmas; scale_noise with a timestep per sample (repeated and distinct ones) equals diffusers' loop,
     and a host timestep off the schedule raises as diffusers' does."""
@@ -266,7 +295,8 @@ def test_flow_match_custom_sigmas_and_scale_noise():
 
 
 @pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler",
-                                 "DPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler"])
+                                 "DPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
+                                 "HeunDiscreteScheduler"])
 def test_steps_read_no_tensor_value(cls, monkeypatch):
     """With the begin index set (as diffusers' pipelines do), step reads no tensor's value on the host (item,
     tolist, bool, int, float: each a device sync on a GPU): the fused op takes its row of a table built once per
@@ -386,11 +416,11 @@ def tiny_dit():
 
 @pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
                                        "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "LCMScheduler",
-                                       "TCDScheduler"])
+                                       "TCDScheduler", "HeunDiscreteScheduler"])
 def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
     """diffusers' class-conditional DiTPipeline, classifier-free guidance included (it concatenates the batch, splits
     the output, combines and steps on the doubled latents), with a small random DiT and VAE and fastgen's scheduler
-    swapped in with from_config. DDIM, Euler and DPM-Solver++ (deterministic) give diffusers' images; DDPM, Euler
+    swapped in with from_config. DDIM, Euler, Heun and DPM-Solver++ (deterministic) give diffusers' images; DDPM, Euler
     ancestral, LCM and TCD, whose step the pipeline calls without a generator, draw fastgen's stream (module
     docstring of fastgen.diffusers), so their runs repeat under torch.manual_seed as diffusers' do.
     """
@@ -406,7 +436,7 @@ def test_diffusers_guided_dit_pipeline_runs_the_drop_ins_unchanged(scheduler):
 
     images = run(ours)
     assert images.shape == (3, 8, 8, 3) and (images >= 0).all() and (images <= 1).all()
-    if scheduler in ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"):
+    if scheduler in ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler"):
         assert abs(run(theirs) - images).max() < 1e-4
     else:
         assert (run(ours) == images).all() and (run(ours, seed=12) != images).any()

@@ -1,8 +1,9 @@
 """Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler,
 EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler and
-TCDScheduler whose ``step`` is one fused pass (two where it returns a second
-tensor or reads a third-order history).
+FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler,
+HeunDiscreteScheduler, LCMScheduler and TCDScheduler whose ``step`` is one fused
+pass (two where it returns a second tensor or reads a third-order history, or at
+Heun's correction).
 
 They subclass diffusers' classes, so configuration, ``from_config``,
 ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
@@ -636,3 +637,60 @@ class TCDScheduler(_TwoOutputStep, diffusers.TCDScheduler):
         if not return_dict:
             return prev, noised
         return diffusers.schedulers.scheduling_tcd.TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised)
+
+
+
+class HeunDiscreteScheduler(_FusedStep, diffusers.HeunDiscreteScheduler):
+    """diffusers.HeunDiscreteScheduler with a fused ``step`` (epsilon, sample and v prediction, clipping, any of its
+    sigma schedules). The Euler stage x' = x + dt d1 (d1 = (x - x0_1) / sigma, dt = sigma' - sigma) is one pass that
+    returns x0_1; the correction x + dt (d1 + d2) / 2, d2 read from the output at the sample it is called with, is one
+    pass over b = x + dt d1 / 2 (one lerp of x and x0_1). x is kept by reference, as diffusers keeps it, and
+    ``state_in_first_order`` and ``dt`` behave as diffusers'."""
+
+    def _build(self, stage: int) -> torch.Tensor:
+        """Row i: the Euler stage from sigmas[i] to sigmas[i+1] (stage 1), or the correction's slope at sigmas[i]
+        after the stage from sigmas[i-1] (stage 2, x <- b + dt / 2 d2 with b in aux), the model output read at
+        x / sqrt(sigma^2 + 1)."""
+        sigmas = self.sigmas.double().cpu()
+        if stage == 1:
+            s, s_next = sigmas[:-1], sigmas[1:]
+            scale = 1 / (s**2 + 1).sqrt()
+            return ops.coef_rows(scale, s * scale, scale, 1.0, 0.0, s_next - s, 0.0, 0.0)
+        s_prev, s = torch.cat([sigmas[:1], sigmas[:-2]]), sigmas[:-1]  # row 0 is never a correction
+        scale = 1 / (s**2 + 1).sqrt()
+        return ops.coef_rows(scale, s * scale, scale, 0.0, 0.0, (s - s_prev) / 2, 1.0, 0.0)
+
+    def step(self, model_output, timestep, sample, return_dict: bool = True):
+        """One stage of Heun's method in float32; returns (prev_sample, pred_original_sample)."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        first, kept = self.state_in_first_order, self.__dict__.get("_fused_x0")
+        fusable = self.config.prediction_type in _PREDICTIONS and self._fused_dtype(sample) and \
+            model_output.shape == sample.shape
+        i = self._step_index
+        sigmas = self.__dict__.setdefault("_fused_tables", {}).get("host_sigmas")
+        if sigmas is None:  # diffusers keeps its sigmas on the host: read once per set_timesteps
+            sigmas = self.__dict__["_fused_tables"]["host_sigmas"] = self.sigmas.tolist()
+        if not first and kept is not None and not fusable:  # diffusers' correction after a fused Euler stage
+            self.prev_derivative, self.__dict__["_fused_x0"] = (self.sample - kept) / sigmas[i - 1], None
+        if not fusable or (not first and kept is None):
+            return super().step(model_output, timestep, sample, return_dict)
+        table = self._table(("heun", 1 if first else 2), lambda: self._build(1 if first else 2), sample.device)
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        if first:
+            x0 = torch.empty_like(prev)
+        else:  # b = x + dt / 2 (x - x0_1) / sigma: the pass reads it and leaves x0 in its place
+            x0 = torch.lerp(self.sample.float(), kept.float(), -(sigmas[i] - sigmas[i - 1]) / (2 * sigmas[i - 1]))
+        ops.diffusion_step_(prev, model_output.float().contiguous(), table[i:i + 1],
+                            prediction=_PREDICTIONS[self.config.prediction_type], clip=_clip(self.config),
+                            aux=x0.contiguous(), aux_store="x0")
+        prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+        if first:  # diffusers' first-order state: dt set, x kept; x0_1 kept for the correction
+            self.dt, self.sample, self.__dict__["_fused_x0"] = sigmas[i + 1] - sigmas[i], sample, x0
+        else:
+            self.dt, self.prev_derivative, self.sample, self.__dict__["_fused_x0"] = None, None, None, None
+        self._step_index += 1
+        if not return_dict:
+            return prev, x0
+        return diffusers.schedulers.scheduling_heun_discrete.HeunDiscreteSchedulerOutput(
+            prev_sample=prev, pred_original_sample=x0)
