@@ -1,9 +1,9 @@
 """Drop-in replacements for diffusers' DDPMScheduler, DDIMScheduler,
 EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
 FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler,
-HeunDiscreteScheduler, LCMScheduler and TCDScheduler whose ``step`` is one fused
-pass (two where it returns a second tensor or reads a third-order history, or at
-Heun's correction).
+UniPCMultistepScheduler, HeunDiscreteScheduler, LCMScheduler and TCDScheduler
+whose ``step`` is one fused pass (plus one small kernel per extra multistep
+history entry or second output; each class says how many).
 
 They subclass diffusers' classes, so configuration, ``from_config``,
 ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``order``,
@@ -25,6 +25,7 @@ variances run diffusers' own step.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -35,7 +36,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without diffusers
     raise ImportError("fastgen.diffusers needs diffusers: pip install diffusers") from err
 
-from ..core.constants import Coef
+from ..core.constants import COEF_WIDTH, Coef
 from ..core.rng import resolve_seed
 from ..diffusion.processes import LinearPath
 from ..ops import diffusion as ops
@@ -120,6 +121,20 @@ class _FusedStep:
         self._step_index += 1
         prev = prev.to(model_output.dtype)
         return (prev, x0) if output is None else output(prev_sample=prev, pred_original_sample=x0)
+
+    def _buffer(self, sample: torch.Tensor, avoid) -> torch.Tensor:
+        """One of the scheduler's float32 history buffers shaped like sample that is not in ``avoid``."""
+        pool = self.__dict__.setdefault("_fused_history", {}).setdefault(
+            (tuple(sample.shape), sample.device), [])
+        for b in pool:
+            if not any(b is a for a in avoid):
+                return b
+        pool.append(torch.empty(sample.shape, device=sample.device, dtype=torch.float32))
+        return pool[-1]
+
+    def _owned(self, t) -> bool:
+        """Whether t is one of those buffers (multistep history the scheduler may overwrite)."""
+        return t is not None and any(t is b for pool in self.__dict__.get("_fused_history", {}).values() for b in pool)
 
     def _run(self, model_output, sample, table, timestep, *, prediction, clip, clip_eps, noise, out_dtype,
              noisy: bool = True):
@@ -462,19 +477,6 @@ class DPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepSchedu
             return 2
         return 3
 
-    def _buffer(self, sample: torch.Tensor, avoid) -> torch.Tensor:
-        """One of the scheduler's float32 history buffers shaped like sample that is not in ``avoid``."""
-        pool = self.__dict__.setdefault("_fused_history", {}).setdefault(
-            (tuple(sample.shape), sample.device), [])
-        for b in pool:
-            if not any(b is a for a in avoid):
-                return b
-        pool.append(torch.empty(sample.shape, device=sample.device, dtype=torch.float32))
-        return pool[-1]
-
-    def _owned(self, t) -> bool:
-        return t is not None and any(t is b for pool in self.__dict__.get("_fused_history", {}).values() for b in pool)
-
     def _fusable(self, model_output, sample, order) -> bool:
         c = self.config
         predictions = ("epsilon", "sample", "v_prediction") + (("flow_prediction",) if c.algorithm_type.endswith(
@@ -694,3 +696,200 @@ class HeunDiscreteScheduler(_FusedStep, diffusers.HeunDiscreteScheduler):
             return prev, x0
         return diffusers.schedulers.scheduling_heun_discrete.HeunDiscreteSchedulerOutput(
             prev_sample=prev, pred_original_sample=x0)
+
+
+def _unipc_rhos(rks: list[float], hh: float, b_h: float, order: int, corrector: bool) -> list[float]:
+    """UniPC's rho coefficients (diffusers' multistep_uni_p/c_bh_update), solved on the host in float64."""
+    if not corrector and order == 1:
+        return []
+    if order == (1 if corrector else 2):
+        return [0.5]
+    r, b, h_phi_k, factorial = [], [], math.expm1(hh) / hh - 1, 1
+    ks = torch.tensor(rks + [1.0], dtype=torch.float64)
+    for i in range(1, order + 1):
+        r.append(ks ** (i - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r, b = torch.stack(r), torch.tensor(b, dtype=torch.float64)
+    return torch.linalg.solve(r, b).tolist() if corrector else torch.linalg.solve(r[:-1, :-1], b[:-1]).tolist()
+
+
+def _unipc_update(lam, scale, i_from: int, i_to: int, order: int, corrector: bool, x0: bool, bh1: bool):
+    """One UniP (predictor) or UniC (corrector) update of diffusers' from sigmas[i_from] to sigmas[i_to] at
+    ``order``, expanded into x_new = c x + sum_j w[j] m_j: m_j the converted output j steps older than the newest the
+    update reads (the predictor's newest is the output at i_from, the corrector's the one at i_to). ``lam`` holds
+    log(alpha / sigma) and ``scale`` (alpha, sigma) per sigma, as host floats."""
+    h = lam[i_to] - lam[i_from]
+    hh = -h if x0 else h
+    h_phi_1, b_h = math.expm1(hh), hh if bh1 else math.expm1(hh)
+    a_t, a_s = scale[i_to], scale[i_from]  # alpha (x0 form) or sigma (eps form) at the two ends
+    c = a_t[1] / a_s[1] if x0 else a_t[0] / a_s[0]
+    k_t = a_t[0] if x0 else a_t[1]
+    n_hist = order - 1
+    rks = [(lam[i_from - k] - lam[i_from]) / h for k in range(1, n_hist + 1)]
+    rhos = _unipc_rhos(rks, hh, b_h, order, corrector)
+    # m0 = output at i_from; D1_k = (m_{from-k} - m0) / r_k
+    w_m0 = -k_t * h_phi_1 + k_t * b_h * sum(rhos[k - 1] / rks[k - 1] for k in range(1, n_hist + 1))
+    w_old = [-k_t * b_h * rhos[k - 1] / rks[k - 1] for k in range(1, n_hist + 1)]
+    if not corrector:
+        return c, [w_m0] + w_old
+    # corrector: + rhos[-1] (m_new - m0)
+    w_new = -k_t * b_h * rhos[-1]
+    return c, [w_new, w_m0 + k_t * b_h * rhos[-1]] + w_old
+
+
+class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
+    """diffusers.UniPCMultistepScheduler (bh1 and bh2, any solver_order, predictor and corrector, x0 and eps forms,
+    its sigma schedules and flow sigmas) with a fused ``step`` and no device linear solve.
+
+    diffusers' step corrects the last sample (UniC), then predicts the next (UniP); both are linear in the sample,
+    the new converted output and the kept ones, with rho coefficients that depend on the schedule only. Here they
+    are solved on the host in float64 when a run's rows are built (diffusers solves on the device every step, a
+    sync), and the corrected sample is not materialized: it is the last output minus the predictor's history terms,
+    over its c, which folds into the next step's row. A step is then x <- K_x x + K_0 m_new + sum_j K_j m_{i-j}: one
+    fused pass that reads the oldest kept output and leaves m_new in its buffer, plus one kernel per other kept
+    output (solver_order 2: two kernels). ``last_sample`` is computed when read. A sample other than the one the
+    last step returned (a pipeline that edits the latents between steps), dynamic thresholding and ``solver_p``
+    run diffusers' own step."""
+
+    @property
+    def last_sample(self):
+        pending = self.__dict__.get("_fused_last")
+        if pending is not None:  # the corrected sample: (x_out - sum_j w_j m_j) / c
+            out, c, w, kept = pending
+            value = out.float()
+            for wj, mj in zip(w, kept, strict=True):
+                value = value - wj * mj
+            self.__dict__["_last_sample"], self.__dict__["_fused_last"] = (value / c).to(out.dtype), None
+        return self.__dict__.get("_last_sample")
+
+    @last_sample.setter
+    def last_sample(self, value):
+        self.__dict__["_fused_last"], self.__dict__["_last_sample"] = None, value
+
+    def _host(self):
+        """(lam, (alpha, sigma)) per sigma as host floats, once per set_timesteps."""
+        tables = self.__dict__.setdefault("_fused_tables", {})
+        if "host" not in tables:
+            sig = self.sigmas.double().cpu()
+            alpha, sigma = (1 - sig, sig) if self.config.use_flow_sigmas else (1 / (sig**2 + 1).sqrt(),
+                                                                                 sig / (sig**2 + 1).sqrt())
+            scale = list(zip(alpha.tolist(), sigma.tolist(), strict=True))
+            tables["host"] = ((alpha.log() - sigma.log()).tolist(), scale)
+        return tables["host"]
+
+    def _row(self, i: int, p_prev: int, p: int, corrected: bool):
+        """(K_x, [K_0, ..., K_S]) of step i: corrector order p_prev (if corrected), predictor order p."""
+        keep, x0, bh1 = self.config.solver_order, self.predict_x0, self.config.solver_type == "bh1"
+        lam, scale = self._host()
+        k = [0.0] * (keep + 1)
+        try:
+            c, w = _unipc_update(lam, scale, i, i + 1, p, False, x0, bh1)
+            k_x = c
+            if corrected:  # x_c = cc last + sum cw_j m_j, last = (x - sum pw_j m_{1+j}) / pc
+                cc, cw = _unipc_update(lam, scale, i - 1, i, p_prev, True, x0, bh1)
+                pc, pw = _unipc_update(lam, scale, i - 1, i, p_prev, False, x0, bh1)
+                k_x = c * cc / pc
+                for j, v in enumerate(cw):
+                    k[j] += c * v
+                for j, v in enumerate(pw):
+                    k[1 + j] -= c * cc * v / pc
+            for j, v in enumerate(w):
+                k[j] += v
+        except (ZeroDivisionError, torch.linalg.LinAlgError):  # a higher order onto sigma = 0 (diffusers' step
+            # gives inf there, or fails in its solve)
+            return None
+        return k_x, k
+
+    def _rows_from(self, i: int, lower: int, p_prev: int, corrected: bool) -> dict:
+        """Rows of the rest of a run from step i in state (lower_order_nums, this_order, last sample kept), built at
+        once (one host-to-device copy) and indexed by (i, p_prev, p, corrected); and the keys of steps that cannot
+        be taken."""
+        n, keep, c = len(self.timesteps), self.config.solver_order, self.config
+        lam, scale = self._host()
+        keys, cols, bad = [], [], set()
+        for step in range(i, n):
+            corr = step > 0 and step - 1 not in self.disable_corrector and corrected
+            p = min(min(keep, n - step) if c.lower_order_final else keep, lower + 1)
+            row = self._row(step, p_prev, p, corr)
+            k_x, k = row if row is not None else (float("nan"), [float("nan")] * (keep + 1))
+            plus = self.predict_x0
+            if row is None:
+                bad.add((step, p_prev if corr else 0, p, corr))
+            cols.append([scale[step][0], scale[step][1], 1.0, k_x, k[0] if plus else 0.0, 0.0 if plus else k[0],
+                         k[keep], 0.0, -1.0 if c.use_flow_sigmas else 0.0, 1.0 if c.use_flow_sigmas else 0.0]
+                        + k[1:keep])
+            keys.append((step, p_prev if corr else 0, p, corr))
+            lower, p_prev, corrected = min(lower + 1, keep), p, True
+        return {key: j for j, key in enumerate(keys)}, torch.tensor(cols, dtype=torch.float64), bad
+
+    def _fusable(self, model_output, sample) -> bool:
+        c = self.config
+        predictions = ("epsilon", "sample", "v_prediction") + (("flow_prediction",) if self.predict_x0 else ())
+        return (not c.thresholding and self.solver_p is None and c.prediction_type in predictions
+                and model_output.shape == sample.shape and self._fused_dtype(sample))
+
+    def step(self, model_output, timestep, sample, return_dict: bool = True):
+        """One UniPC step (corrector then predictor) in float32; returns (prev_sample,)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i, keep = self._step_index, self.config.solver_order
+        pending = self.__dict__.get("_fused_last")
+        kept_last = pending is not None or self.__dict__.get("_last_sample") is not None
+        corrected = i > 0 and i - 1 not in self.disable_corrector and kept_last
+        if not self._fusable(model_output, sample) or corrected and (pending is None or pending[0] is not sample):
+            return super().step(model_output, timestep, sample, return_dict)
+        p_prev = self.this_order if corrected else 0
+        n = len(self.timesteps)
+        p = min(min(keep, n - i) if self.config.lower_order_final else keep, self.lower_order_nums + 1)
+        key = (i, p_prev, p, corrected)
+        tables = self.__dict__.setdefault("_fused_tables", {})
+        runs = tables.setdefault(("unipc", sample.device), [])
+        found = next(((index[key], table, bad) for index, table, bad in runs if key in index), None)
+        if found is None:
+            index, table, bad = self._rows_from(i, self.lower_order_nums, p_prev, corrected)
+            runs.append((index, table.to(sample.device, torch.float32), bad))
+            found = (index[key], runs[-1][1], bad)
+        row, table, bad = found
+        if key in bad:
+            raise ValueError(f"UniPC cannot take an order-{p} step onto sigma = 0 (step {i}): use "
+                             "lower_order_final=True or final_sigmas_type='sigma_min'")
+        history = list(self.model_outputs)
+        oldest = history[0]
+        if self._owned(oldest):
+            aux = oldest
+        else:
+            aux = self._buffer(sample, history)
+            if oldest is not None:
+                aux.copy_(oldest)
+            else:
+                aux.zero_()  # (read with a zero coefficient: no older output yet)
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        ops.diffusion_step_(prev, model_output.float().contiguous(), table[row:row + 1, :COEF_WIDTH],
+                            prediction="velocity" if self.config.prediction_type == "flow_prediction" else
+                            _PREDICTIONS[self.config.prediction_type],
+                            aux=aux, aux_store="x0" if self.predict_x0 else "eps")
+        for j in range(1, keep):  # the other kept outputs: m_{i-j} is history[keep - j]
+            if history[keep - j] is not None:
+                prev.addcmul_(table[row, COEF_WIDTH + j - 1], history[keep - j])
+        self.model_outputs = history[1:] + [aux]
+        self.timestep_list = list(self.timestep_list[1:]) + [timestep]
+        self.this_order = p
+        if self.lower_order_nums < keep:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        out = prev.to(sample.dtype)
+        lam, scale = self._host()
+        try:
+            c, w = _unipc_update(lam, scale, i, i + 1, p, False, self.predict_x0, self.config.solver_type == "bh1")
+        except (ZeroDivisionError, torch.linalg.LinAlgError):
+            c = 0.0
+        if c != 0 and math.isfinite(c):  # the corrected sample, for the next step or a reader of last_sample
+            self.__dict__["_fused_last"] = (out, c, w, self.model_outputs[::-1][:p])
+        else:  # the last step onto sigma = 0: nothing follows to correct
+            self.last_sample = None
+        return diffusers.schedulers.scheduling_utils.SchedulerOutput(prev_sample=out) if return_dict else (out,)
