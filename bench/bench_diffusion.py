@@ -419,9 +419,48 @@ def bench_guided_loop(device: str, steps: int = 20, batch: int = 16, size: int =
     return rows
 
 
+DROP_INS = ("EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+            "UniPCMultistepScheduler", "HeunDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+
+
+def host_reads_per_step(scheduler, out, x0, steps: int) -> float:
+    """Host reads of tensor values (item, tolist, bool, int, float, index) and linear solves per scheduler call
+    after a run's first step (set_timesteps and the first step build the drop-ins' tables from diffusers' host
+    arrays): on a GPU each such read of device data is a sync, so counting them on the CPU shows what a GPU run
+    would wait for."""
+    names = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    real = {name: getattr(torch.Tensor, name) for name in names}
+    solve, count = torch.linalg.solve, [0]
+
+    def spy(name):
+        def read(self, *args):
+            count[0] += 1
+            return real[name](self, *args)
+        return read
+
+    scheduler.set_timesteps(steps, device=x0.device)
+    scheduler.set_begin_index(0)
+    timesteps = list(scheduler.timesteps.unbind())
+    x = scheduler.step(out, timesteps[0], x0).prev_sample
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, spy(name))
+        torch.linalg.solve = lambda *a, **k: count.__setitem__(0, count[0] + 1) or solve(*a, **k)
+        for t in timesteps[1:]:
+            if hasattr(scheduler, "scale_model_input"):
+                scheduler.scale_model_input(x, t)
+            x = scheduler.step(out, t, x).prev_sample
+    finally:
+        for name in names:
+            setattr(torch.Tensor, name, real[name])
+        torch.linalg.solve = solve
+    return count[0] / (len(timesteps) - 1)
+
+
 def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
-    """A whole loop of each drop-in (Euler, FlowMatchEuler) and of diffusers' own class, the model's output a fixed
-    tensor (µs per step, candidates interleaved): the schedulers' own cost."""
+    """A whole loop of each drop-in and of diffusers' own class, the model's output a fixed tensor (µs per step,
+    candidates interleaved; ops or kernels and host reads per scheduler call, the begin index set as pipelines
+    do): the schedulers' own cost."""
     try:
         import diffusers
 
@@ -429,13 +468,12 @@ def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
     except ImportError:
         return []
     rows = []
-    for name in ("EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"):
+    for name in DROP_INS:
         for shape in shapes:
             x0, out = torch.randn(shape, device=device), torch.randn(shape, device=device) * 0.1
             cases = {}
             for who, cls in (("diffusers", getattr(diffusers, name)), ("fastgen", getattr(fast, name))):
                 scheduler = cls()
-                scheduler.set_timesteps(steps, device=device)
 
                 def loop(scheduler=scheduler):
                     scheduler.set_timesteps(steps, device=device)
@@ -449,9 +487,21 @@ def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
 
                 cases[who] = loop
             times = time_interleaved_us(cases, device)
-            rows.append({"scheduler": name, "shape": "x".join(map(str, shape)),
-                         "diffusers": times["diffusers"] / steps, "fastgen": times["fastgen"] / steps,
-                         "ratio": f"{times['diffusers'] / times['fastgen']:.2f}"})
+            probe = getattr(fast, name)()
+            probe.set_timesteps(steps)
+            calls = len(probe.timesteps)  # scheduler calls per loop (Heun: two per step but the last)
+            row = {"scheduler": name.replace("Scheduler", ""), "shape": "x".join(map(str, shape)),
+                   "diffusers": times["diffusers"] / steps, "fastgen": times["fastgen"] / steps,
+                   "ratio": f"{times['diffusers'] / times['fastgen']:.2f}"}
+            if shape == shapes[-1]:
+                count_key = "kernels" if device == "cuda" else "ops"
+                for who, fn in cases.items():
+                    counted = count_per_call(fn, device, calls=1)
+                    row[f"{who}_{count_key}"] = f"{counted[count_key] / calls:.1f}"
+                    row[f"{who}_syncs"] = f"{counted['host_syncs'] / calls:.2f}"
+                    cls = getattr(diffusers if who == "diffusers" else fast, name)
+                    row[f"{who}_reads"] = f"{host_reads_per_step(cls(), out, x0, steps):.2f}"
+            rows.append(row)
             print("  drop-in loop", rows[-1], flush=True)
     return rows
 
@@ -509,9 +559,14 @@ def run(device: str, out: str, max_log2: int) -> str:
                           ("diffusers ÷ this", "diffusers ÷ this"),
                           (count_key, "kernels per step" if device == "cuda" else "ops per step"),
                           ("host_syncs", "host syncs per step")]),
-        "diffusers' Euler and FlowMatchEuler against the drop-ins, 30-step loop, fixed model output (µs per step)":
-            markdown_table(dropins, [("scheduler", "scheduler"), ("shape", "shape"), ("diffusers", "diffusers"),
-                                     ("fastgen", "fastgen drop-in"), ("ratio", "diffusers ÷ fastgen")]),
+        "diffusers' schedulers against the drop-ins, 30-step loop (Heun: 59 stage calls), fixed model output (µs "
+        "per step; ops or kernels and host reads per scheduler call, at the last shape)":
+            markdown_table(dropins, [
+                ("scheduler", "scheduler"), ("shape", "shape"), ("diffusers", "diffusers µs"),
+                ("fastgen", "drop-in µs"), ("ratio", "diffusers ÷ drop-in"),
+                (f"diffusers_{count_key}", f"diffusers {count_key}"), (f"fastgen_{count_key}", f"drop-in {count_key}"),
+                ("diffusers_syncs", "diffusers syncs"), ("fastgen_syncs", "drop-in syncs"),
+                ("diffusers_reads", "diffusers host reads"), ("fastgen_reads", "drop-in host reads")]),
         "Launches and host syncs per step": markdown_table(counts, [
             ("case", "per step"), (count_key, "kernels launched" if device == "cuda" else "ops dispatched"),
             ("host_syncs", "host syncs")]),
@@ -519,4 +574,5 @@ def run(device: str, out: str, max_log2: int) -> str:
     return write_report(out, f"diffusion-{device}", env, sections, {"ddpm_step": step, "loops": loops,
                                                                       "pipelines": pipelines, "k_sampling": k_rows,
                                                                       "guided": guided,
-                                                                      "guided_loop": guided_loop, "counts": counts})
+                                                                      "guided_loop": guided_loop, "counts": counts,
+                                                                      "dropins": dropins})

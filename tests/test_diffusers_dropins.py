@@ -577,3 +577,38 @@ def test_unipc_with_exact_model_keeps_its_own_law_on_the_mixture(steps, config):
     assert abs(spread / float(within_mode_spread(ref, gmm).mean()) - 1) < 0.01
     if config.get("use_karras_sigmas") and steps == 20:
         assert abs(spread - 1) < 0.05
+
+
+ALL_DROP_INS = ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+                "FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                "HeunDiscreteScheduler", "LCMScheduler", "TCDScheduler"]
+
+
+@pytest.mark.parametrize("cls", ALL_DROP_INS)
+@pytest.mark.parametrize("case", ["step before set_timesteps", "timestep off the schedule", "output of wrong shape"])
+def test_bad_input_as_diffusers(cls, case):
+    """Each drop-in answers bad input as diffusers' class does: the same exception type and message (DDPM and DDIM
+    name an off-schedule timestep where diffusers raises an IndexError from its own indexing: same type, a clearer
+    message), or, where diffusers accepts the call (a step before set_timesteps on the full training schedule, an
+    off-schedule timestep read as the last step), the same result."""
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = torch.randn(2, 3 if case == "output of wrong shape" else 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    outcomes = []
+    for module in (fast, diffusers):
+        s = getattr(module, cls)()
+        if case != "step before set_timesteps":
+            s.set_timesteps(10)
+        t = s.timesteps[0] if case != "timestep off the schedule" else torch.tensor(12345).to(s.timesteps.dtype)
+        try:
+            outcomes.append(("ok", s.step(out, t, x, generator=torch.Generator().manual_seed(2))
+                             if "generator" in inspect.signature(s.step).parameters else s.step(out, t, x)))
+        except Exception as err:  # noqa: BLE001 - the type is what is compared
+            outcomes.append((type(err), str(err)))
+    (ours, a), (theirs, b) = outcomes
+    assert ours == theirs
+    if ours == "ok":
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-4, atol=1e-4)
+    elif cls in ("DDPMScheduler", "DDIMScheduler") and case == "timestep off the schedule":
+        assert "12345" in a
+    else:
+        assert a == b

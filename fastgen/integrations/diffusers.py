@@ -237,7 +237,8 @@ class DDIMScheduler(_FusedStep, diffusers.DDIMScheduler):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        if self.config.thresholding or self.config.prediction_type not in _PREDICTIONS or not self._fused_dtype(sample):
+        if self.config.thresholding or self.config.prediction_type not in _PREDICTIONS or not self._fused_dtype(
+                sample) or model_output.shape != sample.shape:
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if variance_noise is not None and generator is not None:
@@ -271,7 +272,8 @@ class EulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDiscre
             raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
                              "`EulerDiscreteScheduler.step()` is not supported. Make sure to pass one of the "
                              "`scheduler.timesteps` as a timestep.")
-        if self.config.prediction_type not in ("epsilon", "v_prediction") or not self._fused_dtype(sample):
+        if self.config.prediction_type not in ("epsilon", "v_prediction") or not self._fused_dtype(sample) or \
+                model_output.shape != sample.shape:
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if self.step_index is None:
             self._init_step_index(timestep)
@@ -780,7 +782,8 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
         return tables["host"]
 
     def _row(self, i: int, p_prev: int, p: int, corrected: bool):
-        """(K_x, [K_0, ..., K_S]) of step i: corrector order p_prev (if corrected), predictor order p."""
+        """(K_x, [K_0, ..., K_S], (c, w) of the predictor) of step i: corrector order p_prev (if corrected),
+        predictor order p; None for a step that cannot be taken."""
         keep, x0, bh1 = self.config.solver_order, self.predict_x0, self.config.solver_type == "bh1"
         lam, scale = self._host()
         k = [0.0] * (keep + 1)
@@ -800,29 +803,27 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
         except (ZeroDivisionError, torch.linalg.LinAlgError):  # a higher order onto sigma = 0 (diffusers' step
             # gives inf there, or fails in its solve)
             return None
-        return k_x, k
+        return k_x, k, (c, w)
 
-    def _rows_from(self, i: int, lower: int, p_prev: int, corrected: bool) -> dict:
-        """Rows of the rest of a run from step i in state (lower_order_nums, this_order, last sample kept), built at
-        once (one host-to-device copy) and indexed by (i, p_prev, p, corrected); and the keys of steps that cannot
-        be taken."""
+    def _rows_from(self, i: int, lower: int, p_prev: int, corrected: bool):
+        """The rest of a run from step i in state (lower_order_nums, this_order, last sample kept), built at once
+        (one host-to-device copy): ({(i, p_prev, p, corrected): (row, predictor's (c, w) or None when the step
+        cannot be taken)}, rows)."""
         n, keep, c = len(self.timesteps), self.config.solver_order, self.config
         lam, scale = self._host()
-        keys, cols, bad = [], [], set()
+        index, cols = {}, []
         for step in range(i, n):
             corr = step > 0 and step - 1 not in self.disable_corrector and corrected
             p = min(min(keep, n - step) if c.lower_order_final else keep, lower + 1)
             row = self._row(step, p_prev, p, corr)
-            k_x, k = row if row is not None else (float("nan"), [float("nan")] * (keep + 1))
+            k_x, k, pred = row if row is not None else (float("nan"), [float("nan")] * (keep + 1), None)
             plus = self.predict_x0
-            if row is None:
-                bad.add((step, p_prev if corr else 0, p, corr))
             cols.append([scale[step][0], scale[step][1], 1.0, k_x, k[0] if plus else 0.0, 0.0 if plus else k[0],
                          k[keep], 0.0, -1.0 if c.use_flow_sigmas else 0.0, 1.0 if c.use_flow_sigmas else 0.0]
                         + k[1:keep])
-            keys.append((step, p_prev if corr else 0, p, corr))
+            index[(step, p_prev if corr else 0, p, corr)] = (len(cols) - 1, pred)
             lower, p_prev, corrected = min(lower + 1, keep), p, True
-        return {key: j for j, key in enumerate(keys)}, torch.tensor(cols, dtype=torch.float64), bad
+        return index, torch.tensor(cols, dtype=torch.float64)
 
     def _fusable(self, model_output, sample) -> bool:
         c = self.config
@@ -849,13 +850,14 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
         key = (i, p_prev, p, corrected)
         tables = self.__dict__.setdefault("_fused_tables", {})
         runs = tables.setdefault(("unipc", sample.device), [])
-        found = next(((index[key], table, bad) for index, table, bad in runs if key in index), None)
+        found = next(((index[key], table, extra) for index, table, extra in runs if key in index), None)
         if found is None:
-            index, table, bad = self._rows_from(i, self.lower_order_nums, p_prev, corrected)
-            runs.append((index, table.to(sample.device, torch.float32), bad))
-            found = (index[key], runs[-1][1], bad)
-        row, table, bad = found
-        if key in bad:
+            index, rows = self._rows_from(i, self.lower_order_nums, p_prev, corrected)
+            rows = rows.to(sample.device, torch.float32)
+            runs.append((index, rows[:, :COEF_WIDTH].contiguous(), rows[:, COEF_WIDTH:].contiguous()))
+            found = (index[key], runs[-1][1], runs[-1][2])
+        (row, pred), table, extra = found
+        if pred is None:
             raise ValueError(f"UniPC cannot take an order-{p} step onto sigma = 0 (step {i}): use "
                              "lower_order_final=True or final_sigmas_type='sigma_min'")
         history = list(self.model_outputs)
@@ -869,13 +871,13 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
             else:
                 aux.zero_()  # (read with a zero coefficient: no older output yet)
         prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-        ops.diffusion_step_(prev, model_output.float().contiguous(), table[row:row + 1, :COEF_WIDTH],
+        ops.diffusion_step_(prev, model_output.float().contiguous(), table[row:row + 1],
                             prediction="velocity" if self.config.prediction_type == "flow_prediction" else
                             _PREDICTIONS[self.config.prediction_type],
                             aux=aux, aux_store="x0" if self.predict_x0 else "eps")
         for j in range(1, keep):  # the other kept outputs: m_{i-j} is history[keep - j]
             if history[keep - j] is not None:
-                prev.addcmul_(table[row, COEF_WIDTH + j - 1], history[keep - j])
+                prev.addcmul_(extra[row, j - 1], history[keep - j])
         self.model_outputs = history[1:] + [aux]
         self.timestep_list = list(self.timestep_list[1:]) + [timestep]
         self.this_order = p
@@ -883,11 +885,7 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
             self.lower_order_nums += 1
         self._step_index += 1
         out = prev.to(sample.dtype)
-        lam, scale = self._host()
-        try:
-            c, w = _unipc_update(lam, scale, i, i + 1, p, False, self.predict_x0, self.config.solver_type == "bh1")
-        except (ZeroDivisionError, torch.linalg.LinAlgError):
-            c = 0.0
+        c, w = pred
         if c != 0 and math.isfinite(c):  # the corrected sample, for the next step or a reader of last_sample
             self.__dict__["_fused_last"] = (out, c, w, self.model_outputs[::-1][:p])
         else:  # the last step onto sigma = 0: nothing follows to correct
