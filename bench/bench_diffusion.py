@@ -177,7 +177,8 @@ def bench_loops(device: str, batch: int = 1024, dim: int = 2, steps: int = 100) 
 
 
 K_SAMPLERS = ("sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpm_2_ancestral",
-              "sample_dpmpp_2s_ancestral", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_lms")
+              "sample_dpmpp_2s_ancestral", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_sde",
+              "sample_dpmpp_3m_sde", "sample_lms")
 
 
 def k_diffusion_sampling():

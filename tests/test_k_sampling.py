@@ -103,7 +103,7 @@ def test_callback_and_churn():
 
 
 @pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m", "heun", "dpm_2_ancestral", "dpmpp_2s_ancestral",
-                                  "lms"])
+                                  "lms", "dpmpp_sde", "dpmpp_3m_sde"])
 def test_exact_denoiser_reaches_the_target(name):
     gmm = eight_gaussians()
 
@@ -131,7 +131,11 @@ PAIRS = [("sample_euler", {}), ("sample_euler", {"s_churn": 0.0}), ("sample_heun
          ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 0.5, "s_noise": 1.1}),
          ("sample_dpmpp_2s_ancestral", {"noise": True, "eta": 3.0}),
          ("sample_lms", {}), ("sample_lms", {"order": 2}), ("sample_lms", {"order": 6}),
-         ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5})]
+         ("sample_dpmpp_2m_sde", {"noise": True, "solver_type": "heun", "eta": 0.5}),
+         ("sample_dpmpp_sde", {"noise": True}), ("sample_dpmpp_sde", {"noise": True, "eta": 0.5, "s_noise": 1.1}),
+         ("sample_dpmpp_sde", {"noise": True, "r": 0.3}), ("sample_dpmpp_sde", {"eta": 0.0}),
+         ("sample_dpmpp_3m_sde", {"noise": True}), ("sample_dpmpp_3m_sde", {"noise": True, "eta": 0.5}),
+         ("sample_dpmpp_3m_sde", {"eta": 0.0})]
 
 
 def recording(log):
@@ -167,6 +171,8 @@ def test_matches_k_diffusion_and_its_conventions(name, options, dtype):
     # float64: k-diffusion computes its step sizes from the float32 sigmas in float32 (fastgen: in float64), so
     # the two agree to float32's rounding of the coefficients, not to float64's.
     tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    if name == "sample_dpmpp_sde" and dtype == torch.float64:  # its second stage recovers x from x_2 through
+        tol = dict(rtol=2e-5, atol=1e-6)  # 1 / c1, which scales float32's rounding of k-diffusion's steps
     assert f_out.dtype == k_out.dtype == dtype
     torch.testing.assert_close(f_out, k_out, **tol)
     assert len(f_calls) == len(k_calls)
@@ -258,3 +264,22 @@ def test_increasing_sigmas_as_k_diffusion_takes_them(name, eta, dtype):
 def test_sigmas_neither_increasing_nor_decreasing_are_refused():
     with pytest.raises(ValueError, match="decreasing .* or increasing"):
         k_sampling.sample_euler(denoiser, torch.randn(4, 2), torch.tensor([1.0, 2.0, 0.5]), disable=True)
+
+
+def test_dpmpp_sde_stream_noise_is_one_brownian_path():
+    """Without a noise sampler, sample_dpmpp_sde's two draws per step are increments of one Brownian path over sigma
+    (as k-diffusion's BrownianTreeNoiseSampler gives them): with a denoiser linear in x the output's variance over
+    40,000 draws equals k-diffusion's with its Brownian tree within 5 SEs of a variance ratio (2 sqrt(2 / n) each
+    side); independent draws per call would give 0.65 of it."""
+    n = 40000
+    x = torch.randn(n, 1, generator=torch.Generator().manual_seed(0)) * 10
+    sigmas = K.get_sigmas_karras(6, 0.1, 10.0)
+
+    def linear(x, s):
+        return 0.5 * x / (1 + s.reshape(-1, 1) ** 2)
+
+    torch.manual_seed(1)
+    ours = k_sampling.sample_dpmpp_sde(linear, x, sigmas, disable=True)
+    theirs = K.sample_dpmpp_sde(linear, x, sigmas, disable=True,
+                                noise_sampler=K.BrownianTreeNoiseSampler(x, 0.1, 10.0, seed=5))
+    assert abs(float(ours.var() / theirs.var()) - 1) < 5 * 2 * (2 / n) ** 0.5

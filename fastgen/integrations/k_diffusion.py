@@ -25,11 +25,12 @@ from ..core.constants import AuxStore, Coef, Prediction
 from ..core.rng import resolve_seed
 from ..diffusion.processes import get_sigmas_karras
 from ..ops import diffusion as ops
+from ..ops.rng import philox_fill_
 from ..reference import diffusion as reference
 
 __all__ = ["CFGDenoiser", "get_sigmas_karras", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
-           "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun",
-           "sample_lms"]
+           "sample_dpmpp_2m_sde", "sample_dpmpp_2s_ancestral", "sample_dpmpp_3m_sde", "sample_dpmpp_sde",
+           "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lms"]
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -390,4 +391,81 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         denoised = _denoise(loop, i, loop.at[i])
         loop.step(denoised, rows[i], aux=old, aux_store="x0",
                   **(loop.noise(i, loop.levels[i], loop.levels[i + 1]) if noisy[i] else {}))
+    return loop.x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                     noise_sampler=None, r=1 / 2):
+    """k-diffusion's DPM-Solver++ SDE: per step two ancestral DPM-Solver++ stages, to sigma_s = sigma^(1-r)
+    sigma_next^r and to sigma_next, the second on (1 - 1/(2r)) x0 + 1/(2r) x0(x_2, sigma_s) (see
+    dpmpp_sde_coefficients); x <- x0 on the last step. Each stage one fused pass. Its two noises are increments of
+    one Brownian path over sigma, as k-diffusion's BrownianTreeNoiseSampler draws them: noise_sampler(sigma,
+    sigma_s) and noise_sampler(sigma, sigma_next) when a sampler is given, else xi1 from fastgen's stream and
+    xi2 = sqrt(a) xi1 + sqrt(1 - a) zeta, a = (sigma - sigma_s) / (sigma - sigma_next), zeta from the stream
+    (one fill of xi1 and one axpy per step beside the passes)."""
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r <= 1:
+        raise ValueError(f"r must be a number in (0, 1], got {r!r}")
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    _no_noise_when_increasing(loop, eta)
+    first, second, xi1_weight, mids, ups = ops.dpmpp_sde_coefficients(
+        torch.tensor(loop.levels, dtype=torch.float64), eta, s_noise, r)
+    levels = torch.tensor(loop.levels, dtype=torch.float64)
+    share = ((levels[:-1] - mids) / (levels[:-1] - levels[1:])).clamp(min=0.0)  # xi2's variance from xi1
+    xi1_total = (xi1_weight + second[:, Coef.C_NOISE] * share.sqrt()).tolist()
+    noisy = (ups > 0).tolist()
+    if noise_sampler is None:  # zeta's weight: sqrt(1 - a) of xi2's
+        second[:, Coef.C_NOISE] = second[:, Coef.C_NOISE] * (1 - share).sqrt()
+    else:
+        xi1_total = xi1_weight.tolist()
+    first, second = loop.rows(first), loop.rows(second)
+    to_zero = loop.rows(ops.euler_coefficients(levels[:-1], 0.0))
+    # the model's sigma_s and the noise sampler's times as k-diffusion computes them, in the sigmas' dtype
+    host, host_next = loop.host[:-1], torch.where(loop.host[1:] > 0, loop.host[1:], loop.host[:-1])
+    t, t_next = host.log().neg(), host_next.log().neg()
+    mid_host = (t + (t_next - t) * r).neg().exp()
+    model_mids = loop.for_model(mid_host.unbind(0))
+    times = list(zip(t.neg().exp().tolist(), mid_host.tolist(), t_next.neg().exp().tolist(), strict=True))
+    kept = loop.buffer()
+    xi1 = torch.empty(loop.x.shape, device=loop.x.device, dtype=torch.float32)
+    for i in loop.steps():
+        denoised = _denoise(loop, i, loop.at[i])
+        if loop.levels[i + 1] == 0:
+            loop.step(denoised, to_zero[i])
+            continue
+        sigma, sigma_s, sigma_next = times[i]
+        if noisy[i] and noise_sampler is not None:
+            noise1 = loop.noise(i, sigma, sigma_s)["noise"]
+        elif noisy[i]:
+            args = loop.noise(i, sigma, sigma_s)
+            noise1 = philox_fill_(xi1, args["seed"], args["offset"], normal=True)
+            noise1 = noise1.double() if loop.exact else noise1
+        loop.step(denoised, first[i], aux=kept, aux_store="x0", **({"noise": noise1} if noisy[i] else {}))
+        denoised_2 = loop.denoise(model_mids[i])
+        loop.step(denoised_2, second[i], aux=kept, **(loop.noise(i, sigma, sigma_next) if noisy[i] else {}))
+        if noisy[i]:
+            loop.x.add_(noise1.to(loop.x.dtype), alpha=xi1_total[i])
+    return loop.x
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None):
+    """k-diffusion's DPM-Solver++(3M) SDE: third-order multistep in log-sigma with e^(-(1 + eta) h) damping and
+    s_noise sigma_next sqrt(1 - e^(-2 eta h)) noise (see dpmpp_3m_sde_coefficients). Per step one fused pass reads
+    x0 from two steps back and leaves x0 in its buffer, and one kernel adds the previous step's x0 term."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    _no_noise_when_increasing(loop, eta)
+    table, w1 = ops.dpmpp_3m_sde_coefficients(torch.tensor(loop.levels, dtype=torch.float64), eta, s_noise)
+    noisy = (table[:, Coef.C_NOISE] != 0).tolist()
+    uses_prev = (w1 != 0).tolist()
+    rows = loop.rows(table)
+    w1 = w1.to(loop.x.device, torch.float64 if loop.exact else torch.float32).unbind(0)
+    kept = (loop.buffer(), loop.buffer())  # x0 of steps i - 2 and i - 1 alternate between them
+    for i in loop.steps():
+        denoised = _denoise(loop, i, loop.at[i])
+        loop.step(denoised, rows[i], aux=kept[i % 2], aux_store="x0",
+                  **(loop.noise(i, loop.levels[i], loop.levels[i + 1]) if noisy[i] else {}))
+        if uses_prev[i]:
+            loop.x.addcmul_(w1[i], kept[(i - 1) % 2].to(loop.x.dtype))
     return loop.x

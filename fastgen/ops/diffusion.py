@@ -341,6 +341,66 @@ def dpmpp_2m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: f
                      0.0, torch.where(ends, 0.0, -c), torch.where(ends, 0.0, noise))
 
 
+def dpmpp_3m_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0,
+                              s_noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde) for `sigmas` (last 0): h = log(sigma /
+    sigma_next), g = (1 + eta) h, phi_2 = expm1(-g) / g + 1, phi_3 = phi_2 / g - 1/2,
+    x <- e^(-g) x - expm1(-g) x0 + phi_2 d1 - phi_3 d2 + s_noise sigma_next sqrt(-expm1(-2 eta h)) xi,
+    d1, d2 its divided differences of x0 over the last three steps (r0 = h_prev / h, r1 = h_prev2 / h; phi_2 d1
+    alone at the second step, neither at the first), expanded into weights on x0, x0_prev and x0_prev2; x <- x0
+    when sigma_next = 0. Returns the rows, whose aux carries x0_prev2 (c_aux its weight), and the weights on
+    x0_prev, one per step."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    s, s_next, h, r0, ends, first = _log_steps(sigmas)
+    r1 = torch.cat([h.new_ones(2), h[:-2]])[: len(h)] / h
+    g = (1 + eta) * h
+    base = -torch.expm1(-g)
+    phi_2 = torch.expm1(-g) / g + 1
+    phi_3 = phi_2 / g - 0.5
+    q = r0 / (r0 + r1)
+    p_, q_ = phi_2 * (1 + q) - phi_3 / (r0 + r1), -phi_2 * q + phi_3 / (r0 + r1)
+    step = torch.arange(len(h))
+    third, second = step >= 2, step == 1
+    w0 = torch.where(third, base + p_ / r0, torch.where(second, base + phi_2 / r0, base))
+    w1 = torch.where(third, -p_ / r0 + q_ / r1, torch.where(second, -phi_2 / r0, 0.0))
+    w2 = torch.where(third, -q_ / r1, 0.0)
+    noise = s_noise * s_next * (-torch.expm1(-2 * eta * h)).sqrt() if eta else torch.zeros_like(s)
+    rows = coef_rows(1.0, s, 1.0, torch.where(ends, 0.0, torch.exp(-g)), torch.where(ends, 1.0, w0), 0.0,
+                     torch.where(ends, 0.0, w2), torch.where(ends, 0.0, noise))
+    return rows, torch.where(ends, 0.0, w1)
+
+
+def dpmpp_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
+    """DPM-Solver++ SDE (k-diffusion's sample_dpmpp_sde), two stages per step from sigma to sigma_next through
+    sigma_s = sigma^(1-r) sigma_next^r, each an ancestral step (sigma_down d, sigma_up u; c = d / sigma):
+    x_2 = c1 x + (1 - c1) x0 + s_noise u1 xi1; x <- c2 x + (1 - c2)((1 - f) x0 + f x0_2) + s_noise u2 xi2, f = 1/(2r),
+    x0_2 the model at (x_2, sigma_s); x <- x0 when sigma_next = 0. The second stage is written on x_2 with aux = x0
+    (x = (x_2 - (1 - c1) x0 - s_noise u1 xi1) / c1): returns (first rows, second rows, the weight of xi1 in the
+    second stage, sigma_s, sigma_up of each stage), the second rows' noise column the weight of xi2."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    s, s_next = sigmas[:-1], sigmas[1:]
+    ends = s_next == 0
+    nxt = torch.where(ends, s, s_next)
+    t, t_next = -s.log(), -nxt.log()
+    mid = (-(t + (t_next - t) * r)).exp()
+
+    def ancestral(a, b):
+        if not eta:
+            return b, torch.zeros_like(b)
+        up = torch.minimum(b, eta * (b**2 * (a**2 - b**2) / a**2).sqrt())
+        return (b**2 - up**2).sqrt(), up
+
+    d1, u1 = ancestral(s, mid)
+    d2, u2 = ancestral(s, nxt)
+    c1, c2, f = d1 / s, d2 / s, 1 / (2 * r)
+    first = coef_rows(1.0, s, 1.0, c1, 1 - c1, 0.0, 0.0, s_noise * u1)
+    second = coef_rows(1.0, mid, 1.0, c2 / c1, (1 - c2) * f, 0.0, -c2 * (1 - c1) / c1 + (1 - c2) * (1 - f),
+                       s_noise * u2)
+    xi1 = -c2 / c1 * s_noise * u1
+    second[ends] = coef_rows(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # unused: the step is x <- x0
+    return first, second, torch.where(ends, 0.0, xi1), mid, torch.where(ends, 0.0, u1)
+
+
 def _velocity_rows(path: AffinePath, s, h, c_aux=0.0, eta=0.0, noise=0.0) -> torch.Tensor:
     """x <- x + h (u(s) + eta eps) + c_aux aux + noise xi on a flow path, u = alpha'(s) x0 + sigma'(s) eps the
     velocity at time s (read from a velocity model through the rows' alpha', sigma')."""
