@@ -612,3 +612,64 @@ def test_bad_input_as_diffusers(cls, case):
         assert "12345" in a
     else:
         assert a == b
+
+
+@pytest.mark.parametrize("cls", ALL_DROP_INS)
+def test_signatures_are_diffusers(cls):
+    """Pipelines read set_timesteps' and step's parameters (custom timesteps or sigmas, eta, generator):
+    each drop-in's names, kinds and defaults are its diffusers class's."""
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    for method in ("set_timesteps", "step"):
+        assert params(getattr(getattr(fast, cls), method)) == params(getattr(getattr(diffusers, cls), method))
+
+
+def tiny_flow_pipeline(kind: str, scheduler):
+    """diffusers' StableDiffusion3Pipeline or FluxPipeline with tiny random transformer and VAE and no text
+    encoders (the prompt embeddings are given)."""
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                                  layers_per_block=1, latent_channels=4 if kind == "sd3" else 1, norm_num_groups=1,
+                                  use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                                  scaling_factor=1.5035).eval()
+    if kind == "sd3":
+        transformer = diffusers.SD3Transformer2DModel(
+            sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+            caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4).eval()
+        return diffusers.StableDiffusion3Pipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                                                  text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                                  tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
+    return diffusers.FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None,
+                                  tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+
+
+@pytest.mark.parametrize("kind,config", [
+    ("sd3", dict(shift=3.0)),
+    ("flux", dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                  max_image_seq_len=4096, shift=3.0)),
+])
+def test_sd3_and_flux_pipelines_run_the_flow_match_drop_in(kind, config):
+    """SD3 (classifier-free guidance, shift 3) and Flux (guidance embedding, dynamic shifting with the pipeline's mu,
+    its custom sigmas) pipelines with tiny random components give diffusers' images with the FlowMatchEuler
+    drop-in swapped in."""
+    pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(1)
+    embeds, pooled = torch.randn(2, 7, 32, generator=g), torch.randn(2, 64 if kind == "sd3" else 32, generator=g)
+    call = dict(prompt_embeds=embeds[:1], pooled_prompt_embeds=pooled[:1], num_inference_steps=8, height=16,
+                width=16, output_type="np")
+    if kind == "sd3":
+        call.update(negative_prompt_embeds=embeds[1:], negative_pooled_prompt_embeds=pooled[1:], guidance_scale=5.0)
+    else:
+        call.update(guidance_scale=3.5)
+    images = []
+    for scheduler in (diffusers.FlowMatchEulerDiscreteScheduler(**config), fast.FlowMatchEulerDiscreteScheduler(
+            **config)):
+        pipe = tiny_flow_pipeline(kind, scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        images.append(pipe(generator=torch.Generator().manual_seed(3), **call).images)
+    assert images[0].shape == (1, 16, 16, 3)
+    assert abs(images[0] - images[1]).max() < 1e-4

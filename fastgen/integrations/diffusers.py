@@ -25,6 +25,8 @@ variances run diffusers' own step.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
@@ -49,13 +51,29 @@ class _FusedStep:
     machinery reads the constructor's signature (from_config, save_config, compatibles, deprecated kwargs), so
     each drop-in keeps its diffusers class's constructor unchanged."""
 
-    def set_timesteps(self, num_inference_steps=None, *args, **kwargs):
-        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or not isinstance(
-                num_inference_steps, numbers.Integral) or num_inference_steps < 1):
-            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        super().set_timesteps(num_inference_steps, *args, **kwargs)
-        self.__dict__.pop("_fused_tables", None)
-        self.__dict__.pop("_fused_valid", None)
+    def __init_subclass__(cls, **kwargs):
+        """Each drop-in's set_timesteps has its diffusers class's signature (pipelines read it to see whether
+        custom ``timesteps`` or ``sigmas`` are accepted): the class's own, wrapped to check num_inference_steps
+        and to drop the tables built for the previous schedule."""
+        super().__init_subclass__(**kwargs)
+        owner = next((b for b in cls.__mro__[1:] if b.__module__.startswith("diffusers") and "set_timesteps" in
+                      vars(b)), None)
+        if owner is None:  # a shared base of drop-ins (no diffusers class yet)
+            return
+        base = owner.set_timesteps
+        signature = inspect.signature(base)
+
+        @functools.wraps(base)
+        def set_timesteps(self, *args, **kw):
+            steps = signature.bind(self, *args, **kw).arguments.get("num_inference_steps")
+            if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
+                                      or steps < 1):
+                raise ValueError(f"num_inference_steps must be an int >= 1, got {steps!r}")
+            base(self, *args, **kw)
+            self.__dict__.pop("_fused_tables", None)
+            self.__dict__.pop("_fused_valid", None)
+
+        cls.set_timesteps = set_timesteps
 
     def _table(self, key, build, device) -> torch.Tensor:
         """The (rows, COEF_WIDTH) float32 table for `key` on `device`, built once per set_timesteps."""
