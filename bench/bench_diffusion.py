@@ -473,8 +473,11 @@ def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
         for shape in shapes:
             x0, out = torch.randn(shape, device=device), torch.randn(shape, device=device) * 0.1
             cases = {}
-            for who, cls in (("diffusers", getattr(diffusers, name)), ("fastgen", getattr(fast, name))):
+            for who, cls in (("diffusers", getattr(diffusers, name)), ("compiled", getattr(diffusers, name)),
+                             ("fastgen", getattr(fast, name))):
                 scheduler = cls()
+                if who == "compiled":  # torch.compile of diffusers' step (dynamic: one graph for every step)
+                    scheduler.step = torch.compile(scheduler.step, dynamic=True)
 
                 def loop(scheduler=scheduler):
                     scheduler.set_timesteps(steps, device=device)
@@ -487,16 +490,23 @@ def bench_dropin_loops(device: str, shapes, steps: int = 30) -> list[dict]:
                     return x
 
                 cases[who] = loop
+            try:  # torch.compile of some steps fails (LCM's and TCD's randn under dynamic shapes)
+                cases["compiled"]()
+            except Exception as err:  # noqa: BLE001 - reported in the row
+                del cases["compiled"]
+                print(f"  {name}: torch.compile of diffusers' step fails: {type(err).__name__}", flush=True)
             times = time_interleaved_us(cases, device)
             probe = getattr(fast, name)()
             probe.set_timesteps(steps)
             calls = len(probe.timesteps)  # scheduler calls per loop (Heun: two per step but the last)
             row = {"scheduler": name.replace("Scheduler", ""), "shape": "x".join(map(str, shape)),
                    "diffusers": times["diffusers"] / steps, "fastgen": times["fastgen"] / steps,
-                   "ratio": f"{times['diffusers'] / times['fastgen']:.2f}"}
-            if shape == shapes[-1]:
+                   "ratio": f"{times['diffusers'] / times['fastgen']:.2f}",
+                   "compiled": times["compiled"] / steps if "compiled" in times else "fails",
+                   "compiled_ratio": f"{times['compiled'] / times['fastgen']:.2f}" if "compiled" in times else ""}
+            if shape == shapes[1]:
                 count_key = "kernels" if device == "cuda" else "ops"
-                for who, fn in cases.items():
+                for who, fn in ((who, fn) for who, fn in cases.items() if who != "compiled"):
                     counted = count_per_call(fn, device, calls=1)
                     row[f"{who}_{count_key}"] = f"{counted[count_key] / calls:.1f}"
                     row[f"{who}_syncs"] = f"{counted['host_syncs'] / calls:.2f}"
@@ -532,7 +542,7 @@ def run(device: str, out: str, max_log2: int) -> str:
     k_rows = bench_k_sampling(device)
     guided = bench_guided_step(device, [(16, 4, 64, 64), (256, 4, 64, 64)])
     guided_loop = bench_guided_loop(device)
-    dropins = bench_dropin_loops(device, [(1, 4, 64, 64), (16, 4, 64, 64)])
+    dropins = bench_dropin_loops(device, [(1, 4, 64, 64), (16, 4, 64, 64), (16, 4, 128, 128)])
     counts = bench_counts(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
@@ -561,10 +571,11 @@ def run(device: str, out: str, max_log2: int) -> str:
                           (count_key, "kernels per step" if device == "cuda" else "ops per step"),
                           ("host_syncs", "host syncs per step")]),
         "diffusers' schedulers against the drop-ins, 30-step loop (Heun: 59 stage calls), fixed model output (µs "
-        "per step; ops or kernels and host reads per scheduler call, at the last shape)":
+        "per step; ops or kernels and host reads per scheduler call, at 16x4x64x64)":
             markdown_table(dropins, [
                 ("scheduler", "scheduler"), ("shape", "shape"), ("diffusers", "diffusers µs"),
-                ("fastgen", "drop-in µs"), ("ratio", "diffusers ÷ drop-in"),
+                ("compiled", "diffusers, step compiled µs"), ("fastgen", "drop-in µs"),
+                ("ratio", "diffusers ÷ drop-in"), ("compiled_ratio", "compiled ÷ drop-in"),
                 (f"diffusers_{count_key}", f"diffusers {count_key}"), (f"fastgen_{count_key}", f"drop-in {count_key}"),
                 ("diffusers_syncs", "diffusers syncs"), ("fastgen_syncs", "drop-in syncs"),
                 ("diffusers_reads", "diffusers host reads"), ("fastgen_reads", "drop-in host reads")]),

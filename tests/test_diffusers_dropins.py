@@ -321,6 +321,36 @@ def test_unipc_last_sample_edits_and_passes(monkeypatch):
         run_prev(fast.UniPCMultistepScheduler(lower_order_final=False, solver_type="bh1"), 6, sample, 0)
 
 
+@pytest.mark.parametrize("config", [dict(), dict(clip_denoised=False, s_noise=0.9), dict(sigma_max=40.0, rho=5.0)])
+@pytest.mark.parametrize("steps,timesteps", [(1, None), (2, None), (None, [30, 0]), (None, [39, 22, 0])])
+def test_cm_stochastic_iterative(config, steps, timesteps):
+    """Consistency models' multistep loops (one step, two, openai's custom timesteps) equal diffusers' on its
+    generator draws."""
+    sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for s in (fast.CMStochasticIterativeScheduler(**config), diffusers.CMStochasticIterativeScheduler(**config)):
+        s.set_timesteps(steps, timesteps=timesteps)
+        g, x, out = torch.Generator().manual_seed(4), sample * s.init_noise_sigma, []
+        for t in s.timesteps:
+            x = s.step(model(s.scale_model_input(x, t), t), t, x, generator=g).prev_sample
+            out.append((x, x))
+        outs.append(out)
+    assert_same(*outs)
+
+
+def test_cm_add_noise_is_vectorized_and_names_an_off_schedule_timestep():
+    """add_noise with a timestep per sample (repeated and distinct) equals diffusers'; one off the schedule is an
+    IndexError naming it (diffusers: #6117's crash on nonzero().item())."""
+    ours, theirs = fast.CMStochasticIterativeScheduler(), diffusers.CMStochasticIterativeScheduler()
+    for s in (ours, theirs):
+        s.set_timesteps(5)
+    x, noise = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    t = theirs.timesteps[[0, 3, 3, 4]]
+    torch.testing.assert_close(ours.add_noise(x, noise, t), theirs.add_noise(x, noise, t), rtol=0, atol=0)
+    with pytest.raises(IndexError, match="12.5"):
+        ours.add_noise(x, noise, torch.tensor([12.5]))
+
+
 def test_flow_match_custom_sigmas_and_scale_noise():
     """Custom sigmas; scale_noise with a timestep per sample (repeated and distinct ones) equals diffusers' loop,
     and a host timestep off the schedule raises as diffusers' does."""
@@ -345,7 +375,8 @@ def test_flow_match_custom_sigmas_and_scale_noise():
 
 @pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler",
                                  "DPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
-                                 "HeunDiscreteScheduler", "UniPCMultistepScheduler"])
+                                 "HeunDiscreteScheduler", "UniPCMultistepScheduler",
+                                 "CMStochasticIterativeScheduler"])
 def test_steps_read_no_tensor_value(cls, monkeypatch):
     """With the begin index set (as diffusers' pipelines do), step reads no tensor's value on the host (item,
     tolist, bool, int, float: each a device sync on a GPU): the fused op takes its row of a table built once per
@@ -581,7 +612,7 @@ def test_unipc_with_exact_model_keeps_its_own_law_on_the_mixture(steps, config):
 
 ALL_DROP_INS = ["DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
                 "FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-                "HeunDiscreteScheduler", "LCMScheduler", "TCDScheduler"]
+                "HeunDiscreteScheduler", "LCMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler"]
 
 
 @pytest.mark.parametrize("cls", ALL_DROP_INS)

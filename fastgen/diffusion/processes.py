@@ -375,3 +375,144 @@ def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A float64 time coefficient, 0-d or per sample (B,), as like's dtype and device, broadcast over a sample."""
     v = v.to(like.device, like.dtype)
     return v.reshape(-1, *[1] * (like.dim() - 1)) if v.dim() else v
+
+
+# ------------------------------------------------------------------------------------- consistency models' processes
+
+
+class ConsistencyProcess(abc.ABC):
+    """A forward process x_t = alpha(t) x0 + sigma(t) z with a consistency parametrization f(x, t) = c_skip(t) x +
+    c_out(t) F(c_in(t) x, c_noise(t)), f(x, t_min) = x. Times run from t_max (noise) down to t_min (data)."""
+
+    t_min: float
+    t_max: float
+
+    @abc.abstractmethod
+    def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha(t), sigma(t)), float64."""
+
+    @abc.abstractmethod
+    def scalings(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out, c_in, c_noise) at t, float64."""
+
+    @abc.abstractmethod
+    def levels(self, steps: int) -> torch.Tensor:
+        """The default `steps` model times of a multistep sampler, from t_max down (float64)."""
+
+    def renoise(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep, std) with which multistep sampling puts a clean sample back at level t: the marginal."""
+        return self.marginal(t)
+
+    @abc.abstractmethod
+    def time_of_sigma(self, sigma) -> torch.Tensor:
+        """The time whose variance-exploding noise level sigma(t) / alpha(t) is sigma."""
+
+    # the range of the variance-exploding noise levels the training losses discretize (Karras et al.'s grid)
+    sigma_min_ve: float
+    sigma_max_ve: float
+
+    def check_times(self, t, name: str = "t") -> torch.Tensor:
+        """t as float64, each in [t_min, t_max] (else a ValueError naming `name`); a float32 time within its
+        rounding of an end (pi/2 rounds up) is clamped to it."""
+        low_precision = isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        t = _as_tensor(t)
+        slack = torch.finfo(torch.float32).eps * max(1.0, abs(self.t_max)) if low_precision else 0.0
+        if not bool(torch.isfinite(t).all()) or not bool(((t >= self.t_min - slack) & (t <= self.t_max + slack)).all()):
+            shown = t.tolist() if t.numel() <= 8 else f"values from {float(t.min())} to {float(t.max())}"
+            raise ValueError(f"{name} must lie in [{self.t_min}, {self.t_max}] ({type(self).__name__}'s times), "
+                             f"got {shown}")
+        return t.clamp(self.t_min, self.t_max)
+
+    def noise(self, x0: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) z (t a number or one time per sample)."""
+        alpha, sigma = self.marginal(self.check_times(t))
+        return per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * z
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class EDMConsistency(ConsistencyProcess):
+    """The variance-exploding process x = x0 + sigma z, sigma in [sigma_min, sigma_max], with the consistency
+    parametrization of Song et al. (2023) on EDM's preconditioning: c_skip = sigma_d^2 / ((sigma - sigma_min)^2 +
+    sigma_d^2), c_out = sigma_d (sigma - sigma_min) / sqrt(sigma^2 + sigma_d^2), c_in = 1 / sqrt(sigma^2 +
+    sigma_d^2), c_noise = log(sigma) / 4 (the times are the sigmas). Multistep levels: Karras et al.'s rho grid."""
+
+    def __init__(self, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+        self.sigma_data = _positive(sigma_data, "sigma_data")
+        self.t_min, self.t_max = _positive(sigma_min, "sigma_min"), _positive(sigma_max, "sigma_max")
+        self.rho = _positive(rho, "rho")
+        if self.t_min >= self.t_max:
+            raise ValueError(f"need sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min_ve, self.sigma_max_ve = self.t_min, self.t_max
+
+    def time_of_sigma(self, sigma):
+        return _as_tensor(sigma)
+
+    def marginal(self, t):
+        t = _as_tensor(t)
+        return torch.ones_like(t), t
+
+    def renoise(self, t):
+        """(1, sqrt(t^2 - sigma_min^2)): openai/consistency_models' noise for level t, exactly 0 at sigma_min."""
+        t = _as_tensor(t)
+        return torch.ones_like(t), (t**2 - self.t_min**2).clamp(min=0).sqrt()
+
+    def scalings(self, t):
+        t, d = _as_tensor(t), self.sigma_data
+        c_skip = d**2 / ((t - self.t_min) ** 2 + d**2)
+        c_out = d * (t - self.t_min) / (t**2 + d**2).sqrt()
+        return c_skip, c_out, 1 / (t**2 + d**2).sqrt(), t.log() / 4
+
+    def karras(self, steps: int) -> torch.Tensor:
+        """`steps` Karras levels from sigma_max down to sigma_min (the discretization of the CD and CT losses, and
+        openai/consistency_models' grid of 40 for its ``ts``)."""
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        lo, hi = self.t_min ** (1 / self.rho), self.t_max ** (1 / self.rho)
+        return (hi + ramp * (lo - hi)) ** self.rho
+
+    def levels(self, steps: int) -> torch.Tensor:
+        """Levels at evenly spaced indices of the Karras grid of 40 (openai's ``ts`` = round(linspace(0, 39,
+        steps + 1))): sigma_max first; two steps: [80, 2.0] at the defaults."""
+        return self.openai_levels(torch.linspace(0, 39, steps + 1).round().long().tolist(), 40)
+
+    def openai_levels(self, ts, steps: int = 40) -> torch.Tensor:
+        """The model times of openai/consistency_models' stochastic_iterative_sampler for its ``ts`` (increasing
+        indices into a Karras grid of `steps` levels, the last one `steps - 1`: the sampler's output is the last
+        evaluation's x0): the levels of ts[:-1]."""
+        ts = [int(i) for i in ts]
+        if len(ts) < 2 or any(b <= a for a, b in zip(ts, ts[1:], strict=False)) or ts[0] < 0 or ts[-1] != steps - 1:
+            raise ValueError(f"ts must be increasing indices into the grid of {steps} levels, from >= 0 to "
+                             f"{steps - 1} (openai's convention: index 0 is sigma_max), got {ts}")
+        return self.karras(steps)[ts[:-1]]
+
+
+class TrigFlowConsistency(ConsistencyProcess):
+    """TrigFlow (Lu & Song 2024): x_t = cos(t) x0 + sin(t) sigma_d z, t in [0, pi/2], f(x, t) = cos(t) x - sin(t)
+    sigma_d F(x / sigma_d, t) (c_skip = cos t, c_out = -sigma_d sin t, c_in = 1 / sigma_d, c_noise = t).
+    Multistep levels: pi/2, then uniform in t. sigma_min, sigma_max: the variance-exploding levels sigma_d tan t
+    the training losses discretize."""
+
+    def __init__(self, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.sigma_data = _positive(sigma_data, "sigma_data")
+        self.t_min, self.t_max = 0.0, math.pi / 2
+        self.sigma_min_ve, self.sigma_max_ve = _positive(sigma_min, "sigma_min"), _positive(sigma_max, "sigma_max")
+        if self.sigma_min_ve >= self.sigma_max_ve:
+            raise ValueError(f"need sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+
+    def time_of_sigma(self, sigma):
+        return torch.atan(_as_tensor(sigma) / self.sigma_data)
+
+    def marginal(self, t):
+        t = _as_tensor(t)
+        return torch.cos(t), self.sigma_data * torch.sin(t)
+
+    def scalings(self, t):
+        t = _as_tensor(t)
+        return torch.cos(t), -self.sigma_data * torch.sin(t), torch.full_like(t, 1 / self.sigma_data), t
+
+    def levels(self, steps: int) -> torch.Tensor:
+        return torch.linspace(self.t_max, self.t_min, steps + 1, dtype=torch.float64)[:-1]

@@ -27,12 +27,13 @@ from ..ops import REGISTRY
 from ..ops import diffusion as ops
 from ..ops._common import STATE_DTYPES, backend_for, positive_float
 from ..reference.diffusion import guided
-from .processes import SDE, VESDE, VPSDE, AffinePath, DDPMSchedule, get_sigmas_karras
+from .processes import SDE, VESDE, VPSDE, AffinePath, ConsistencyProcess, DDPMSchedule, get_sigmas_karras
 
 SAMPLERS = ("euler_maruyama", "pc", "ode_euler", "ode_heun", "ddpm", "ddim", "euler_ancestral", "dpmpp_2m")
 SIGMA_SAMPLERS = ("euler_ancestral", "dpmpp_2m")
 DISCRETE_SAMPLERS = ("ddpm", "ddim")
 FLOW_SAMPLERS = ("ode_euler", "ode_heun", "ode_midpoint", "euler_maruyama")  # on a flow path (fastgen.flows.LinearPath)
+CONSISTENCY_SAMPLERS = ("consistency",)  # on a consistency process (fastgen.diffusion.EDMConsistency, TrigFlow...)
 
 
 @dataclasses.dataclass
@@ -110,7 +111,8 @@ def _plan(process, settings: Settings, skip: int = 0) -> Plan:
     grid = _grid_of(process, settings.sampler, settings.steps, settings.spacing)[skip:] if skip else None
     rule = _plan_flow if isinstance(process, AffinePath) else PLANS[settings.sampler]
     plan = rule(process, dataclasses.replace(settings, steps=settings.steps - skip), grid)
-    plan.level = _level(process, settings.sampler, plan.times[0])
+    if not isinstance(process, ConsistencyProcess):  # (a consistency plan's model times are c_noise's)
+        plan.level = _level(process, settings.sampler, plan.times[0])
     if skip:
         plan.start = plan.level
     return plan
@@ -121,6 +123,8 @@ def _grid_of(process, sampler: str, steps: int, spacing: str) -> torch.Tensor:
     grid (with its end point)."""
     if isinstance(process, AffinePath):
         return spacing if isinstance(spacing, torch.Tensor) else torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    if isinstance(process, ConsistencyProcess):
+        return spacing if isinstance(spacing, torch.Tensor) else process.levels(steps)
     if sampler in DISCRETE_SAMPLERS or (sampler in SIGMA_SAMPLERS and isinstance(process, DDPMSchedule)):
         return torch.tensor(process.timesteps(steps, spacing))
     if sampler in SIGMA_SAMPLERS:
@@ -241,9 +245,30 @@ def _plan_flow(path: AffinePath, s: Settings, grid) -> Plan:
     return Plan(times, [1.0] * len(times), coef, stages, 1.0, s.prediction)
 
 
+def _plan_consistency(process: ConsistencyProcess, s: Settings, grid) -> Plan:
+    """consistency: at each level t_i one model call, x0 = f(x, t_i), and one fused step putting x0 back at the
+    next level (gamma = eta: fresh noise at 1, TCD-style gamma-sampling below), the last returning x0. With
+    prediction "raw" the model is the network F, called at (c_in x, c_noise) with f = c_skip x + c_out F applied in
+    the step; with "x0" the model is f itself, called at (x, t)."""
+    levels = _grid_of(process, s.sampler, s.steps, s.spacing) if grid is None else grid
+    n = len(levels)
+    t_next = torch.cat([levels[1:], torch.full((1,), float("nan"), dtype=torch.float64)])
+    raw = s.prediction == "raw"
+    coef = ops.consistency_coefficients(process, levels, t_next, s.eta, raw)
+    _, _, c_in, c_noise = process.scalings(levels)
+    keep, std = process.renoise(levels)
+    stages = [Stage(i, i, noise=i < n - 1, lands=(float(keep[i + 1]), float(std[i + 1])) if i < n - 1 else DATA)
+              for i in range(n)]
+    plan = Plan(c_noise if raw else levels, c_in.tolist() if raw else [1.0] * n, coef, stages, float(std[0]),
+                "v" if raw else "x0")
+    plan.level = (float(keep[0]), float(std[0]))
+    return plan
+
+
 PLANS = {  # sampler -> plan(process, settings, grid or None); on a flow path, _plan_flow
     "euler_maruyama": _plan_sde, "pc": _plan_pc, "ode_euler": _plan_sde, "ode_heun": _plan_heun,
     "ddpm": _plan_discrete, "ddim": _plan_discrete, "euler_ancestral": _plan_sigma, "dpmpp_2m": _plan_sigma,
+    "consistency": _plan_consistency,
 }
 
 
@@ -683,10 +708,11 @@ def _check_init(init, strength, shape, steps: int) -> int:
 
 def _check_call(model, shape, sampler: str, prediction: str, steps, callback) -> tuple[int, ...]:
     """The arguments every sampler takes; the shape as a tuple of ints."""
-    if sampler not in SAMPLERS + FLOW_SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(dict.fromkeys(SAMPLERS + FLOW_SAMPLERS))}, got "
-                         f"{sampler!r}")
-    ops.prediction_code(prediction)
+    names = SAMPLERS + FLOW_SAMPLERS + CONSISTENCY_SAMPLERS
+    if sampler not in names:
+        raise ValueError(f"sampler must be one of {', '.join(dict.fromkeys(names))}, got {sampler!r}")
+    if prediction != "raw":  # (raw: a consistency model's network, checked with its process)
+        ops.prediction_code(prediction)
     if not callable(model):
         raise TypeError(f"model must be callable (x, t) -> prediction, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -704,12 +730,14 @@ def _check_call(model, shape, sampler: str, prediction: str, steps, callback) ->
 def _check_sampler_options(sampler: str, process, eta, snr, corrector) -> tuple[float, float, str]:
     """(eta, snr, corrector): each only where its sampler takes it."""
     flow_sde = sampler == "euler_maruyama" and isinstance(process, AffinePath)
-    if eta is not None and sampler != "ddim" and not flow_sde:
-        raise ValueError(f"eta is DDIM's noise scale, and euler_maruyama's on a flow path: it does not apply to "
-                         f"sampler {sampler!r} on {type(process).__name__}")
-    eta = (1.0 if flow_sde else 0.0) if eta is None else eta
+    if eta is not None and sampler not in ("ddim", "consistency") and not flow_sde:
+        raise ValueError(f"eta is DDIM's noise scale, euler_maruyama's on a flow path and the consistency sampler's "
+                         f"gamma: it does not apply to sampler {sampler!r} on {type(process).__name__}")
+    eta = (1.0 if flow_sde or sampler == "consistency" else 0.0) if eta is None else eta
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if sampler == "consistency" and eta > 1:
+        raise ValueError(f"eta (the consistency sampler's gamma) must lie in [0, 1], got {eta!r}")
     if snr is not None and sampler != "pc":
         raise ValueError(f"snr is the pc corrector's signal-to-noise ratio: it does not apply to sampler {sampler!r}")
     if corrector is not None and sampler != "pc":
@@ -721,6 +749,11 @@ def _check_sampler_options(sampler: str, process, eta, snr, corrector) -> tuple[
 
 def _check_process(sampler: str, sde, schedule, spacing, prediction: str, steps: int):
     """(the process the sampler runs on, its spacing)."""
+    if isinstance(sde, ConsistencyProcess) or sampler in CONSISTENCY_SAMPLERS:
+        return _check_consistency(sampler, sde, schedule, spacing, prediction, steps)
+    if prediction == "raw":
+        raise ValueError("prediction 'raw' is a consistency model's network F (sde=fastgen.diffusion."
+                         "EDMConsistency() or TrigFlowConsistency(), sampler='consistency')")
     if isinstance(sde, AffinePath):
         if schedule is not None:
             raise ValueError("give sde (here a flow path) or schedule, not both")
@@ -756,6 +789,28 @@ def _check_process(sampler: str, sde, schedule, spacing, prediction: str, steps:
     if prediction == "v" and isinstance(process, VESDE):
         raise ValueError("prediction 'v' needs a variance-preserving process, not VESDE")
     return process, spacing or allowed[0]
+
+
+def _check_consistency(sampler: str, sde, schedule, spacing, prediction: str, steps: int):
+    """The consistency sampler's process and levels: spacing None (the process's levels) or a tensor of `steps`
+    strictly decreasing model times inside the process's range."""
+    if not isinstance(sde, ConsistencyProcess) or sampler not in CONSISTENCY_SAMPLERS or schedule is not None:
+        raise ValueError("sampler 'consistency' runs on a consistency process (sde=fastgen.diffusion.EDMConsistency() "
+                         f"or TrigFlowConsistency()), and only it does; got sampler {sampler!r} on "
+                         f"{type(sde or schedule).__name__}")
+    if prediction not in ("raw", "x0"):
+        raise ValueError(f"prediction on a consistency process must be 'raw' (the model is the network F of f = "
+                         f"c_skip x + c_out F) or 'x0' (the model is f itself), got {prediction!r}")
+    if spacing is None:
+        return sde, None
+    if not isinstance(spacing, torch.Tensor):
+        raise ValueError(f"spacing for the consistency sampler must be a tensor of the model times, from t_max down "
+                         f"(e.g. EDMConsistency().openai_levels([0, 22, 39])), got {spacing!r}")
+    levels = sde.check_times(spacing.detach().to("cpu", torch.float64).reshape(-1), "spacing")
+    if levels.numel() != steps or not bool((levels[1:] < levels[:-1]).all()):
+        raise ValueError(f"spacing must hold steps = {steps} strictly decreasing times (noise to data), got "
+                         f"{levels.tolist()}")
+    return sde, levels
 
 
 def _check_flow_spacing(spacing, steps: int):
@@ -833,7 +888,8 @@ def make_sampler(
     plan and one CUDA-graph capture for every draw. Arguments as :func:`sample`'s; every one is checked here,
     once, and the options that travel together are gathered (:class:`Settings`, :class:`Options`,
     :class:`Guidance`, :class:`Inpainting`, :class:`Noise`)."""
-    prediction = prediction or ("velocity" if isinstance(sde, AffinePath) else "score")
+    prediction = prediction or ("velocity" if isinstance(sde, AffinePath) else
+                                "raw" if isinstance(sde, ConsistencyProcess) else "score")
     shape = _check_call(model, shape, sampler, prediction, steps, callback)
     process, spacing = _check_process(sampler, sde, schedule, spacing, prediction, steps)
     eta, snr, corrector = _check_sampler_options(sampler, process, eta, snr, corrector)

@@ -5,6 +5,7 @@ multi-tensor pass."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -125,6 +126,19 @@ class EMA:
             else:  # float64 and others: not a fused dtype
                 torch._foreach_lerp_(shadows, params, 1.0 - decay)
         self.updates += 1
+
+    def averaged(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `module` (the model whose parameters this EMA tracks) whose trainable parameters are the
+        averages themselves (shared storage, no gradient): it follows every update() without a copy. The target
+        network of consistency distillation, or the averaged model to sample from."""
+        averaged = copy.deepcopy(module)
+        params = [p for p in averaged.parameters() if p.requires_grad]
+        if [p.shape for p in params] != [s.shape for s in self.shadow]:
+            raise ValueError("module's trainable parameters must be the ones this EMA tracks (same shapes, order)")
+        for p, s in zip(params, self.shadow, strict=True):
+            p.requires_grad_(False)
+            p.data = s
+        return averaged
 
     @torch.no_grad()
     def copy_to(self, parameters: Iterable[torch.nn.Parameter] | None = None) -> None:

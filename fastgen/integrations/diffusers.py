@@ -90,6 +90,30 @@ class _FusedStep:
         if timestep not in valid:
             raise IndexError(f"timestep {timestep} is not one of the scheduler's timesteps (set_timesteps sets them)")
 
+    def _sigmas_at(self, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """Each sample's sigma for `timestep` (one, or one per sample), shaped to broadcast over sample, looked up on
+        the device at once: diffusers' rule (the second match of a repeated timestep when the schedule has no begin
+        index, else the step or begin index) without its host read per sample. A timestep off the schedule:
+        IndexError when it is on the host; on a GPU its samples come out NaN."""
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if timestep.shape[0] not in (1, sample.shape[0]):
+            raise ValueError(f"timestep must hold one timestep or one per sample ({sample.shape[0]}), got "
+                             f"{tuple(timestep.shape)}")
+        sigmas = self.sigmas.to(sample.device, torch.float32)
+        if self.begin_index is None:
+            schedule = self.timesteps.to(sample.device)
+            matches = schedule[None, :] == timestep[:, None].to(schedule.dtype)
+            count = matches.sum(1, keepdim=True)
+            pick = matches & (matches.cumsum(1) == torch.where(count > 1, 2, 1))
+            if timestep.device.type == "cpu" and not bool(count.all()):
+                raise IndexError(f"timestep {timestep[~count.squeeze(1).bool()][0].item()} is not one of the "
+                                 "scheduler's timesteps")
+            sigma = torch.where(count.squeeze(1) > 0, sigmas[pick.int().argmax(1)], float("nan"))
+        else:
+            index = self.step_index if self.step_index is not None else self.begin_index
+            sigma = sigmas[index].expand(timestep.shape[0])
+        return sigma.reshape(-1, *[1] * (sample.dim() - 1))
+
     @staticmethod
     def _fused_dtype(sample: torch.Tensor) -> bool:
         """The fused step takes float32, float16 and bfloat16 states; others (float64) run diffusers' own step."""
@@ -386,27 +410,8 @@ class FlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDiscre
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
         """sigma noise + (1 - sigma) sample (the forward process at timestep), sigma per sample looked up on the
-        device without a host read (diffusers' rule: the second match of a repeated timestep when the schedule has
-        no begin index, else the step or begin index). A timestep off the schedule: IndexError when it is on the
-        host; on a GPU its samples come out NaN."""
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        if timestep.shape[0] not in (1, sample.shape[0]):
-            raise ValueError(f"timestep must hold one timestep or one per sample ({sample.shape[0]}), got "
-                             f"{tuple(timestep.shape)}")
-        sigmas = self.sigmas.to(sample.device, torch.float32)
-        if self.begin_index is None:
-            schedule = self.timesteps.to(sample.device)
-            matches = schedule[None, :] == timestep[:, None].to(schedule.dtype)
-            count = matches.sum(1, keepdim=True)
-            pick = matches & (matches.cumsum(1) == torch.where(count > 1, 2, 1))
-            if timestep.device.type == "cpu" and not bool(count.all()):
-                raise IndexError(f"timestep {timestep[~count.squeeze(1).bool()][0].item()} is not one of the "
-                                 "scheduler's timesteps")
-            sigma = torch.where(count.squeeze(1) > 0, sigmas[pick.int().argmax(1)], float("nan"))
-        else:
-            index = self.step_index if self.step_index is not None else self.begin_index
-            sigma = sigmas[index].expand(timestep.shape[0])
-        sigma = sigma.reshape(-1, *[1] * (sample.dim() - 1))
+        device without a host read (see _sigmas_at)."""
+        sigma = self._sigmas_at(timestep, sample)
         return (sigma * noise.to(sample.device, torch.float32) + (1.0 - sigma) * sample.float()).to(sample.dtype)
 
 
@@ -909,3 +914,60 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
         else:  # the last step onto sigma = 0: nothing follows to correct
             self.last_sample = None
         return diffusers.schedulers.scheduling_utils.SchedulerOutput(prev_sample=out) if return_dict else (out,)
+
+
+class CMStochasticIterativeScheduler(_FusedStep, diffusers.CMStochasticIterativeScheduler):
+    """diffusers.CMStochasticIterativeScheduler (consistency models' multistep sampling) with a fused ``step`` and a
+    vectorized ``add_noise``. step: the consistency function f = c_skip x + c_out F (F the model output, read
+    through the v prediction's x0 = alpha x - sigma v with alpha = c_skip, sigma = -c_out; clamped to [-1, 1] with
+    clip_denoised) and x <- f + s_noise sqrt(sigma_hat^2 - sigma_min^2) z in one pass, its coefficients in a device
+    table (diffusers keeps its sigmas on the host). add_noise: sample + sigma noise with every sample's sigma looked
+    up on the device at once (diffusers reads each on the host, and crashes on a timestep off the schedule)."""
+
+    def _build(self) -> torch.Tensor:
+        """Row i: step i's consistency function and the noise to its next level, as diffusers computes them."""
+        sigmas = self.sigmas.double().cpu()
+        n, c = len(sigmas), self.config
+        index = torch.arange(n)
+        nxt = torch.where(index + 1 < c.num_train_timesteps, sigmas[(index + 1).clamp(max=n - 1)], sigmas[-1])
+        c_skip, c_out = self.get_scalings_for_boundary_condition(sigmas)
+        hat = nxt.clamp(min=c.sigma_min, max=c.sigma_max)
+        noise = c.s_noise * (hat**2 - c.sigma_min**2).clamp(min=0).sqrt() if len(self.timesteps) > 1 else 0.0
+        return ops.coef_rows(c_skip, -c_out, 1.0, 0.0, 1.0, 0.0, 0.0, noise)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        """One multistep consistency sampling step in float32, one pass; returns (prev_sample,)."""
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError(
+                "Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to"
+                f" `{self.__class__}.step()` is not supported. Make sure to pass"
+                " one of the `scheduler.timesteps` as a timestep.")
+        if not self._fused_dtype(sample) or model_output.shape != sample.shape:
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        if not self.is_scale_input_called:
+            diffusers.schedulers.scheduling_consistency_models.logger.warning(
+                "The `scale_model_input` function should be called before `step` to ensure correct denoising. "
+                "See `StableDiffusionPipeline` for a usage example.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        noisy = len(self.timesteps) > 1
+        noise = None
+        if noisy and generator is not None:  # diffusers' draw, for identical samples
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator).float()
+        table = self._table("cm", self._build, sample.device)
+        prev = sample.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        ops.diffusion_step_(prev, model_output.float().contiguous(), table[self._step_index:self._step_index + 1],
+                            prediction="v", clip=1.0 if self.config.clip_denoised else None, clip_eps=False,
+                            **(self._noise_args(prev, noise) if noisy else {}))
+        self._step_index += 1
+        prev = prev.to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return diffusers.schedulers.scheduling_consistency_models.CMStochasticIterativeSchedulerOutput(
+            prev_sample=prev)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """original_samples + sigma noise, each sample's sigma looked up on the device (see _sigmas_at)."""
+        sigma = self._sigmas_at(timesteps, original_samples).to(original_samples.dtype)
+        return original_samples + noise.to(original_samples.device, original_samples.dtype) * sigma

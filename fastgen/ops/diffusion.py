@@ -21,7 +21,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from ..core.constants import COEF_WIDTH, AuxStore, Coef, Prediction
-from ..diffusion.processes import SDE, VPSDE, AffinePath, DDPMSchedule
+from ..diffusion.processes import SDE, VPSDE, AffinePath, ConsistencyProcess, DDPMSchedule
 from ._common import (
     check_like,
     check_rng_ints,
@@ -399,6 +399,30 @@ def dpmpp_sde_coefficients(sigmas: torch.Tensor, eta: float = 1.0, s_noise: floa
     xi1 = -c2 / c1 * s_noise * u1
     second[ends] = coef_rows(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # unused: the step is x <- x0
     return first, second, torch.where(ends, 0.0, xi1), mid, torch.where(ends, 0.0, u1)
+
+
+def consistency_coefficients(process: ConsistencyProcess, t, t_next=None, gamma: float = 1.0,
+                             raw: bool = True) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) from model time t to level t_next (NaN or
+    None: the last step, x <- x0). x0 = f(x, t) = c_skip x + c_out F: with ``raw`` the model output is the network
+    F, read through the v prediction's x0 = alpha x - sigma v with alpha = c_skip, sigma = -c_out (f(x, t_min) = x
+    exactly); else the output is x0 itself. Then x <- a' x0 + s' (sqrt(1 - gamma^2) eps_hat + gamma z), (a', s') the
+    process's renoise(t_next), eps_hat = (x - a x0) / s at t (gamma < 1: gamma-sampling, TCD-style). One row per
+    step."""
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+    t_next = torch.full_like(t, float("nan")) if t_next is None else torch.as_tensor(
+        t_next, dtype=torch.float64).reshape(-1).expand_as(t)
+    last = torch.isnan(t_next)
+    keep, std = process.renoise(t)
+    keep_next, std_next = process.renoise(torch.where(last, t, t_next))
+    c_x = torch.where(std > 0, std_next * math.sqrt(max(1 - gamma**2, 0.0)) / std, 0.0)
+    c_x, c_x0 = torch.where(last, 0.0, c_x), torch.where(last, 1.0, keep_next - c_x * keep)
+    noise = torch.where(last, 0.0, gamma * std_next)
+    if raw:
+        c_skip, c_out, _, _ = process.scalings(t)
+        return coef_rows(c_skip, -c_out, 1.0, c_x, c_x0, 0.0, 0.0, noise)
+    alpha, sigma = process.marginal(t)
+    return coef_rows(alpha, sigma, 1.0, c_x, c_x0, 0.0, 0.0, noise)
 
 
 def _velocity_rows(path: AffinePath, s, h, c_aux=0.0, eta=0.0, noise=0.0) -> torch.Tensor:

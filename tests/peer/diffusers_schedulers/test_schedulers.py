@@ -26,7 +26,6 @@ from huggingface_hub import delete_repo
 
 import diffusers
 from diffusers import (
-    CMStochasticIterativeScheduler,
     DEISMultistepScheduler,
     DiffusionPipeline,
     EDMEulerScheduler,
@@ -40,6 +39,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from fastgen.diffusers import (  # fastgen: the classes under test
+    CMStochasticIterativeScheduler,
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
