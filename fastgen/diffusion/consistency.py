@@ -70,13 +70,61 @@ def ct_steps(k: int, total: int, s0: int = 10, s1: int = 1280) -> int:
     return min(s0 * 2 ** (k // period), s1) + 1
 
 
-def _levels(process: ConsistencyProcess, steps: int, sigma_min: float, sigma_max: float, rho: float):
-    """(VE sigmas, process times) of the Karras grid of `steps` levels, ascending."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps (the discretization's levels) must be an int >= 2, got {steps!r}")
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (sigma_min ** (1 / rho) + ramp * (sigma_max ** (1 / rho) - sigma_min ** (1 / rho))) ** rho
-    return sigmas, process.time_of_sigma(sigmas)
+class _Grid:
+    """A discretization's levels on a device, built once per (process, steps, device): the Karras grid of
+    variance-exploding sigmas sigma_1 < ... < sigma_N, the process's times, alpha and sigma there (float32), and
+    the teacher's step tables from level i + 1 to i (rows indexed per sample by the fused step)."""
+
+    def __init__(self, process: ConsistencyProcess, steps: int, device):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps (the discretization's levels) must be an int >= 2, got {steps!r}")
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        lo, hi = process.sigma_min_ve ** (1 / 7), process.sigma_max_ve ** (1 / 7)
+        self.sigmas = (lo + ramp * (hi - lo)) ** 7  # float64, on the host
+        times = process.time_of_sigma(self.sigmas)
+        alpha, sigma = process.marginal(times)
+        self.device = device
+        self.times, self.alpha, self.sigma = (v.to(device, torch.float32) for v in (times, alpha, sigma))
+        self.teacher: dict = {}
+
+    @staticmethod
+    def of(process: ConsistencyProcess, steps: int, device) -> _Grid:
+        grids = process.__dict__.setdefault("_consistency_grids", {})
+        key = (steps, torch.device(device))
+        if key not in grids:
+            grids[key] = _Grid(process, steps, device)
+        return grids[key]
+
+    def tables(self, solver: str) -> tuple[torch.Tensor, ...]:
+        """The fused step's rows of `solver` from sigma_{i+1} to sigma_i, one per i (float32 on the device)."""
+        if solver not in self.teacher:
+            s, s_next = self.sigmas[1:], self.sigmas[:-1]
+            if solver == "euler":
+                rows = (ops.euler_coefficients(s, s_next),)
+            elif solver == "heun":
+                rows = (ops.euler_coefficients(s, s_next), ops.heun_correction_coefficients(s, s_next))
+            else:  # DPM-Solver++(2S), the log-midpoint; its noise column unused
+                mid = (s * s_next).sqrt()
+                first, second = ops.dpmpp_2s_coefficients(s, mid, s_next)
+                second[:, Coef.C_NOISE] = 0.0
+                rows = (first, second, mid[:, None])
+            self.teacher[solver] = tuple(r.to(self.device, torch.float32).contiguous() for r in rows)
+        return self.teacher[solver]
+
+    def noise(self, x0: torch.Tensor, level: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """alpha x0 + sigma z at each sample's level (indices on the device)."""
+        return per_sample(self.alpha[level], x0) * x0 + per_sample(self.sigma[level], x0) * z
+
+
+def _draws(x0: torch.Tensor, high: int, generator: torch.Generator | None, weights: torch.Tensor | None = None):
+    """(level index per sample on x0's device, standard normal noise like x0), from `generator` (on its device)."""
+    device = generator.device if generator is not None else x0.device
+    if weights is None:
+        index = torch.randint(0, high, (x0.shape[0],), generator=generator, device=device)
+    else:
+        index = torch.multinomial(weights.to(device), x0.shape[0], replacement=True, generator=generator)
+    z = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
+    return index.to(x0.device), z.to(x0.device, x0.dtype)
 
 
 def _metric(metric, a, b) -> torch.Tensor:
@@ -99,18 +147,19 @@ def consistency_training_loss(model: Callable, x0: torch.Tensor, process: Consis
     x_i = x0 + sigma_i z and x_{i+1} = x0 + sigma_{i+1} z with the same z (in the process's form), and the loss
     mean of d(f(x_{i+1}, t_{i+1}), f^-(x_i, t_i)) / (sigma_{i+1} - sigma_i): f^- is `target` (an EMA copy) or, by
     default, `model` itself without gradient (improved CT's choice). d: pseudo-Huber by default."""
-    sigmas, times = _levels(process, steps, process.sigma_min_ve, process.sigma_max_ve, 7.0)
-    edges = torch.erf((sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
-    weights = (edges[1:] - edges[:-1]).clamp(min=0)
-    index = torch.multinomial(weights.float(), x0.shape[0], replacement=True, generator=generator)
-    z = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-    t_lo, t_hi = times[index].to(x0.device), times[index + 1].to(x0.device)
+    grid = _Grid.of(process, steps, x0.device)
+    key = ("ct", p_mean, p_std)
+    if key not in grid.teacher:  # the level distribution, and the weights 1 / (sigma_{i+1} - sigma_i)
+        edges = torch.erf((grid.sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
+        grid.teacher[key] = ((edges[1:] - edges[:-1]).clamp(min=0).float(),
+                             (1 / (grid.sigmas[1:] - grid.sigmas[:-1])).to(x0.device, torch.float32))
+    levels, weights = grid.teacher[key]
+    index, z = _draws(x0, steps - 1, generator, levels)
     kwargs = model_kwargs or {}
-    x_hi = process.noise(x0, t_hi, z)
     with torch.no_grad():
-        ref = (target or model)(process.noise(x0, t_lo, z), t_lo, **kwargs)
-    weight = (1 / (sigmas[index + 1] - sigmas[index])).to(x0.device, x0.dtype)
-    return (weight * _metric(metric, model(x_hi, t_hi, **kwargs), ref)).mean()
+        ref = (target or model)(grid.noise(x0, index, z), grid.times[index], **kwargs)
+    distance = _metric(metric, model(grid.noise(x0, index + 1, z), grid.times[index + 1], **kwargs), ref)
+    return (weights[index].to(distance.dtype) * distance).mean()
 
 
 def consistency_distillation_loss(model: Callable, x0: torch.Tensor, process: ConsistencyProcess,
@@ -121,57 +170,42 @@ def consistency_distillation_loss(model: Callable, x0: torch.Tensor, process: Co
     """Consistency distillation (Song et al. 2023, Algorithm 2): level n uniform on the Karras grid of `steps`,
     x_{n+1} = x0 + sigma_{n+1} z (in the process's form), the teacher's one ODE step back to sigma_n, and the loss
     mean of d(f(x_{n+1}, t_{n+1}), f^-(x_hat_n, t_n)), f^- = `target` (the EMA copy of the model, e.g.
-    ``fastgen.diffusion.EMA``'s) or the model without gradient. The teacher is a denoiser
+    ``EMA(...).averaged(model)``) or the model without gradient. The teacher is a denoiser
     ``teacher(x, sigma) -> E[x0 | x]`` in the variance-exploding form x = x0 + sigma z (k-diffusion's
-    convention; sigma a (B,) tensor), stepped by the fused diffusion step: "euler" (DPM-Solver's first order
-    there), "heun" (Karras et al.'s second-order step) or "dpm_solver_2" (DPM-Solver++(2S), midpoint in log-sigma).
-    d: squared L2 by default."""
+    convention; sigma a (B,) tensor), stepped by the fused diffusion step on per-sample rows of a table built once:
+    "euler" (DPM-Solver's first order there), "heun" (Karras et al.'s second-order step) or "dpm_solver_2"
+    (DPM-Solver++(2S), midpoint in log-sigma). d: squared L2 by default."""
     if solver not in ("euler", "heun", "dpm_solver_2"):
         raise ValueError(f"solver must be 'euler', 'heun' or 'dpm_solver_2', got {solver!r}")
-    sigmas, times = _levels(process, steps, process.sigma_min_ve, process.sigma_max_ve, 7.0)
-    n = torch.randint(0, steps - 1, (x0.shape[0],), generator=generator)
-    z = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-    t_lo, t_hi = times[n].to(x0.device), times[n + 1].to(x0.device)
+    grid = _Grid.of(process, steps, x0.device)
+    n, z = _draws(x0, steps - 1, generator)
     kwargs = model_kwargs or {}
-    x_hi = process.noise(x0, t_hi, z)
+    x_hi = grid.noise(x0, n + 1, z)
     with torch.no_grad():
-        alpha_hi, _ = process.marginal(t_hi)
-        alpha_lo, _ = process.marginal(t_lo)
-        x = (x_hi / per_sample(alpha_hi, x_hi)).float().contiguous()  # the variance-exploding form
-        _teacher_step(teacher, x, sigmas[n + 1], sigmas[n], solver)
-        x_lo = (x * per_sample(alpha_lo, x)).to(x0.dtype)
-        ref = (target or model)(x_lo, t_lo, **kwargs)
-    return _metric(metric, model(x_hi, t_hi, **kwargs), ref).mean()
+        x = (x_hi / per_sample(grid.alpha[n + 1], x_hi)).float().contiguous()  # the variance-exploding form
+        _teacher_step(teacher, x, grid, n, solver)
+        ref = (target or model)((x * per_sample(grid.alpha[n], x)).to(x0.dtype), grid.times[n], **kwargs)
+    return _metric(metric, model(x_hi, grid.times[n + 1], **kwargs), ref).mean()
 
 
-def _teacher_step(teacher: Callable, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                  solver: str) -> None:
-    """One ODE step of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma from sigma to sigma_next (one
-    per sample) in place on x (float32), with the fused step's per-sample rows."""
-    device = x.device
-    s, s_next = sigma.to(device), sigma_next.to(device)
+def _teacher_step(teacher: Callable, x: torch.Tensor, grid: _Grid, n: torch.Tensor, solver: str) -> None:
+    """One ODE step of the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma from each sample's level
+    n + 1 to n, in place on x (float32, variance-exploding form): the fused step reads row n of the solver's
+    table."""
+    tables = grid.tables(solver)
+    sigmas = grid.sigmas.to(x.device, torch.float32)
 
     def denoise(level):
         return teacher(x, level.to(x.dtype)).float().contiguous()
 
     if solver == "euler":
-        ops.diffusion_step_(x, denoise(s), ops.euler_coefficients(sigma, sigma_next).float().to(device),
-                            prediction="x0")
+        ops.diffusion_step_(x, denoise(sigmas[n + 1]), tables[0], index=n, prediction="x0")
         return
-    if solver == "heun":
-        increment = torch.empty_like(x)
-        ops.diffusion_step_(x, denoise(s), ops.euler_coefficients(sigma, sigma_next).float().to(device),
-                            prediction="x0", aux=increment, aux_store="increment")
-        ops.diffusion_step_(x, denoise(s_next), ops.heun_correction_coefficients(sigma, sigma_next).float().to(
-            device), prediction="x0", aux=increment)
-        return
-    mid = (sigma * sigma_next).sqrt()  # DPM-Solver++(2S): the log-midpoint
-    first, second = ops.dpmpp_2s_coefficients(sigma, mid, sigma_next)
     increment = torch.empty_like(x)
-    ops.diffusion_step_(x, denoise(s), first.float().to(device), prediction="x0", aux=increment,
+    ops.diffusion_step_(x, denoise(sigmas[n + 1]), tables[0], index=n, prediction="x0", aux=increment,
                         aux_store="increment")
-    second[:, Coef.C_NOISE] = 0.0
-    ops.diffusion_step_(x, denoise(mid.to(device)), second.float().to(device), prediction="x0", aux=increment)
+    second = sigmas[n] if solver == "heun" else tables[2][n, 0]
+    ops.diffusion_step_(x, denoise(second), tables[1], index=n, prediction="x0", aux=increment)
 
 
 _FAR = 1e4  # a noise level above which the probability-flow ODE is x / sigma = const to 1 / _FAR of the data's scale
