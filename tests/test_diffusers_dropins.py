@@ -156,7 +156,7 @@ DPM_CONFIGS = [dict(algorithm_type=a, solver_type=st, solver_order=o, prediction
 
 
 @pytest.mark.parametrize("config", DPM_CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
-@pytest.mark.parametrize("steps", [8, 25])
+@pytest.mark.parametrize("steps", [8, 30])
 def test_dpm_solver_multistep(config, steps):
     """Whole loops from the same noise (the SDE variants on diffusers' generator draws) equal diffusers' own to 1e-3
     (diffusers' own loop tests' tolerance; the coefficients here are computed in float64, diffusers' in float32,
@@ -164,6 +164,41 @@ def test_dpm_solver_multistep(config, steps):
     sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     assert_same(run_prev(fast.DPMSolverMultistepScheduler(**config), steps, sample, 4),
                 run_prev(diffusers.DPMSolverMultistepScheduler(**config), steps, sample, 4), tol=1e-3)
+
+
+def test_dpm_solver_multistep_every_solver_order_and_prediction():
+    """30-step loops for every algorithm type, solver type, order and prediction type (diffusers' combinations:
+    sde-dpmsolver has no third order, the eps-space types take no final sigma of 0) equal diffusers' own to 1e-3, or
+    are non-finite where diffusers' are too (dpmsolver with Karras sigmas from 14.6 overflows in both)."""
+    sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for algorithm in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"):
+        for solver_type in ("midpoint", "heun"):
+            for order in (1, 2, 3):
+                if algorithm == "sde-dpmsolver" and order == 3:
+                    continue
+                for prediction in ("epsilon", "sample", "v_prediction"):
+                    config = dict(algorithm_type=algorithm, solver_type=solver_type, solver_order=order,
+                                  prediction_type=prediction)
+                    if not algorithm.endswith("++"):
+                        config["final_sigmas_type"] = "sigma_min"
+                    ours = run_prev(fast.DPMSolverMultistepScheduler(**config), 30, sample, 4)[-1][0]
+                    theirs = run_prev(diffusers.DPMSolverMultistepScheduler(**config), 30, sample, 4)[-1][0]
+                    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
+def test_unipc_every_solver_order_and_prediction():
+    """30-step UniPC loops for bh1 and bh2, orders 1 to 3, every prediction type, x0 and eps forms equal diffusers'
+    to 1e-3 (final sigma sigma_min: with 0, bh1's last step is NaN in diffusers and here alike)."""
+    sample = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for solver_type in ("bh1", "bh2"):
+        for order in (1, 2, 3):
+            for prediction in ("epsilon", "sample", "v_prediction"):
+                for predict_x0 in (True, False):
+                    config = dict(solver_type=solver_type, solver_order=order, prediction_type=prediction,
+                                  predict_x0=predict_x0, final_sigmas_type="sigma_min")
+                    ours = run_prev(fast.UniPCMultistepScheduler(**config), 30, sample, 4)[-1][0]
+                    theirs = run_prev(diffusers.UniPCMultistepScheduler(**config), 30, sample, 4)[-1][0]
+                    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
 def test_dpm_solver_multistep_fp16_history_from_outside_and_passes(monkeypatch):
@@ -257,7 +292,7 @@ def test_heun(config, dtype):
     sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
 
     def loop(s, dtype):
-        s.set_timesteps(12)
+        s.set_timesteps(30)
         x, out = sample.to(dtype) * s.init_noise_sigma, []
         for t in s.timesteps:
             step = s.step(model(s.scale_model_input(x, t), t).to(dtype), t, x)
@@ -284,7 +319,7 @@ UNIPC_CONFIGS = [dict(), dict(solver_order=3),
 
 
 @pytest.mark.parametrize("config", UNIPC_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
-@pytest.mark.parametrize("steps", [5, 15])
+@pytest.mark.parametrize("steps", [5, 30])
 def test_unipc(config, steps):
     """Whole UniPC loops (corrector and predictor, every order) equal diffusers' own to 1e-3 (diffusers' loop
     tests' tolerance: the expanded one-pass form rounds differently where the eps form meets small sigmas)."""
