@@ -309,7 +309,7 @@ def test_fastgen_sample_on_a_path_rejects_what_does_not_apply():
         run(sde=LinearPath(), sampler="ode_euler", spacing=time_grid(5))
     with pytest.raises(ValueError, match="spacing on a flow path must be 'uniform' or a tensor"):
         run(sde=LinearPath(), sampler="ode_euler", spacing="karras")
-    with pytest.raises(ValueError, match="eta is DDIM's noise scale, and euler_maruyama's on a flow path"):
+    with pytest.raises(ValueError, match="eta is DDIM's noise scale, euler_maruyama's on a flow path"):
         run(sde=LinearPath(), sampler="ode_euler", eta=0.5)
     with pytest.raises(ValueError, match="a time grid as spacing is for the flow paths"):
         run(sde=fastgen.VPSDE(), sampler="ode_euler", spacing=time_grid(4))
