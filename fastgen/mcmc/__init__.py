@@ -1,9 +1,11 @@
-"""Markov chains on the fused kernels: ULA, MALA and annealed Langevin (``langevin``), and the EBM training pieces
-that run them (``ebm``: negatives, persistent chains, the replay buffer, the losses)."""
+"""Markov chains on the fused kernels: ULA, MALA and annealed Langevin (``langevin``), the EBM training pieces
+that run them (``ebm``: negatives, persistent chains, the replay buffer, the losses), and the convergence
+diagnostics (``diagnostics``: bulk and tail ESS, rank-normalized split R-hat)."""
 
-from . import ebm
+from . import diagnostics, ebm
+from .diagnostics import ess, rhat
 from .ebm import PersistentChains, ReplayBuffer, contrastive_loss, kl_loss, langevin_negatives, nce_loss
 from .langevin import annealed_langevin, langevin, mala
 
-__all__ = ["PersistentChains", "ReplayBuffer", "annealed_langevin", "contrastive_loss", "ebm", "kl_loss", "langevin",
-           "langevin_negatives", "mala", "nce_loss"]
+__all__ = ["PersistentChains", "ReplayBuffer", "annealed_langevin", "contrastive_loss", "diagnostics", "ebm", "ess",
+           "kl_loss", "langevin", "langevin_negatives", "mala", "nce_loss", "rhat"]
