@@ -174,6 +174,25 @@ def _log_prob_fn(log_prob, energy) -> Callable[[torch.Tensor], tuple[torch.Tenso
     return evaluate_energy
 
 
+class DualAveraging:
+    """Per-chain step-size adaptation by dual averaging (Hoffman & Gelman 2014, Stan's constants gamma = 0.05,
+    t0 = 10, kappa = 0.75, mu = log(10 h0)), on the device: ``update(accept_prob)`` returns the next step sizes, and
+    with ``final=True`` the averaged ones to keep."""
+
+    def __init__(self, h0: torch.Tensor, target_accept: float):
+        self.mu, self.target, self.m = torch.log(10.0 * h0), float(target_accept), 0
+        self.h_bar_log, self.running = torch.zeros_like(h0), torch.zeros_like(h0)
+
+    def update(self, accept_prob: torch.Tensor, final: bool = False) -> torch.Tensor:
+        self.m += 1
+        m = self.m
+        self.running.mul_(1.0 - 1.0 / (m + 10.0)).add_((self.target - accept_prob) / (m + 10.0))
+        log_h = self.mu - math.sqrt(m) / 0.05 * self.running
+        eta = m ** -0.75
+        self.h_bar_log.mul_(1.0 - eta).add_(eta * log_h)
+        return torch.exp(self.h_bar_log if final else log_h)
+
+
 def mala(
     x0: torch.Tensor,  # (B, ...) initial chains
     *,
@@ -210,10 +229,7 @@ def mala(
     seed = resolve_seed(seed, generator)
     log_p, grad = evaluate(x)
     accepted_total = torch.zeros(chains, device=x.device)
-    # Dual averaging state (per chain, on the device).
-    mu = torch.log(10.0 * h)
-    h_bar_log = torch.zeros_like(h)
-    running = torch.zeros_like(h)
+    adaptation = DualAveraging(h, target_accept)
     offset = 0
     for t in range(adapt_steps + n_steps):
         y = mala_propose(x, grad, h, seed, offset)
@@ -222,12 +238,7 @@ def mala(
         accepted, prob = mala_accept_(x, log_p, grad, y, log_p_y, grad_y, h, seed, offset, return_prob=True)
         offset += reserve(chains)
         if t < adapt_steps:
-            m = t + 1
-            running.mul_(1.0 - 1.0 / (m + 10.0)).add_((target_accept - prob) / (m + 10.0))
-            log_h = mu - math.sqrt(m) / 0.05 * running
-            eta = m ** -0.75
-            h_bar_log.mul_(1.0 - eta).add_(eta * log_h)
-            h = torch.exp(h_bar_log if t == adapt_steps - 1 else log_h)
+            h = adaptation.update(prob, final=t == adapt_steps - 1)
         else:
             accepted_total += accepted
     rate = accepted_total / max(n_steps, 1)

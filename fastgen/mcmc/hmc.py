@@ -1,0 +1,175 @@
+"""Hamiltonian Monte Carlo for many chains at once (Duane et al. 1987; Neal 2011): every chain its own step size
+and (diagonal) mass, the gradient at the end of a trajectory reused at the start of the next (L gradient
+evaluations per transition, log p at the trajectory's end coming with its gradient), the Metropolis test and the
+step-size adaptation on the device (no host read inside the loop), divergent and non-finite trajectories rejected
+and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from ..core.rng import reserve, resolve_seed
+from ..ops import normal, uniform
+from ..targets import GaussianMixture
+from .langevin import DualAveraging, _check_steps, _checked_step_size, _log_prob_fn, _start
+
+__all__ = ["HMCResult", "hmc", "leapfrog"]
+
+DIVERGENCE = 1000.0  # an energy error above this is a divergence (Stan's threshold)
+
+
+@dataclasses.dataclass
+class HMCResult:
+    """What :func:`hmc` returns: ``draws`` (chains, n_steps, *event) (the states after each kept transition, the
+    layout fastgen.mcmc.ess and rhat read), and per chain: ``accept_rate`` (the mean Metropolis acceptance
+    probability over the kept transitions), ``divergences`` (kept transitions whose energy error exceeded 1000 or
+    was not finite: rejected), ``step_size`` (after adaptation)."""
+
+    draws: torch.Tensor
+    accept_rate: torch.Tensor
+    divergences: torch.Tensor
+    step_size: torch.Tensor
+
+
+def _per_chain(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B,) per-chain value shaped to broadcast over a chain's elements."""
+    return v.reshape(-1, *[1] * (like.dim() - 1))
+
+
+def _inverse_mass(mass, x: torch.Tensor) -> torch.Tensor:
+    """The inverse of a diagonal mass, broadcastable to x (B, ...): a positive number, an event-shaped tensor, or one
+    per chain (B, *event)."""
+    if mass is None:
+        return torch.ones((), device=x.device, dtype=x.dtype)
+    if isinstance(mass, (int, float)) and not isinstance(mass, bool):
+        if not math.isfinite(mass) or mass <= 0:
+            raise ValueError(f"mass must be positive and finite, got {mass!r}")
+        return torch.full((), 1.0 / mass, device=x.device, dtype=x.dtype)
+    if not isinstance(mass, torch.Tensor):
+        raise TypeError(f"mass must be None, a number or a tensor, got {type(mass).__name__}")
+    if tuple(mass.shape) not in (tuple(x.shape), tuple(x.shape[1:])):
+        raise ValueError(f"mass (a diagonal) must have the event shape {tuple(x.shape[1:])} or one per chain "
+                         f"{tuple(x.shape)}, got {tuple(mass.shape)}")
+    if not bool(torch.isfinite(mass).all()) or bool((mass <= 0).any()):
+        raise ValueError("mass must be positive and finite (a positive-definite diagonal)")
+    return (1.0 / mass).to(x.device, x.dtype)
+
+
+def leapfrog(q: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, evaluate: Callable, step_size: torch.Tensor,
+             n_leapfrog: int, inverse_mass: torch.Tensor):
+    """n_leapfrog leapfrog steps of Hamilton's equations for H = -log p(q) + p^T M^-1 p / 2 from (q, p), grad =
+    grad log p(q): p += eps/2 grad; (q += eps M^-1 p; grad = evaluate(q); p += eps grad) with a half kick last.
+    Returns (q, p, log p(q), grad log p(q)) at the end (n_leapfrog evaluations); q and p are new tensors."""
+    eps = _per_chain(step_size, q)
+    p = p + 0.5 * eps * grad
+    log_p = None
+    for step in range(n_leapfrog):
+        q = q + eps * inverse_mass * p
+        log_p, grad = evaluate(q)
+        p = p + (0.5 if step == n_leapfrog - 1 else 1.0) * eps * grad
+    return q, p, log_p, grad
+
+
+def hmc(
+    x0: torch.Tensor,  # (B, ...) initial chains
+    *,
+    log_prob: Callable | None = None,
+    energy: Callable | GaussianMixture | None = None,
+    n_steps: int,
+    step_size,
+    n_leapfrog: int,
+    mass=None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    adapt_steps: int = 0,
+    target_accept: float = 0.8,
+    adapt: str = "shared",
+    jitter: float = 0.2,
+) -> HMCResult:
+    """Hamiltonian Monte Carlo on a batch of independent chains. Per transition: momentum p ~ N(0, M), n_leapfrog
+    leapfrog steps of size eps (see :func:`leapfrog`), and the Metropolis test min(1, exp(H(q, p) - H(q', p'))),
+    H = -log p(q) + p^T M^-1 p / 2, all chains at once. log_prob (x -> log p(x), shape (B,)) or energy (U = -log p);
+    its gradient by autograd. step_size: a number or one per chain (B,); mass: a diagonal, one for all chains
+    (event-shaped) or one per chain (B, *event), or a number.
+
+    During the first ``adapt_steps`` transitions the step size is tuned by dual averaging toward ``target_accept``
+    (Stan's constants; restarted, as Stan's windows do, after the first quarter, which the chains spend approaching
+    the typical set), then frozen at its average; the next ``n_steps`` transitions are kept. ``adapt="shared"``
+    (default) feeds every chain's step size the mean acceptance over the chains (many chains make the signal nearly
+    noiseless, and the adapted value lands on the target), "per_chain" each its own (chains with different masses
+    or targets). Each transition uses its chain's step size times a uniform factor in [1 - jitter, 1 + jitter]
+    (Neal 2011's randomized step size: with a fixed trajectory length the acceptance is not monotone in the step
+    size on a Gaussian, which misleads the adaptation). Noise: fastgen's counter-based stream under `seed`.
+
+    A trajectory whose energy error exceeds 1000 or is not finite (a NaN or -inf log p on the way) is rejected: the
+    chain stays, never NaN, and it counts as a divergence. The start must have finite log p for every chain."""
+    evaluate = _log_prob_fn(log_prob, energy)
+    n_steps = _check_steps(n_steps)
+    adapt_steps = _check_steps(adapt_steps, "adapt_steps")
+    n_leapfrog = _check_steps(n_leapfrog, "n_leapfrog")
+    if n_leapfrog < 1:
+        raise ValueError("n_leapfrog must be an int >= 1, got 0")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if adapt not in ("shared", "per_chain"):
+        raise ValueError(f"adapt must be 'shared' or 'per_chain', got {adapt!r}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
+    q = _start(x0)
+    chains = q.shape[0]
+    eps = _checked_step_size(step_size, q)
+    eps = eps.expand(chains).clone() if isinstance(eps, torch.Tensor) else torch.full((chains,), eps, device=q.device)
+    inverse_mass = _inverse_mass(mass, q)
+    log_p, grad = evaluate(q)
+    bad = ~torch.isfinite(log_p)
+    if bool(bad.any()):
+        raise ValueError(f"log_prob must be finite at x0 for every chain; it is not for {int(bad.sum())} of {chains} "
+                         f"chain(s), the first chain {int(bad.nonzero()[0, 0])}")
+    seed = resolve_seed(seed, generator)
+    adaptation = DualAveraging(eps, target_accept)
+    dims = tuple(range(1, q.dim()))
+    draws = torch.empty((n_steps, *q.shape), device=q.device, dtype=q.dtype)
+    accept_total = torch.zeros(chains, device=q.device)
+    divergences = torch.zeros(chains, device=q.device, dtype=torch.int64)
+    offset = 0
+    for t in range(adapt_steps + n_steps):
+        xi = normal(q.shape, seed, offset, device=q.device).to(q.dtype)
+        offset += reserve(q.numel())
+        p = xi / inverse_mass.sqrt()  # p ~ N(0, M)
+        scale = 1.0 + jitter * (2.0 * uniform((chains,), seed, offset, device=q.device) - 1.0)
+        offset += reserve(chains)
+        q_new, p_new, log_p_new, grad_new = leapfrog(q, p, grad, evaluate, eps * scale, n_leapfrog, inverse_mass)
+        kinetic = 0.5 * (p * p * inverse_mass).sum(dims)
+        kinetic_new = 0.5 * (p_new * p_new * inverse_mass).sum(dims)
+        error = (kinetic_new - log_p_new.to(q.dtype)) - (kinetic - log_p.to(q.dtype))  # H' - H
+        finite = torch.isfinite(error) & torch.isfinite(log_p_new)
+        divergent = ~finite | (error > DIVERGENCE)
+        prob = torch.where(finite, torch.exp(-error.clamp(min=0)), torch.zeros_like(error)).float()
+        u = uniform((chains,), seed, offset, device=q.device)
+        offset += reserve(chains)
+        accept = (u < prob) & ~divergent
+        keep = _per_chain(accept, q)
+        q = torch.where(keep, q_new, q)
+        grad = torch.where(keep, grad_new, grad)
+        log_p = torch.where(accept, log_p_new, log_p)
+        if t < adapt_steps:
+            signal = prob.mean().expand(chains) if adapt == "shared" else prob
+            eps = adaptation.update(signal, final=t == adapt_steps - 1)
+            if t + 1 == adapt_steps // 4:  # Stan's restart after the initial window: forget the approach
+                adaptation = DualAveraging(eps, target_accept)
+        else:
+            draws[t - adapt_steps] = q
+            accept_total += prob
+            divergences += divergent.long()
+    if n_steps and bool((divergences > 0).any()):  # one host read, after the chains
+        warnings.warn(f"fastgen.hmc: {int(divergences.sum())} divergent or non-finite trajectories over "
+                      f"{int((divergences > 0).sum())} of {chains} chains (rejected; result.divergences counts them "
+                      "per chain): a smaller step size or a reparametrization may help", RuntimeWarning,
+                      stacklevel=2)
+    return HMCResult(draws.transpose(0, 1), accept_total / max(n_steps, 1), divergences, eps)
