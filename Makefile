@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 JOBS   ?= $(shell nproc)
 START  := $(shell date +%s)
-PYTEST := $(BIN)/python -m pytest -q -n $(JOBS) --durations=25
+PYTEST := $(BIN)/python -P -m pytest -q -n $(JOBS) --durations=25  # -P: the source tree's kernels/ must not shadow a package of that name (transformers looks one up)
 
 .PHONY: build ctest test test-slow test-all demo bench lint clean
 

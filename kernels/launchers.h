@@ -292,5 +292,20 @@ cudaError_t squeeze2d(const SqueezeArgs& args, cudaStream_t stream);
 cudaError_t ema_update(void* const* averages, const void* const* values, const int64_t* numels, int count,
                        DType dtype, float weight, cudaStream_t stream);
 
+// hmc.cu: p <- p + kick eps_b grad, then (drift) q <- q + eps_b M^-1 p, per chain b of `size` elements.
+struct LeapfrogArgs {
+  void* q;                    // (numel,) updated in place
+  void* p;                    // (numel,) updated in place
+  const void* grad;           // (numel,) the state dtype
+  const float* step_sizes;    // (numel / size,)
+  const float* inverse_mass;  // (size,) when mass_shared, else (numel,); or null (the identity)
+  int64_t numel;
+  int64_t size;               // elements per chain
+  bool mass_shared;
+  float kick;
+  bool drift;
+};
+cudaError_t leapfrog(const LeapfrogArgs& args, DType dtype, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastgen

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 
 from ..core.rng import reserve, resolve_seed
-from ..ops import normal, uniform
+from ..ops import leapfrog_, normal, uniform
+from ..reference.hmc import leapfrog_ as _reference_leapfrog
 from ..targets import GaussianMixture
 from .langevin import DualAveraging, _check_steps, _checked_step_size, _log_prob_fn, _start
 
@@ -42,15 +43,17 @@ def _per_chain(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *[1] * (like.dim() - 1))
 
 
-def _inverse_mass(mass, x: torch.Tensor) -> torch.Tensor:
-    """The inverse of a diagonal mass, broadcastable to x (B, ...): a positive number, an event-shaped tensor, or one
-    per chain (B, *event)."""
+def _inverse_mass(mass, x: torch.Tensor) -> torch.Tensor | None:
+    """The inverse of a diagonal mass as the leapfrog op takes it (None for the identity; else contiguous float32
+    of the event's shape or one per chain (B, *event)): from a positive number, an event-shaped tensor, or one per
+    chain."""
     if mass is None:
-        return torch.ones((), device=x.device, dtype=x.dtype)
+        return None
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(mass, (int, float)) and not isinstance(mass, bool):
         if not math.isfinite(mass) or mass <= 0:
             raise ValueError(f"mass must be positive and finite, got {mass!r}")
-        return torch.full((), 1.0 / mass, device=x.device, dtype=x.dtype)
+        return torch.full(x.shape[1:], 1.0 / mass, device=x.device, dtype=work)
     if not isinstance(mass, torch.Tensor):
         raise TypeError(f"mass must be None, a number or a tensor, got {type(mass).__name__}")
     if tuple(mass.shape) not in (tuple(x.shape), tuple(x.shape[1:])):
@@ -58,21 +61,26 @@ def _inverse_mass(mass, x: torch.Tensor) -> torch.Tensor:
                          f"{tuple(x.shape)}, got {tuple(mass.shape)}")
     if not bool(torch.isfinite(mass).all()) or bool((mass <= 0).any()):
         raise ValueError("mass must be positive and finite (a positive-definite diagonal)")
-    return (1.0 / mass).to(x.device, x.dtype)
+    return (1.0 / mass).to(x.device, work).contiguous()
 
 
 def leapfrog(q: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, evaluate: Callable, step_size: torch.Tensor,
-             n_leapfrog: int, inverse_mass: torch.Tensor):
+             n_leapfrog: int, inverse_mass: torch.Tensor | None):
     """n_leapfrog leapfrog steps of Hamilton's equations for H = -log p(q) + p^T M^-1 p / 2 from (q, p), grad =
-    grad log p(q): p += eps/2 grad; (q += eps M^-1 p; grad = evaluate(q); p += eps grad) with a half kick last.
-    Returns (q, p, log p(q), grad log p(q)) at the end (n_leapfrog evaluations); q and p are new tensors."""
-    eps = _per_chain(step_size, q)
-    p = p + 0.5 * eps * grad
+    grad log p(q): a half kick and a drift, then per step the gradient at the new q and one fused pass of
+    fastgen.ops.leapfrog_ (a full kick and a drift; the last one a half kick alone). inverse_mass: the diagonal
+    M^-1, float32, one value per chain element or per element of every chain, or None. Returns (q, p, log p(q),
+    grad log p(q)) at the end (n_leapfrog evaluations); q and p are new tensors. float64 states run the op's
+    reference in float64."""
+    step = _reference_leapfrog if q.dtype == torch.float64 else leapfrog_
+    eps = step_size.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
+    q, p = q.clone(memory_format=torch.contiguous_format), p.clone(memory_format=torch.contiguous_format)
+    step(q, p, grad.contiguous(), eps, inverse_mass, 0.5, True)
     log_p = None
-    for step in range(n_leapfrog):
-        q = q + eps * inverse_mass * p
+    for k in range(n_leapfrog):
         log_p, grad = evaluate(q)
-        p = p + (0.5 if step == n_leapfrog - 1 else 1.0) * eps * grad
+        last = k == n_leapfrog - 1
+        step(q, p, grad.contiguous(), eps, inverse_mass, 0.5 if last else 1.0, not last)
     return q, p, log_p, grad
 
 
@@ -141,12 +149,12 @@ def hmc(
     for t in range(adapt_steps + n_steps):
         xi = normal(q.shape, seed, offset, device=q.device).to(q.dtype)
         offset += reserve(q.numel())
-        p = xi / inverse_mass.sqrt()  # p ~ N(0, M)
+        p = xi if inverse_mass is None else xi / inverse_mass.sqrt().to(q.dtype)  # p ~ N(0, M)
         scale = 1.0 + jitter * (2.0 * uniform((chains,), seed, offset, device=q.device) - 1.0)
         offset += reserve(chains)
         q_new, p_new, log_p_new, grad_new = leapfrog(q, p, grad, evaluate, eps * scale, n_leapfrog, inverse_mass)
-        kinetic = 0.5 * (p * p * inverse_mass).sum(dims)
-        kinetic_new = 0.5 * (p_new * p_new * inverse_mass).sum(dims)
+        kinetic, kinetic_new = (0.5 * (v * v if inverse_mass is None else v * v * inverse_mass).sum(dims)
+                                for v in (p, p_new))
         error = (kinetic_new - log_p_new.to(q.dtype)) - (kinetic - log_p.to(q.dtype))  # H' - H
         finite = torch.isfinite(error) & torch.isfinite(log_p_new)
         divergent = ~finite | (error > DIVERGENCE)
