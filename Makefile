@@ -1,6 +1,6 @@
 # The commands (each creates .venv and builds first):
 #   make test       the fast tier: every op on every backend here, every public contract, the statistical checks
-#                   that need no training, the C++ ctest (about 6 minutes from a fresh clone on 2 cores)
+#                   that need no training, the C++ ctest (about 9 minutes from a fresh clone on 2 cores)
 #   make test-all   the fast tier, then the full tier: examples trained to a number, subprocess/kill/lock runs,
 #                   the CUDA compile checks, the wheel built and installed in a clean venv (what CI runs)
 #   make demo       one million Langevin chains on the 8-Gaussian target (samples/s, MMD, mode weights, PNG)
