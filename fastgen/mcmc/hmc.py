@@ -30,12 +30,14 @@ class HMCResult:
     """What :func:`hmc` returns: ``draws`` (chains, n_steps, *event) (the states after each kept transition, the
     layout fastgen.mcmc.ess and rhat read), and per chain: ``accept_rate`` (the mean Metropolis acceptance
     probability over the kept transitions), ``divergences`` (kept transitions whose energy error exceeded 1000 or
-    was not finite: rejected), ``step_size`` (after adaptation)."""
+    was not finite: rejected), ``step_size`` (after adaptation); and ``inverse_mass``, the diagonal M^-1 used
+    (after adaptation; None for the identity)."""
 
     draws: torch.Tensor
     accept_rate: torch.Tensor
     divergences: torch.Tensor
     step_size: torch.Tensor
+    inverse_mass: torch.Tensor | None
 
 
 def _per_chain(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,49 @@ def leapfrog(q: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, evaluate: Cal
     return q, p, log_p, grad
 
 
+def _mass_windows(adapt_steps: int) -> set[int]:
+    """The ends (transition counts) of Stan's slow windows for a warm-up of `adapt_steps`: after an initial 15%,
+    windows of 2.5% of the warm-up (at least 10 transitions) doubling in length, the last stretched to end where
+    the final 10% begins."""
+    start, end = int(0.15 * adapt_steps), adapt_steps - int(0.1 * adapt_steps)
+    size, ends = max(int(0.025 * adapt_steps), 10), []
+    while start + size <= end:
+        nxt = start + size
+        if nxt + 2 * size > end:  # the next window would not fit: this one runs to the end
+            nxt = end
+        ends.append(nxt)
+        start, size = nxt, 2 * size
+    return set(ends)
+
+
+class _Welford:
+    """Running mean and sum of squared deviations of the chains' states since transition `start`, per chain or
+    pooled over the chains (Chan et al.'s batch update), on the device."""
+
+    def __init__(self, q: torch.Tensor, pooled: bool, start: int = 0):
+        work = torch.float64 if q.dtype == torch.float64 else torch.float32
+        shape = q.shape[1:] if pooled else q.shape
+        self.mean, self.m2 = (torch.zeros(shape, device=q.device, dtype=work) for _ in range(2))
+        self.pooled, self.count, self.start = pooled, 0, start
+
+    def add(self, q: torch.Tensor) -> None:
+        x = q.to(self.mean.dtype)
+        batch = x.shape[0] if self.pooled else 1
+        mean = x.mean(0) if self.pooled else x
+        m2 = (x - mean).square().sum(0) if self.pooled else torch.zeros_like(x)
+        total = self.count + batch
+        delta = mean - self.mean
+        self.mean += delta * (batch / total)
+        self.m2 += m2 + delta.square() * (self.count * batch / total)
+        self.count = total
+
+    def inverse_mass(self) -> torch.Tensor:
+        """The regularized variance (Stan's): n / (n + 5) var + 1e-3 * 5 / (n + 5), contiguous."""
+        n = self.count
+        var = self.m2 / max(n - 1, 1)
+        return (n / (n + 5.0) * var + 1e-3 * 5.0 / (n + 5.0)).contiguous()
+
+
 def hmc(
     x0: torch.Tensor,  # (B, ...) initial chains
     *,
@@ -98,6 +143,7 @@ def hmc(
     adapt_steps: int = 0,
     target_accept: float = 0.8,
     adapt: str = "shared",
+    adapt_mass: bool = False,
     jitter: float = 0.2,
 ) -> HMCResult:
     """Hamiltonian Monte Carlo on a batch of independent chains. Per transition: momentum p ~ N(0, M), n_leapfrog
@@ -111,7 +157,12 @@ def hmc(
     the typical set), then frozen at its average; the next ``n_steps`` transitions are kept. ``adapt="shared"``
     (default) feeds every chain's step size the mean acceptance over the chains (many chains make the signal nearly
     noiseless, and the adapted value lands on the target), "per_chain" each its own (chains with different masses
-    or targets). Each transition uses its chain's step size times a uniform factor in [1 - jitter, 1 + jitter]
+    or targets). With ``adapt_mass`` the diagonal mass is estimated too, in Stan's windows (an initial 15% of the
+    warm-up for the step size alone, slow windows doubling in length, a final 10%): at each slow window's end the
+    inverse mass becomes the draws' variance over the window (Welford, pooled over the chains when shared,
+    regularized as Stan: n / (n + 5) var + 1e-3 * 5 / (n + 5)) and the step-size adaptation restarts; ``mass`` is
+    then the starting point. Each transition uses its chain's step size times a uniform factor in
+    [1 - jitter, 1 + jitter]
     (Neal 2011's randomized step size: with a fixed trajectory length the acceptance is not monotone in the step
     size on a Gaussian, which misleads the adaptation). Noise: fastgen's counter-based stream under `seed`.
 
@@ -141,6 +192,8 @@ def hmc(
                          f"chain(s), the first chain {int(bad.nonzero()[0, 0])}")
     seed = resolve_seed(seed, generator)
     adaptation = DualAveraging(eps, target_accept)
+    windows = _mass_windows(adapt_steps) if adapt_mass else set()
+    welford = _Welford(q, pooled=adapt == "shared") if windows else None
     dims = tuple(range(1, q.dim()))
     draws = torch.empty((n_steps, *q.shape), device=q.device, dtype=q.dtype)
     accept_total = torch.zeros(chains, device=q.device)
@@ -169,7 +222,13 @@ def hmc(
         if t < adapt_steps:
             signal = prob.mean().expand(chains) if adapt == "shared" else prob
             eps = adaptation.update(signal, final=t == adapt_steps - 1)
-            if t + 1 == adapt_steps // 4:  # Stan's restart after the initial window: forget the approach
+            if welford is not None and welford.start <= t:
+                welford.add(q)
+            if t + 1 in windows:  # a slow window's end: its variance becomes the inverse mass
+                inverse_mass = welford.inverse_mass()
+                welford = _Welford(q, pooled=adapt == "shared", start=t + 1)
+                adaptation = DualAveraging(eps, target_accept)
+            elif not windows and t + 1 == adapt_steps // 4:  # Stan's restart after the initial window
                 adaptation = DualAveraging(eps, target_accept)
         else:
             draws[t - adapt_steps] = q
@@ -180,4 +239,4 @@ def hmc(
                       f"{int((divergences > 0).sum())} of {chains} chains (rejected; result.divergences counts them "
                       "per chain): a smaller step size or a reparametrization may help", RuntimeWarning,
                       stacklevel=2)
-    return HMCResult(draws.transpose(0, 1), accept_total / max(n_steps, 1), divergences, eps)
+    return HMCResult(draws.transpose(0, 1), accept_total / max(n_steps, 1), divergences, eps, inverse_mass)
