@@ -75,6 +75,15 @@ class _FusedStep:
 
         cls.set_timesteps = set_timesteps
 
+    def _begin(self, timestep) -> None:
+        """diffusers' start of a multistep step: set_timesteps must have run (its ValueError); the step index from
+        the first timestep."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+
     def _table(self, key, build, device) -> torch.Tensor:
         """The (rows, COEF_WIDTH) float32 table for `key` on `device`, built once per set_timesteps."""
         tables = self.__dict__.setdefault("_fused_tables", {})
@@ -513,11 +522,7 @@ class DPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepSchedu
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
         """One multistep DPM-Solver step in float32, one fused pass (two with solver_order 3); returns
         (prev_sample,)."""
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._begin(timestep)
         i, keep = self._step_index, self.config.solver_order
         order = self._order(i)
         if not self._fusable(model_output, sample, order):
@@ -592,13 +597,6 @@ class _TwoOutputStep(_FusedStep):
     def _fusable(self, model_output, sample) -> bool:
         return (not self.config.thresholding and self.config.prediction_type in _PREDICTIONS
                 and model_output.shape == sample.shape and self._fused_dtype(sample))
-
-    def _begin(self, timestep) -> None:
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
-        if self.step_index is None:
-            self._init_step_index(timestep)
 
     def _abar(self, t: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod at timesteps t (float64), final_alpha_cumprod where t < 0."""
@@ -856,11 +854,7 @@ class UniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler):
 
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         """One UniPC step (corrector then predictor) in float32; returns (prev_sample,)."""
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._begin(timestep)
         i, keep = self._step_index, self.config.solver_order
         pending = self.__dict__.get("_fused_last")
         kept_last = pending is not None or self.__dict__.get("_last_sample") is not None
