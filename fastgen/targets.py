@@ -1,6 +1,7 @@
 """Targets with exact answers: Gaussian mixtures (energy, score, log-density,
-exact samples, and the exact score of every Gaussian-noised marginal) and
-sample-only toy sets."""
+exact samples, and the exact score of every Gaussian-noised marginal), the
+MCMC test densities (Neal's funnel, a banana, a correlated Gaussian: log-density,
+exact samples, exact moments) and sample-only toy sets."""
 
 from __future__ import annotations
 
@@ -269,6 +270,83 @@ def checkerboard(n: int, squares: int = 4, seed: int | None = None, generator=No
     j = (torch.randint(0, squares // 2, (n,), generator=g) * 2 + i % 2) % squares
     u = torch.rand(n, 2, generator=g)
     return torch.stack([i, j], dim=1).float() * side - 2.0 + u * side
+
+
+class Density:
+    """A log-density with exact draws and moments, for MCMC: ``log_prob(x)`` (x (B, dim) -> (B,), up to a
+    constant, differentiable), ``sample(n, seed)`` (n exact draws, float32), ``mean`` and ``variance`` (dim,)
+    float64."""
+
+    def __init__(self, name: str, dim: int, log_prob, sample, mean: torch.Tensor, variance: torch.Tensor):
+        self.name, self.dim, self._log_prob, self._sample = name, dim, log_prob, sample
+        self.mean, self.variance = mean, variance
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        return self._log_prob(x)
+
+    def sample(self, n: int, seed: int | None = None, generator=None) -> torch.Tensor:
+        return self._sample(n, _generator(seed, generator)).float()
+
+    def __repr__(self) -> str:
+        return f"Density({self.name}, dim={self.dim})"
+
+
+def funnel(dim: int = 10, centred: bool = True) -> Density:
+    """Neal's funnel: v ~ N(0, 3^2), x_i | v ~ N(0, e^v), i < dim. Centred, the state is (v, x), whose neck (v < -4,
+    9% of the mass) is hard for HMC; non-centred, (v, z) with x = e^(v/2) z, z ~ N(0, I): a Gaussian."""
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2, got {dim}")
+
+    def log_prob(s):
+        v = s[:, 0]
+        if not centred:
+            return -v.square() / 18 - 0.5 * s[:, 1:].square().sum(1)
+        return -v.square() / 18 - 0.5 * (s[:, 1:].square() * torch.exp(-s[:, :1])).sum(1) - 0.5 * (dim - 1) * v
+
+    def sample(n, g):
+        v = 3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+        z = torch.randn(n, dim - 1, generator=g, dtype=torch.float64)
+        return torch.cat([v, z * torch.exp(v / 2) if centred else z], 1)
+
+    mean = torch.zeros(dim, dtype=torch.float64)
+    variance = torch.full((dim,), math.exp(4.5) if centred else 1.0, dtype=torch.float64)  # E e^v = e^(9/2)
+    variance[0] = 9.0
+    return Density("funnel" if centred else "funnel_noncentred", dim, log_prob, sample, mean, variance)
+
+
+def banana(b: float = 0.5) -> Density:
+    """x1 ~ N(0, 1), x2 | x1 ~ N(b (x1^2 - 1), 1): mean (0, 0), variance (1, 1 + 2 b^2)."""
+    def log_prob(x):
+        return -0.5 * x[:, 0].square() - 0.5 * (x[:, 1] - b * (x[:, 0].square() - 1)).square()
+
+    def sample(n, g):
+        x1 = torch.randn(n, generator=g, dtype=torch.float64)
+        return torch.stack([x1, b * (x1.square() - 1) + torch.randn(n, generator=g, dtype=torch.float64)], 1)
+
+    return Density("banana", 2, log_prob, sample, torch.zeros(2, dtype=torch.float64),
+                   torch.tensor([1.0, 1.0 + 2 * b * b], dtype=torch.float64))
+
+
+def correlated_gaussian(dim: int = 100, rho: float = 0.9) -> Density:
+    """N(0, S), S_ij = s_i s_j rho^|i - j|, scales s log-spaced from 0.1 to 1 (``covariance`` holds S)."""
+    scales = torch.logspace(-1, 0, dim, dtype=torch.float64)
+    cov = scales[:, None] * scales[None, :] * rho ** (torch.arange(dim)[:, None] - torch.arange(dim)).abs()
+    precision, factor = torch.linalg.inv(cov), torch.linalg.cholesky(cov)
+    cast: dict = {}
+
+    def log_prob(x):
+        p = cast.get((x.device, x.dtype))
+        if p is None:
+            p = cast[(x.device, x.dtype)] = precision.to(x.device, x.dtype)
+        return -0.5 * ((x @ p) * x).sum(1)
+
+    density = Density(f"gaussian{dim}", dim, log_prob,
+                      lambda n, g: torch.randn(n, dim, generator=g, dtype=torch.float64) @ factor.T,
+                      torch.zeros(dim, dtype=torch.float64), cov.diagonal().clone())
+    density.covariance = cov
+    return density
 
 
 TOY_2D = ("eight_gaussians", "two_moons", "checkerboard", "rings")

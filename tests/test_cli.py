@@ -30,6 +30,32 @@ def test_sample_prints_metrics_and_plots(tmp_path):
     assert bad.returncode == 2 and "source must be one of" in bad.stderr
 
 
+def test_sample_runs_mcmc_with_diagnostics_and_plots(tmp_path):
+    """fastgen sample TARGET --sampler nuts|hmc: the per-coordinate table (mean and its MCSE against the exact mean,
+    sd, bulk and tail ESS, R-hat), the overall line (acceptance, divergences, tree depth or trajectory length,
+    gradients per transition) and the two PNGs; the non-centred funnel's v has exact mean 0 and sd 3."""
+    import re
+
+    trace, rank = tmp_path / "trace.png", tmp_path / "rank.png"
+    result = cli("sample", "funnel_noncentred", "--sampler", "nuts", "--chains", "64", "--steps", "100", "--warmup",
+                 "100", "--trace-plot", str(trace), "--rank-plot", str(rank))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "ess_bulk" in out and "r_hat" in out and "tree depth mean" in out and "divergences 0 " in out
+    row = re.search(r"^\s+0\s+(\S+)\s+(\S+)\s+0\.0000\s+(\S+)\s+(\S+)\s+3\.0000", out, re.M)
+    assert row, out
+    assert abs(float(row.group(3))) < 4.5 and abs(float(row.group(4)) - 3) < 0.3  # z of v's mean; v's sd
+    assert trace.stat().st_size > 0 and rank.stat().st_size > 0
+    chees = cli("sample", "banana", "--sampler", "hmc", "--chains", "64", "--steps", "50", "--warmup", "50")
+    assert chees.returncode == 0 and "trajectory length" in chees.stdout, chees.stderr
+    for args, message in [(("funnel",), "is an MCMC target: use --sampler nuts or hmc"),
+                          (("moons", "--sampler", "nuts"), "source must be one of funnel"),
+                          (("gmm8", "--trace-plot", "t.png"), "--trace-plot is for --sampler nuts or hmc"),
+                          (("banana", "--sampler", "hmc", "--plot", "p.png"), "--plot is for the diffusion")]:
+        bad = cli("sample", *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+
+
 def test_bench_suites_are_discovered_from_the_package():
     import fastgen.bench
 

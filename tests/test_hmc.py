@@ -1,6 +1,7 @@
-"""fastgen.hmc against exact answers: Gaussians with known moments (Monte Carlo standard errors from the draws'
-ESS), an exact stationarity test on a bimodal target, the leapfrog's reversibility and volume preservation, the
-step-size adaptation, and bad input."""
+"""fastgen.mcmc.hmc and nuts against exact answers: Gaussians with known moments (Monte Carlo standard errors from
+the draws' ESS), an exact stationarity test on a bimodal target, the leapfrog's reversibility and volume
+preservation, NUTS's iterative U-turn checks against the recursive definition, the step-size, mass (diagonal and
+dense) and trajectory-length adaptation, and bad input."""
 
 import math
 
@@ -9,8 +10,9 @@ import torch
 from conftest import Sample
 
 import fastgen
-from fastgen.mcmc import ess, hmc
-from fastgen.mcmc.hmc import leapfrog
+from fastgen.mcmc import ess, hmc, nuts
+from fastgen.mcmc.hmc import _halton, leapfrog
+from fastgen.mcmc.nuts import _checkpoints, _turning
 from fastgen.ops import leapfrog_
 from fastgen.reference.hmc import leapfrog_ as reference_leapfrog
 
@@ -82,18 +84,20 @@ def test_isotropic_gaussian_moments_and_adaptation():
     assert float(fastgen.mcmc.rhat(result.draws).max()) < 1.01
 
 
-def test_ill_conditioned_gaussian_with_per_chain_masses():
+@pytest.mark.parametrize("sampler", ["hmc", "nuts"])
+def test_ill_conditioned_gaussian_with_per_chain_masses(sampler):
     """100-D Gaussian with scales from 0.01 to 1 (condition number 1e4): with each chain's own diagonal mass (the
     inverse variances times a random factor per chain in [0.5, 2]) and per-chain adaptation the moments come out
-    right and the acceptance is within 0.05 of the target."""
+    right and the acceptance is within 0.05 of the target, for HMC and NUTS."""
     scales = torch.logspace(-2, 0, 100)
     g = torch.Generator().manual_seed(2)
     chains = 128
     factor = 0.5 + 1.5 * torch.rand(chains, 1, generator=g)
     mass = factor / scales.square()
     x0 = torch.randn(chains, 100, generator=g) * scales
-    result = hmc(x0, log_prob=gaussian(scales), n_steps=300, step_size=0.3, n_leapfrog=10, mass=mass,
-                 adapt_steps=150, adapt="per_chain", seed=3)
+    kwargs = {"n_leapfrog": 10} if sampler == "hmc" else {}
+    result = getattr(fastgen.mcmc, sampler)(x0, log_prob=gaussian(scales), n_steps=300, step_size=0.3, mass=mass,
+                                           adapt_steps=150, adapt="per_chain", seed=3, **kwargs)
     check_moments(result.draws, scales)
     assert abs(float(result.accept_rate.mean()) - 0.8) < 0.05
 
@@ -211,3 +215,168 @@ def test_bad_input():
         hmc(x0, log_prob=lp, n_steps=1, step_size=0.1, n_leapfrog=0)
     with pytest.raises(ValueError, match="give exactly one of log_prob"):
         hmc(x0, n_steps=1, step_size=0.1, n_leapfrog=1)
+
+
+def correlated(dim: int, rho: float):
+    """(log p, covariance) of N(0, S), S_ij = s_i s_j rho^|i - j|, scales s from 0.1 to 1."""
+    scales = torch.logspace(-1, 0, dim, dtype=torch.float64)
+    cov = scales[:, None] * scales[None, :] * rho ** (torch.arange(dim)[:, None] - torch.arange(dim)).abs()
+    precision = torch.linalg.inv(cov).float()
+    return (lambda x: -0.5 * ((x @ precision) * x).sum(1)), cov
+
+
+def check_covariance(draws: torch.Tensor, cov: torch.Tensor) -> None:
+    """Every entry of the draws' covariance within the Bonferroni bound of its Monte Carlo SE, SE_ij =
+    sqrt((S_ii S_jj + S_ij^2) / ESS_ij) (the Gaussian variance of a product), ESS_ij that of the products."""
+    x = draws.double()
+    products = x.unsqueeze(-1) * x.unsqueeze(-2)
+    estimate = products.mean((0, 1))
+    d = cov.shape[0]
+    effective = ess(products.reshape(*x.shape[:2], d * d), method="mean").reshape(d, d)
+    se = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov.square()) / effective).sqrt()
+    assert float(((estimate - cov) / se).abs().max()) < z_bound(d * (d + 1) // 2)
+
+
+def test_nuts_isotropic_gaussian_moments_and_adaptation():
+    """10-D standard normal, 128 chains started 3 sd wide, 150 adaptation and 300 kept NUTS transitions: moments
+    within the bound, acceptance statistic within 0.05 of the target, no divergence, R-hat < 1.01; trees of depth
+    ~3 (a U-turn after ~pi / eps steps), the depth and the gradients per chain reported."""
+    scales = torch.ones(10)
+    x0 = torch.randn(128, 10, generator=torch.Generator().manual_seed(0)) * 3
+    result = nuts(x0, log_prob=gaussian(scales), n_steps=300, step_size=0.5, adapt_steps=150, seed=1)
+    check_moments(result.draws, scales)
+    assert abs(float(result.accept_rate.mean()) - 0.8) < 0.05 and int(result.divergences.sum()) == 0
+    assert float(fastgen.mcmc.rhat(result.draws).max()) < 1.01
+    assert result.tree_depth.shape == (128, 300) and 2 <= float(result.tree_depth.float().mean()) <= 4
+    assert bool((result.gradients >= result.tree_depth.sum(1)).all())
+
+
+def test_nuts_stationarity_on_a_bimodal_target():
+    """NUTS keeps the exact law of a bimodal 1-D mixture (20,000 chains started from it, 20 transitions,
+    chi-square on 20 equiprobable bins at p = 1e-6): the multinomial choice among the leaves, the biased merge and
+    the U-turn checks must all be right for the target to stay invariant."""
+    gmm = fastgen.targets.GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([[0.6], [0.6]]),
+                                          torch.tensor([0.3, 0.7]))
+    x0 = gmm.sample(20000, seed=4).float()
+    result = nuts(x0, energy=gmm, n_steps=20, step_size=0.3, seed=5)
+    x = result.draws[:, -1, 0].double()
+    grid = torch.linspace(-6, 6, 20001, dtype=torch.float64)
+    cdf = torch.cumsum(gmm.log_prob(grid[:, None]).exp(), 0)
+    cdf = cdf / cdf[-1]
+    edges = grid[torch.searchsorted(cdf, torch.linspace(0, 1, 21, dtype=torch.float64)[1:-1])]
+    counts = torch.bincount(torch.bucketize(x, edges), minlength=20).double()
+    assert float(((counts - 1000.0) ** 2 / 1000.0).sum()) < 76.0  # chi-square(19) at 1 - 1e-6: 72.7, + grid
+    assert float(result.tree_depth.float().mean()) > 2
+
+
+def _turns_recursively(p: torch.Tensor) -> bool:
+    """Does any binary subtree (of two or more leaves) of the leaves p (2^d, n) make a U-turn? (the definition)"""
+    if len(p) < 2:
+        return False
+    half = len(p) // 2
+    whole = bool(_turning(p[:1], p[-1:], p.sum(0, keepdim=True), None)[0])
+    return whole or _turns_recursively(p[:half]) or _turns_recursively(p[half:])
+
+
+def test_nuts_checkpoints_equal_the_recursive_u_turn_checks():
+    """Leaf by leaf, the checkpointed checks (NumPyro's slots, as the subtree builder runs them) flag a U-turn at
+    the first leaf where a completed binary subtree of the leaves so far turns, on random momenta."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        d = 1 + trial % 5
+        p = torch.randn(2**d, 3, generator=g) + torch.tensor([1.5, 0.0, 0.0])
+        ck_p, ck_sum = torch.zeros(d, 1, 3), torch.zeros(d, 1, 3)
+        total = torch.zeros(1, 3)
+        first = None
+        for n in range(2**d):
+            total = total + p[n:n + 1]
+            lo, hi = _checkpoints(n)
+            if n % 2 == 0:
+                ck_p[hi], ck_sum[hi] = p[n:n + 1], total
+            turned = any(bool(_turning(ck_p[i], p[n:n + 1], total - ck_sum[i] + ck_p[i], None)[0])
+                         for i in range(lo, hi + 1))
+            if turned and first is None:
+                first = n
+        expected = None
+        for n in range(2**d):  # the subtrees completed at leaf n end at n: sizes 2, 4, ... dividing n + 1
+            size = 2
+            while (n + 1) % size == 0 and size <= 2**d:
+                if _turns_recursively(p[n + 1 - size:n + 1]) and expected is None:
+                    expected = n
+                size *= 2
+        assert first == expected, (trial, first, expected)
+
+
+def test_nuts_stops_at_max_tree_depth():
+    """A step size far too small for the target: every tree grows to max_tree_depth doublings (2^depth - 1
+    leapfrog steps and as many gradients), and the moments still come out (here only checked finite)."""
+    result = nuts(torch.zeros(8, 2), log_prob=gaussian(torch.ones(2)), n_steps=3, step_size=1e-3, max_tree_depth=5,
+                  seed=0)
+    assert bool((result.tree_depth == 5).all())
+    assert bool((result.gradients == 3 * 31).all())
+
+
+@pytest.mark.parametrize("sampler", ["hmc", "nuts"])
+def test_dense_mass_adaptation_on_a_correlated_gaussian(sampler):
+    """A 10-D Gaussian with neighbour correlation 0.95 and scales 0.1 to 1 (condition number ~1e4): windowed dense
+    mass adaptation (pooled over 128 chains) recovers the covariance (M^-1 within 25% of S in the relative
+    Frobenius norm), the step size grows past 0.5 (a diagonal mass cannot: ~0.15), and every entry of the draws'
+    covariance is within the bound of its Monte Carlo SE."""
+    log_p, cov = correlated(10, 0.95)
+    x0 = torch.randn(128, 10, generator=torch.Generator().manual_seed(7)) * 0.1
+    kwargs = {"n_leapfrog": 8} if sampler == "hmc" else {}
+    result = getattr(fastgen.mcmc, sampler)(x0, log_prob=log_p, n_steps=200, step_size=0.05, adapt_steps=300,
+                                           adapt_mass=True, dense_mass=True, seed=8, **kwargs)
+    assert result.inverse_mass.shape == (10, 10)
+    assert float(torch.linalg.norm(result.inverse_mass.double() - cov) / torch.linalg.norm(cov)) < 0.25
+    assert float(result.step_size.mean()) > 0.5
+    check_covariance(result.draws, cov)
+    assert abs(float(result.accept_rate.mean()) - 0.8) < 0.05
+
+
+def test_dense_mass_per_chain_equals_the_whitened_target():
+    """A dense mass is the identity on w = C^-1 q: HMC with M^-1 = S (per chain, every chain the same) on N(0, S)
+    takes the same steps as HMC with the identity on N(0, I) mapped by C (one seed; float32 rounding apart)."""
+    log_p, cov = correlated(4, 0.8)
+    factor = torch.linalg.cholesky(cov).float()
+    precision = torch.linalg.inv(cov).float()
+    z0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    mass = precision.expand(6, 4, 4).clone()
+    a = hmc(z0 @ factor.T, log_prob=lambda x: -0.5 * ((x @ precision) * x).sum(1), n_steps=5, step_size=0.3,
+            n_leapfrog=4, mass=mass, dense_mass=True, seed=3)
+    b = hmc(z0, log_prob=lambda z: -0.5 * z.square().sum(1), n_steps=5, step_size=0.3, n_leapfrog=4, seed=3)
+    torch.testing.assert_close(a.draws, b.draws @ factor.T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.inverse_mass[0].double(), cov, rtol=1e-5, atol=1e-6)
+
+
+def test_chees_trajectory_length_adaptation():
+    """ChEES from a trajectory of one leapfrog step (T = 0.05): on a 20-D standard normal with 256 chains the
+    adapted length lands near the criterion's optimum for a jittered trajectory on a unit Gaussian (~1.2-2.3
+    measured over seeds: a quarter to a third of the period 2 pi), the draws' moments are right, and the step
+    size follows the target acceptance."""
+    scales = torch.ones(20)
+    x0 = torch.randn(256, 20, generator=torch.Generator().manual_seed(3))
+    result = hmc(x0, log_prob=gaussian(scales), n_steps=200, step_size=0.05, n_leapfrog=1, adapt_steps=300,
+                 adapt_length=True, seed=4)
+    assert 0.8 < result.trajectory_length < 3.0
+    check_moments(result.draws, scales)
+    assert abs(float(result.accept_rate.mean()) - 0.8) < 0.05
+    assert [_halton(i) for i in range(1, 5)] == [0.5, 0.25, 0.75, 0.125]
+
+
+def test_nuts_bad_input():
+    """NUTS's own arguments, and a dense mass that is not positive definite or of the wrong shape."""
+    lp = gaussian(torch.ones(2))
+    x0 = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="max_tree_depth must be an int in \\[1, 16\\]"):
+        nuts(x0, log_prob=lp, n_steps=1, max_tree_depth=0)
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
+        nuts(x0, log_prob=lp, n_steps=1, step_size=-0.1)
+    with pytest.raises(ValueError, match="mass must be positive definite"):
+        nuts(x0, log_prob=lp, n_steps=1, mass=torch.tensor([[1.0, 2.0], [2.0, 1.0]]), dense_mass=True)
+    with pytest.raises(ValueError, match="mass must be a finite symmetric matrix"):
+        nuts(x0, log_prob=lp, n_steps=1, mass=torch.tensor([[1.0, 0.5], [0.0, 1.0]]), dense_mass=True)
+    with pytest.raises(ValueError, match="mass \\(dense\\) must have shape \\(2, 2\\)"):
+        nuts(x0, log_prob=lp, n_steps=1, mass=torch.ones(2), dense_mass=True)
+    with pytest.raises(ValueError, match="adapt_length \\(ChEES\\) tunes one trajectory length"):
+        hmc(x0, log_prob=lp, n_steps=1, step_size=0.1, n_leapfrog=1, adapt_length=True, adapt="per_chain")

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fastgen.mcmc import ess, rhat
+from fastgen.mcmc import ess, rhat, summary
+from fastgen.mcmc.diagnostics import _quantile
 
 
 def ar1(chains: int, draws: int, dim: int, phi, seed: int) -> torch.Tensor:
@@ -50,6 +51,22 @@ def test_equal_arviz():
             want = torch.tensor(az.ess(a, chain_axis=0, draw_axis=1, method=method, **kwargs))
             torch.testing.assert_close(ess(x, method=method), want, rtol=1e-8, atol=0)
         torch.testing.assert_close(rhat(x), torch.tensor(az.rhat(a, chain_axis=0, draw_axis=1)), rtol=1e-10, atol=0)
+
+
+def test_summary_equals_arviz():
+    """summary's mcse_mean equals arviz-stats' mcse (method "mean"), its ess_bulk / ess_tail / r_hat the functions
+    above; the sort-based quantile equals torch.quantile (which refuses over 2^24 elements)."""
+    az = pytest.importorskip("arviz_stats.base").array_stats
+    for x in cases()[2:6]:
+        out = summary(x)
+        want = torch.tensor(az.mcse(x.numpy(), chain_axis=0, draw_axis=1, method="mean"))
+        torch.testing.assert_close(out["mcse_mean"], want, rtol=1e-8, atol=0)
+        torch.testing.assert_close(out["mean"], x.mean((0, 1)))
+        torch.testing.assert_close(out["ess_tail"], ess(x, "tail"))
+        torch.testing.assert_close(out["r_hat"], rhat(x))
+    flat = torch.randn(1001, 5, dtype=torch.float64)
+    for p in (0.0, 0.05, 0.5, 0.95, 1.0):
+        torch.testing.assert_close(_quantile(flat, p), torch.quantile(flat, p, dim=0))
 
 
 def test_exact_answers():

@@ -4,6 +4,8 @@
     fastgen bench [SUITE|all] [--device cpu|cuda] [--out DIR]   (SUITE: a bench_<suite>.py of fastgen.bench)
     fastgen info
     fastgen sample gmm8 [--sampler dpmpp_2m] [--steps 50] [-n 20000] [--plot sample.png]
+    fastgen sample funnel --sampler nuts [--chains 256] [--steps 500] [--warmup 500] [--trace-plot t.png]
+                                         [--rank-plot r.png]
 """
 
 from __future__ import annotations
@@ -112,9 +114,28 @@ def cmd_sample(args) -> int:
     import fastgen
 
     from .generation import TARGETS, GenerateError, SettingsError, load_source, sample_seeds
+    from .mcmc import MCMC_SAMPLERS, MCMC_TARGETS
 
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        args.usage.error(f"--plot: the folder of {args.plot!r} does not exist")
+    for flag, path in (("--plot", args.plot), ("--trace-plot", args.trace_plot), ("--rank-plot", args.rank_plot)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            args.usage.error(f"{flag}: the folder of {path!r} does not exist")
+    if args.sampler in MCMC_SAMPLERS:
+        from .mcmc import run
+
+        if args.source not in MCMC_TARGETS:
+            args.usage.error(f"--sampler {args.sampler}: source must be one of {', '.join(MCMC_TARGETS)}, got "
+                             f"{args.source!r}")
+        if args.plot:
+            args.usage.error("--plot is for the diffusion samplers; MCMC writes --trace-plot and --rank-plot")
+        return run(args.source, args.sampler, args.chains, args.steps or 500, 500 if args.warmup is None else
+                   args.warmup, args.seed, args.dense_mass, args.trace_plot, args.rank_plot)
+    if args.source not in TARGETS and args.source in MCMC_TARGETS:
+        args.usage.error(f"source {args.source!r} is an MCMC target: use --sampler {' or '.join(MCMC_SAMPLERS)}")
+    for flag, value in (("--trace-plot", args.trace_plot), ("--rank-plot", args.rank_plot),
+                        ("--warmup", args.warmup), ("--dense-mass", args.dense_mass or None)):
+        if value is not None:
+            args.usage.error(f"{flag} is for --sampler {' or '.join(MCMC_SAMPLERS)}")
+    args.steps = args.steps or 50
     seeds = sample_seeds(args.seed, 0, args.n)
     if args.source in TARGETS:
         if args.target not in (None, args.source):
@@ -237,15 +258,24 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("sample", help="sample a built-in target (or a trained flow), print metrics, save a plot")
+    s = sub.add_parser("sample", help="sample a built-in target (or a trained flow) by a diffusion sampler, or run "
+                                      "MCMC chains (nuts, hmc) with their diagnostics; print metrics, save plots")
     s.add_argument("source", help="gmm8, rings or grid; or a fastgen.flows.Flow (torch.save file or "
-                                  "module:attribute), compared against --target")
+                                  "module:attribute), compared against --target; with --sampler nuts or hmc also "
+                                  "funnel, funnel_noncentred, banana, gaussian100")
     s.add_argument("--target", default=None, help="for a flow source: the built-in target it was trained on")
     s.add_argument("-n", type=_int_range(2, 2**31), default=20000, help="at least 2: the metrics compare sample sets")
-    s.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
-    s.add_argument("--steps", type=_positive, default=50)
+    s.add_argument("--sampler", default="dpmpp_2m", choices=list(SAMPLERS) + ["nuts", "hmc"])
+    s.add_argument("--steps", type=_positive, default=None, help="diffusion steps (default 50), or kept MCMC "
+                                                                   "transitions (default 500)")
     s.add_argument("--seed", type=_int_range(0, 2**63 - 2), default=0)
     s.add_argument("--plot", default=None, help="write a density plot here")
+    s.add_argument("--chains", type=_int_range(2, 2**24), default=256, help="MCMC: chains (default 256)")
+    s.add_argument("--warmup", type=_int_range(0, 2**31), default=None, help="MCMC: adaptation transitions "
+                                                                             "(default 500)")
+    s.add_argument("--dense-mass", action="store_true", help="MCMC: adapt a dense mass matrix (default diagonal)")
+    s.add_argument("--trace-plot", default=None, help="MCMC: write a trace plot (PNG) here")
+    s.add_argument("--rank-plot", default=None, help="MCMC: write a rank plot (PNG) here")
     s.set_defaults(func=cmd_sample, usage=s)
 
     t = sub.add_parser("toy", help="the seeds' toy experiments: 'ebm' runs the two-mode EBM under four methods")

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ["ess", "rhat"]
+__all__ = ["ess", "rhat", "summary"]
 
 
 def _draws(x: torch.Tensor, name: str = "draws") -> torch.Tensor:
@@ -102,6 +102,16 @@ def _ess(x: torch.Tensor) -> torch.Tensor:
     return torch.where(constant, torch.full_like(result, float(size)), result)
 
 
+def _quantile(flat: torch.Tensor, p: float) -> torch.Tensor:
+    """Per column of flat (S, D), the p-quantile with linear interpolation (torch.quantile's default, which refuses
+    inputs over 2^24 elements)."""
+    values = flat.sort(0).values
+    position = p * (flat.shape[0] - 1)
+    low = int(math.floor(position))
+    high = min(low + 1, flat.shape[0] - 1)
+    return values[low] + (position - low) * (values[high] - values[low])
+
+
 def ess(draws: torch.Tensor, method: str = "bulk", prob: tuple[float, float] = (0.05, 0.95)) -> torch.Tensor:
     """Effective sample size per event element of draws shaped (chains, draws, *event), shaped like the event.
 
@@ -119,7 +129,7 @@ def ess(draws: torch.Tensor, method: str = "bulk", prob: tuple[float, float] = (
         for p in prob:
             if not 0 < p < 1:
                 raise ValueError(f"prob must hold quantile levels in (0, 1), got {prob}")
-            q = torch.quantile(flat, p, dim=0)
+            q = _quantile(flat, p)
             value = _ess(_split((x <= q).to(torch.float64)))
             out = value if out is None else torch.minimum(out, value)
     else:
@@ -135,5 +145,17 @@ def rhat(draws: torch.Tensor) -> torch.Tensor:
     if x.shape[0] < 2:
         raise ValueError(f"draws needs at least 2 chains for R-hat, got {x.shape[0]}")
     x = _split(x)
-    folded = (x - x.reshape(-1, x.shape[2]).quantile(0.5, dim=0)).abs()
+    folded = (x - _quantile(x.reshape(-1, x.shape[2]), 0.5)).abs()
     return torch.maximum(_rhat(_z_scale(x)), _rhat(_z_scale(folded))).reshape(draws.shape[2:])
+
+
+def summary(draws: torch.Tensor) -> dict[str, torch.Tensor]:
+    """arviz's summary columns per event element of draws (chains, draws, *event), float64 on the draws' device:
+    mean, sd, mcse_mean (sd / sqrt(the mean's ESS)), ess_bulk, ess_tail, r_hat (NaN for a single chain)."""
+    x = _draws(draws)
+    event = draws.shape[2:]
+    sd = x.reshape(-1, x.shape[2]).std(0)
+    out = {"mean": x.mean((0, 1)), "sd": sd, "mcse_mean": sd / ess(x, "mean").sqrt(), "ess_bulk": ess(x),
+           "ess_tail": ess(x, "tail"),
+           "r_hat": rhat(x) if x.shape[0] > 1 else torch.full_like(sd, float("nan"))}
+    return {k: v.reshape(event) for k, v in out.items()}
