@@ -1,6 +1,7 @@
 """Markov chains on the fused kernels: ULA, MALA and annealed Langevin (``langevin``), Hamiltonian Monte Carlo
 (``hmc``) and NUTS (``nuts``), the EBM training pieces that run them (``ebm``: negatives, persistent chains, the
-replay buffer, the losses), and the convergence diagnostics (``diagnostics``: bulk and tail ESS, rank-normalized split R-hat)."""
+replay buffer, the losses), and the convergence diagnostics (``diagnostics``: bulk and tail ESS, rank-normalized
+split R-hat, arviz's summary columns)."""
 
 from . import diagnostics, ebm
 from .diagnostics import ess, rhat, summary
