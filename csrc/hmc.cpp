@@ -1,13 +1,17 @@
-// Hamiltonian Monte Carlo's fused leapfrog pass, leapfrog_ (schema: fastgen/ops/hmc.py), per chain b:
-//   p <- p + kick eps_b grad_log_prob;  with drift: q <- q + eps_b M^-1 p,  arithmetic in float32.
-// CPU: one parallel pass (AVX2 clone for float32); CUDA: kernels/hmc.cu.
+// Hamiltonian Monte Carlo's ops (schemas: fastgen/ops/hmc.py):
+//   leapfrog_, per chain b: p <- p + kick eps_b grad_log_prob;  with drift: q <- q + eps_b M^-1 p,  float32
+//     arithmetic. CPU: one parallel pass (AVX2 clone for float32); CUDA: kernels/hmc.cu.
+//   gmm_hmc_: whole HMC chains on a diagonal Gaussian mixture in one call (kernels/hmc.h, shared with the CUDA
+//     kernel): the CPU runs the chains in parallel, CUDA a chain per thread.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <type_traits>
 
+#include "../kernels/hmc.h"
 #include "checks.h"
 #include "register.h"
 
@@ -128,9 +132,104 @@ void leapfrog(Tensor q, Tensor p, const Tensor& grad, const Tensor& step_sizes, 
                     leapfrog_cuda(q, p, grad, step_sizes, inverse_mass, k, drift));
 }
 
+// ---------------------------------------------------------------- Gaussian-mixture chains
+
+uint64_t reserved(uint64_t n) { return (n + 3) / 4 * 4; }
+
+void check_gmm_hmc(const Tensor& q, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
+                   const Tensor& step_sizes, int64_t n_transitions, int64_t n_leapfrog, int64_t seed,
+                   int64_t offset) {
+  check_state_dtype(q, "q");
+  FASTGEN_CHECK(q.dim() == 2 && q.is_contiguous(), "q must be a contiguous (chains, dim) state, got ", q.sizes());
+  FASTGEN_CHECK(means.dim() == 2, "means must have shape (components, dim), got ", means.sizes());
+  const int64_t K = means.size(0), D = means.size(1);
+  FASTGEN_CHECK(q.size(1) == D, "q must have the mixture's dimension ", D, ", got shape ", q.sizes());
+  FASTGEN_CHECK(D >= 1 && D <= kMaxGmmDim && K >= 1 && K <= kMaxGmmComponents, "the fused mixture kernel takes "
+                "dimension 1..", kMaxGmmDim, " and 1..", kMaxGmmComponents, " components, got ", K, " in ", D);
+  for (const Tensor* t : {&means, &inv_vars, &log_coef}) {
+    const char* name = t == &means ? "means" : (t == &inv_vars ? "inv_vars" : "log_coef");
+    FASTGEN_CHECK(t->device() == q.device() && t->scalar_type() == torch::kFloat32 && t->is_contiguous(), name,
+                  " must be contiguous float32 on the device of q (", q.device(), ")");
+  }
+  CHECK_SAME_SHAPE(inv_vars, means);
+  CHECK_SHAPE(log_coef, K);
+  FASTGEN_CHECK(step_sizes.device() == q.device() && step_sizes.scalar_type() == torch::kFloat32 &&
+                    step_sizes.dim() == 1 && step_sizes.size(0) == q.size(0) && step_sizes.is_contiguous(),
+                "step_sizes must be contiguous float32 of shape (", q.size(0), ") on q's device");
+  FASTGEN_CHECK(n_transitions >= 0, "n_transitions must be >= 0, got ", n_transitions);
+  FASTGEN_CHECK(n_leapfrog >= 1, "n_leapfrog must be >= 1, got ", n_leapfrog);
+  FASTGEN_CHECK(seed >= 0 && offset >= 0, "seed and offset must be non-negative, got ", seed, ", ", offset);
+}
+
+mixture_hmc::Mixture mixture_of(const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef) {
+  return mixture_hmc::Mixture{means.data_ptr<float>(), inv_vars.data_ptr<float>(), log_coef.data_ptr<float>(),
+                          static_cast<int>(means.size(0)), static_cast<int>(means.size(1))};
+}
+
+void gmm_hmc_cpu(const Tensor& q, const mixture_hmc::Mixture& m, const Tensor& step_sizes, int64_t n_transitions,
+                 int64_t n_leapfrog, uint64_t seed, uint64_t offset, Tensor& accepted, Tensor& divergences) {
+  const int64_t chains = q.size(0), D = m.D;
+  const uint64_t numel = static_cast<uint64_t>(q.numel()), B = static_cast<uint64_t>(chains);
+  const uint64_t stride = reserved(numel) + 2 * reserved(B);
+  const float* eps = step_sizes.data_ptr<float>();
+  float* acc = accepted.data_ptr<float>();
+  int* div = divergences.data_ptr<int>();
+  dispatch_float(q.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    T* qp = q.data_ptr<T>();
+    at::parallel_for(0, chains, 1, [&](int64_t begin, int64_t end) {
+      float x[kMaxGmmDim];
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t d = 0; d < D; ++d) x[d] = static_cast<float>(qp[b * D + d]);
+        const mixture_hmc::Stream s{seed, offset + static_cast<uint64_t>(b * D),
+                                offset + reserved(numel) + reserved(B) + static_cast<uint64_t>(b), stride};
+        div[b] = 0;
+        acc[b] = mixture_hmc::run_chain(m, x, eps[b], n_transitions, n_leapfrog, s, div + b);
+        for (int64_t d = 0; d < D; ++d) qp[b * D + d] = static_cast<T>(x[d]);
+      }
+    });
+  });
+}
+
+#ifdef FASTGEN_WITH_CUDA
+void gmm_hmc_cuda(const Tensor& q, const mixture_hmc::Mixture& m, const Tensor& step_sizes, int64_t n_transitions,
+                  int64_t n_leapfrog, uint64_t seed, uint64_t offset, Tensor& accepted, Tensor& divergences) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  cuda::GmmHmcArgs a;
+  a.q = q.data_ptr();
+  a.chains = q.size(0);
+  a.mixture = m;
+  a.step_sizes = step_sizes.data_ptr<float>();
+  a.n_transitions = n_transitions;
+  a.n_leapfrog = n_leapfrog;
+  a.seed = seed;
+  a.offset = offset;
+  a.stride = reserved(static_cast<uint64_t>(q.numel())) + 2 * reserved(static_cast<uint64_t>(a.chains));
+  a.uniforms = reserved(static_cast<uint64_t>(q.numel())) + reserved(static_cast<uint64_t>(a.chains));
+  a.accepted = accepted.data_ptr<float>();
+  a.divergences = divergences.data_ptr<int>();
+  C10_CUDA_CHECK(cuda::gmm_hmc(a, cuda_dtype(q), c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+// The op's entry: returns (summed acceptance probabilities, divergent transitions) per chain.
+std::tuple<Tensor, Tensor> gmm_hmc(Tensor q, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
+                                   const Tensor& step_sizes, int64_t n_transitions, int64_t n_leapfrog, int64_t seed,
+                                   int64_t offset) {
+  check_gmm_hmc(q, means, inv_vars, log_coef, step_sizes, n_transitions, n_leapfrog, seed, offset);
+  Tensor accepted = torch::zeros({q.size(0)}, q.options().dtype(torch::kFloat32));
+  Tensor divergences = torch::zeros({q.size(0)}, q.options().dtype(torch::kInt32));
+  if (q.numel() == 0 || n_transitions == 0) return {accepted, divergences};
+  const mixture_hmc::Mixture m = mixture_of(means, inv_vars, log_coef);
+  const uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
+  FASTGEN_ON_DEVICE(q, gmm_hmc_cpu(q, m, step_sizes, n_transitions, n_leapfrog, s, o, accepted, divergences),
+                    gmm_hmc_cuda(q, m, step_sizes, n_transitions, n_leapfrog, s, o, accepted, divergences));
+  return {accepted, divergences};
+}
+
 }  // namespace
 
-#define HMC_OPS(X) X(leapfrog_, leapfrog)
+#define HMC_OPS(X) X(leapfrog_, leapfrog) X(gmm_hmc_, gmm_hmc)
 FASTGEN_REGISTER_LOOP(HMC_OPS)
 
 }  // namespace fastgen

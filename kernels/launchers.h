@@ -8,6 +8,7 @@
 
 #include "constants.h"
 #include "philox.h"
+#include "hmc.h"
 
 namespace fastgen {
 namespace cuda {
@@ -306,6 +307,23 @@ struct LeapfrogArgs {
   bool drift;
 };
 cudaError_t leapfrog(const LeapfrogArgs& args, DType dtype, cudaStream_t stream);
+
+// hmc.cu: whole HMC chains on a diagonal Gaussian mixture, a chain per thread (the maths: hmc.h).
+struct GmmHmcArgs {
+  void* q;                     // (B, D) updated in place
+  int64_t chains;              // B
+  mixture_hmc::Mixture mixture;    // device pointers, K and D
+  const float* step_sizes;     // (B,)
+  int64_t n_transitions;
+  int64_t n_leapfrog;
+  uint64_t seed;
+  uint64_t offset;
+  uint64_t stride;             // positions per transition
+  uint64_t uniforms;           // the accept uniforms' position within a transition
+  float* accepted;             // (B,) out: summed acceptance probabilities
+  int* divergences;            // (B,) out
+};
+cudaError_t gmm_hmc(const GmmHmcArgs& args, DType dtype, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastgen

@@ -102,6 +102,18 @@ def test_mala_energy_and_fixed_step(gaussians8):
     assert x.shape == x0.shape and 0.5 < float(rate.mean()) <= 1.0
 
 
+def test_mala_trajectory(gaussians8):
+    """thin=k keeps every k-th kept state, the last of them the final state; the chains do not change with it."""
+    x0 = gaussians8.sample(64, seed=3)
+    x, rate = fastgen.mala(x0, energy=gaussians8, n_steps=12, step_size=1e-2, seed=0, adapt_steps=3)
+    x2, rate2, traj = fastgen.mala(x0, energy=gaussians8, n_steps=12, step_size=1e-2, seed=0, adapt_steps=3, thin=4)
+    assert traj.shape == (3, 64, 2)
+    torch.testing.assert_close(traj[-1], x, rtol=0, atol=0)
+    torch.testing.assert_close((x2, rate2), (x, rate), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="thin must be an int >= 1"):
+        fastgen.mala(x0, energy=gaussians8, n_steps=1, step_size=1e-2, thin=0)
+
+
 def test_annealed_langevin_covers_all_modes(gaussians8):
     n = 4000
     sigmas = torch.logspace(math.log10(3.0), math.log10(0.05), 10)

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
 from ..core.rng import reserve, resolve_seed
-from ..ops import leapfrog_, normal, uniform
+from ..ops import gmm_hmc_, leapfrog_, normal, uniform
 from ..reference.hmc import leapfrog_ as _reference_leapfrog
 from ..targets import GaussianMixture
 from .langevin import DualAveraging, _check_steps, _checked_step_size, _log_prob_fn, _start
@@ -271,15 +272,25 @@ def _momentum(shape, dtype, inverse_mass, seed: int, offset: int, device):
 class _HMC:
     """One HMC transition of every chain: a momentum draw, a trajectory of a fixed number of leapfrog steps (its
     step size jittered per chain) or, with ChEES, of a jittered length ceil(h_t T / eps) (h_t the van der Corput
-    sequence), and the Metropolis test."""
+    sequence), and the Metropolis test. With a Gaussian mixture (`mixture`) a transition is one launch of
+    fastgen.ops.gmm_hmc_, which draws what the general path draws (log p and its gradient are then kept inside
+    the kernel, not returned)."""
 
-    def __init__(self, n_leapfrog: int, jitter: float, adapt_length: bool, adapt_steps: int):
-        self.n_leapfrog, self.jitter, self.chees = n_leapfrog, jitter, adapt_length
+    def __init__(self, n_leapfrog: int, jitter: float, adapt_length: bool, adapt_steps: int, mixture=None):
+        self.n_leapfrog, self.jitter, self.chees, self.mixture = n_leapfrog, jitter, adapt_length, mixture
         self.adapt_steps, self.count, self.length, self.eps_host = adapt_steps, 0, None, None
         self.moment, self.log_lengths = 0.0, []
 
     def __call__(self, w, log_p, grad, eps, metric: _Metric, evaluate, seed, offset, adapting):
         chains = w.shape[0]
+        if self.mixture is not None:  # the whole trajectory and the Metropolis test in one launch
+            scale = 1.0 + self.jitter * (2.0 * uniform((chains,), seed, offset + reserve(w.numel()), device=w.device)
+                                         - 1.0)
+            prob, divergent = gmm_hmc_(w, self.mixture, 1, self.n_leapfrog, (eps * scale).float().contiguous(), seed,
+                                       offset)
+            counts = torch.full((chains,), self.n_leapfrog, device=w.device, dtype=torch.int64)
+            return w, log_p, grad, prob, divergent.bool(), counts, None, offset + reserve(w.numel()) + 2 * reserve(
+                chains)
         inverse_mass = metric.inverse_mass()
         p, offset = _momentum(w.shape, w.dtype, inverse_mass, seed, offset, w.device)
         if self.chees:
@@ -465,7 +476,11 @@ def hmc(
     Noise: fastgen's counter-based stream under `seed`.
 
     A trajectory whose energy error exceeds 1000 or is not finite (a NaN or -inf log p on the way) is rejected: the
-    chain stays, never NaN, and it counts as a divergence. The start must have finite log p for every chain."""
+    chain stays, never NaN, and it counts as a divergence. The start must have finite log p for every chain.
+
+    ``energy=`` a :class:`~fastgen.targets.GaussianMixture` (dimension and components <= 64) with the identity mass
+    and no mass or length adaptation runs each transition as one launch of :func:`fastgen.ops.gmm_hmc_` (the
+    trajectory with the exact gradient, and the Metropolis test), on the same noise as the general path."""
     n_leapfrog = _check_steps(n_leapfrog, "n_leapfrog")
     if n_leapfrog < 1:
         raise ValueError("n_leapfrog must be an int >= 1, got 0")
@@ -473,7 +488,10 @@ def hmc(
         raise ValueError(f"jitter must be a number in [0, 1), got {jitter!r}")
     if adapt_length and adapt != "shared":
         raise ValueError("adapt_length (ChEES) tunes one trajectory length for all chains: it needs adapt='shared'")
-    kernel = _HMC(n_leapfrog, jitter, bool(adapt_length), adapt_steps)
+    fused = (isinstance(energy, GaussianMixture) and mass is None and not adapt_mass and not adapt_length
+             and isinstance(x0, torch.Tensor) and x0.dim() == 2 and x0.shape[-1] == energy.dim
+             and x0.dtype != torch.float64 and energy.dim <= MAX_GMM_DIM and energy.n_components <= MAX_GMM_COMPONENTS)
+    kernel = _HMC(n_leapfrog, jitter, bool(adapt_length), adapt_steps, energy if fused else None)
     return _run(kernel, x0, log_prob, energy, n_steps=n_steps, step_size=step_size, mass=mass, dense_mass=dense_mass,
                 seed=seed, generator=generator, adapt_steps=adapt_steps, target_accept=target_accept, adapt=adapt,
                 adapt_mass=adapt_mass, name="hmc")

@@ -204,6 +204,7 @@ def mala(
     generator: torch.Generator | None = None,
     adapt_steps: int = 0,
     target_accept: float = 0.574,
+    thin: int | None = None,
 ):
     """Metropolis-adjusted Langevin: propose y = x + h grad log p(x) + sqrt(2h) xi, accept with
 
@@ -214,16 +215,23 @@ def mala(
     dual averaging (Hoffman & Gelman 2014) toward ``target_accept``, then frozen
     at its averaged value; then ``n_steps`` transitions are made.
 
+    With ``thin``, every thin-th kept state is returned too, as a trajectory (T, B, ...) (``traj.transpose(0, 1)``
+    is the (chains, draws, ...) layout of fastgen.mcmc.ess and rhat).
+
     Returns:
-        (samples (B, ...), acceptance rate per chain (B,) over the n_steps transitions).
+        (samples (B, ...), acceptance rate per chain (B,) over the n_steps transitions), and the trajectory when
+        thin is given.
     """
     evaluate = _log_prob_fn(log_prob, energy)
     n_steps = _check_steps(n_steps)
     adapt_steps = _check_steps(adapt_steps, "adapt_steps")
     if not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if thin is not None and (isinstance(thin, bool) or not isinstance(thin, int) or thin < 1):
+        raise ValueError(f"thin must be an int >= 1, got {thin!r}")
     x = _start(x0)
     chains, numel = x.shape[0], x.numel()
+    trajectory = []
     h = _checked_step_size(step_size, x)
     h = h.expand(chains).clone() if isinstance(h, torch.Tensor) else torch.full((chains,), h, device=x.device)
     seed = resolve_seed(seed, generator)
@@ -241,6 +249,8 @@ def mala(
             h = adaptation.update(prob, final=t == adapt_steps - 1)
         else:
             accepted_total += accepted
+            if thin is not None and (t - adapt_steps + 1) % thin == 0:
+                trajectory.append(x.clone())
     rate = accepted_total / max(n_steps, 1)
     stuck = ~torch.isfinite(log_p)
     count = int(stuck.sum())  # one host read, after the chains
@@ -248,7 +258,9 @@ def mala(
         warnings.warn(f"fastgen.mala: log_prob is not finite (NaN or -inf) at the state of {count} of {chains} "
                       f"chain(s), the first chain {int(stuck.nonzero()[0, 0])}: such a chain rejects every proposal "
                       "and stays where it is", RuntimeWarning, stacklevel=2)
-    return x, rate
+    if thin is None:
+        return x, rate
+    return x, rate, torch.stack(trajectory) if trajectory else x.new_empty((0,) + tuple(x.shape))
 
 
 def annealed_langevin(

@@ -1,4 +1,5 @@
-"""Hamiltonian Monte Carlo's leapfrog step, fused: the momentum kick and the position drift in one pass."""
+"""Hamiltonian Monte Carlo's ops: the leapfrog step fused (the momentum kick and the position drift in one pass),
+and whole HMC chains on a diagonal Gaussian mixture in one launch."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import math
 
 import torch
 
-from ._common import check_like, check_state, check_vector, require
+from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
+from ._common import check_like, check_rng_ints, check_state, check_vector, require
 from ._registry import Loop
 
-__all__ = ["leapfrog_"]  # re-exported by fastgen.ops
+__all__ = ["gmm_hmc_", "leapfrog_"]  # re-exported by fastgen.ops
 
 loop = Loop("hmc")
 
@@ -49,3 +51,49 @@ def leapfrog_(q: torch.Tensor, p: torch.Tensor, grad_log_prob: torch.Tensor, ste
     _leapfrog(q=q, p=p, grad_log_prob=grad_log_prob, step_sizes=step_sizes, inverse_mass=inverse_mass, kick=float(kick),
               drift=bool(drift))
     return q, p
+
+
+def _gmm_hmc_shapes(a):
+    check_state(a.q, "q")
+    components, dim = a.means.shape[0], a.means.shape[-1]
+    require(a.q.dim() == 2 and a.q.shape[1] == dim,
+            lambda: f"q must have shape (chains, {dim}) for this mixture, got {tuple(a.q.shape)}")
+    require(1 <= dim <= MAX_GMM_DIM and 1 <= components <= MAX_GMM_COMPONENTS,
+            lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to {MAX_GMM_COMPONENTS} "
+                    f"components, got {components} in dimension {dim}")
+    for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
+        t = getattr(a, name)
+        require(t.dtype == torch.float32 and t.shape == shape and t.device == a.q.device and t.is_contiguous(),
+                lambda: f"{name} must be contiguous float32 of shape {shape} on the device of q ({a.q.device}), "
+                        f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    check_vector(a.step_sizes, "step_sizes", a.q, a.q.shape[0], torch.float32, x_name="q")
+    require(a.n_transitions >= 0, lambda: f"n_transitions must be >= 0, got {a.n_transitions}")
+    require(a.n_leapfrog >= 1, lambda: f"n_leapfrog must be >= 1, got {a.n_leapfrog}")
+    check_rng_ints(a.seed, a.offset)
+    chains = a.q.shape[0]
+    return a.q.new_empty((chains,), dtype=torch.float32), a.q.new_empty((chains,), dtype=torch.int32)
+
+
+_gmm_hmc = loop.op(
+    "gmm_hmc_(Tensor(a!) q, Tensor means, Tensor inv_vars, Tensor log_coef, Tensor step_sizes, int n_transitions, "
+    "int n_leapfrog, int seed=0, int offset=0) -> (Tensor accepted, Tensor divergences)",
+    shapes=_gmm_hmc_shapes)
+
+
+def gmm_stride(q: torch.Tensor) -> int:
+    """Stream positions one gmm_hmc_ transition of the chains q uses: R(numel) + 2 R(B), R rounding up to 4."""
+    return (q.numel() + 3) // 4 * 4 + 2 * ((q.shape[0] + 3) // 4 * 4)
+
+
+def gmm_hmc_(q: torch.Tensor, gmm, n_transitions: int, n_leapfrog: int, step_sizes: torch.Tensor, seed: int,
+             offset: int = 0):
+    """``n_transitions`` HMC transitions of every chain of q (B, D) on a diagonal Gaussian mixture in one launch,
+    in place, identity mass: per transition p ~ N(0, I), ``n_leapfrog`` leapfrog steps of size eps_b with the
+    mixture's exact gradient, and the Metropolis test min(1, exp(H - H')), H = -log p(q) + |p|^2 / 2; a trajectory
+    whose energy error exceeds 1000 or is not finite is rejected and counted. Transition t reads the momentum at
+    stream positions offset + t S + i and the accept uniform of chain b at offset + t S + R(B D) + R(B) + b,
+    S = :func:`gmm_stride` (fastgen.mcmc.hmc's own layout, its jitter slot skipped). Returns (the summed
+    acceptance probabilities (B,) float32, the divergent transitions (B,) int32)."""
+    means, inv_vars, log_coef = gmm.kernel_params(q.device)
+    return _gmm_hmc(q=q, means=means, inv_vars=inv_vars, log_coef=log_coef, step_sizes=step_sizes,
+                    n_transitions=int(n_transitions), n_leapfrog=int(n_leapfrog), seed=int(seed), offset=int(offset))
