@@ -46,8 +46,8 @@ lint: $(DEPS)
 demo: build
 	$(BIN)/python -m fastgen.cli.demo --out demo_out
 
-bench: build
-	$(BIN)/python -m pip install -q torchsde
+bench: build  # the peers the suites compare against, installed for the bench run only
+	$(BIN)/python -m pip install -q torchsde torchebm==0.8.9 pyro-ppl==1.9.2 numpyro==0.22.0 blackjax==1.7.1
 	$(BIN)/python -m bench all
 
 clean:

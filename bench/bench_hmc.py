@@ -51,6 +51,43 @@ def leapfrog_rows(device: str, max_log2: int) -> list[dict]:
 WARMUP, KEEP = 200, 200
 
 
+def mixture_rows(device: str) -> list[dict]:
+    """µs per HMC transition (L = 8) on the 8-Gaussian ring: hmc(energy=mixture), each transition one gmm_hmc_
+    launch; the same sampler on the mixture's log_prob (autograd and the leapfrog op: L + 1 passes and L
+    evaluations); torchebm's HMC on the same energy where installed. Runs of 10 transitions, interleaved."""
+    gmm = fastgen.targets.eight_gaussians()
+    rows = []
+    for chains in (4096, 65536):
+        x0 = gmm.sample(chains, seed=0).to(device)
+
+        def log_prob(x):
+            return gmm.log_prob(x)
+
+        cases = {"fastgen hmc, fused (gmm_hmc_)": lambda: hmc(x0, energy=gmm, n_steps=10, step_size=0.1,
+                                                             n_leapfrog=8, seed=1),
+                 "fastgen hmc, general (autograd + leapfrog_)": lambda: hmc(x0, log_prob=log_prob, n_steps=10,
+                                                                            step_size=0.1, n_leapfrog=8, seed=1)}
+        try:
+            from torchebm.core.base_model import BaseModel
+            from torchebm.samplers import HamiltonianMonteCarlo
+
+            class Mixture(BaseModel):
+                def forward(self, x):
+                    return -gmm.log_prob(x)
+
+            peer = HamiltonianMonteCarlo(Mixture(), step_size=0.1, n_leapfrog_steps=8)
+            cases["torchebm 0.8.9 HamiltonianMonteCarlo"] = lambda: peer.sample(x=x0.clone(), n_steps=10)
+        except ImportError:
+            pass
+        times = time_interleaved_us(cases, device, rounds=5)
+        ours = times["fastgen hmc, fused (gmm_hmc_)"]
+        for name, us in times.items():
+            rows.append({"chains": chains, "candidate": name, "µs per transition": us / 10,
+                         "time / fused": f"{us / ours:.2f}"})
+            print("  mixture", rows[-1], flush=True)
+    return rows
+
+
 def _row(name: str, draws: torch.Tensor, seconds: float, gradients: float | None, host_reads, accept, note="") -> dict:
     """The smallest bulk ESS over the coordinates of draws (chains, draws, dim), per second and per 1,000 gradient
     evaluations of one chain (gradients: per chain over the kept transitions)."""
@@ -82,14 +119,19 @@ def fastgen_rows(device: str, target, x0: torch.Tensor) -> list[dict]:
     }
     rows, results = [], {}
     for name, fn in runs.items():
-        # host reads per kept transition: the difference of 20 and 10 transitions (a step size stable untuned)
-        reads = (count_host_reads(lambda fn=fn: fn(0, 20, 0.01)) - count_host_reads(lambda fn=fn: fn(0, 10, 0.01))) / 10
         start = time.perf_counter()
         result = fn(WARMUP, KEEP)
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         results[name] = result
+        # host reads per kept transition: the difference of 20 and 10 transitions at the adapted step size and
+        # mass, without adaptation
+        m = result.inverse_mass
+        common["mass"] = torch.linalg.inv(m) if "dense" in name else 1.0 / m
+        reads = (count_host_reads(lambda fn=fn: fn(0, 20, result.step_size))
+                 - count_host_reads(lambda fn=fn: fn(0, 10, result.step_size))) / 10
+        del common["mass"]
         rows.append(_row(name, result.draws, seconds, float(result.gradients.double().mean()), reads,
                          float(result.accept_rate.mean())))
     return rows, results
@@ -211,16 +253,21 @@ def run(device: str, out: str, max_log2: int) -> str:
     env = environment(device)
     print(f"hmc benchmark on {env['device']} (torch {env['torch']})", flush=True)
     leap = leapfrog_rows(device, max_log2)
+    mixture = mixture_rows(device)
     samplers = sampler_rows(device)
     count_key = "kernels" if device == "cuda" else "ops"
     sections = {
         "The fused leapfrog pass (p += eps g; q += eps M^-1 p), 1,024 chains": markdown_table(leap, [
             ("elements", "elements"), ("candidate", "candidate"), ("µs", "µs"), ("÷ fastgen", "time ÷ fastgen's"),
             (count_key, count_key), ("host_syncs", "host syncs")]),
+        "HMC on the 8-Gaussian ring, L = 8: µs per transition": markdown_table(mixture, [
+            ("chains", "chains"), ("candidate", "candidate"), ("µs per transition", "µs per transition"),
+            ("time / fused", "time ÷ fused")]),
         "100-D correlated Gaussian, 200 + 200 transitions": markdown_table(samplers, [
             ("sampler", "sampler"), ("chains", "chains"), ("seconds", "seconds"), ("min ESS", "min bulk ESS"),
             ("ESS/s", "ESS/s"), ("ESS per 1k gradients per chain", "ESS per 1k gradients per chain"),
             ("host reads per transition", "host reads per transition"), ("accept", "acceptance"),
             ("note", "note")]),
     }
-    return write_report(out, f"hmc-{device}", env, sections, {"leapfrog": leap, "samplers": samplers})
+    data = {"leapfrog": leap, "mixture": mixture, "samplers": samplers}
+    return write_report(out, f"hmc-{device}", env, sections, data)

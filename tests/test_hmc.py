@@ -427,3 +427,29 @@ def test_nuts_bad_input():
         nuts(x0, log_prob=lp, n_steps=1, mass=torch.ones(2), dense_mass=True)
     with pytest.raises(ValueError, match="adapt_length \\(ChEES\\) tunes one trajectory length"):
         hmc(x0, log_prob=lp, n_steps=1, step_size=0.1, n_leapfrog=1, adapt_length=True, adapt="per_chain")
+
+
+@pytest.mark.slow
+def test_nuts_on_the_funnel_without_a_tuned_step():
+    """Neal's funnel (10-D), 256 chains from N(0, I), the step size adapted from 0.1 (never tuned by hand):
+    non-centred, NUTS has no divergence, its acceptance is within 0.05 of the 0.9 target, and v's mean, sd and
+    neck probability P(v < -4) (exactly 9.1%) are within the Bonferroni bound of their Monte Carlo SEs; centred,
+    the divergences are counted and reported (the neck is the reason to reparametrize)."""
+    x0 = torch.randn(256, 10, generator=torch.Generator().manual_seed(11))
+    target = fastgen.targets.funnel(10, centred=False)
+    result = nuts(x0, log_prob=target.log_prob, n_steps=300, adapt_steps=300, target_accept=0.9, seed=12)
+    assert int(result.divergences.sum()) == 0 and abs(float(result.accept_rate.mean()) - 0.9) < 0.05
+    v = result.draws[..., :1].double()
+    bound = z_bound(3)
+    se_mean = 3.0 / float(ess(v, method="mean"))**0.5
+    assert abs(float(v.mean())) / se_mean < bound
+    se_var = math.sqrt(2) * 9.0 / float(ess(v.square(), method="mean"))**0.5
+    assert abs(float(v.square().mean()) - 9.0) / se_var < bound
+    neck = (v < -4).double()
+    exact = 0.5 * math.erfc(4 / 3 / math.sqrt(2))
+    se_neck = math.sqrt(exact * (1 - exact) / float(ess(neck, method="mean")))
+    assert abs(float(neck.mean()) - exact) / se_neck < bound
+    with pytest.warns(RuntimeWarning, match="divergent"):
+        centred = nuts(x0, log_prob=fastgen.targets.funnel(10).log_prob, n_steps=100, adapt_steps=100,
+                       target_accept=0.9, seed=13)
+    assert int(centred.divergences.sum()) > 0

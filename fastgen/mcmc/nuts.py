@@ -4,8 +4,9 @@ masks. Within a subtree the proposal is drawn by progressive uniform sampling an
 for every sub-subtree that a new leaf completes (NumPyro's checkpoints of momenta and their running sums, indexed
 by the leaf's bits); a subtree that turns or diverges is discarded and ends its chain's tree; a completed one
 replaces the proposal with probability min(1, w_subtree / w_tree) (biased progressive sampling) and the whole tree
-is checked. The chains whose trees still grow are gathered at each doubling (one host read per doubling), so a
-chain whose tree stopped costs no more gradients. Adaptation, masses and the result: fastgen.mcmc.hmc's.
+is checked. The chains whose trees still grow are gathered at each doubling (one host read per doubling, and one
+at 16, 32, ... leaves of a subtree to stop early when all of its chains ended), so a chain whose tree stopped costs
+no more gradients. Adaptation, masses and the result: fastgen.mcmc.hmc's.
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ class _NUTS:
                 turned |= _turning(ck_p[i], p1, p_sum - ck_sum[i] + ck_p[i], inverse_mass)
             diverged |= div
             ok = live & ~turned
-            if n % 16 == 15 and n + 1 < 2**d and not bool(ok.any()):  # every subtree ended: stop early
-                break
+            done = n + 1
+            if done >= 16 and done & (done - 1) == 0 and done < 2**d and not bool(ok.any()):
+                break  # every subtree ended (checked at 16, 32, ... leaves: a host read each)
         return ((tip, (prop_w, prop_lp, prop_g), log_weight, p_sum, ok, diverged, accept, leaves,
                  torch.full((b,), steps, device=device, dtype=torch.int64)), offset)
 
