@@ -8,6 +8,12 @@ replay-buffer starts. The target, the same for every sampler, is
 cross only a little). For each sampler: the bulk ESS of U(x) and of the image's mean intensity (the smaller),
 per second and per 1,000 gradient evaluations of a chain, R-hat, acceptance, divergences; and a grid of final states.
 
+One run (2-core CPU, 256 chains, 200 + 200 transitions): no sampler mixes this target in 400 transitions. R-hat
+of U(x) and the intensity: ULA 2.3, MALA 17, HMC (L = 16) 3.4, NUTS (depth capped at 7, reached by every tree: the
+adapted step is ~100x below the target's widest scale) 1.8; ESS/s 670 (ULA, unadjusted: biased at any step),
+477 (MALA), 34 (HMC), 4.3 (NUTS). The chains stay near the modes (digits) they start in; at T = 1e-3 the
+landscape between them is what the training's short-run ULA never had to cross.
+
     python examples/hmc_ebm_digits.py [--train-steps 1000] [--chains 256] [--out hmc_ebm_digits.png]
 """
 
@@ -78,8 +84,9 @@ def main(argv=None) -> int:
         "HMC (L = 16, adapted to 0.8, diagonal mass)": lambda: hmc(
             x0, energy=target_energy, n_steps=n, step_size=1e-2, n_leapfrog=16, adapt_steps=w, adapt_mass=True,
             seed=3),
-        "NUTS (adapted to 0.8, diagonal mass)": lambda: nuts(
-            x0, energy=target_energy, n_steps=n, step_size=1e-2, adapt_steps=w, adapt_mass=True, seed=4),
+        "NUTS (adapted to 0.8, diagonal mass, depth <= 7)": lambda: nuts(
+            x0, energy=target_energy, n_steps=n, step_size=1e-2, adapt_steps=w, adapt_mass=True, max_tree_depth=7,
+            seed=4),
     }
     finals = []
     print(f"{args.chains} chains, {w} warm-up + {n} kept transitions; ESS of U(x) and of the mean intensity")
