@@ -9,8 +9,8 @@ cross only a little). For each sampler: the bulk ESS of U(x) and of the image's 
 per second and per 1,000 gradient evaluations of a chain, R-hat, acceptance, divergences; and a grid of final states.
 
 One run (2-core CPU, 256 chains, 200 + 200 transitions): no sampler mixes this target in 400 transitions. R-hat
-of U(x) and the intensity: ULA 2.3, MALA 17, HMC (L = 16) 3.4, NUTS (depth capped at 7, reached by every tree: the
-adapted step is ~100x below the target's widest scale) 1.8; ESS/s 670 (ULA, unadjusted: biased at any step),
+of U(x) and the intensity: ULA 2.3, MALA 17, HMC (L = 16) 3.4, NUTS (depth capped at 7, reached by every tree:
+no U-turn within 127 steps at the adapted step size) 1.8; ESS/s 670 (ULA, unadjusted: biased at any step),
 477 (MALA), 34 (HMC), 4.3 (NUTS). The chains stay near the modes (digits) they start in; at T = 1e-3 the
 landscape between them is what the training's short-run ULA never had to cross.
 
