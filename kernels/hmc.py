@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .langevin import gmm_log_prob_grad
 from .rng import BLOCK, INTERPRETED, normal_at, uniform_at
 
 GMM_CHAINS = 64 if INTERPRETED else 128  # chains per program, at most GMM_TILE // BLOCK_D
@@ -56,27 +57,6 @@ def leapfrog_(q, p, grad_log_prob, step_sizes, inverse_mass, kick, drift):
 
 
 @triton.jit
-def _gmm_log_prob_grad(x, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim, components,
-                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(log p, grad log p) of a tile of states x (BLOCK_B, BLOCK_D), an online softmax over the components."""
-    running_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
-    total = tl.zeros([BLOCK_B], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-    for k in range(components):
-        mu = tl.load(means_ptr + k * dim + cols, mask=col_mask, other=0.0)
-        iv = tl.load(inv_vars_ptr + k * dim + cols, mask=col_mask, other=0.0)
-        diff = mu[None, :] - x
-        logit = tl.load(log_coef_ptr + k) - 0.5 * tl.sum(diff * diff * iv[None, :], axis=1)
-        new_max = tl.maximum(running_max, logit)
-        rescale = tl.exp(running_max - new_max)
-        weight = tl.exp(logit - new_max)
-        total = total * rescale + weight
-        acc = acc * rescale[:, None] + weight[:, None] * diff * iv[None, :]
-        running_max = new_max
-    return running_max + tl.log(total), acc / total[:, None]
-
-
-@triton.jit
 def gmm_hmc_kernel(
     q_ptr,  # (B, D) updated in place
     means_ptr, inv_vars_ptr, log_coef_ptr,  # (K, D), (K, D), (K,)
@@ -97,7 +77,7 @@ def gmm_hmc_kernel(
     element = rows[:, None] * dim + cols[None, :]
     x = tl.load(q_ptr + element, mask=mask, other=0.0).to(tl.float32)
     eps = tl.load(steps_ptr + rows, mask=row_mask, other=0.0)[:, None]
-    log_p, grad = _gmm_log_prob_grad(x, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim, components,
+    log_p, grad = gmm_log_prob_grad(x, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim, components,
                                      BLOCK_B, BLOCK_D)
     accepted = tl.zeros([BLOCK_B], dtype=tl.float32)
     divergences = tl.zeros([BLOCK_B], dtype=tl.int32)
@@ -112,7 +92,7 @@ def gmm_hmc_kernel(
         grad1 = grad
         for step in range(n_leapfrog):
             x1 = x1 + eps * p1
-            log_p1, grad1 = _gmm_log_prob_grad(x1, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim,
+            log_p1, grad1 = gmm_log_prob_grad(x1, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim,
                                                components, BLOCK_B, BLOCK_D)
             kick = tl.where(step == n_leapfrog - 1, 0.5, 1.0)
             p1 = p1 + kick * eps * grad1

@@ -195,6 +195,27 @@ def mala_accept_(
 
 
 @triton.jit
+def gmm_log_prob_grad(x, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim, components,
+                       BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(log p, grad log p) of a tile of states x (BLOCK_B, BLOCK_D), an online softmax over the components."""
+    running_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_B], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    for k in range(components):
+        mu = tl.load(means_ptr + k * dim + cols, mask=col_mask, other=0.0)
+        iv = tl.load(inv_vars_ptr + k * dim + cols, mask=col_mask, other=0.0)
+        diff = mu[None, :] - x
+        logit = tl.load(log_coef_ptr + k) - 0.5 * tl.sum(diff * diff * iv[None, :], axis=1)
+        new_max = tl.maximum(running_max, logit)
+        rescale = tl.exp(running_max - new_max)
+        weight = tl.exp(logit - new_max)
+        total = total * rescale + weight
+        acc = acc * rescale[:, None] + weight[:, None] * diff * iv[None, :]
+        running_max = new_max
+    return running_max + tl.log(total), acc / total[:, None]
+
+
+@triton.jit
 def gmm_langevin_kernel(
     x_ptr,  # (B, D) state, updated in place
     means_ptr,  # (K, D)
@@ -230,23 +251,10 @@ def gmm_langevin_kernel(
     seed, offset = load_rng(seed, offset, rng_state_ptr, HAS_STATE)
     counter = offset + element  # int64: this step's noise counters, advanced by B * D per step
     for _ in range(n_steps):
-        # Online softmax over components: score = sum_k r_k (mu_k - x) / sigma_k^2.
-        running_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
-        total = tl.zeros([BLOCK_B], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-        for k in range(components):
-            mu = tl.load(means_ptr + k * dim + cols, mask=col_mask, other=0.0)
-            iv = tl.load(inv_vars_ptr + k * dim + cols, mask=col_mask, other=0.0)
-            diff = mu[None, :] - x
-            logit = tl.load(log_coef_ptr + k) - 0.5 * tl.sum(diff * diff * iv[None, :], axis=1)
-            new_max = tl.maximum(running_max, logit)
-            rescale = tl.exp(running_max - new_max)
-            weight = tl.exp(logit - new_max)
-            total = total * rescale + weight
-            acc = acc * rescale[:, None] + weight[:, None] * diff * iv[None, :]
-            running_max = new_max
+        _, score = gmm_log_prob_grad(x, means_ptr, inv_vars_ptr, log_coef_ptr, cols, col_mask, dim, components,
+                                     BLOCK_B, BLOCK_D)
         noise = normal_at(seed, counter)
-        x = x + h[:, None] * acc / total[:, None] + noise_scale[:, None] * noise
+        x = x + h[:, None] * score + noise_scale[:, None] * noise
         counter += numel
     tl.store(x_ptr + element, x.to(x_ptr.dtype.element_ty), mask=mask)
 

@@ -137,25 +137,32 @@ def test_mass_adaptation_in_windows():
     assert abs(float(result.accept_rate.mean()) - 0.8) < 0.05
 
 
+BIMODAL = fastgen.targets.GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([[0.6], [0.6]]),
+                                          torch.tensor([0.3, 0.7]))
+
+
+def check_bimodal_law(x: torch.Tensor) -> None:
+    """20,000 states against BIMODAL's law: chi-square on 20 equiprobable bins below 76 (the chi-square(19)
+    quantile at 1 - 1e-6 is 72.7; the bins' cdf grid adds ~1e-4 each)."""
+    grid = torch.linspace(-6, 6, 20001, dtype=torch.float64)
+    cdf = torch.cumsum(BIMODAL.log_prob(grid[:, None]).exp(), 0)
+    cdf = cdf / cdf[-1]
+    edges = grid[torch.searchsorted(cdf, torch.linspace(0, 1, 21, dtype=torch.float64)[1:-1])]
+    counts = torch.bincount(torch.bucketize(x.double(), edges), minlength=20).double()
+    assert float(((counts - 1000.0) ** 2 / 1000.0).sum()) < 76.0
+
+
 @pytest.mark.parametrize("path", ["fused", "general"])
 def test_stationarity_on_a_bimodal_target(path):
     """Chains started from the exact law of a bimodal 1-D mixture stay in it: after 30 transitions the 20,000 chains'
     states pass a chi-square test on 20 equiprobable bins at p = 1e-6 (detailed balance makes the target
     invariant; a wrong Metropolis ratio or leapfrog would move mass); for the fused mixture kernel (energy= the
     mixture) and the general path (its log_prob by autograd)."""
-    gmm = fastgen.targets.GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([[0.6], [0.6]]),
-                                          torch.tensor([0.3, 0.7]))
+    gmm = BIMODAL
     x0 = gmm.sample(20000, seed=4).float()
     target = dict(energy=gmm) if path == "fused" else dict(log_prob=lambda x: gmm.log_prob(x.double()).float())
     result = hmc(x0, n_steps=30, step_size=0.4, n_leapfrog=5, seed=5, **target)
-    x = result.draws[:, -1, 0].double()
-    grid = torch.linspace(-6, 6, 20001, dtype=torch.float64)
-    cdf = torch.cumsum(gmm.log_prob(grid[:, None]).exp(), 0)
-    cdf = cdf / cdf[-1]
-    edges = grid[torch.searchsorted(cdf, torch.linspace(0, 1, 21, dtype=torch.float64)[1:-1])]
-    counts = torch.bincount(torch.bucketize(x, edges), minlength=20).double()
-    chi2 = float(((counts - 1000.0) ** 2 / 1000.0).sum())
-    assert chi2 < 76.0  # the chi-square(19) quantile at 1 - 1e-6 is 72.7; the bins' cdf grid adds ~1e-4 each
+    check_bimodal_law(result.draws[:, -1, 0])
     assert float(result.accept_rate.mean()) > 0.5
 
 
@@ -302,17 +309,9 @@ def test_nuts_stationarity_on_a_bimodal_target():
     """NUTS keeps the exact law of a bimodal 1-D mixture (20,000 chains started from it, 20 transitions,
     chi-square on 20 equiprobable bins at p = 1e-6): the multinomial choice among the leaves, the biased merge and
     the U-turn checks must all be right for the target to stay invariant."""
-    gmm = fastgen.targets.GaussianMixture(torch.tensor([[-1.5], [1.5]]), torch.tensor([[0.6], [0.6]]),
-                                          torch.tensor([0.3, 0.7]))
-    x0 = gmm.sample(20000, seed=4).float()
-    result = nuts(x0, energy=gmm, n_steps=20, step_size=0.3, seed=5)
-    x = result.draws[:, -1, 0].double()
-    grid = torch.linspace(-6, 6, 20001, dtype=torch.float64)
-    cdf = torch.cumsum(gmm.log_prob(grid[:, None]).exp(), 0)
-    cdf = cdf / cdf[-1]
-    edges = grid[torch.searchsorted(cdf, torch.linspace(0, 1, 21, dtype=torch.float64)[1:-1])]
-    counts = torch.bincount(torch.bucketize(x, edges), minlength=20).double()
-    assert float(((counts - 1000.0) ** 2 / 1000.0).sum()) < 76.0  # chi-square(19) at 1 - 1e-6: 72.7, + grid
+    x0 = BIMODAL.sample(20000, seed=4).float()
+    result = nuts(x0, energy=BIMODAL, n_steps=20, step_size=0.3, seed=5)
+    check_bimodal_law(result.draws[:, -1, 0])
     assert float(result.tree_depth.float().mean()) > 2
 
 

@@ -85,6 +85,24 @@ def check_vector(t, name: str, x: torch.Tensor, length: int, dtype: torch.dtype,
                     f"got {'' if t.is_contiguous() else 'non-contiguous '}{t.dtype} {tuple(t.shape)} on {t.device}")
 
 
+def check_mixture(a, x: torch.Tensor, x_name: str) -> None:
+    """The fused mixture kernels' arguments a.means (K, D), a.inv_vars (K, D), a.log_coef (K,): contiguous float32
+    on x's device, D and K within the kernels' limits, x (chains, D)."""
+    from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
+
+    components, dim = a.means.shape[0], a.means.shape[-1]
+    require(x.dim() == 2 and x.shape[1] == dim,
+            lambda: f"{x_name} must have shape (chains, {dim}) for this mixture, got {tuple(x.shape)}")
+    require(dim <= MAX_GMM_DIM and components <= MAX_GMM_COMPONENTS,
+            lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to "
+                    f"{MAX_GMM_COMPONENTS} components, got {components} in dimension {dim}")
+    for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
+        t = getattr(a, name)
+        require(t.dtype == torch.float32 and t.shape == shape and t.device == x.device and t.is_contiguous(),
+                lambda: f"{name} must be contiguous float32 of shape {shape} on the device of {x_name} ({x.device}), "
+                        f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
 def check_rng_state(rng_state, x: torch.Tensor, x_name: str = "x") -> None:
     """None, or the (seed, offset) int64 tensor of an RNGState on x's device."""
     check_vector(rng_state, "rng_state", x, 2, torch.int64, optional=True, x_name=x_name)

@@ -7,8 +7,7 @@ import math
 
 import torch
 
-from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
-from ._common import check_like, check_rng_ints, check_state, check_vector, require
+from ._common import check_like, check_mixture, check_rng_ints, check_state, check_vector, require
 from ._registry import Loop
 
 __all__ = ["gmm_hmc_", "leapfrog_"]  # re-exported by fastgen.ops
@@ -55,17 +54,7 @@ def leapfrog_(q: torch.Tensor, p: torch.Tensor, grad_log_prob: torch.Tensor, ste
 
 def _gmm_hmc_shapes(a):
     check_state(a.q, "q")
-    components, dim = a.means.shape[0], a.means.shape[-1]
-    require(a.q.dim() == 2 and a.q.shape[1] == dim,
-            lambda: f"q must have shape (chains, {dim}) for this mixture, got {tuple(a.q.shape)}")
-    require(1 <= dim <= MAX_GMM_DIM and 1 <= components <= MAX_GMM_COMPONENTS,
-            lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to {MAX_GMM_COMPONENTS} "
-                    f"components, got {components} in dimension {dim}")
-    for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
-        t = getattr(a, name)
-        require(t.dtype == torch.float32 and t.shape == shape and t.device == a.q.device and t.is_contiguous(),
-                lambda: f"{name} must be contiguous float32 of shape {shape} on the device of q ({a.q.device}), "
-                        f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    check_mixture(a, a.q, "q")
     check_vector(a.step_sizes, "step_sizes", a.q, a.q.shape[0], torch.float32, x_name="q")
     require(a.n_transitions >= 0, lambda: f"n_transitions must be >= 0, got {a.n_transitions}")
     require(a.n_leapfrog >= 1, lambda: f"n_leapfrog must be >= 1, got {a.n_leapfrog}")

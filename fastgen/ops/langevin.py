@@ -14,6 +14,7 @@ import torch
 from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
 from ._common import (
     check_like,
+    check_mixture,
     check_rng_ints,
     check_rng_state,
     check_state,
@@ -80,17 +81,7 @@ def _mala_accept_shapes(a):
 
 def _gmm_langevin_shapes(a) -> None:
     check_state(a.x)
-    components, dim = a.means.shape[0], a.means.shape[-1]
-    require(a.x.dim() == 2 and a.x.shape[1] == dim,
-            lambda: f"x must have shape (chains, {dim}) for this mixture, got {tuple(a.x.shape)}")
-    require(dim <= MAX_GMM_DIM and components <= MAX_GMM_COMPONENTS,
-            lambda: f"the fused mixture kernel takes dimension <= {MAX_GMM_DIM} and up to "
-                    f"{MAX_GMM_COMPONENTS} components, got {components} in dimension {dim}")
-    for name, shape in (("means", (components, dim)), ("inv_vars", (components, dim)), ("log_coef", (components,))):
-        t = getattr(a, name)
-        require(t.dtype == torch.float32 and t.shape == shape and t.device == a.x.device and t.is_contiguous(),
-                lambda: f"{name} must be contiguous float32 of shape {shape} on the device of x ({a.x.device}), "
-                        f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    check_mixture(a, a.x, "x")
     require(a.n_steps >= 0, lambda: f"n_steps must be >= 0, got {a.n_steps}")
     _chain_args(a)
 
