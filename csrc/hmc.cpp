@@ -134,8 +134,6 @@ void leapfrog(Tensor q, Tensor p, const Tensor& grad, const Tensor& step_sizes, 
 
 // ---------------------------------------------------------------- Gaussian-mixture chains
 
-uint64_t reserved(uint64_t n) { return (n + 3) / 4 * 4; }
-
 void check_gmm_hmc(const Tensor& q, const Tensor& means, const Tensor& inv_vars, const Tensor& log_coef,
                    const Tensor& step_sizes, int64_t n_transitions, int64_t n_leapfrog, int64_t seed,
                    int64_t offset) {
@@ -169,8 +167,8 @@ mixture_hmc::Mixture mixture_of(const Tensor& means, const Tensor& inv_vars, con
 void gmm_hmc_cpu(const Tensor& q, const mixture_hmc::Mixture& m, const Tensor& step_sizes, int64_t n_transitions,
                  int64_t n_leapfrog, uint64_t seed, uint64_t offset, Tensor& accepted, Tensor& divergences) {
   const int64_t chains = q.size(0), D = m.D;
-  const uint64_t numel = static_cast<uint64_t>(q.numel()), B = static_cast<uint64_t>(chains);
-  const uint64_t stride = reserved(numel) + 2 * reserved(B);
+  const mixture_hmc::Layout layout =
+      mixture_hmc::stream_layout(static_cast<uint64_t>(q.numel()), static_cast<uint64_t>(chains));
   const float* eps = step_sizes.data_ptr<float>();
   float* acc = accepted.data_ptr<float>();
   int* div = divergences.data_ptr<int>();
@@ -182,7 +180,7 @@ void gmm_hmc_cpu(const Tensor& q, const mixture_hmc::Mixture& m, const Tensor& s
       for (int64_t b = begin; b < end; ++b) {
         for (int64_t d = 0; d < D; ++d) x[d] = static_cast<float>(qp[b * D + d]);
         const mixture_hmc::Stream s{seed, offset + static_cast<uint64_t>(b * D),
-                                offset + reserved(numel) + reserved(B) + static_cast<uint64_t>(b), stride};
+                                    offset + layout.uniforms + static_cast<uint64_t>(b), layout.stride};
         div[b] = 0;
         acc[b] = mixture_hmc::run_chain(m, x, eps[b], n_transitions, n_leapfrog, s, div + b);
         for (int64_t d = 0; d < D; ++d) qp[b * D + d] = static_cast<T>(x[d]);
@@ -204,8 +202,7 @@ void gmm_hmc_cuda(const Tensor& q, const mixture_hmc::Mixture& m, const Tensor& 
   a.n_leapfrog = n_leapfrog;
   a.seed = seed;
   a.offset = offset;
-  a.stride = reserved(static_cast<uint64_t>(q.numel())) + 2 * reserved(static_cast<uint64_t>(a.chains));
-  a.uniforms = reserved(static_cast<uint64_t>(q.numel())) + reserved(static_cast<uint64_t>(a.chains));
+  a.layout = mixture_hmc::stream_layout(static_cast<uint64_t>(q.numel()), static_cast<uint64_t>(a.chains));
   a.accepted = accepted.data_ptr<float>();
   a.divergences = divergences.data_ptr<int>();
   C10_CUDA_CHECK(cuda::gmm_hmc(a, cuda_dtype(q), c10::cuda::getCurrentCUDAStream()));

@@ -41,9 +41,10 @@ __global__ void gmm_hmc_kernel(GmmHmcArgs a) {
   float x[kMaxGmmDim];
   for (int d = 0; d < D; ++d) x[d] = load(q, d);
   const mixture_hmc::Stream s{a.seed, a.offset + static_cast<uint64_t>(b * D),
-                          a.offset + a.uniforms + static_cast<uint64_t>(b), a.stride};
+                              a.offset + a.layout.uniforms + static_cast<uint64_t>(b), a.layout.stride};
   int divergences = 0;
-  a.accepted[b] = mixture_hmc::run_chain(a.mixture, x, a.step_sizes[b], a.n_transitions, a.n_leapfrog, s, &divergences);
+  a.accepted[b] =
+      mixture_hmc::run_chain(a.mixture, x, a.step_sizes[b], a.n_transitions, a.n_leapfrog, s, &divergences);
   a.divergences[b] = divergences;
   for (int d = 0; d < D; ++d) store(q, d, x[d]);
 }
@@ -59,25 +60,11 @@ cudaError_t launch_gmm(const GmmHmcArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t gmm_hmc(const GmmHmcArgs& args, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case kFloat16:
-      return launch_gmm<__half>(args, stream);
-    case kBFloat16:
-      return launch_gmm<__nv_bfloat16>(args, stream);
-    default:
-      return launch_gmm<float>(args, stream);
-  }
+  return by_dtype(dtype, [&](auto tag) { return launch_gmm<typename decltype(tag)::type>(args, stream); });
 }
 
 cudaError_t leapfrog(const LeapfrogArgs& args, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case kFloat16:
-      return launch<__half>(args, stream);
-    case kBFloat16:
-      return launch<__nv_bfloat16>(args, stream);
-    default:
-      return launch<float>(args, stream);
-  }
+  return by_dtype(dtype, [&](auto tag) { return launch<typename decltype(tag)::type>(args, stream); });
 }
 
 }  // namespace cuda

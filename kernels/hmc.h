@@ -50,6 +50,19 @@ FASTGEN_HD float log_prob_grad(const Mixture& m, const float* x, float* g) {
   return top + logf(total);
 }
 
+// Rounded up to whole Philox counters (fastgen.core.rng.reserve).
+FASTGEN_HD uint64_t reserved(uint64_t n) { return (n + 3) / 4 * 4; }
+
+// One transition's positions (fastgen.core.rng.hmc_layout): `stride` in all, the accept uniforms from `uniforms`.
+struct Layout {
+  uint64_t stride;
+  uint64_t uniforms;
+};
+
+FASTGEN_HD Layout stream_layout(uint64_t numel, uint64_t chains) {
+  return Layout{reserved(numel) + 2 * reserved(chains), reserved(numel) + reserved(chains)};
+}
+
 struct Stream {
   uint64_t seed;
   uint64_t normals;   // this chain's first momentum position: offset + b D

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..core.rng import hmc_layout
 from .langevin import gmm_log_prob_grad
 from .rng import BLOCK, INTERPRETED, normal_at, uniform_at
 
@@ -119,12 +120,12 @@ def gmm_hmc_(q, means, inv_vars, log_coef, step_sizes, n_transitions, n_leapfrog
     divergences = torch.zeros(chains, device=q.device, dtype=torch.int32)
     if chains == 0 or n_transitions == 0:
         return accepted, divergences
-    reserve = lambda n: (n + 3) // 4 * 4  # noqa: E731
+    stride, uniforms = hmc_layout(q.numel(), chains)
     block_d = triton.next_power_of_2(dim)
     block_b = max(1, min(GMM_CHAINS, GMM_TILE // block_d))
     gmm_hmc_kernel[(triton.cdiv(chains, block_b),)](
         q, means, inv_vars, log_coef, step_sizes, accepted, divergences, chains, dim, means.shape[0], n_transitions,
-        n_leapfrog, seed, offset, reserve(q.numel()) + 2 * reserve(chains), reserve(q.numel()) + reserve(chains),
+        n_leapfrog, seed, offset, stride, uniforms,
         BLOCK_B=block_b, BLOCK_D=block_d,
     )  # fmt: skip
     return accepted, divergences

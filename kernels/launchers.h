@@ -318,8 +318,7 @@ struct GmmHmcArgs {
   int64_t n_leapfrog;
   uint64_t seed;
   uint64_t offset;
-  uint64_t stride;             // positions per transition
-  uint64_t uniforms;           // the accept uniforms' position within a transition
+  mixture_hmc::Layout layout; // a transition's positions (stream_layout)
   float* accepted;             // (B,) out: summed acceptance probabilities
   int* divergences;            // (B,) out
 };

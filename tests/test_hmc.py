@@ -178,15 +178,15 @@ def test_fused_mixture_chains_equal_the_general_path():
     agree = ((a.draws - b.draws).abs().amax((1, 2)) < 1e-3).double().mean()
     assert float(agree) > 0.99
     assert int(a.gradients[0]) == 20 * 6
+    from fastgen.core.rng import hmc_layout
     from fastgen.ops import gmm_hmc_
-    from fastgen.ops.hmc import gmm_stride
 
     eps = torch.full((2000,), 0.1)
     q3 = x0.clone()
     total, _ = gmm_hmc_(q3, gmm, 3, 6, eps, 7, 5)
     q1, parts = x0.clone(), []
     for t in range(3):
-        parts.append(gmm_hmc_(q1, gmm, 1, 6, eps, 7, 5 + t * gmm_stride(q1))[0])
+        parts.append(gmm_hmc_(q1, gmm, 1, 6, eps, 7, 5 + t * hmc_layout(q1.numel(), 2000)[0])[0])
     torch.testing.assert_close(q3, q1, rtol=0, atol=0)
     torch.testing.assert_close(total, sum(parts), rtol=1e-6, atol=1e-6)
 

@@ -42,6 +42,13 @@ def reserve(n: int) -> int:
     return (n + 3) // 4 * 4
 
 
+def hmc_layout(numel: int, chains: int) -> tuple[int, int]:
+    """The stream layout of one HMC transition of `chains` chains of `numel` elements in all (fastgen.mcmc.hmc and
+    the gmm_hmc_ op; kernels/hmc.h): (positions it uses, R(numel) + 2 R(chains): the momentum, the step-size jitter,
+    the accept uniforms; where the accept uniforms start, R(numel) + R(chains))."""
+    return reserve(numel) + 2 * reserve(chains), reserve(numel) + reserve(chains)
+
+
 class RNGState:
     """(seed, offset) kept in a small int64 tensor on the device.
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from ..core.constants import MAX_GMM_COMPONENTS, MAX_GMM_DIM
-from ..core.rng import reserve, resolve_seed
+from ..core.rng import hmc_layout, reserve, resolve_seed
 from ..ops import gmm_hmc_, leapfrog_, normal, uniform
 from ..reference.hmc import leapfrog_ as _reference_leapfrog
 from ..targets import GaussianMixture
@@ -48,11 +48,6 @@ class HMCResult:
     gradients: torch.Tensor
     tree_depth: torch.Tensor | None = None
     trajectory_length: float | None = None
-
-
-def _per_chain(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (B,) per-chain value shaped to broadcast over a chain's elements."""
-    return v.reshape(-1, *[1] * (like.dim() - 1))
 
 
 def _work(x: torch.Tensor) -> torch.dtype:
@@ -278,9 +273,9 @@ class _HMC:
     fastgen.ops.gmm_hmc_, which draws what the general path draws (log p and its gradient are then kept inside
     the kernel, not returned)."""
 
-    def __init__(self, n_leapfrog: int, jitter: float, adapt_length: bool, adapt_steps: int, mixture=None):
+    def __init__(self, n_leapfrog: int, jitter: float, adapt_length: bool, mixture=None):
         self.n_leapfrog, self.jitter, self.chees, self.mixture = n_leapfrog, jitter, adapt_length, mixture
-        self.adapt_steps, self.count, self.length, self.eps_host = adapt_steps, 0, None, None
+        self.count, self.length, self.eps_host = 0, None, None
         self.moment, self.log_lengths = 0.0, []
 
     def __call__(self, w, log_p, grad, eps, metric: _Metric, evaluate, seed, offset, adapting):
@@ -290,9 +285,8 @@ class _HMC:
                                          - 1.0)
             prob, divergent = gmm_hmc_(w, self.mixture, 1, self.n_leapfrog, (eps * scale).float().contiguous(), seed,
                                        offset)
-            counts = torch.full((chains,), self.n_leapfrog, device=w.device, dtype=torch.int64)
-            return w, log_p, grad, prob, divergent.bool(), counts, None, offset + reserve(w.numel()) + 2 * reserve(
-                chains)
+            stride = hmc_layout(w.numel(), chains)[0]
+            return w, log_p, grad, prob, divergent.bool(), self.n_leapfrog, None, offset + stride
         inverse_mass = metric.inverse_mass()
         p, offset = _momentum(w.shape, w.dtype, inverse_mass, seed, offset, w.device)
         if self.chees:
@@ -319,9 +313,8 @@ class _HMC:
         if self.chees and adapting:
             self._chees(w, w_new, p_new, inverse_mass, prob, divergent, h)
         keep = accept[:, None]
-        counts = torch.full((chains,), steps, device=w.device, dtype=torch.int64)
         return (torch.where(keep, w_new, w), torch.where(accept, log_p_new, log_p), torch.where(keep, grad_new, grad),
-                prob, divergent, counts, None, offset)
+                prob, divergent, steps, None, offset)
 
     def _chees(self, w, w_new, p_new, inverse_mass, prob, divergent, h):
         """One Adam ascent step (rate 0.025, beta1 0, beta2 0.95: TFP's defaults) on log T of the ChEES criterion
@@ -354,7 +347,8 @@ def _run(kernel, x0, log_prob, energy, *, n_steps, step_size, mass, dense_mass, 
     """The chains' loop shared by HMC and NUTS: validation, the metric, the adaptation (dual averaging of the step
     size, Stan's mass windows), the kept draws and the per-chain statistics. ``kernel(w, log_p, grad, eps, metric,
     evaluate, seed, offset, adapting)`` runs one transition of every chain on flattened (B, n) states and returns
-    (w, log_p, grad, acceptance statistic, divergent, gradient evaluations, tree depth or None, offset)."""
+    (w, log_p, grad, acceptance statistic, divergent, gradient evaluations (an int, or one per chain), tree depth or
+    None, offset)."""
     evaluate = _log_prob_fn(log_prob, energy)
     n_steps = _check_steps(n_steps)
     adapt_steps = _check_steps(adapt_steps, "adapt_steps")
@@ -493,7 +487,7 @@ def hmc(
     fused = (isinstance(energy, GaussianMixture) and mass is None and not adapt_mass and not adapt_length
              and isinstance(x0, torch.Tensor) and x0.dim() == 2 and x0.shape[-1] == energy.dim
              and x0.dtype != torch.float64 and energy.dim <= MAX_GMM_DIM and energy.n_components <= MAX_GMM_COMPONENTS)
-    kernel = _HMC(n_leapfrog, jitter, bool(adapt_length), adapt_steps, energy if fused else None)
+    kernel = _HMC(n_leapfrog, jitter, bool(adapt_length), energy if fused else None)
     return _run(kernel, x0, log_prob, energy, n_steps=n_steps, step_size=step_size, mass=mass, dense_mass=dense_mass,
                 seed=seed, generator=generator, adapt_steps=adapt_steps, target_accept=target_accept, adapt=adapt,
                 adapt_mass=adapt_mass, name="hmc")

@@ -69,11 +69,6 @@ _gmm_hmc = loop.op(
     shapes=_gmm_hmc_shapes)
 
 
-def gmm_stride(q: torch.Tensor) -> int:
-    """Stream positions one gmm_hmc_ transition of the chains q uses: R(numel) + 2 R(B), R rounding up to 4."""
-    return (q.numel() + 3) // 4 * 4 + 2 * ((q.shape[0] + 3) // 4 * 4)
-
-
 def gmm_hmc_(q: torch.Tensor, gmm, n_transitions: int, n_leapfrog: int, step_sizes: torch.Tensor, seed: int,
              offset: int = 0):
     """``n_transitions`` HMC transitions of every chain of q (B, D) on a diagonal Gaussian mixture in one launch,
@@ -81,8 +76,8 @@ def gmm_hmc_(q: torch.Tensor, gmm, n_transitions: int, n_leapfrog: int, step_siz
     mixture's exact gradient, and the Metropolis test min(1, exp(H - H')), H = -log p(q) + |p|^2 / 2; a trajectory
     whose energy error exceeds 1000 or is not finite is rejected and counted. Transition t reads the momentum at
     stream positions offset + t S + i and the accept uniform of chain b at offset + t S + R(B D) + R(B) + b,
-    S = :func:`gmm_stride` (fastgen.mcmc.hmc's own layout, its jitter slot skipped). Returns (the summed
-    acceptance probabilities (B,) float32, the divergent transitions (B,) int32)."""
+    S = R(B D) + 2 R(B) (fastgen.core.rng.hmc_layout: fastgen.mcmc.hmc's own layout, its jitter slot skipped).
+    Returns (the summed acceptance probabilities (B,) float32, the divergent transitions (B,) int32)."""
     means, inv_vars, log_coef = gmm.kernel_params(q.device)
     return _gmm_hmc(q=q, means=means, inv_vars=inv_vars, log_coef=log_coef, step_sizes=step_sizes,
                     n_transitions=int(n_transitions), n_leapfrog=int(n_leapfrog), seed=int(seed), offset=int(offset))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.rng import hmc_layout
 from .rng import normal_at, uniform_at
 
 
@@ -35,8 +36,7 @@ def gmm_hmc_(q, means, inv_vars, log_coef, step_sizes, n_transitions, n_leapfrog
     mixture; transition t's momentum at offset + t S + b D + d and accept uniform at offset + t S + R(B D) + R(B) +
     b, S = R(B D) + 2 R(B). Returns (summed acceptance probabilities, divergent transitions)."""
     chains, dim = q.shape
-    reserve = lambda n: (n + 3) // 4 * 4  # noqa: E731
-    stride = reserve(chains * dim) + 2 * reserve(chains)
+    stride, uniforms = hmc_layout(chains * dim, chains)
     x = q.float()
     eps = step_sizes[:, None]
     log_p, grad = gmm_log_prob_grad(x, means, inv_vars, log_coef)
@@ -58,7 +58,7 @@ def gmm_hmc_(q, means, inv_vars, log_coef, step_sizes, n_transitions, n_leapfrog
         prob = torch.where(divergent, torch.zeros_like(error), torch.exp(-error.clamp(min=0)))
         accepted += prob
         divergences += divergent.int()
-        take = uniform_at(seed, base + reserve(chains * dim) + reserve(chains) + chain) < prob
+        take = uniform_at(seed, base + uniforms + chain) < prob
         x = torch.where(take[:, None], x1, x)
         grad = torch.where(take[:, None], grad1, grad)
         log_p = torch.where(take, log_p1, log_p)
