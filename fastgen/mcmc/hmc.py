@@ -342,6 +342,32 @@ class _HMC:
             self.length = math.exp(sum(tail) / len(tail))
 
 
+def _initial_step_size(w, log_p, grad, eps, metric: _Metric, evaluate, seed: int, offset: int, pooled: bool):
+    """Stan's (and NumPyro's) start of the warm-up: from one momentum draw, each chain's step size is doubled while
+    one leapfrog step's acceptance exp(H - H') stays above 0.8 (or halved while it stays below), and ends at the
+    first one past the crossing; pooled, the chains' mean acceptance decides for all. At most 100 tries, a host
+    read each. Returns (step sizes, the next stream offset)."""
+    inverse_mass, at = metric.inverse_mass(), metric.evaluator(evaluate)
+    p, offset = _momentum(w.shape, w.dtype, inverse_mass, seed, offset, w.device)
+    h0 = _kinetic(p, inverse_mass) - log_p.to(w.dtype)
+    target = math.log(0.8)
+
+    def log_accept(step):
+        _, p1, log_p1, _ = leapfrog(w, p, grad, at, step, 1, inverse_mass)
+        a = torch.nan_to_num(h0 - (_kinetic(p1, inverse_mass) - log_p1.to(w.dtype)), nan=-math.inf).clamp(max=0)
+        return (torch.logsumexp(a, 0) - math.log(a.numel())).expand_as(a) if pooled else a
+
+    up = log_accept(eps) > target
+    active = torch.ones_like(up)
+    for _ in range(100):
+        eps = torch.where(active, torch.where(up, eps * 2, eps / 2), eps)
+        a = log_accept(eps)
+        active = active & torch.where(up, a > target, a <= target)
+        if not bool(active.any()):
+            break
+    return eps, offset
+
+
 def _run(kernel, x0, log_prob, energy, *, n_steps, step_size, mass, dense_mass, seed, generator, adapt_steps,
          target_accept, adapt, adapt_mass, name) -> HMCResult:
     """The chains' loop shared by HMC and NUTS: validation, the metric, the adaptation (dual averaging of the step
@@ -374,16 +400,18 @@ def _run(kernel, x0, log_prob, energy, *, n_steps, step_size, mass, dense_mass, 
                          f"chain(s), the first chain {int(bad.nonzero()[0, 0])}")
     w, grad = metric.to_w(qf), metric.grad_w(grad)
     seed = resolve_seed(seed, generator)
+    offset = 0
+    pooled = adapt == "shared"
+    if adapt_steps:
+        eps, offset = _initial_step_size(w, log_p, grad, eps, metric, flat, seed, offset, pooled)
     adaptation = DualAveraging(eps, target_accept)
     windows = _mass_windows(adapt_steps) if adapt_mass else set()
-    pooled = adapt == "shared"
     welford = _Welford(qf, pooled, metric.dense) if windows else None
     draws = torch.empty((n_steps, chains, qf.shape[1]), device=q.device, dtype=q.dtype)
     accept_total = torch.zeros(chains, device=q.device)
     divergences = torch.zeros(chains, device=q.device, dtype=torch.int64)
     gradients = torch.zeros(chains, device=q.device, dtype=torch.int64)
     depths = None
-    offset = 0
     for t in range(adapt_steps + n_steps):
         adapting = t < adapt_steps
         w, log_p, grad, stat, divergent, evaluations, depth, offset = kernel(w, log_p, grad, eps, metric, flat, seed,
@@ -453,7 +481,8 @@ def hmc(
     (B, n, n) over the flattened event (run as the identity on w = C^-1 q, C C^T = M^-1).
 
     During the first ``adapt_steps`` transitions the step size is tuned by dual averaging toward ``target_accept``
-    (Stan's constants; restarted, as Stan's windows do, after the first quarter, which the chains spend approaching
+    (from Stan's initial search: step_size doubled or halved until one leapfrog step's acceptance crosses 0.8; Stan's
+    constants; restarted, as Stan's windows do, after the first quarter, which the chains spend approaching
     the typical set), then frozen at its average; the next ``n_steps`` transitions are kept. ``adapt="shared"``
     (default) feeds every chain's step size the mean acceptance over the chains (many chains make the signal nearly
     noiseless, and the adapted value lands on the target), "per_chain" each its own (chains with different masses
