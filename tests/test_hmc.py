@@ -362,7 +362,7 @@ def test_nuts_stops_at_max_tree_depth():
     assert bool((result.gradients == 3 * 31).all())
 
 
-@pytest.mark.parametrize("sampler", ["hmc", "nuts"])
+@pytest.mark.parametrize("sampler", ["hmc", pytest.param("nuts", marks=pytest.mark.slow)])
 def test_dense_mass_adaptation_on_a_correlated_gaussian(sampler):
     """A 10-D Gaussian with neighbour correlation 0.95 and scales 0.1 to 1 (condition number ~1e4): windowed dense
     mass adaptation (pooled over 128 chains) recovers the covariance (M^-1 within 25% of S in the relative
